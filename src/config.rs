@@ -1,0 +1,631 @@
+//! Configuration: every environment variable the sidecar reads, parsed once into one typed
+//! [`Config`].
+//!
+//! The sidecar shares its environment with the function it runs beside, so a typo must not
+//! silently turn into a default: an invalid value, or an unknown `SIDECAR_*` name, stops
+//! start-up with a [`ConfigError`] that names the variable and what it accepts. In extension
+//! mode that error is reported to Lambda through `init/error`, with [`ConfigError::error_type`]
+//! as its `Lambda-Extension-Function-Error-Type`.
+//!
+//! This module only parses text. Keys are turned into signing keys by `token::keys`, whose
+//! errors are config errors too (they name `JWT_SECRET` or `JWT_PRIVATE_KEY`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::token::keys::Algorithm;
+
+/// Every `SIDECAR_*` variable the sidecar knows. Any other name with that prefix is refused:
+/// `SIDECAR_PROT=4000` is a typo, not a wish to keep the default port.
+pub const SIDECAR_VARIABLES: &[&str] = &[
+    "SIDECAR_PORT",
+    "SIDECAR_LOG",
+    "SIDECAR_LOG_FORMAT",
+    "SIDECAR_TELEMETRY_TYPES",
+    "SIDECAR_TELEMETRY_BUFFER_MS",
+    "SIDECAR_TELEMETRY_PORT",
+    "SIDECAR_FLUSH_TIMEOUT_MS",
+];
+
+/// Ports another party already owns inside a Lambda execution environment: 9001 (Runtime
+/// API), 9002/9003 (the lambda-extension crate's listeners), 3000 (Lambda Insights), 2773
+/// (Parameters and Secrets extension), 4317/4318 (OpenTelemetry collector layers).
+pub const RESERVED_PORTS: &[u16] = &[9001, 9002, 9003, 3000, 2773, 4317, 4318];
+
+/// The whole configuration, parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Port of the token service on 127.0.0.1 (`SIDECAR_PORT`).
+    pub port: u16,
+    pub log: LogConfig,
+    pub token: TokenConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive string (`SIDECAR_LOG`, RUST_LOG syntax).
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line: what CloudWatch Logs Insights queries best.
+    Json,
+    /// Human-readable lines for local development.
+    Text,
+}
+
+/// What the token service needs to mint tokens. The key material is kept as given; it is
+/// parsed into a signing key once, by `token::keys::SigningKey::load`.
+#[derive(Clone)]
+pub struct TokenConfig {
+    pub algorithm: Algorithm,
+    pub key: KeyMaterial,
+    /// `JWT_KEY_ID`; when absent the kid is derived from the public key (RFC 7638).
+    pub key_id: Option<String>,
+    pub issuer: String,
+    /// `JWT_AUDIENCE`: the audiences a caller may ask for; the first is the default.
+    pub audiences: Vec<String>,
+    pub default_subject: String,
+    pub ttl: u64,
+    pub max_ttl: u64,
+    /// Extra claims a caller may set through `POST /token`.
+    pub allowed_claims: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    /// Written by hand so that a secret never reaches a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("algorithm", &self.algorithm)
+            .field("key", &"<redacted>")
+            .field("key_id", &self.key_id)
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("default_subject", &self.default_subject)
+            .field("ttl", &self.ttl)
+            .field("max_ttl", &self.max_ttl)
+            .field("allowed_claims", &self.allowed_claims)
+            .finish()
+    }
+}
+
+/// Key material as configured, not yet parsed.
+#[derive(Clone)]
+pub enum KeyMaterial {
+    /// `JWT_SECRET`, for the HS* algorithms.
+    Secret(Vec<u8>),
+    /// A PEM private key, for the asymmetric algorithms; `source` names where it came from.
+    Pem { pem: Vec<u8>, source: &'static str },
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Telemetry API record types to subscribe to (`SIDECAR_TELEMETRY_TYPES`).
+    pub types: Vec<String>,
+    /// Telemetry API `buffering.timeoutMs` (`SIDECAR_TELEMETRY_BUFFER_MS`).
+    pub buffer_ms: u32,
+    /// Fixed listener port; `None` lets the OS pick a free one when the listener binds, so
+    /// the sidecar never clashes with another extension in the same function.
+    pub port: Option<u16>,
+    /// The most an INVOKE or SHUTDOWN flush may take (`SIDECAR_FLUSH_TIMEOUT_MS`).
+    pub flush_timeout: Duration,
+}
+
+/// A configuration value the sidecar refuses to start with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("{var} is required: {why}")]
+    Missing {
+        var: &'static str,
+        why: &'static str,
+    },
+    /// The value is not echoed: it is a secret.
+    #[error("JWT_SECRET is refused: {reason}")]
+    WeakSecret { reason: String },
+    #[error("{var} is not a usable key for {algorithm}: {reason}")]
+    InvalidKey {
+        var: &'static str,
+        algorithm: &'static str,
+        reason: String,
+    },
+    #[error("{var} is not a variable lambda-sidecar knows; known SIDECAR_ variables: {known}")]
+    Unknown { var: String, known: String },
+}
+
+impl ConfigError {
+    /// The `Lambda-Extension-Function-Error-Type` reported through `init/error`
+    /// (`Category.Reason`, as Lambda documents).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid { .. } => "Config.InvalidValue",
+            ConfigError::Missing { .. } => "Config.MissingValue",
+            ConfigError::WeakSecret { .. } => "Config.InvalidSecret",
+            ConfigError::InvalidKey { .. } => "Config.InvalidKey",
+            ConfigError::Unknown { .. } => "Config.UnknownVariable",
+        }
+    }
+}
+
+impl Config {
+    /// Parses the configuration from `lookup` (the process environment in production, a map in
+    /// tests). `vars` lists every variable name present, to catch unknown `SIDECAR_*` names.
+    pub fn parse<'a>(
+        lookup: impl Fn(&str) -> Option<String>,
+        vars: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Config, ConfigError> {
+        for var in vars {
+            if var.starts_with("SIDECAR_") && !SIDECAR_VARIABLES.contains(&var) {
+                return Err(ConfigError::Unknown {
+                    var: var.to_string(),
+                    known: SIDECAR_VARIABLES.join(", "),
+                });
+            }
+        }
+        let env = Env(&lookup);
+        Ok(Config {
+            port: env.port("SIDECAR_PORT", 3003)?,
+            log: LogConfig {
+                filter: match env.get("SIDECAR_LOG") {
+                    None => "info".to_string(),
+                    Some(filter) => match tracing_subscriber::EnvFilter::try_new(&filter) {
+                        Ok(_) => filter,
+                        Err(e) => {
+                            return Err(ConfigError::Invalid {
+                                var: "SIDECAR_LOG",
+                                value: filter,
+                                expected: format!(
+                                    "a RUST_LOG-style filter such as info or lambda_sidecar=debug ({e})"
+                                ),
+                            });
+                        }
+                    },
+                },
+                format: env.choice(
+                    "SIDECAR_LOG_FORMAT",
+                    &[("json", LogFormat::Json), ("text", LogFormat::Text)],
+                    // JSON inside Lambda (CloudWatch), text on a developer's terminal.
+                    if env.get("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+                        LogFormat::Json
+                    } else {
+                        LogFormat::Text
+                    },
+                )?,
+            },
+            token: token_config(&env)?,
+            telemetry: telemetry_config(&env)?,
+        })
+    }
+
+    /// Parses the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect();
+        Config::parse(|k| std::env::var(k).ok(), names.iter().map(String::as_str))
+    }
+}
+
+fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
+    let algorithm = env.choice(
+        "JWT_ALGORITHM",
+        &Algorithm::ALL.map(|a| (a.name(), a)),
+        Algorithm::HS256,
+    )?;
+    let key = if algorithm.is_hmac() {
+        if env.get("JWT_PRIVATE_KEY").is_some() || env.get("JWT_PRIVATE_KEY_FILE").is_some() {
+            return Err(ConfigError::Invalid {
+                var: "JWT_ALGORITHM",
+                value: algorithm.name().to_string(),
+                expected: "an asymmetric algorithm (ES256, ES384, RS256, PS256, EdDSA) when \
+                           JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE is set"
+                    .to_string(),
+            });
+        }
+        let secret = env.get("JWT_SECRET").ok_or(ConfigError::Missing {
+            var: "JWT_SECRET",
+            why: "an HS* algorithm needs a secret of at least 32 random bytes; there is no default",
+        })?;
+        KeyMaterial::Secret(secret.into_bytes())
+    } else {
+        if env.get("JWT_SECRET").is_some() {
+            return Err(ConfigError::Invalid {
+                var: "JWT_SECRET",
+                value: "<redacted>".to_string(),
+                expected: format!(
+                    "unset when JWT_ALGORITHM={} (it signs with JWT_PRIVATE_KEY)",
+                    algorithm.name()
+                ),
+            });
+        }
+        match (env.get("JWT_PRIVATE_KEY"), env.get("JWT_PRIVATE_KEY_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    var: "JWT_PRIVATE_KEY_FILE",
+                    value: "<set>".to_string(),
+                    expected: "only one of JWT_PRIVATE_KEY and JWT_PRIVATE_KEY_FILE".to_string(),
+                });
+            }
+            (Some(pem), None) => KeyMaterial::Pem {
+                pem: pem.into_bytes(),
+                source: "JWT_PRIVATE_KEY",
+            },
+            (None, Some(path)) => {
+                let pem = std::fs::read(&path).map_err(|e| ConfigError::Invalid {
+                    var: "JWT_PRIVATE_KEY_FILE",
+                    value: path.clone(),
+                    expected: format!("a readable PEM file ({e})"),
+                })?;
+                KeyMaterial::Pem {
+                    pem,
+                    source: "JWT_PRIVATE_KEY_FILE",
+                }
+            }
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    var: "JWT_PRIVATE_KEY",
+                    why: "an asymmetric algorithm needs a PEM private key in JWT_PRIVATE_KEY or \
+                          JWT_PRIVATE_KEY_FILE; there is no default",
+                });
+            }
+        }
+    };
+    let key_id = env.get("JWT_KEY_ID");
+    if let Some(kid) = &key_id
+        && (kid.is_empty() || kid.len() > 128 || kid.chars().any(|c| c.is_control()))
+    {
+        return Err(ConfigError::Invalid {
+            var: "JWT_KEY_ID",
+            value: kid.clone(),
+            expected: "1 to 128 printable characters".to_string(),
+        });
+    }
+    let issuer = env.non_empty("JWT_ISSUER", "lambda-sidecar")?;
+    let audiences = env.list("JWT_AUDIENCE");
+    let default_subject = match env.get("JWT_DEFAULT_SUBJECT") {
+        Some(s) => env.non_empty("JWT_DEFAULT_SUBJECT", &s)?,
+        None => env
+            .get("AWS_LAMBDA_FUNCTION_NAME")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "lambda-sidecar".to_string()),
+    };
+    let max_ttl = env.number("JWT_MAX_TTL_SECONDS", 3600, 1, 31 * 24 * 3600)?;
+    let ttl = env.number("JWT_TTL_SECONDS", 900.min(max_ttl), 1, max_ttl)?;
+    let allowed_claims: BTreeSet<String> = env.list("JWT_ALLOWED_CLAIMS").into_iter().collect();
+    if let Some(c) = allowed_claims
+        .iter()
+        .find(|c| crate::token::claims::SIDECAR_CLAIMS.contains(&c.as_str()))
+    {
+        return Err(ConfigError::Invalid {
+            var: "JWT_ALLOWED_CLAIMS",
+            value: c.clone(),
+            expected: format!(
+                "claim names other than {} (the sidecar sets those itself)",
+                crate::token::claims::SIDECAR_CLAIMS.join(", ")
+            ),
+        });
+    }
+    Ok(TokenConfig {
+        algorithm,
+        key,
+        key_id,
+        issuer,
+        audiences,
+        default_subject,
+        ttl,
+        max_ttl,
+        allowed_claims,
+    })
+}
+
+fn telemetry_config(env: &Env<'_>) -> Result<TelemetryConfig, ConfigError> {
+    const TYPES: &[&str] = &["platform", "function", "extension"];
+    let types = match env.get("SIDECAR_TELEMETRY_TYPES") {
+        None => vec!["platform".to_string(), "function".to_string()],
+        Some(raw) => {
+            let types = env.list("SIDECAR_TELEMETRY_TYPES");
+            if types.is_empty() || types.iter().any(|t| !TYPES.contains(&t.as_str())) {
+                return Err(ConfigError::Invalid {
+                    var: "SIDECAR_TELEMETRY_TYPES",
+                    value: raw,
+                    expected: "a comma-separated subset of platform, function, extension"
+                        .to_string(),
+                });
+            }
+            types
+        }
+    };
+    let port = match env.get("SIDECAR_TELEMETRY_PORT") {
+        None => None,
+        Some(_) => Some(env.port("SIDECAR_TELEMETRY_PORT", 0)?),
+    };
+    Ok(TelemetryConfig {
+        types,
+        buffer_ms: env.number("SIDECAR_TELEMETRY_BUFFER_MS", 25, 25, 30_000)? as u32,
+        port,
+        flush_timeout: Duration::from_millis(env.number(
+            "SIDECAR_FLUSH_TIMEOUT_MS",
+            500,
+            1,
+            60_000,
+        )?),
+    })
+}
+
+/// Typed accessors over a lookup function; each error names its variable.
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var)
+    }
+
+    fn number(
+        &self,
+        var: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        match raw.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ConfigError::Invalid {
+                var,
+                value: raw,
+                expected: format!("a whole number from {min} to {max}"),
+            }),
+        }
+    }
+
+    fn port(&self, var: &'static str, default: u16) -> Result<u16, ConfigError> {
+        let port = self.number(var, u64::from(default), 1, 65_535)? as u16;
+        if RESERVED_PORTS.contains(&port) {
+            return Err(ConfigError::Invalid {
+                var,
+                value: port.to_string(),
+                expected: format!(
+                    "a port from 1 to 65535 other than {} (taken by Lambda or common extensions)",
+                    RESERVED_PORTS
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        Ok(port)
+    }
+
+    fn choice<T: Copy>(
+        &self,
+        var: &'static str,
+        options: &[(&str, T)],
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        options
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(raw.trim()))
+            .map(|(_, v)| *v)
+            .ok_or_else(|| ConfigError::Invalid {
+                var,
+                value: raw,
+                expected: format!(
+                    "one of {}",
+                    options
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    fn non_empty(&self, var: &'static str, default: &str) -> Result<String, ConfigError> {
+        let value = self.get(var).unwrap_or_else(|| default.to_string());
+        if value.trim().is_empty() || value.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::Invalid {
+                var,
+                value,
+                expected: "a non-empty string without control characters".to_string(),
+            });
+        }
+        Ok(value)
+    }
+
+    /// A comma-separated list; blanks around items and empty items are ignored.
+    fn list(&self, var: &str) -> Vec<String> {
+        self.get(var)
+            .map(|raw| {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const SECRET: &str = "k7Qm2vXp9LrT4sWz8YbN3cFh6JdGa1Ue5KoP0iRt";
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(|k| map.get(k).cloned(), map.keys().map(String::as_str))
+    }
+
+    /// Data-driven: each case is the environment and the variable the error must name
+    /// (or `None` when the configuration must be accepted).
+    fn check(pairs: &[(&str, &str)], expect: Option<(&str, &str)>) {
+        let result = parse(pairs);
+        match (result, expect) {
+            (Ok(_), None) => {}
+            (Err(e), Some((var, error_type))) => {
+                let message = e.to_string();
+                assert!(message.contains(var), "{message:?} should name {var}");
+                assert_eq!(e.error_type(), error_type, "{message}");
+                assert!(!message.contains(SECRET), "secret leaked: {message}");
+            }
+            (Ok(c), Some(e)) => panic!("accepted {pairs:?} as {c:?}, expected error {e:?}"),
+            (Err(e), None) => panic!("refused {pairs:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn accepted_and_refused_environments() {
+        check(&[("JWT_SECRET", SECRET)], None);
+        check(&[], Some(("JWT_SECRET", "Config.MissingValue")));
+        check(
+            &[("JWT_SECRET", SECRET), ("SIDECAR_PORT", "70000")],
+            Some(("SIDECAR_PORT", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("SIDECAR_PORT", "abc")],
+            Some(("SIDECAR_PORT", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("SIDECAR_PORT", "9001")],
+            Some(("SIDECAR_PORT", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("SIDECAR_PROT", "4000")],
+            Some(("SIDECAR_PROT", "Config.UnknownVariable")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("SIDECAR_LOG", "info,=[")],
+            Some(("SIDECAR_LOG", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("SIDECAR_LOG_FORMAT", "xml")],
+            Some(("SIDECAR_LOG_FORMAT", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("JWT_ALGORITHM", "none")],
+            Some(("JWT_ALGORITHM", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("JWT_ALGORITHM", "ES256")],
+            Some(("JWT_SECRET", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_ALGORITHM", "RS256")],
+            Some(("JWT_PRIVATE_KEY", "Config.MissingValue")),
+        );
+        check(
+            &[("JWT_PRIVATE_KEY", "x"), ("JWT_PRIVATE_KEY_FILE", "/x")],
+            Some(("JWT_PRIVATE_KEY_FILE", "Config.InvalidValue")),
+        );
+        check(
+            &[
+                ("JWT_ALGORITHM", "ES256"),
+                ("JWT_PRIVATE_KEY_FILE", "/nonexistent/key.pem"),
+            ],
+            Some(("JWT_PRIVATE_KEY_FILE", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("JWT_TTL_SECONDS", "0")],
+            Some(("JWT_TTL_SECONDS", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("JWT_TTL_SECONDS", "7200")],
+            Some(("JWT_TTL_SECONDS", "Config.InvalidValue")),
+        );
+        check(
+            &[
+                ("JWT_SECRET", SECRET),
+                ("JWT_TTL_SECONDS", "7200"),
+                ("JWT_MAX_TTL_SECONDS", "7200"),
+            ],
+            None,
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("JWT_ALLOWED_CLAIMS", "role,exp")],
+            Some(("JWT_ALLOWED_CLAIMS", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("JWT_ISSUER", " ")],
+            Some(("JWT_ISSUER", "Config.InvalidValue")),
+        );
+        check(
+            &[
+                ("JWT_SECRET", SECRET),
+                ("SIDECAR_TELEMETRY_TYPES", "platform,logs"),
+            ],
+            Some(("SIDECAR_TELEMETRY_TYPES", "Config.InvalidValue")),
+        );
+        check(
+            &[
+                ("JWT_SECRET", SECRET),
+                ("SIDECAR_TELEMETRY_BUFFER_MS", "10"),
+            ],
+            Some(("SIDECAR_TELEMETRY_BUFFER_MS", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("SIDECAR_TELEMETRY_PORT", "4318")],
+            Some(("SIDECAR_TELEMETRY_PORT", "Config.InvalidValue")),
+        );
+        check(
+            &[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_TIMEOUT_MS", "-5")],
+            Some(("SIDECAR_FLUSH_TIMEOUT_MS", "Config.InvalidValue")),
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[
+            ("JWT_SECRET", SECRET),
+            ("AWS_LAMBDA_FUNCTION_NAME", "orders"),
+        ])
+        .unwrap();
+        assert_eq!(c.port, 3003);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.token.algorithm, Algorithm::HS256);
+        assert_eq!(c.token.issuer, "lambda-sidecar");
+        assert_eq!(c.token.default_subject, "orders");
+        assert_eq!((c.token.ttl, c.token.max_ttl), (900, 3600));
+        assert!(c.token.audiences.is_empty() && c.token.allowed_claims.is_empty());
+        assert_eq!(c.telemetry.types, ["platform", "function"]);
+        assert_eq!(c.telemetry.buffer_ms, 25);
+        assert_eq!(c.telemetry.port, None);
+        assert_eq!(c.telemetry.flush_timeout, Duration::from_millis(500));
+        assert!(
+            !format!("{c:?}").contains(SECRET),
+            "Debug must not print the secret"
+        );
+    }
+
+    #[test]
+    fn lists_are_trimmed() {
+        let c = parse(&[
+            ("JWT_SECRET", SECRET),
+            ("JWT_AUDIENCE", " api , billing,"),
+            ("JWT_ALLOWED_CLAIMS", "role, tenant"),
+            ("JWT_ALGORITHM", "hs512"),
+        ])
+        .unwrap();
+        assert_eq!(c.token.audiences, ["api", "billing"]);
+        assert!(c.token.allowed_claims.contains("tenant"));
+        assert_eq!(c.token.algorithm, Algorithm::HS512);
+    }
+}

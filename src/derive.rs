@@ -1,0 +1,1227 @@
+//! Derivation: turns [`Record`]s, in arrival order, into finished spans and metric
+//! values.
+//!
+//! State is kept per request id from the first sight of it (the lifecycle's INVOKE or a
+//! `platform.start`, whichever comes first) until its `platform.report`. The invocation
+//! span's id is chosen at that first sight, so a token span can name it as its parent
+//! long before `platform.runtimeDone` (which ends the span) arrives: telemetry for an
+//! invocation is usually delivered during a later one, because Lambda freezes the
+//! sidecar in between.
+//!
+//! Architecture invariants: no I/O and no clock reads (every time comes from a record,
+//! or from the caller of [`Deriver::finish_pending`]), so derivation is a pure function
+//! of its input and tests drive it directly; state is bounded ([`MAX_PENDING`]
+//! invocations, [`RECENT`] finished ids); no token, secret or claim value reaches a span.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status as SpanStatus, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
+
+use crate::intake::events::{
+    Batch, EventKind, InitReport, PlatformSpan, Report, RestoreReport, RuntimeDone, Status,
+    TelemetryEvent,
+};
+use crate::records::{InvokeRecord, Record, RemoteParent, TokenRecord, parse_xray};
+use crate::signals::{Metrics, SkipReason};
+
+/// Invocations tracked at once. Lambda runs one invocation at a time per environment
+/// (a few dozen on Managed Instances), so reaching this means reports are being lost;
+/// the oldest entry is then evicted and counted (`sidecar.telemetry.evicted`).
+pub const MAX_PENDING: usize = 1_000;
+
+/// Finished request ids remembered to ignore events Lambda re-delivers (it resends a
+/// batch whose POST it considers failed).
+pub const RECENT: usize = 256;
+
+const MIB: u64 = 1024 * 1024;
+
+/// The function being observed, from the environment Lambda gives every extension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionInfo {
+    /// `AWS_LAMBDA_FUNCTION_NAME`: the invocation spans' name (`faas.name`).
+    pub name: String,
+    /// `AWS_LAMBDA_FUNCTION_VERSION` (`faas.version`).
+    pub version: Option<String>,
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION` (`cloud.region`).
+    pub region: Option<String>,
+    /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` in MB (`faas.max_memory`, in bytes).
+    pub memory_mb: Option<u64>,
+    /// `AWS_LAMBDA_LOG_STREAM_NAME`: identifies the execution environment (`faas.instance`).
+    pub log_stream: Option<String>,
+}
+
+impl FunctionInfo {
+    /// Reads the Lambda variables through `var` (e.g. `|k| std::env::var(k).ok()`), so
+    /// tests need no process environment. Missing, empty or unparsable values are left
+    /// out rather than refused: they are Lambda's to set, not the user's.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let present = |key: &str| var(key).filter(|value| !value.is_empty());
+        FunctionInfo {
+            name: present("AWS_LAMBDA_FUNCTION_NAME")
+                .unwrap_or_else(|| "unknown_function".to_owned()),
+            version: present("AWS_LAMBDA_FUNCTION_VERSION"),
+            region: present("AWS_REGION").or_else(|| present("AWS_DEFAULT_REGION")),
+            memory_mb: present("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .and_then(|mb| mb.trim().parse().ok()),
+            log_stream: present("AWS_LAMBDA_LOG_STREAM_NAME"),
+        }
+    }
+
+    /// `faas.max_memory`: the configured memory in bytes.
+    pub fn max_memory_bytes(&self) -> Option<i64> {
+        i64::try_from(self.memory_mb?.checked_mul(MIB)?).ok()
+    }
+
+    /// Attributes every derived span carries (FaaS and cloud semantic conventions); also
+    /// the OTel resource's, in `export::resource`.
+    pub fn attributes(&self) -> Vec<KeyValue> {
+        let mut attributes = vec![
+            KeyValue::new("faas.name", self.name.clone()),
+            KeyValue::new("cloud.provider", "aws"),
+            KeyValue::new("cloud.platform", "aws_lambda"),
+        ];
+        let optional = [
+            ("faas.version", &self.version),
+            ("cloud.region", &self.region),
+            ("faas.instance", &self.log_stream),
+        ];
+        attributes.extend(
+            optional
+                .into_iter()
+                .filter_map(|(key, value)| Some(KeyValue::new(key, value.clone()?))),
+        );
+        if let Some(bytes) = self.max_memory_bytes() {
+            attributes.push(KeyValue::new("faas.max_memory", bytes));
+        }
+        attributes
+    }
+}
+
+/// What is known about one request id until its `platform.report`.
+#[derive(Debug)]
+struct Invocation {
+    /// Arrival order, to evict the oldest.
+    seq: u64,
+    /// Chosen at first sight so children can point at it before the span ends.
+    span_id: SpanId,
+    trace_id: TraceId,
+    /// The caller's X-Ray segment, the span's remote parent.
+    parent: Option<SpanId>,
+    /// The trace id came from X-Ray (otherwise it is random and may still be replaced).
+    traced: bool,
+    /// A token span already uses `trace_id`: it must no longer change.
+    has_children: bool,
+    coldstart: bool,
+    invoked_arn: Option<String>,
+    received: Option<SystemTime>,
+    started: Option<SystemTime>,
+    /// `platform.runtimeDone` time, once the span has been emitted.
+    runtime_done: Option<SystemTime>,
+    /// When the sidecar handed control back (the `Resumed` record).
+    resumed: Option<SystemTime>,
+}
+
+impl Invocation {
+    /// Adopts an X-Ray context learnt after first sight, unless children already use
+    /// the random trace id.
+    fn learn_xray(&mut self, header: Option<&str>) {
+        if self.traced || self.has_children {
+            return;
+        }
+        if let Some(xray) = header.and_then(parse_xray) {
+            self.trace_id = xray.trace_id;
+            self.parent = xray.span_id;
+            self.traced = true;
+        }
+    }
+
+    /// Where the span starts: `platform.start`, else when the INVOKE arrived.
+    fn start(&self) -> Option<SystemTime> {
+        self.started.or(self.received)
+    }
+}
+
+/// The init or restore phase, from its start event to its report.
+#[derive(Debug, Default)]
+struct Phase {
+    start: Option<SystemTime>,
+    initialization_type: Option<String>,
+    /// `*RuntimeDone`: when, and how it ended.
+    runtime_done: Option<(SystemTime, Status, Option<String>)>,
+}
+
+/// Where a phase is. Each happens at most once per process (a failed init resets the
+/// whole environment, extensions included; a SnapStart restore resumes a snapshot taken
+/// before any restore), so events re-delivered after `Done` are ignored.
+#[derive(Debug, Default)]
+enum PhaseState {
+    #[default]
+    NotSeen,
+    Open(Phase),
+    Done,
+}
+
+/// Which phase a span covers.
+#[derive(Debug, Clone, Copy)]
+enum PhaseKind {
+    Init,
+    Restore,
+}
+
+impl PhaseKind {
+    fn span_name(self) -> &'static str {
+        match self {
+            PhaseKind::Init => "init",
+            PhaseKind::Restore => "restore",
+        }
+    }
+}
+
+/// How a span ended, for its status and `error.type`.
+struct Outcome<'a> {
+    status: Status,
+    error_type: Option<&'a str>,
+    /// Closed at SHUTDOWN or eviction without its end event.
+    incomplete: bool,
+}
+
+/// A finished span before it becomes [`SpanData`].
+struct NewSpan<'a> {
+    context: SpanContext,
+    /// The parent's span id, and whether it lives in another process.
+    parent: Option<(SpanId, bool)>,
+    kind: SpanKind,
+    name: Cow<'static, str>,
+    start: SystemTime,
+    end: SystemTime,
+    attributes: Vec<KeyValue>,
+    outcome: &'a Outcome<'a>,
+}
+
+/// Turns records into spans and metrics. One per process; not shared across threads
+/// (the pipeline owns it and feeds it from a channel).
+pub struct Deriver {
+    metrics: Arc<Metrics>,
+    function_name: String,
+    /// [`FunctionInfo::attributes`], computed once.
+    common: Vec<KeyValue>,
+    scope: InstrumentationScope,
+    ids: RandomIdGenerator,
+    invocations: HashMap<String, Invocation>,
+    next_seq: u64,
+    /// Finished request ids, oldest first.
+    recent: VecDeque<String>,
+    /// The request id of the latest INVOKE: the parent of token spans without a traceparent.
+    current: Option<String>,
+    /// The next new request id is this environment's first invocation.
+    cold_pending: bool,
+    init: PhaseState,
+    restore: PhaseState,
+    /// The init/restore duration has been recorded (from its phase report or from the
+    /// first `platform.report`), so the other source does not count it again.
+    init_recorded: bool,
+    restore_recorded: bool,
+    finished: Vec<SpanData>,
+}
+
+impl Deriver {
+    pub fn new(function: FunctionInfo, metrics: Arc<Metrics>) -> Self {
+        Deriver {
+            metrics,
+            common: function.attributes(),
+            function_name: function.name,
+            scope: InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            ids: RandomIdGenerator::default(),
+            invocations: HashMap::new(),
+            next_seq: 0,
+            recent: VecDeque::with_capacity(RECENT),
+            current: None,
+            cold_pending: true,
+            init: PhaseState::NotSeen,
+            restore: PhaseState::NotSeen,
+            init_recorded: false,
+            restore_recorded: false,
+            finished: Vec::new(),
+        }
+    }
+
+    /// Applies one record. Never fails: what cannot be used is skipped (and counted
+    /// where a metric exists for it).
+    pub fn ingest(&mut self, record: Record) {
+        match record {
+            Record::Invoke(invoke) => self.invoke(invoke),
+            Record::Telemetry(batch) => self.batch(batch),
+            Record::Token(token) => self.token(token),
+            Record::Resumed { request_id, at } => {
+                if let Some(invocation) = self.invocations.get_mut(&request_id) {
+                    invocation.resumed = Some(at);
+                    if let Some(done) = invocation.runtime_done {
+                        self.metrics.hold(hold_seconds(done, at));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The spans finished since the last call, oldest first.
+    pub fn take_spans(&mut self) -> Vec<SpanData> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// At SHUTDOWN: ends every span that will never get its end event at `now`, with
+    /// `sidecar.incomplete=true`, and forgets all state (events for those request ids
+    /// arriving later are ignored).
+    pub fn finish_pending(&mut self, now: SystemTime) {
+        let mut open: Vec<(String, Invocation)> = self.invocations.drain().collect();
+        open.sort_by_key(|(_, invocation)| invocation.seq);
+        for (request_id, invocation) in open {
+            if invocation.runtime_done.is_some() {
+                self.remember(request_id);
+                continue;
+            }
+            let outcome = Outcome {
+                status: Status::Success,
+                error_type: None,
+                incomplete: true,
+            };
+            self.invocation_span(&request_id, &invocation, now, &outcome, &[]);
+            self.remember(request_id);
+        }
+        for kind in [PhaseKind::Init, PhaseKind::Restore] {
+            if let PhaseState::Open(mut phase) =
+                std::mem::replace(self.phase(kind), PhaseState::Done)
+            {
+                let (end, status, error_type) =
+                    phase
+                        .runtime_done
+                        .take()
+                        .unwrap_or((now, Status::Success, None));
+                let outcome = Outcome {
+                    status,
+                    error_type: error_type.as_deref(),
+                    incomplete: true,
+                };
+                self.phase_span(kind, phase, end, &outcome);
+            }
+        }
+    }
+
+    fn invoke(&mut self, invoke: InvokeRecord) {
+        let Some(invocation) = self.invocation(&invoke.request_id) else {
+            return;
+        };
+        invocation.received = Some(invoke.received);
+        invocation.invoked_arn = Some(invoke.invoked_arn);
+        invocation.learn_xray(invoke.xray.as_deref());
+        self.current = Some(invoke.request_id);
+    }
+
+    fn batch(&mut self, batch: Batch) {
+        self.metrics
+            .skipped_events(SkipReason::UnknownType, count(batch.unknown));
+        self.metrics
+            .skipped_events(SkipReason::Malformed, count(batch.malformed));
+        for event in batch.events {
+            self.metrics.telemetry_event(event.kind.type_name());
+            self.event(event);
+        }
+    }
+
+    fn event(&mut self, TelemetryEvent { time, kind }: TelemetryEvent) {
+        match kind {
+            EventKind::InitStart(start) => {
+                if let Some(phase) = self.open_phase(PhaseKind::Init) {
+                    phase.start = Some(time);
+                    phase.initialization_type = Some(start.initialization_type);
+                }
+            }
+            EventKind::InitRuntimeDone(done) => {
+                if let Some(phase) = self.open_phase(PhaseKind::Init) {
+                    phase
+                        .initialization_type
+                        .get_or_insert(done.initialization_type);
+                    phase.runtime_done = Some((time, done.status, done.error_type));
+                }
+            }
+            EventKind::InitReport(report) => self.init_report(time, report),
+            EventKind::RestoreStart(_) => {
+                if let Some(phase) = self.open_phase(PhaseKind::Restore) {
+                    phase.start = Some(time);
+                }
+            }
+            EventKind::RestoreRuntimeDone(done) => {
+                if let Some(phase) = self.open_phase(PhaseKind::Restore) {
+                    phase.runtime_done = Some((time, done.status, done.error_type));
+                }
+            }
+            EventKind::RestoreReport(report) => self.restore_report(time, report),
+            EventKind::Start(start) => {
+                if let Some(invocation) = self.invocation(&start.request_id) {
+                    if invocation.started.is_none() {
+                        invocation.started = Some(time);
+                    }
+                    invocation.learn_xray(start.tracing.as_ref().map(|t| t.value.as_str()));
+                }
+            }
+            EventKind::RuntimeDone(done) => self.runtime_done(time, done),
+            EventKind::Report(report) => self.report(time, report),
+            EventKind::LogsDropped(dropped) => self.metrics.logs_dropped(dropped.dropped_records),
+            EventKind::Extension(_)
+            | EventKind::TelemetrySubscription(_)
+            | EventKind::Function(_)
+            | EventKind::ExtensionLog(_) => {}
+        }
+    }
+
+    fn runtime_done(&mut self, time: SystemTime, done: RuntimeDone) {
+        let Some(invocation) = self.invocation(&done.request_id) else {
+            return;
+        };
+        if invocation.runtime_done.is_some() {
+            return; // re-delivered
+        }
+        invocation.learn_xray(done.tracing.as_ref().map(|t| t.value.as_str()));
+        invocation.runtime_done = Some(time);
+        let resumed = invocation.resumed;
+        let seconds = done
+            .metrics
+            .as_ref()
+            .and_then(|m| millis(m.duration_ms))
+            .map(|d| d.as_secs_f64());
+        self.metrics.invocation(done.status, seconds);
+        if let Some(bytes) = done.metrics.as_ref().and_then(|m| m.produced_bytes) {
+            self.metrics.produced_bytes(bytes);
+        }
+        if let Some(at) = resumed {
+            self.metrics.hold(hold_seconds(time, at));
+        }
+        let outcome = Outcome {
+            status: done.status,
+            error_type: done.error_type.as_deref(),
+            incomplete: false,
+        };
+        // Out of the map while the span is built (it needs `&mut self` for ids), then back:
+        // the report still has to find it.
+        if let Some(invocation) = self.invocations.remove(&done.request_id) {
+            self.invocation_span(&done.request_id, &invocation, time, &outcome, &done.spans);
+            self.invocations.insert(done.request_id, invocation);
+        }
+    }
+
+    /// The last event of an invocation: its billing figures, then its state is dropped.
+    fn report(&mut self, time: SystemTime, report: Report) {
+        if self.recent.contains(&report.request_id) {
+            return;
+        }
+        let metrics = &report.metrics;
+        let seconds = |ms: f64| millis(ms).map_or(0.0, |d| d.as_secs_f64());
+        self.metrics.report(
+            seconds(metrics.billed_duration_ms),
+            (metrics.max_memory_used_mb.saturating_mul(MIB)) as f64,
+            (metrics.memory_size_mb.saturating_mul(MIB)) as f64,
+        );
+        if let Some(ms) = metrics.init_duration_ms.filter(|_| !self.init_recorded) {
+            self.init_recorded = true;
+            self.metrics.init(seconds(ms));
+        }
+        if let Some(ms) = metrics
+            .restore_duration_ms
+            .filter(|_| !self.restore_recorded)
+        {
+            self.restore_recorded = true;
+            self.metrics.restore(Some(seconds(ms)));
+        }
+        if let Some(invocation) = self.invocations.remove(&report.request_id) {
+            // No runtimeDone (lost): end the span by the report's own duration.
+            if invocation.runtime_done.is_none() {
+                let end = invocation
+                    .start()
+                    .and_then(|start| start.checked_add(millis(metrics.duration_ms)?))
+                    .unwrap_or(time);
+                let outcome = Outcome {
+                    status: report.status,
+                    error_type: report.error_type.as_deref(),
+                    incomplete: false,
+                };
+                self.invocation_span(&report.request_id, &invocation, end, &outcome, &[]);
+            }
+        }
+        self.remember(report.request_id);
+    }
+
+    fn init_report(&mut self, time: SystemTime, report: InitReport) {
+        let duration = millis(report.metrics.duration_ms);
+        if !self.init_recorded {
+            self.init_recorded = true;
+            self.metrics.init(duration.map_or(0.0, |d| d.as_secs_f64()));
+        }
+        let Some(mut phase) = self.close_phase(PhaseKind::Init) else {
+            return;
+        };
+        phase
+            .initialization_type
+            .get_or_insert(report.initialization_type);
+        self.end_phase(
+            PhaseKind::Init,
+            phase,
+            time,
+            duration,
+            report.status,
+            report.error_type,
+        );
+    }
+
+    fn restore_report(&mut self, time: SystemTime, report: RestoreReport) {
+        let duration = report.metrics.as_ref().and_then(|m| millis(m.duration_ms));
+        if !self.restore_recorded {
+            self.restore_recorded = true;
+            self.metrics.restore(duration.map(|d| d.as_secs_f64()));
+        }
+        let Some(phase) = self.close_phase(PhaseKind::Restore) else {
+            return;
+        };
+        self.end_phase(
+            PhaseKind::Restore,
+            phase,
+            time,
+            duration,
+            Some(report.status),
+            report.error_type,
+        );
+    }
+
+    /// Ends a phase at its report: it lasted the reported duration from its start event
+    /// (or, without one, up to the report); the report's status wins over runtimeDone's.
+    fn end_phase(
+        &mut self,
+        kind: PhaseKind,
+        mut phase: Phase,
+        reported_at: SystemTime,
+        duration: Option<Duration>,
+        status: Option<Status>,
+        error_type: Option<String>,
+    ) {
+        let end = match (phase.start, duration) {
+            (Some(start), Some(duration)) => start.checked_add(duration).unwrap_or(reported_at),
+            (Some(_), None) => phase
+                .runtime_done
+                .as_ref()
+                .map_or(reported_at, |(at, ..)| *at),
+            (None, duration) => {
+                phase.start = duration.and_then(|d| reported_at.checked_sub(d));
+                reported_at
+            }
+        };
+        let done = phase.runtime_done.take();
+        let status = status
+            .or(done.as_ref().map(|(_, status, _)| *status))
+            .unwrap_or(Status::Success);
+        let error_type = error_type.or_else(|| done.and_then(|(.., error_type)| error_type));
+        let outcome = Outcome {
+            status,
+            error_type: error_type.as_deref(),
+            incomplete: false,
+        };
+        self.phase_span(kind, phase, end, &outcome);
+    }
+
+    fn phase_span(
+        &mut self,
+        kind: PhaseKind,
+        phase: Phase,
+        end: SystemTime,
+        outcome: &Outcome<'_>,
+    ) {
+        let mut attributes = self.common.clone();
+        if let Some(initialization_type) = phase.initialization_type {
+            attributes.push(KeyValue::new(
+                "aws.lambda.initialization_type",
+                initialization_type,
+            ));
+        }
+        let context = self.context(self.ids.new_trace_id());
+        let start = phase.start.unwrap_or(end);
+        self.push_span(NewSpan {
+            context,
+            parent: None,
+            kind: SpanKind::Internal,
+            name: kind.span_name().into(),
+            start,
+            end,
+            attributes,
+            outcome,
+        });
+    }
+
+    fn invocation_span(
+        &mut self,
+        request_id: &str,
+        invocation: &Invocation,
+        end: SystemTime,
+        outcome: &Outcome<'_>,
+        children: &[PlatformSpan],
+    ) {
+        let mut attributes = vec![
+            KeyValue::new("faas.invocation_id", request_id.to_owned()),
+            KeyValue::new("faas.coldstart", invocation.coldstart),
+        ];
+        attributes.extend(self.common.iter().cloned());
+        if let Some(arn) = &invocation.invoked_arn {
+            attributes.push(KeyValue::new("aws.lambda.invoked_arn", arn.clone()));
+        }
+        let context = SpanContext::new(
+            invocation.trace_id,
+            invocation.span_id,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let parent = invocation.parent.map(|span_id| (span_id, true));
+        let start = invocation.start().unwrap_or(end);
+        let name = Cow::Owned(self.function_name.clone());
+        self.push_span(NewSpan {
+            context,
+            parent,
+            kind: SpanKind::Server,
+            name,
+            start,
+            end,
+            attributes,
+            outcome,
+        });
+        for child in children {
+            let context = self.context(invocation.trace_id);
+            let end = millis(child.duration_ms)
+                .and_then(|d| child.start.checked_add(d))
+                .unwrap_or(child.start);
+            let ok = Outcome {
+                status: Status::Success,
+                error_type: None,
+                incomplete: false,
+            };
+            let name = Cow::Owned(child.name.clone());
+            self.push_span(NewSpan {
+                context,
+                parent: Some((invocation.span_id, false)),
+                kind: SpanKind::Internal,
+                name,
+                start: child.start,
+                end,
+                attributes: Vec::new(),
+                outcome: &ok,
+            });
+        }
+    }
+
+    /// A span per /token request, in the caller's trace (`traceparent`), else inside the
+    /// invocation that was running when the request started, else a trace of its own.
+    fn token(&mut self, token: TokenRecord) {
+        self.metrics
+            .token(token.algorithm, token.outcome, token.duration.as_secs_f64());
+        let (trace_id, parent) = match (token.traceparent, self.running_invocation(token.start)) {
+            (Some(caller), _) => caller_context(caller.0),
+            (None, Some(invocation)) => {
+                invocation.has_children = true;
+                (invocation.trace_id, Some((invocation.span_id, false)))
+            }
+            (None, None) => (self.ids.new_trace_id(), None),
+        };
+        let status = token.outcome.http_status();
+        let attributes = vec![
+            KeyValue::new("sidecar.token.algorithm", token.algorithm),
+            KeyValue::new("sidecar.token.outcome", token.outcome.as_str()),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+        ];
+        // Server spans mark only 5xx as errors, with the status code as error.type
+        // (HTTP semantic conventions).
+        let status_code = status.to_string();
+        let outcome = Outcome {
+            status: if status >= 500 {
+                Status::Error
+            } else {
+                Status::Success
+            },
+            error_type: Some(&status_code),
+            incomplete: false,
+        };
+        let context = self.context(trace_id);
+        let end = token
+            .start
+            .checked_add(token.duration)
+            .unwrap_or(token.start);
+        self.push_span(NewSpan {
+            context,
+            parent,
+            kind: SpanKind::Server,
+            name: "sidecar.token".into(),
+            start: token.start,
+            end,
+            attributes,
+            outcome: &outcome,
+        });
+    }
+
+    /// A new span's context in `trace_id`. Always sampled: the sidecar records every span
+    /// it derives (X-Ray marks untraced functions `Sampled=0`, which must not hide them).
+    fn context(&self, trace_id: TraceId) -> SpanContext {
+        SpanContext::new(
+            trace_id,
+            self.ids.new_span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        )
+    }
+
+    /// The latest INVOKE's invocation, if it had not finished by `at`.
+    fn running_invocation(&mut self, at: SystemTime) -> Option<&mut Invocation> {
+        let invocation = self.invocations.get_mut(self.current.as_deref()?)?;
+        match invocation.runtime_done {
+            Some(done) if done < at => None,
+            _ => Some(invocation),
+        }
+    }
+
+    fn push_span(&mut self, span: NewSpan<'_>) {
+        let NewSpan {
+            context,
+            parent,
+            kind,
+            name,
+            start,
+            end,
+            mut attributes,
+            outcome,
+        } = span;
+        let status = match outcome.status {
+            Status::Success => SpanStatus::Unset,
+            other => {
+                let error_type = outcome.error_type.unwrap_or(other.as_str()).to_owned();
+                attributes.push(KeyValue::new("error.type", error_type.clone()));
+                SpanStatus::error(match outcome.error_type {
+                    Some(_) => format!("{}: {error_type}", other.as_str()),
+                    None => error_type,
+                })
+            }
+        };
+        if outcome.incomplete {
+            attributes.push(KeyValue::new("sidecar.incomplete", true));
+        }
+        let (parent_span_id, parent_span_is_remote) = parent.unwrap_or((SpanId::INVALID, false));
+        self.finished.push(SpanData {
+            span_context: context,
+            parent_span_id,
+            parent_span_is_remote,
+            span_kind: kind,
+            name,
+            start_time: start,
+            end_time: end.max(start),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        });
+    }
+
+    /// The state of `request_id`, created at first sight; `None` for a request id that
+    /// already finished (a re-delivered event).
+    fn invocation(&mut self, request_id: &str) -> Option<&mut Invocation> {
+        if !self.invocations.contains_key(request_id) {
+            if self.recent.iter().any(|id| id == request_id) {
+                return None;
+            }
+            if self.invocations.len() >= MAX_PENDING {
+                self.evict_oldest();
+            }
+            let invocation = Invocation {
+                seq: self.next_seq,
+                span_id: self.ids.new_span_id(),
+                trace_id: self.ids.new_trace_id(),
+                parent: None,
+                traced: false,
+                has_children: false,
+                coldstart: std::mem::take(&mut self.cold_pending),
+                invoked_arn: None,
+                received: None,
+                started: None,
+                runtime_done: None,
+                resumed: None,
+            };
+            self.next_seq += 1;
+            self.invocations.insert(request_id.to_owned(), invocation);
+        }
+        self.invocations.get_mut(request_id)
+    }
+
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .invocations
+            .iter()
+            .min_by_key(|(_, invocation)| invocation.seq)
+            .map(|(id, _)| id.clone());
+        if let Some(invocation) = oldest.and_then(|id| self.invocations.remove(&id))
+            && invocation.runtime_done.is_none()
+        {
+            self.metrics.evicted();
+        }
+    }
+
+    fn remember(&mut self, request_id: String) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(request_id);
+    }
+
+    fn phase(&mut self, kind: PhaseKind) -> &mut PhaseState {
+        match kind {
+            PhaseKind::Init => &mut self.init,
+            PhaseKind::Restore => &mut self.restore,
+        }
+    }
+
+    /// The phase to update with a start or runtimeDone event; `None` once it has ended.
+    fn open_phase(&mut self, kind: PhaseKind) -> Option<&mut Phase> {
+        let state = self.phase(kind);
+        if let PhaseState::NotSeen = state {
+            *state = PhaseState::Open(Phase::default());
+        }
+        match state {
+            PhaseState::Open(phase) => Some(phase),
+            PhaseState::NotSeen | PhaseState::Done => None,
+        }
+    }
+
+    /// Ends a phase at its report; `None` when it had already ended (a re-delivery).
+    fn close_phase(&mut self, kind: PhaseKind) -> Option<Phase> {
+        match std::mem::replace(self.phase(kind), PhaseState::Done) {
+            PhaseState::NotSeen => Some(Phase::default()),
+            PhaseState::Open(phase) => Some(phase),
+            PhaseState::Done => None,
+        }
+    }
+}
+
+/// Trace id and remote parent of a span whose caller sent trace context.
+fn caller_context(caller: RemoteParent) -> (TraceId, Option<(SpanId, bool)>) {
+    (
+        caller.trace_id,
+        caller.span_id.map(|span_id| (span_id, true)),
+    )
+}
+
+/// The post-runtime hold: how long after the runtime finished the sidecar handed control
+/// back, zero when it did so before the runtime finished.
+fn hold_seconds(runtime_done: SystemTime, resumed: SystemTime) -> f64 {
+    resumed
+        .duration_since(runtime_done)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A duration in milliseconds from Lambda; `None` for negative or absurd values.
+fn millis(ms: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(ms / 1000.0).ok()
+}
+
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::intake::events::{parse_batch, parse_rfc3339};
+    use crate::records::{TokenOutcome, TraceParent};
+    use crate::signals::testing;
+
+    const XRAY: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=0";
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /// Ids that come from the inputs above and are printed as they are; random ones get
+    /// stable aliases (`t1`, `s1`, ...) in order of appearance.
+    const LITERAL_IDS: &[&str] = &[
+        "5759e988bd862e3fe1be46a994272793",
+        "53995c3f42cd8ad8",
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "00f067aa0ba902b7",
+    ];
+
+    fn base() -> SystemTime {
+        parse_rfc3339("2022-10-12T00:00:00Z").unwrap()
+    }
+
+    fn at(ms: u64) -> SystemTime {
+        base() + Duration::from_millis(ms)
+    }
+
+    fn telemetry(json: &str) -> Record {
+        Record::Telemetry(parse_batch(json.as_bytes()).unwrap())
+    }
+
+    fn invoke(request_id: &str, ms: u64, xray: Option<&str>) -> Record {
+        Record::Invoke(InvokeRecord {
+            request_id: request_id.to_owned(),
+            deadline_ms: 0,
+            invoked_arn: format!(
+                "arn:aws:lambda:eu-west-1:123456789012:function:orders:{request_id}"
+            ),
+            xray: xray.map(str::to_owned),
+            received: at(ms),
+        })
+    }
+
+    fn token(
+        ms: u64,
+        duration_ms: u64,
+        outcome: TokenOutcome,
+        traceparent: Option<&str>,
+    ) -> Record {
+        Record::Token(TokenRecord {
+            start: at(ms),
+            duration: Duration::from_millis(duration_ms),
+            algorithm: "ES256",
+            outcome,
+            traceparent: traceparent.and_then(TraceParent::parse),
+        })
+    }
+
+    fn resumed(request_id: &str, ms: u64) -> Record {
+        Record::Resumed {
+            request_id: request_id.to_owned(),
+            at: at(ms),
+        }
+    }
+
+    fn function() -> FunctionInfo {
+        let vars: HashMap<&str, &str> = [
+            ("AWS_LAMBDA_FUNCTION_NAME", "orders"),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", "2022/10/12/[$LATEST]abc"),
+        ]
+        .into();
+        FunctionInfo::from_vars(|key| vars.get(key).map(|v| (*v).to_owned()))
+    }
+
+    /// Renders spans one per line (plus an indented attribute line), with times in ms
+    /// from [`base`] and random ids aliased.
+    fn render_spans(spans: &[SpanData]) -> String {
+        let mut aliases: HashMap<String, String> = HashMap::new();
+        let mut alias = |id: String, prefix: &str| -> String {
+            if LITERAL_IDS.contains(&id.as_str()) {
+                return id;
+            }
+            let next = aliases.values().filter(|a| a.starts_with(prefix)).count() + 1;
+            aliases
+                .entry(id)
+                .or_insert_with(|| format!("{prefix}{next}"))
+                .clone()
+        };
+        let ms =
+            |t: SystemTime| (t.duration_since(base()).unwrap().as_secs_f64() * 1e6).round() / 1e3;
+        let common: Vec<String> = function()
+            .attributes()
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, kv.value))
+            .collect();
+        let mut out = String::new();
+        for span in spans {
+            let trace = alias(span.span_context.trace_id().to_string(), "t");
+            let id = alias(span.span_context.span_id().to_string(), "s");
+            let parent = match span.parent_span_id {
+                SpanId::INVALID => "-".to_owned(),
+                parent => {
+                    alias(parent.to_string(), "s")
+                        + if span.parent_span_is_remote {
+                            " (remote)"
+                        } else {
+                            ""
+                        }
+                }
+            };
+            let status = match &span.status {
+                SpanStatus::Unset => String::new(),
+                other => format!(" {other:?}"),
+            };
+            let mut attributes: Vec<String> = span
+                .attributes
+                .iter()
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect();
+            // The function's own attributes are shown as one word, only when all are there.
+            if common.iter().all(|c| attributes.contains(c)) {
+                attributes.retain(|a| !common.contains(a));
+                attributes.push("+function".to_owned());
+            }
+            attributes.sort();
+            out += &format!(
+                "{} {:?} trace={trace} span={id} parent={parent} {}..{}{status}\n  [{}]\n",
+                span.name,
+                span.span_kind,
+                ms(span.start_time),
+                ms(span.end_time),
+                attributes.join(" ")
+            );
+            assert!(span.span_context.is_sampled());
+        }
+        out
+    }
+
+    /// Feeds `records` to a fresh deriver (then `finish_pending` at `shutdown_ms` when
+    /// given) and compares every span emitted and every metric value.
+    fn check(records: Vec<Record>, shutdown_ms: Option<u64>, spans: &str, metrics: &str) {
+        let (source, recorder) = testing::source();
+        let mut deriver = Deriver::new(function(), Arc::new(recorder));
+        let mut emitted = Vec::new();
+        for record in records {
+            deriver.ingest(record);
+            emitted.extend(deriver.take_spans());
+        }
+        if let Some(ms) = shutdown_ms {
+            deriver.finish_pending(at(ms));
+            emitted.extend(deriver.take_spans());
+        }
+        assert_eq!(render_spans(&emitted), spans);
+        assert_eq!(testing::render(&source), metrics);
+    }
+
+    #[test]
+    fn cold_start_then_warm_invocation_with_tokens() {
+        check(
+            vec![
+                telemetry(
+                    r#"[
+                    {"time":"2022-10-12T00:00:00.000Z","type":"platform.initStart","record":{"initializationType":"on-demand","phase":"init"}},
+                    {"time":"2022-10-12T00:00:00.120Z","type":"platform.initRuntimeDone","record":{"initializationType":"on-demand","phase":"init","status":"success"}},
+                    {"time":"2022-10-12T00:00:00.121Z","type":"platform.initReport","record":{"initializationType":"on-demand","phase":"init","metrics":{"durationMs":125.5}}},
+                    {"time":"2022-10-12T00:00:00.122Z","type":"platform.extension","record":{"name":"lambda-sidecar","state":"Ready","events":["INVOKE","SHUTDOWN"]}}
+                ]"#,
+                ),
+                invoke("r1", 200, Some(XRAY)),
+                resumed("r1", 205),
+                token(210, 2, TokenOutcome::Issued, None),
+                token(215, 1, TokenOutcome::Issued, Some(TRACEPARENT)),
+                telemetry(
+                    r#"[
+                    {"time":"2022-10-12T00:00:00.200Z","type":"platform.start","record":{"requestId":"r1","version":"$LATEST","tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=0"}}},
+                    {"time":"2022-10-12T00:00:00.250Z","type":"function","record":"hello from orders"},
+                    {"time":"2022-10-12T00:00:00.300Z","type":"platform.runtimeDone","record":{"requestId":"r1","status":"success","metrics":{"durationMs":99.5,"producedBytes":12},"spans":[{"name":"responseLatency","start":"2022-10-12T00:00:00.201Z","durationMs":98.0},{"name":"responseDuration","start":"2022-10-12T00:00:00.299Z","durationMs":0.5}]}}
+                ]"#,
+                ),
+                invoke("r2", 1000, None),
+                token(1010, 3, TokenOutcome::Rejected { status: 400 }, None),
+                telemetry(
+                    r#"[
+                    {"time":"2022-10-12T00:00:00.301Z","type":"platform.report","record":{"requestId":"r1","status":"success","metrics":{"durationMs":101.0,"billedDurationMs":102,"memorySizeMB":128,"maxMemoryUsedMB":64,"initDurationMs":125.5}}},
+                    {"time":"2022-10-12T00:00:01.000Z","type":"platform.start","record":{"requestId":"r2"}}
+                ]"#,
+                ),
+                resumed("r2", 1320),
+                telemetry(
+                    r#"[
+                    {"time":"2022-10-12T00:00:01.300Z","type":"platform.runtimeDone","record":{"requestId":"r2","status":"error","errorType":"Runtime.Unhandled","metrics":{"durationMs":299.0}}},
+                    {"time":"2022-10-12T00:00:01.301Z","type":"platform.report","record":{"requestId":"r2","status":"error","errorType":"Runtime.Unhandled","metrics":{"durationMs":300.0,"billedDurationMs":300,"memorySizeMB":128,"maxMemoryUsedMB":96}}},
+                    {"time":"2022-10-12T00:00:01.302Z","type":"platform.logsDropped","record":{"reason":"Consumer seems to have fallen behind","droppedRecords":3,"droppedBytes":512}},
+                    {"time":"2022-10-12T00:00:01.303Z","type":"platform.fromTheFuture","record":{}},
+                    {"time":"2022-10-12T00:00:00.300Z","type":"platform.runtimeDone","record":{"requestId":"r1","status":"success","metrics":{"durationMs":99.5}}},
+                    {"time":"2022-10-12T00:00:00.301Z","type":"platform.report","record":{"requestId":"r1","status":"success","metrics":{"durationMs":101.0,"billedDurationMs":102,"memorySizeMB":128,"maxMemoryUsedMB":64}}},
+                    {"time":"2022-10-12T00:00:00.121Z","type":"platform.initReport","record":{"initializationType":"on-demand","phase":"init","metrics":{"durationMs":125.5}}}
+                ]"#,
+                ),
+            ],
+            Some(5000),
+            "\
+init Internal trace=t1 span=s1 parent=- 0..125.5
+  [+function aws.lambda.initialization_type=on-demand]
+sidecar.token Server trace=5759e988bd862e3fe1be46a994272793 span=s2 parent=s3 210..212
+  [http.response.status_code=200 sidecar.token.algorithm=ES256 sidecar.token.outcome=issued]
+sidecar.token Server trace=4bf92f3577b34da6a3ce929d0e0e4736 span=s4 parent=00f067aa0ba902b7 (remote) 215..216
+  [http.response.status_code=200 sidecar.token.algorithm=ES256 sidecar.token.outcome=issued]
+orders Server trace=5759e988bd862e3fe1be46a994272793 span=s3 parent=53995c3f42cd8ad8 (remote) 200..300
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 faas.coldstart=true faas.invocation_id=r1]
+responseLatency Internal trace=5759e988bd862e3fe1be46a994272793 span=s5 parent=s3 201..299
+  []
+responseDuration Internal trace=5759e988bd862e3fe1be46a994272793 span=s6 parent=s3 299..299.5
+  []
+sidecar.token Server trace=t2 span=s7 parent=s8 1010..1013
+  [http.response.status_code=400 sidecar.token.algorithm=ES256 sidecar.token.outcome=rejected]
+orders Server trace=t2 span=s8 parent=- 1000..1300 Error { description: \"error: Runtime.Unhandled\" }
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 error.type=Runtime.Unhandled faas.coldstart=false faas.invocation_id=r2]
+",
+            // Re-delivered r1 events are counted as received but not derived twice; the
+            // report's initDurationMs does not count a second cold start.
+            "\
+aws.lambda.billed_duration count=2 sum=0.402
+aws.lambda.memory_size = 134217728
+aws.lambda.produced_bytes = 12
+faas.coldstarts = 1
+faas.errors = 1
+faas.init_duration count=1 sum=0.1255
+faas.invocations{status=error} = 1
+faas.invocations{status=success} = 1
+faas.invoke_duration count=2 sum=0.3985
+faas.mem_usage count=2 sum=167772160
+sidecar.hold count=2 sum=0.02
+sidecar.telemetry.events{type=function} = 1
+sidecar.telemetry.events{type=platform.extension} = 1
+sidecar.telemetry.events{type=platform.initReport} = 2
+sidecar.telemetry.events{type=platform.initRuntimeDone} = 1
+sidecar.telemetry.events{type=platform.initStart} = 1
+sidecar.telemetry.events{type=platform.logsDropped} = 1
+sidecar.telemetry.events{type=platform.report} = 3
+sidecar.telemetry.events{type=platform.runtimeDone} = 3
+sidecar.telemetry.events{type=platform.start} = 2
+sidecar.telemetry.logs_dropped = 3
+sidecar.telemetry.unknown_events{reason=unknown_type} = 1
+sidecar.token.duration{algorithm=ES256} count=3 sum=0.006
+sidecar.token.requests{algorithm=ES256,outcome=issued} = 2
+sidecar.token.requests{algorithm=ES256,outcome=rejected} = 1",
+        );
+    }
+
+    #[test]
+    fn shutdown_closes_what_never_completed() {
+        // A cold start whose init never reported and an invocation still running at
+        // SHUTDOWN; a token fetched after the first invocation finished is its own trace.
+        check(
+            vec![
+                telemetry(
+                    r#"[{"time":"2022-10-12T00:00:00.000Z","type":"platform.initStart","record":{"initializationType":"provisioned-concurrency","phase":"init"}},
+                        {"time":"2022-10-12T00:00:00.040Z","type":"platform.initRuntimeDone","record":{"initializationType":"provisioned-concurrency","phase":"init","status":"error","errorType":"Runtime.ExitError"}}]"#,
+                ),
+                invoke("r1", 100, Some(XRAY)),
+                telemetry(
+                    r#"[{"time":"2022-10-12T00:00:00.100Z","type":"platform.start","record":{"requestId":"r1"}},
+                        {"time":"2022-10-12T00:00:00.150Z","type":"platform.runtimeDone","record":{"requestId":"r1","status":"timeout"}}]"#,
+                ),
+                token(160, 1, TokenOutcome::Rejected { status: 503 }, None),
+                invoke("r2", 200, None),
+                resumed("r2", 201),
+            ],
+            Some(900),
+            "\
+orders Server trace=5759e988bd862e3fe1be46a994272793 span=s1 parent=53995c3f42cd8ad8 (remote) 100..150 Error { description: \"timeout\" }
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 error.type=timeout faas.coldstart=true faas.invocation_id=r1]
+sidecar.token Server trace=t1 span=s2 parent=- 160..161 Error { description: \"error: 503\" }
+  [error.type=503 http.response.status_code=503 sidecar.token.algorithm=ES256 sidecar.token.outcome=rejected]
+orders Server trace=t2 span=s3 parent=- 200..900
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 faas.coldstart=false faas.invocation_id=r2 sidecar.incomplete=true]
+init Internal trace=t3 span=s4 parent=- 0..40 Error { description: \"error: Runtime.ExitError\" }
+  [+function aws.lambda.initialization_type=provisioned-concurrency error.type=Runtime.ExitError sidecar.incomplete=true]
+",
+            "\
+faas.invocations{status=timeout} = 1
+faas.timeouts = 1
+sidecar.telemetry.events{type=platform.initRuntimeDone} = 1
+sidecar.telemetry.events{type=platform.initStart} = 1
+sidecar.telemetry.events{type=platform.runtimeDone} = 1
+sidecar.telemetry.events{type=platform.start} = 1
+sidecar.token.duration{algorithm=ES256} count=1 sum=0.001
+sidecar.token.requests{algorithm=ES256,outcome=rejected} = 1",
+        );
+    }
+
+    #[test]
+    fn snapstart_restore_and_late_xray() {
+        // After a restore, the first invocation is the cold one; its trace id arrives only
+        // with platform.start (INVOKE had none) and is adopted since nothing used the old one.
+        // Without platform.runtimeDone, the report ends the span by its own duration.
+        check(
+            vec![
+                telemetry(
+                    r#"[{"time":"2022-10-12T00:00:00.000Z","type":"platform.restoreStart","record":{"runtimeVersion":"java:21.v1"}},
+                        {"time":"2022-10-12T00:00:00.300Z","type":"platform.restoreRuntimeDone","record":{"status":"success"}},
+                        {"time":"2022-10-12T00:00:00.301Z","type":"platform.restoreReport","record":{"status":"success","metrics":{"durationMs":280.0}}}]"#,
+                ),
+                invoke("r1", 400, None),
+                telemetry(
+                    r#"[{"time":"2022-10-12T00:00:00.401Z","type":"platform.start","record":{"requestId":"r1","tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"}}},
+                        {"time":"2022-10-12T00:00:00.420Z","type":"platform.report","record":{"requestId":"r1","status":"failure","metrics":{"durationMs":19.0,"billedDurationMs":20,"memorySizeMB":512,"maxMemoryUsedMB":200,"restoreDurationMs":280.0}}},
+                        "not an event"]"#,
+                ),
+            ],
+            None,
+            "\
+restore Internal trace=t1 span=s1 parent=- 0..280
+  [+function]
+orders Server trace=5759e988bd862e3fe1be46a994272793 span=s2 parent=- 401..420 Error { description: \"failure\" }
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 error.type=failure faas.coldstart=true faas.invocation_id=r1]
+",
+            "\
+aws.lambda.billed_duration count=1 sum=0.02
+aws.lambda.memory_size = 536870912
+aws.lambda.restore_duration count=1 sum=0.28
+faas.coldstarts = 1
+faas.mem_usage count=1 sum=209715200
+sidecar.telemetry.events{type=platform.report} = 1
+sidecar.telemetry.events{type=platform.restoreReport} = 1
+sidecar.telemetry.events{type=platform.restoreRuntimeDone} = 1
+sidecar.telemetry.events{type=platform.restoreStart} = 1
+sidecar.telemetry.events{type=platform.start} = 1
+sidecar.telemetry.unknown_events{reason=malformed} = 1",
+        );
+    }
+
+    #[test]
+    fn state_is_bounded() {
+        let (source, recorder) = testing::source();
+        let mut deriver = Deriver::new(function(), Arc::new(recorder));
+        for n in 0..=MAX_PENDING as u64 {
+            deriver.ingest(invoke(&format!("r{n}"), n, None));
+        }
+        deriver.finish_pending(at(5_000_000));
+        let spans = deriver.take_spans();
+        assert_eq!(spans.len(), MAX_PENDING);
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.attributes.iter().all(|kv| kv.value.as_str() != "r0"))
+        );
+        assert_eq!(testing::render(&source), "sidecar.telemetry.evicted = 1");
+    }
+
+    #[test]
+    fn function_info_from_vars() {
+        assert_eq!(
+            function(),
+            FunctionInfo {
+                name: "orders".to_owned(),
+                version: Some("$LATEST".to_owned()),
+                region: Some("eu-west-1".to_owned()),
+                memory_mb: Some(128),
+                log_stream: Some("2022/10/12/[$LATEST]abc".to_owned()),
+            }
+        );
+        let sparse: HashMap<&str, &str> = [
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_REGION", ""),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots"),
+        ]
+        .into();
+        let info = FunctionInfo::from_vars(|key| sparse.get(key).map(|v| (*v).to_owned()));
+        assert_eq!(
+            info,
+            FunctionInfo {
+                name: "unknown_function".to_owned(),
+                version: None,
+                region: Some("us-east-1".to_owned()),
+                memory_mb: None,
+                log_stream: None,
+            }
+        );
+        assert_eq!(info.max_memory_bytes(), None);
+    }
+}

@@ -1,0 +1,404 @@
+//! Export: ships spans and metrics over OTLP, inside a time budget.
+//!
+//! Design (chosen from the measurements in lambda-facts.md): spans wait in our own bounded
+//! buffer, metrics are collected on demand through a `ManualReader`, and both are sent by
+//! calling opentelemetry-otlp's exporters directly (async client, retries disabled) under a
+//! `tokio::time::timeout`. Dropping the timed-out future cancels the request, so nothing is in
+//! flight when Lambda freezes the environment; no SDK thread runs on a timer we don't control.
+//!
+//! Delivery is at-least-once: a span batch whose export failed or timed out goes back to the
+//! front of the buffer for the next flush (a timeout does not prove it was not received), and
+//! the oldest spans are dropped, and counted, only when the buffer is full. Metrics are
+//! cumulative, so a failed metrics export loses nothing: the next one carries the totals.
+//!
+//! Never: decides *when* to flush (the lifecycle does), or blocks a thread.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use opentelemetry::metrics::Meter;
+use opentelemetry_otlp::{
+    MetricExporter, Protocol, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig,
+    WithTonicConfig,
+};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::reader::MetricReader;
+use opentelemetry_sdk::metrics::{
+    InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
+};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+
+use crate::config::ConfigError;
+use crate::derive::FunctionInfo;
+use crate::signals::{Metrics, Signal};
+
+/// Most spans kept for a later flush when the collector can't take them. A busy function
+/// makes a handful per invoke; this is minutes of a dead collector, a few MiB at most.
+pub const SPAN_BUFFER_CAP: usize = 4096;
+
+/// Most spans sent in one request, to keep a request well under collectors' body limits.
+const MAX_BATCH: usize = 512;
+
+/// The metrics side of the SDK: instruments are recorded into `provider`, read on demand.
+pub struct MetricsSource {
+    provider: SdkMeterProvider,
+    reader: Arc<ManualReader>,
+}
+
+impl MetricsSource {
+    pub fn new(resource: Resource) -> MetricsSource {
+        let reader = Arc::new(ManualReader::builder().build());
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(SharedReader(reader.clone()))
+            .build();
+        MetricsSource { provider, reader }
+    }
+
+    pub fn meter(&self) -> Meter {
+        use opentelemetry::metrics::MeterProvider as _;
+        self.provider.meter("lambda-sidecar")
+    }
+
+    /// Reads every instrument's current (cumulative) value.
+    pub fn collect(&self) -> Result<ResourceMetrics, String> {
+        let mut metrics = ResourceMetrics::default();
+        self.reader
+            .collect(&mut metrics)
+            .map_err(|e| e.to_string())?;
+        Ok(metrics)
+    }
+}
+
+/// `with_reader` takes ownership of a reader; this keeps a second handle to it for
+/// [`MetricsSource::collect`].
+#[derive(Debug, Clone)]
+struct SharedReader(Arc<ManualReader>);
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+        self.0.register_pipeline(pipeline)
+    }
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(rm)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+/// The OTel resource: standard `OTEL_RESOURCE_ATTRIBUTES`/`OTEL_SERVICE_NAME` handling from
+/// the SDK, the function's identity per the FaaS and cloud semantic conventions, and
+/// `service.name` defaulting to the function name.
+pub fn resource(function: &FunctionInfo, service_name_set: bool) -> Resource {
+    let mut builder = Resource::builder().with_attributes(function.attributes());
+    if !service_name_set {
+        builder = builder.with_service_name(function.name.clone());
+    }
+    builder.build()
+}
+
+/// Where and how to export, read from the standard `OTEL_*` variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportConfig {
+    pub traces: Option<Protocol>,
+    pub metrics: Option<Protocol>,
+}
+
+impl ExportConfig {
+    /// A signal is exported when an OTLP endpoint is configured for it (general or
+    /// per-signal) and its `OTEL_*_EXPORTER` is not `none`. Without an endpoint, nothing is
+    /// sent: a sidecar with no collector must not knock on localhost:4318 at every invoke.
+    pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<ExportConfig, ConfigError> {
+        let signal = |name: &'static str| -> Result<Option<Protocol>, ConfigError> {
+            let upper = name.to_ascii_uppercase();
+            let exporter_var = format!("OTEL_{upper}_EXPORTER");
+            if let Some(v) = lookup(&exporter_var) {
+                match v.trim() {
+                    "none" => return Ok(None),
+                    "otlp" => {}
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            var: if name == "traces" {
+                                "OTEL_TRACES_EXPORTER"
+                            } else {
+                                "OTEL_METRICS_EXPORTER"
+                            },
+                            value: v,
+                            expected: "otlp or none".to_string(),
+                        });
+                    }
+                }
+            }
+            let endpoint = lookup("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .or_else(|| lookup(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")));
+            if endpoint.is_none_or(|e| e.trim().is_empty()) {
+                return Ok(None);
+            }
+            let (var, raw): (&'static str, _) =
+                match lookup(&format!("OTEL_EXPORTER_OTLP_{upper}_PROTOCOL")) {
+                    Some(v) => (
+                        if name == "traces" {
+                            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+                        } else {
+                            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"
+                        },
+                        Some(v),
+                    ),
+                    None => (
+                        "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        lookup("OTEL_EXPORTER_OTLP_PROTOCOL"),
+                    ),
+                };
+            match raw.as_deref().map(str::trim) {
+                None | Some("http/protobuf") => Ok(Some(Protocol::HttpBinary)),
+                Some("grpc") => Ok(Some(Protocol::Grpc)),
+                Some(other) => Err(ConfigError::Invalid {
+                    var,
+                    value: other.to_string(),
+                    expected: "http/protobuf or grpc".to_string(),
+                }),
+            }
+        };
+        Ok(ExportConfig {
+            traces: signal("traces")?,
+            metrics: signal("metrics")?,
+        })
+    }
+}
+
+/// What one flush did, for logs and the sidecar's own metrics.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FlushReport {
+    pub spans_sent: usize,
+    pub spans_pending: usize,
+    pub spans_dropped: usize,
+    pub metrics_sent: bool,
+    pub timed_out: bool,
+    pub duration: Duration,
+}
+
+/// The OTLP exporters and the span buffer between flushes.
+pub struct Exporter {
+    spans: Option<SpanExporter>,
+    metrics: Option<MetricExporter>,
+    buffer: VecDeque<SpanData>,
+    source: Arc<MetricsSource>,
+    signals: Arc<Metrics>,
+}
+
+impl Exporter {
+    /// Builds the exporters once (their HTTP/gRPC clients included), at init: endpoint,
+    /// headers, timeout and compression come from the standard `OTEL_EXPORTER_OTLP_*`
+    /// variables, read by opentelemetry-otlp itself.
+    pub fn new(
+        config: &ExportConfig,
+        resource: &Resource,
+        source: Arc<MetricsSource>,
+        signals: Arc<Metrics>,
+    ) -> Result<Exporter, ConfigError> {
+        let build_error = |var: &'static str| {
+            move |e: opentelemetry_otlp::ExporterBuildError| ConfigError::Invalid {
+                var,
+                value: "<see OTEL_EXPORTER_OTLP_* variables>".to_string(),
+                expected: format!("a working OTLP exporter configuration ({e})"),
+            }
+        };
+        let spans = match config.traces {
+            None => None,
+            Some(Protocol::Grpc) => Some(
+                SpanExporter::builder()
+                    .with_tonic()
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .build()
+                    .map_err(build_error("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?,
+            ),
+            Some(protocol) => Some(
+                SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(protocol)
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .build()
+                    .map_err(build_error("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?,
+            ),
+        };
+        let metrics = match config.metrics {
+            None => None,
+            Some(Protocol::Grpc) => Some(
+                MetricExporter::builder()
+                    .with_tonic()
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .build()
+                    .map_err(build_error("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))?,
+            ),
+            Some(protocol) => Some(
+                MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(protocol)
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .build()
+                    .map_err(build_error("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))?,
+            ),
+        };
+        let mut spans = spans;
+        if let Some(exporter) = spans.as_mut() {
+            exporter.set_resource(resource);
+        }
+        Ok(Exporter {
+            spans,
+            metrics,
+            buffer: VecDeque::new(),
+            source,
+            signals,
+        })
+    }
+
+    /// Queues `spans`, then sends what is queued (in batches) and the current metrics,
+    /// giving up when `budget` runs out. Returns once nothing is in flight.
+    pub async fn flush(&mut self, spans: Vec<SpanData>, budget: Duration) -> FlushReport {
+        let started = Instant::now();
+        let mut report = FlushReport::default();
+        if self.spans.is_some() {
+            self.buffer.extend(spans);
+        }
+        let overflow = self.buffer.len().saturating_sub(SPAN_BUFFER_CAP);
+        if overflow > 0 {
+            self.buffer.drain(..overflow);
+            self.signals.dropped(Signal::Traces, overflow as u64);
+            report.spans_dropped = overflow;
+        }
+        let metrics = match (&self.metrics, self.source.collect()) {
+            (Some(_), Ok(m)) => Some(m),
+            (Some(_), Err(e)) => {
+                tracing::warn!(error = %e, "metrics could not be collected");
+                None
+            }
+            (None, _) => None,
+        };
+        // Spans leave `pending` only once their batch is acknowledged: whatever a failure or
+        // the timeout interrupts stays there and goes back to the buffer.
+        let mut pending = std::mem::take(&mut self.buffer);
+        let mut span_error = None;
+        let mut metrics_result = None;
+        let send_spans = async {
+            let Some(exporter) = &self.spans else { return };
+            while !pending.is_empty() {
+                let n = pending.len().min(MAX_BATCH);
+                let batch: Vec<SpanData> = pending.iter().take(n).cloned().collect();
+                match exporter.export(batch).await {
+                    Ok(()) => {
+                        pending.drain(..n);
+                        report.spans_sent += n;
+                    }
+                    Err(e) => {
+                        span_error = Some(e.to_string());
+                        return;
+                    }
+                }
+            }
+        };
+        let send_metrics = async {
+            if let (Some(exporter), Some(m)) = (&self.metrics, &metrics) {
+                metrics_result = Some(exporter.export(m).await.map_err(|e| e.to_string()));
+            }
+        };
+        if tokio::time::timeout(budget, async { tokio::join!(send_spans, send_metrics) })
+            .await
+            .is_err()
+        {
+            report.timed_out = true;
+            if !pending.is_empty() && span_error.is_none() {
+                span_error = Some(format!("timed out after {budget:?}"));
+            }
+            if metrics.is_some() && metrics_result.is_none() {
+                metrics_result = Some(Err(format!("timed out after {budget:?}")));
+            }
+        }
+        if let Some(e) = span_error {
+            tracing::warn!(error = %e, spans = pending.len(), "span export failed; kept for the next flush");
+            self.signals.export_failure(Signal::Traces);
+        }
+        match metrics_result {
+            Some(Ok(())) => report.metrics_sent = true,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "metrics export failed; totals go with the next flush");
+                self.signals.export_failure(Signal::Metrics);
+            }
+            None => {}
+        }
+        self.buffer = pending;
+        report.spans_pending = self.buffer.len();
+        report.duration = started.elapsed();
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<ExportConfig, ConfigError> {
+        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+        ExportConfig::parse(|k| map.get(k).map(|v| v.to_string()))
+    }
+
+    #[test]
+    fn export_configuration() {
+        let none = ExportConfig {
+            traces: None,
+            metrics: None,
+        };
+        assert_eq!(parse(&[]).unwrap(), none);
+        let both = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();
+        assert_eq!(both.traces, Some(Protocol::HttpBinary));
+        assert_eq!(both.metrics, Some(Protocol::HttpBinary));
+        let grpc = parse(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(grpc.traces, Some(Protocol::Grpc));
+        let traces_only =
+            parse(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c/v1/traces")]).unwrap();
+        assert_eq!(
+            (traces_only.traces.is_some(), traces_only.metrics.is_some()),
+            (true, false)
+        );
+        let off = parse(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ])
+        .unwrap();
+        assert_eq!((off.traces.is_some(), off.metrics.is_some()), (true, false));
+        let json = parse(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]);
+        assert!(matches!(
+            json,
+            Err(ConfigError::Invalid {
+                var: "OTEL_EXPORTER_OTLP_PROTOCOL",
+                ..
+            })
+        ));
+        let bad = parse(&[("OTEL_TRACES_EXPORTER", "zipkin")]);
+        assert!(matches!(
+            bad,
+            Err(ConfigError::Invalid {
+                var: "OTEL_TRACES_EXPORTER",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,626 @@
+//! The Telemetry API event model (schema `2022-12-13`) and a tolerant batch parser.
+//!
+//! Lambda POSTs a JSON array of `{"time", "type", "record"}` objects and resends the
+//! whole array when the answer is not a 2xx. A batch is therefore never rejected
+//! because of one element: an element of an unknown `type` is counted in
+//! [`Batch::unknown`], one whose `time` or `record` does not match the documented shape
+//! is counted in [`Batch::malformed`], and both are skipped. Only a body that is not a
+//! JSON array at all is an error ([`NotAnArray`]); the listener answers 400 to it.
+//!
+//! Parsing is two-staged for speed: the array is split into envelopes whose `record`
+//! stays a borrowed [`RawValue`] (validated but not decoded), then only the records of
+//! known types are decoded into their typed structs. Unknown record fields are ignored.
+//!
+//! Architecture invariant: this module does no I/O and knows nothing about spans or
+//! metrics; it only turns bytes into [`TelemetryEvent`]s.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+/// One parsed Telemetry API POST.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The events of known types, in the order Lambda sent them.
+    pub events: Vec<TelemetryEvent>,
+    /// Elements with a `type` this schema does not define (skipped, counted).
+    pub unknown: usize,
+    /// Elements of a known `type` whose `time` or `record` did not parse (skipped, counted).
+    pub malformed: usize,
+}
+
+/// The body was not a JSON array, so there is nothing to salvage: the listener answers 400.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry batch is not a JSON array: {0}")]
+pub struct NotAnArray(#[from] serde_json::Error);
+
+/// One telemetry event: when Lambda emitted it and what it says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryEvent {
+    /// The event's `time` (RFC 3339, millisecond precision on Lambda).
+    pub time: SystemTime,
+    /// The typed `record`, tagged by the event's `type`.
+    pub kind: EventKind,
+}
+
+/// How an element looks before its record is decoded. `type` is borrowed: event type
+/// names never contain escapes, and an escaped one falls through as malformed JSON.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    time: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    record: &'a RawValue,
+}
+
+/// Parses one Telemetry API POST body.
+///
+/// # Errors
+/// [`NotAnArray`] when the body is not a JSON array (of anything). Bad elements inside
+/// a valid array are counted in the returned [`Batch`], never an error.
+pub fn parse_batch(body: &[u8]) -> Result<Batch, NotAnArray> {
+    let elements: Vec<&RawValue> = serde_json::from_slice(body)?;
+    let mut batch = Batch {
+        events: Vec::with_capacity(elements.len()),
+        ..Batch::default()
+    };
+    for element in elements {
+        match parse_element(element) {
+            Element::Event(event) => batch.events.push(event),
+            Element::Unknown => batch.unknown += 1,
+            Element::Malformed => batch.malformed += 1,
+        }
+    }
+    Ok(batch)
+}
+
+/// What one array element turned out to be.
+enum Element {
+    Event(TelemetryEvent),
+    Unknown,
+    Malformed,
+}
+
+fn parse_element(element: &RawValue) -> Element {
+    let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(element.get()) else {
+        return Element::Malformed;
+    };
+    let Some(decode) = decoder(envelope.kind) else {
+        return Element::Unknown;
+    };
+    match (parse_rfc3339(envelope.time), decode(envelope.record)) {
+        (Some(time), Some(kind)) => Element::Event(TelemetryEvent { time, kind }),
+        _ => Element::Malformed,
+    }
+}
+
+/// Decodes a record into its typed struct, `None` when it does not match the shape.
+fn record<T: DeserializeOwned>(raw: &RawValue) -> Option<T> {
+    serde_json::from_str(raw.get()).ok()
+}
+
+/// Declares every event type once: its wire name, its [`EventKind`] variant and the
+/// record type, so the parser and [`EventKind::type_name`] cannot drift apart.
+macro_rules! event_types {
+    ($($(#[$doc:meta])* $wire:literal => $variant:ident($record:ty),)+) => {
+        /// The typed record of each event type of schema `2022-12-13`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum EventKind {
+            $($(#[$doc])* $variant($record),)+
+        }
+
+        impl EventKind {
+            /// The event's wire `type`, e.g. `platform.runtimeDone` (used as a metric label).
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(EventKind::$variant(_) => $wire,)+
+                }
+            }
+        }
+
+        /// The record decoder of a wire `type`, `None` for types this schema lacks.
+        fn decoder(kind: &str) -> Option<fn(&RawValue) -> Option<EventKind>> {
+            match kind {
+                $($wire => Some(|raw| record::<$record>(raw).map(EventKind::$variant)),)+
+                _ => None,
+            }
+        }
+    };
+}
+
+event_types! {
+    /// The init phase started (on-demand, provisioned concurrency or SnapStart).
+    "platform.initStart" => InitStart(InitStart),
+    /// The runtime and extensions finished init.
+    "platform.initRuntimeDone" => InitRuntimeDone(InitRuntimeDone),
+    /// The init phase's report, with its duration.
+    "platform.initReport" => InitReport(InitReport),
+    /// An invocation started.
+    "platform.start" => Start(Start),
+    /// The runtime responded (or failed): the end of the function's own work.
+    "platform.runtimeDone" => RuntimeDone(RuntimeDone),
+    /// The invocation is complete, extensions included; billing figures.
+    "platform.report" => Report(Report),
+    /// An extension registered (or failed to).
+    "platform.extension" => Extension(ExtensionState),
+    /// An extension subscribed to the Telemetry API.
+    "platform.telemetrySubscription" => TelemetrySubscription(TelemetrySubscription),
+    /// Lambda dropped records because a subscriber could not keep up.
+    "platform.logsDropped" => LogsDropped(LogsDropped),
+    /// SnapStart: restoring from a snapshot started.
+    "platform.restoreStart" => RestoreStart(RestoreStart),
+    /// SnapStart: the runtime's restore hooks finished.
+    "platform.restoreRuntimeDone" => RestoreRuntimeDone(RestoreRuntimeDone),
+    /// SnapStart: the restore phase's report.
+    "platform.restoreReport" => RestoreReport(RestoreReport),
+    /// A log line written by the function.
+    "function" => Function(LogLine),
+    /// A log line written by an extension.
+    "extension" => ExtensionLog(LogLine),
+}
+
+/// Outcome of a phase or an invocation as Lambda reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Success,
+    Error,
+    Failure,
+    Timeout,
+    /// A status value newer than this schema: kept so the invocation is not lost.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Status {
+    /// The wire spelling, used as the `status` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Error => "error",
+            Status::Failure => "failure",
+            Status::Timeout => "timeout",
+            Status::Unknown => "unknown",
+        }
+    }
+}
+
+/// The X-Ray context Lambda attaches to invocation events.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Tracing {
+    /// The `X-Amzn-Trace-Id` header value, e.g. `Root=1-…;Parent=…;Sampled=1`.
+    pub value: String,
+}
+
+/// A phase of an invocation that Lambda measured (`responseLatency`, `responseDuration`,
+/// `runtimeOverhead`); becomes a child span.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformSpan {
+    pub name: String,
+    #[serde(deserialize_with = "rfc3339")]
+    pub start: SystemTime,
+    pub duration_ms: f64,
+}
+
+/// A phase's duration; `platform.initReport` and `platform.restoreReport` carry only this.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseMetrics {
+    pub duration_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitStart {
+    /// `on-demand`, `provisioned-concurrency`, `snap-start`, `lambda-managed-instances`.
+    pub initialization_type: String,
+    /// `init`, or `invoke` when init is re-run inside an invocation after a failure.
+    pub phase: String,
+    pub runtime_version: Option<String>,
+    pub runtime_version_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitRuntimeDone {
+    pub initialization_type: String,
+    pub phase: String,
+    pub status: Status,
+    pub error_type: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitReport {
+    pub initialization_type: String,
+    pub phase: String,
+    pub status: Option<Status>,
+    pub error_type: Option<String>,
+    pub metrics: PhaseMetrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Start {
+    pub request_id: String,
+    pub version: Option<String>,
+    pub tracing: Option<Tracing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeDone {
+    pub request_id: String,
+    pub status: Status,
+    pub error_type: Option<String>,
+    /// Absent on some failures (e.g. the runtime crashed before responding).
+    pub metrics: Option<RuntimeDoneMetrics>,
+    #[serde(default)]
+    pub spans: Vec<PlatformSpan>,
+    pub tracing: Option<Tracing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeDoneMetrics {
+    pub duration_ms: f64,
+    /// Bytes of the response payload (absent for some runtimes and failures).
+    pub produced_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub request_id: String,
+    pub status: Status,
+    pub error_type: Option<String>,
+    pub metrics: ReportMetrics,
+    pub tracing: Option<Tracing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportMetrics {
+    /// Whole invocation, extensions' post-runtime work included.
+    pub duration_ms: f64,
+    pub billed_duration_ms: f64,
+    #[serde(rename = "memorySizeMB")]
+    pub memory_size_mb: u64,
+    #[serde(rename = "maxMemoryUsedMB")]
+    pub max_memory_used_mb: u64,
+    /// Present on the first invocation after an on-demand init.
+    pub init_duration_ms: Option<f64>,
+    /// Present on the first invocation after a SnapStart restore.
+    pub restore_duration_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ExtensionState {
+    pub name: String,
+    pub state: String,
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TelemetrySubscription {
+    pub name: String,
+    pub state: String,
+    #[serde(default)]
+    pub types: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsDropped {
+    pub reason: String,
+    pub dropped_records: u64,
+    pub dropped_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStart {
+    pub runtime_version: Option<String>,
+    pub runtime_version_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreRuntimeDone {
+    pub status: Status,
+    pub error_type: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreReport {
+    pub status: Status,
+    pub error_type: Option<String>,
+    pub metrics: Option<PhaseMetrics>,
+}
+
+/// A `function` or `extension` record: the runtime emits a plain line for text logs and
+/// a JSON object when the function's log format is JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogLine {
+    Text(String),
+    Json(serde_json::Map<String, serde_json::Value>),
+}
+
+impl<'de> Deserialize<'de> for LogLine {
+    /// A visitor rather than `#[serde(untagged)]`, which would buffer every log line
+    /// into an intermediate value before trying each variant.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LogLineVisitor;
+        impl<'de> serde::de::Visitor<'de> for LogLineVisitor {
+            type Value = LogLine;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a log line as a string or a JSON object")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<LogLine, E> {
+                Ok(LogLine::Text(text.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<LogLine, E> {
+                Ok(LogLine::Text(text))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<LogLine, A::Error> {
+                Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(LogLine::Json)
+            }
+        }
+        deserializer.deserialize_any(LogLineVisitor)
+    }
+}
+
+fn rfc3339<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+    let text = <&str>::deserialize(deserializer)?;
+    parse_rfc3339(text).ok_or_else(|| serde::de::Error::custom("not an RFC 3339 timestamp"))
+}
+
+/// Parses an RFC 3339 timestamp (`2022-10-12T00:03:50.000Z`, any fraction length up to
+/// nanoseconds, `Z` or a `±HH:MM` offset).
+///
+/// Hand-written rather than a date crate: Lambda's format is fixed and this is ~40
+/// lines, whereas `chrono`/`time`/`jiff` would add a dependency (and, for `jiff`, a
+/// time-zone database) to a binary that must start fast; `httpdate` only knows RFC 7231.
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let bytes = text.as_bytes();
+    let digits = |from: usize, len: usize| -> Option<u64> {
+        let part = bytes.get(from..from + len)?;
+        part.iter().try_fold(0u64, |acc, &b| {
+            b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    if separators
+        .iter()
+        .any(|&(at, sep)| bytes.get(at) != Some(&sep))
+        || !matches!(bytes.get(10), Some(b'T' | b't' | b' '))
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+    // Leap seconds (:60) are accepted and fold into the next second, like most parsers.
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut at = 19;
+    let mut nanos = 0u64;
+    if bytes.get(at) == Some(&b'.') {
+        at += 1;
+        let start = at;
+        while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+            if at - start < 9 {
+                nanos = nanos * 10 + u64::from(bytes[at] - b'0');
+            }
+            at += 1;
+        }
+        let len = at - start;
+        if len == 0 {
+            return None;
+        }
+        nanos *= 10u64.pow(9u32.saturating_sub(u32::try_from(len).ok()?));
+    }
+    let offset_seconds: i64 = match bytes.get(at)? {
+        b'Z' | b'z' if at + 1 == bytes.len() => 0,
+        sign @ (b'+' | b'-') if at + 6 == bytes.len() && bytes[at + 3] == b':' => {
+            let (oh, om) = (digits(at + 1, 2)?, digits(at + 4, 2)?);
+            let magnitude = i64::try_from(oh * 3600 + om * 60).ok()?;
+            if *sign == b'+' { magnitude } else { -magnitude }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(i64::try_from(year).ok()?, month, day);
+    let seconds =
+        days * 86_400 + i64::try_from(hour * 3600 + minute * 60 + second).ok()? - offset_seconds;
+    let whole = Duration::from_secs(seconds.unsigned_abs());
+    let base = if seconds >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(whole)?
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(whole)?
+    };
+    base.checked_add(Duration::from_nanos(nanos))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: u64, day: u64) -> i64 {
+    let (month, day) = (month as i64, day as i64);
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Renders a batch as one line per event (`+ms type record`) plus the skip counts,
+    /// with times relative to `2022-10-12T00:00:00Z` so expectations stay readable.
+    fn render(batch: &Batch) -> String {
+        let base = parse_rfc3339("2022-10-12T00:00:00Z").unwrap();
+        let mut out = String::new();
+        for event in &batch.events {
+            let ms = event.time.duration_since(base).unwrap().as_millis();
+            out += &format!("+{ms} {} {:?}\n", event.kind.type_name(), event.kind);
+        }
+        out + &format!("unknown={} malformed={}\n", batch.unknown, batch.malformed)
+    }
+
+    fn check(body: &str, expected: &str) {
+        let batch = parse_batch(body.as_bytes()).unwrap();
+        assert_eq!(render(&batch), expected, "body: {body}");
+    }
+
+    #[test]
+    fn platform_init_events() {
+        check(
+            r#"[
+              {"time":"2022-10-12T00:00:15.064Z","type":"platform.initStart","record":{"initializationType":"on-demand","phase":"init","runtimeVersion":"nodejs-14.v3","runtimeVersionArn":"arn","functionName":"f","functionVersion":"$LATEST"}},
+              {"time":"2022-10-12T00:00:15.100Z","type":"platform.initRuntimeDone","record":{"initializationType":"on-demand","phase":"init","status":"success","spans":[]}},
+              {"time":"2022-10-12T00:00:15.101Z","type":"platform.initReport","record":{"initializationType":"on-demand","phase":"init","metrics":{"durationMs":125.33}}}
+            ]"#,
+            r#"+15064 platform.initStart InitStart(InitStart { initialization_type: "on-demand", phase: "init", runtime_version: Some("nodejs-14.v3"), runtime_version_arn: Some("arn") })
++15100 platform.initRuntimeDone InitRuntimeDone(InitRuntimeDone { initialization_type: "on-demand", phase: "init", status: Success, error_type: None })
++15101 platform.initReport InitReport(InitReport { initialization_type: "on-demand", phase: "init", status: None, error_type: None, metrics: PhaseMetrics { duration_ms: 125.33 } })
+unknown=0 malformed=0
+"#,
+        );
+    }
+
+    #[test]
+    fn platform_invoke_events() {
+        check(
+            r#"[
+              {"time":"2022-10-12T00:01:00.000Z","type":"platform.start","record":{"requestId":"r1","version":"$LATEST","tracing":{"spanId":"a","type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"}}},
+              {"time":"2022-10-12T00:01:00.250Z","type":"platform.runtimeDone","record":{"requestId":"r1","status":"timeout","errorType":"Sandbox.Timedout","metrics":{"durationMs":250.5,"producedBytes":42},"spans":[{"name":"responseLatency","start":"2022-10-12T00:01:00.001Z","durationMs":23.0}]}},
+              {"time":"2022-10-12T00:01:00.260Z","type":"platform.report","record":{"requestId":"r1","status":"success","metrics":{"durationMs":260.1,"billedDurationMs":261,"memorySizeMB":128,"maxMemoryUsedMB":70,"initDurationMs":125.3}}}
+            ]"#,
+            r#"+60000 platform.start Start(Start { request_id: "r1", version: Some("$LATEST"), tracing: Some(Tracing { value: "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1" }) })
++60250 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r1", status: Timeout, error_type: Some("Sandbox.Timedout"), metrics: Some(RuntimeDoneMetrics { duration_ms: 250.5, produced_bytes: Some(42) }), spans: [PlatformSpan { name: "responseLatency", start: SystemTime { tv_sec: 1665532860, tv_nsec: 1000000 }, duration_ms: 23.0 }], tracing: None })
++60260 platform.report Report(Report { request_id: "r1", status: Success, error_type: None, metrics: ReportMetrics { duration_ms: 260.1, billed_duration_ms: 261.0, memory_size_mb: 128, max_memory_used_mb: 70, init_duration_ms: Some(125.3), restore_duration_ms: None }, tracing: None })
+unknown=0 malformed=0
+"#,
+        );
+    }
+
+    #[test]
+    fn restore_and_housekeeping_events() {
+        check(
+            r#"[
+              {"time":"2022-10-12T00:00:01.000Z","type":"platform.restoreStart","record":{}},
+              {"time":"2022-10-12T00:00:01.200Z","type":"platform.restoreRuntimeDone","record":{"status":"failure","errorType":"Runtime.Crash"}},
+              {"time":"2022-10-12T00:00:01.201Z","type":"platform.restoreReport","record":{"status":"success","metrics":{"durationMs":200.0}}},
+              {"time":"2022-10-12T00:00:01.300Z","type":"platform.extension","record":{"name":"lambda-sidecar","state":"Ready","events":["INVOKE","SHUTDOWN"]}},
+              {"time":"2022-10-12T00:00:01.301Z","type":"platform.telemetrySubscription","record":{"name":"lambda-sidecar","state":"Subscribed","types":["platform","function"]}},
+              {"time":"2022-10-12T00:00:01.302Z","type":"platform.logsDropped","record":{"reason":"Consumer seems to have fallen behind","droppedRecords":3,"droppedBytes":1024}}
+            ]"#,
+            r#"+1000 platform.restoreStart RestoreStart(RestoreStart { runtime_version: None, runtime_version_arn: None })
++1200 platform.restoreRuntimeDone RestoreRuntimeDone(RestoreRuntimeDone { status: Failure, error_type: Some("Runtime.Crash") })
++1201 platform.restoreReport RestoreReport(RestoreReport { status: Success, error_type: None, metrics: Some(PhaseMetrics { duration_ms: 200.0 }) })
++1300 platform.extension Extension(ExtensionState { name: "lambda-sidecar", state: "Ready", events: ["INVOKE", "SHUTDOWN"] })
++1301 platform.telemetrySubscription TelemetrySubscription(TelemetrySubscription { name: "lambda-sidecar", state: "Subscribed", types: ["platform", "function"] })
++1302 platform.logsDropped LogsDropped(LogsDropped { reason: "Consumer seems to have fallen behind", dropped_records: 3, dropped_bytes: 1024 })
+unknown=0 malformed=0
+"#,
+        );
+    }
+
+    #[test]
+    fn log_lines_as_text_and_json() {
+        check(
+            r#"[
+              {"time":"2022-10-12T00:00:02.000Z","type":"function","record":"START hello\n"},
+              {"time":"2022-10-12T00:00:02.001Z","type":"function","record":{"level":"INFO","message":"hi","requestId":"r1"}},
+              {"time":"2022-10-12T00:00:02.002Z","type":"extension","record":"ext says \"hi\""},
+              {"time":"2022-10-12T00:00:02.003Z","type":"function","record":42}
+            ]"#,
+            r#"+2000 function Function(Text("START hello\n"))
++2001 function Function(Json({"level": String("INFO"), "message": String("hi"), "requestId": String("r1")}))
++2002 extension ExtensionLog(Text("ext says \"hi\""))
+unknown=0 malformed=1
+"#,
+        );
+    }
+
+    #[test]
+    fn unknown_and_malformed_elements_are_counted_not_fatal() {
+        check(
+            r#"[
+              {"time":"2022-10-12T00:00:03.000Z","type":"platform.somethingNew","record":{"x":1}},
+              {"time":"2022-10-12T00:00:03.000Z","type":"platform.start","record":{"version":"1"}},
+              {"time":"yesterday","type":"platform.start","record":{"requestId":"r2"}},
+              {"type":"platform.start","record":{"requestId":"r3"}},
+              17,
+              {"time":"2022-10-11T22:00:03.500-02:00","type":"platform.start","record":{"requestId":"r4","newField":[1,2]},"extra":true},
+              {"time":"2022-10-12T00:00:03.000Z","type":"platform.runtimeDone","record":{"requestId":"r4","status":"paused"}}
+            ]"#,
+            r#"+3500 platform.start Start(Start { request_id: "r4", version: None, tracing: None })
++3000 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r4", status: Unknown, error_type: None, metrics: None, spans: [], tracing: None })
+unknown=1 malformed=4
+"#,
+        );
+    }
+
+    #[test]
+    fn only_a_non_array_body_is_an_error() {
+        for body in ["", "{}", "[1,", "null", "\"[]\""] {
+            assert!(parse_batch(body.as_bytes()).is_err(), "{body:?}");
+        }
+        check("[]", "unknown=0 malformed=0\n");
+    }
+
+    #[test]
+    fn rfc3339_timestamps() {
+        let epoch_ns = |text: &str| {
+            parse_rfc3339(text)
+                .map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos())
+        };
+        assert_eq!(epoch_ns("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            epoch_ns("2022-10-12T00:00:15.064Z"),
+            Some(1_665_532_815_064_000_000)
+        );
+        assert_eq!(
+            epoch_ns("2024-02-29T23:59:59.123456789Z"),
+            Some(1_709_251_199_123_456_789)
+        );
+        assert_eq!(
+            epoch_ns("2024-02-29T23:59:59.1234567891Z"),
+            Some(1_709_251_199_123_456_789)
+        );
+        assert_eq!(
+            epoch_ns("2022-10-12T02:00:00+02:00"),
+            Some(1_665_532_800_000_000_000)
+        );
+        assert_eq!(
+            epoch_ns("2022-10-11T22:00:00-02:00"),
+            Some(1_665_532_800_000_000_000)
+        );
+        for bad in [
+            "2022-10-12",
+            "2022-10-12T00:00:00",
+            "2022-13-12T00:00:00Z",
+            "2022-10-12T24:00:00Z",
+            "2022-10-12T00:00:00.Z",
+            "2022-10-12T00:00:00Zjunk",
+            "2022-10-12T00:00:00+0200",
+            "2022/10/12T00:00:00Z",
+        ] {
+            assert_eq!(epoch_ns(bad), None, "{bad}");
+        }
+    }
+}

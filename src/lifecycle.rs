@@ -1,0 +1,427 @@
+//! Lifecycle: the Extensions API (register, the event/next loop, init/error) and what the
+//! sidecar does at each event.
+//!
+//! Start-up order, all inside Lambda's init phase:
+//! register → parse and validate everything (config, key, exporters) → bind the token and
+//! telemetry listeners → subscribe to the Telemetry API → serve. A failure after register is
+//! reported through `init/error` with a typed error, then the process exits 1; before
+//! register there is no extension id to report with, so it only logs and exits.
+//!
+//! At INVOKE: record it, flush what earlier invocations left (bounded by the flush cap), then
+//! let the `lambda-extension` crate call event/next. The flush runs while the function runs,
+//! so it only costs the function time when it outlasts the function.
+//! At SHUTDOWN: wait briefly for the last `platform.report`, flush within the deadline, let
+//! in-flight token requests finish, exit 0.
+//!
+//! Never: holds an invocation longer than `SIDECAR_FLUSH_TIMEOUT_MS`, or leaves a request in
+//! flight when it hands control back (a timed-out export future is dropped, which cancels it).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http_body_util::BodyExt as _;
+use lambda_extension::requests::{ErrorRequest, init_error};
+use lambda_extension::{Extension, LambdaEvent, NextEvent, service_fn};
+use lambda_runtime_api_client::Client;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{Config, ConfigError};
+use crate::derive::{Deriver, FunctionInfo};
+use crate::export::{ExportConfig, Exporter, MetricsSource};
+use crate::pipeline::{Pipeline, Recorder};
+use crate::records::{InvokeRecord, Record};
+use crate::signals::Metrics;
+use crate::token::{TokenService, keys::SigningKey};
+use crate::{intake, token};
+
+/// Must equal the file name under /opt/extensions (the layer ships `extensions/lambda-sidecar`).
+pub const EXTENSION_NAME: &str = "lambda-sidecar";
+
+/// Kept free before the SHUTDOWN deadline: Lambda SIGKILLs at the deadline, and exiting needs
+/// a few milliseconds after the flush.
+const SHUTDOWN_MARGIN: Duration = Duration::from_millis(150);
+
+/// The longest SHUTDOWN waits for the last invocation's `platform.report` before flushing.
+const REPORT_WAIT: Duration = Duration::from_millis(300);
+
+/// The longest SHUTDOWN waits for in-flight token requests to finish.
+const DRAIN_WAIT: Duration = Duration::from_millis(200);
+
+/// Why start-up failed after register: each variant becomes an `init/error` error type.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the Telemetry API refused the subscription: {0}")]
+    Subscribe(String),
+}
+
+impl StartupError {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            StartupError::Config(e) => e.error_type(),
+            StartupError::Bind { .. } => "Extension.PortUnavailable",
+            StartupError::Subscribe(_) => "Extension.TelemetrySubscriptionFailed",
+        }
+    }
+}
+
+/// Errors that end the extension after start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("registering with the Extensions API failed: {0}")]
+    Register(lambda_extension::Error),
+    #[error("start-up failed ({kind}): {0}", kind = .0.error_type())]
+    Startup(StartupError),
+    #[error("the Extensions API event loop failed: {0}")]
+    EventLoop(lambda_extension::Error),
+}
+
+/// Checks `AWS_LAMBDA_RUNTIME_API` before the `lambda-extension` crate reads it (the crate
+/// panics on a missing or unparsable value). Accepts `host:port` (Lambda) and
+/// `http://host:port/prefix` (emulators).
+pub fn check_runtime_api() -> Result<(), String> {
+    let value = std::env::var("AWS_LAMBDA_RUNTIME_API")
+        .map_err(|_| "AWS_LAMBDA_RUNTIME_API is not set".to_string())?;
+    let uri: http::Uri = value.parse().map_err(|e| {
+        format!("AWS_LAMBDA_RUNTIME_API={value:?} is not valid: expected host:port or http://host:port/prefix ({e})")
+    })?;
+    match (uri.host(), uri.scheme_str()) {
+        (Some(_), None | Some("http")) => Ok(()),
+        _ => Err(format!(
+            "AWS_LAMBDA_RUNTIME_API={value:?} is not valid: expected host:port or http://host:port/prefix"
+        )),
+    }
+}
+
+/// An event handed over by the crate's event/next loop, and the way to let the loop go on.
+type Handoff = (NextEvent, oneshot::Sender<()>);
+
+/// Runs the extension until SHUTDOWN. `config` is the already-parsed configuration, or the
+/// error to report once registered.
+pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleError> {
+    let process_start = Instant::now();
+    let managed_instances = std::env::var("AWS_LAMBDA_INITIALIZATION_TYPE")
+        .is_ok_and(|t| t == "lambda-managed-instances");
+    // On Lambda Managed Instances, registering for INVOKE fails init: SHUTDOWN only there.
+    let events: &[&str] = if managed_instances {
+        &["SHUTDOWN"]
+    } else {
+        &["INVOKE", "SHUTDOWN"]
+    };
+
+    // The crate drives event/next; each event is handed to our loop below, and the crate
+    // calls event/next again only when we answer on the oneshot.
+    let (handoff_tx, mut handoff_rx) = mpsc::channel::<Handoff>(1);
+    let processor = service_fn(move |event: LambdaEvent| {
+        let handoff_tx = handoff_tx.clone();
+        async move {
+            let (done, wait) = oneshot::channel();
+            handoff_tx.send((event.next, done)).await?;
+            // An error here means our loop ended (SHUTDOWN handled): nothing more to do.
+            let _ = wait.await;
+            Ok::<(), lambda_extension::Error>(())
+        }
+    });
+    let registered = Extension::new()
+        .with_extension_name(EXTENSION_NAME)
+        .with_events(events)
+        .with_events_processor(processor)
+        .register()
+        .await
+        .map_err(LifecycleError::Register)?;
+    tracing::info!(
+        elapsed_ms = process_start.elapsed().as_secs_f64() * 1e3,
+        function = %registered.function_name,
+        "registered"
+    );
+
+    let client = Client::builder()
+        .build()
+        .map_err(|e| LifecycleError::Register(e.into()))?;
+    let sidecar = match start(config, &registered.extension_id, &client, managed_instances).await {
+        Ok(sidecar) => sidecar,
+        Err(e) => {
+            tracing::error!(error_type = e.error_type(), error = %e, "start-up failed");
+            report_init_error(&client, &registered.extension_id, &e).await;
+            return Err(LifecycleError::Startup(e));
+        }
+    };
+    tracing::info!(
+        elapsed_ms = process_start.elapsed().as_secs_f64() * 1e3,
+        token_addr = %sidecar.token_addr,
+        telemetry_port = sidecar.telemetry_port,
+        "ready"
+    );
+
+    let event_loop = registered.run();
+    tokio::pin!(event_loop);
+    let mut sidecar = sidecar;
+    loop {
+        tokio::select! {
+            result = &mut event_loop => {
+                // The crate's loop only ends on an error (event/next failed).
+                return match result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(LifecycleError::EventLoop(e)),
+                };
+            }
+            handoff = handoff_rx.recv() => {
+                let Some((event, done)) = handoff else { return Ok(()) };
+                match event {
+                    NextEvent::Invoke(invoke) => {
+                        sidecar.on_invoke(invoke).await;
+                        let _ = done.send(());
+                    }
+                    NextEvent::Shutdown(shutdown) => {
+                        sidecar.on_shutdown(shutdown).await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everything running after a successful start.
+struct Sidecar {
+    pipeline: Pipeline,
+    recorder: Recorder,
+    exporter: Exporter,
+    flush_timeout: Duration,
+    token_addr: SocketAddr,
+    telemetry_port: u16,
+    /// Tells the token server to stop accepting and finish in-flight requests.
+    stop_token: watch::Sender<bool>,
+    token_server: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop_intake: watch::Sender<bool>,
+    last_request_id: Option<String>,
+}
+
+async fn start(
+    config: Result<Config, ConfigError>,
+    extension_id: &str,
+    client: &Client,
+    managed_instances: bool,
+) -> Result<Sidecar, StartupError> {
+    let config = config?;
+    let key = SigningKey::load(&config.token)?;
+    let export_config = ExportConfig::parse(|k| std::env::var(k).ok())?;
+    let function = FunctionInfo::from_vars(|k| std::env::var(k).ok());
+    let resource = crate::export::resource(&function, std::env::var("OTEL_SERVICE_NAME").is_ok());
+    let source = Arc::new(MetricsSource::new(resource.clone()));
+    let signals = Arc::new(Metrics::new(&source.meter()));
+    let exporter = Exporter::new(&export_config, &resource, source, signals.clone())?;
+    let (pipeline, recorder) = Pipeline::start(Deriver::new(function, signals.clone()), signals);
+
+    let token_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
+    let token_listener = bind(token_addr).await?;
+    // The Telemetry API delivers to the sandbox address, so this one can't be loopback.
+    let telemetry_listener = bind(SocketAddr::from((
+        Ipv4Addr::UNSPECIFIED,
+        config.telemetry.port.unwrap_or(0),
+    )))
+    .await?;
+    let telemetry_port = telemetry_listener
+        .local_addr()
+        .map_err(|source| StartupError::Bind {
+            addr: token_addr,
+            source,
+        })?
+        .port();
+
+    let (stop_intake, intake_stopped) = watch::channel(false);
+    tokio::spawn(intake::serve(
+        telemetry_listener,
+        recorder.clone(),
+        stopped(intake_stopped),
+    ));
+    subscribe(
+        client,
+        extension_id,
+        &config,
+        telemetry_port,
+        managed_instances,
+    )
+    .await?;
+
+    let service = Arc::new(TokenService::new(
+        config.token.clone(),
+        key,
+        Some(recorder.clone()),
+    ));
+    let (stop_token, token_stopped) = watch::channel(false);
+    let token_server = tokio::spawn(token::serve(
+        token_listener,
+        service,
+        stopped(token_stopped),
+    ));
+    Ok(Sidecar {
+        pipeline,
+        recorder,
+        exporter,
+        flush_timeout: config.telemetry.flush_timeout,
+        token_addr,
+        telemetry_port,
+        stop_token,
+        token_server,
+        stop_intake,
+        last_request_id: None,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
+/// Resolves when the watched flag turns true (or its sender is gone).
+async fn stopped(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|stop| *stop).await;
+}
+
+/// `PUT /2022-07-01/telemetry`: schema 2022-12-13 (2025-01-29 on Managed Instances), our
+/// listener as destination. The lambda-extension crate's own subscription hard-codes the
+/// older schema and its own listener, so it is not used.
+async fn subscribe(
+    client: &Client,
+    extension_id: &str,
+    config: &Config,
+    port: u16,
+    managed_instances: bool,
+) -> Result<(), StartupError> {
+    let body = serde_json::json!({
+        "schemaVersion": if managed_instances { "2025-01-29" } else { "2022-12-13" },
+        "destination": {"protocol": "HTTP", "URI": format!("http://sandbox.localdomain:{port}/")},
+        "types": config.telemetry.types,
+        "buffering": {"maxItems": 1000, "maxBytes": 262_144, "timeoutMs": config.telemetry.buffer_ms},
+    });
+    let request = lambda_runtime_api_client::build_request()
+        .method("PUT")
+        .uri("/2022-07-01/telemetry")
+        .header("Lambda-Extension-Identifier", extension_id)
+        .header("Content-Type", "application/json")
+        .body(body.to_string().into())
+        .map_err(|e| StartupError::Subscribe(e.to_string()))?;
+    let response = client
+        .call(request)
+        .await
+        .map_err(|e| StartupError::Subscribe(e.to_string()))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    Err(StartupError::Subscribe(format!("HTTP {status}: {body}")))
+}
+
+/// `POST /extension/init/error`. Best effort: the process exits non-zero either way.
+async fn report_init_error(client: &Client, extension_id: &str, error: &StartupError) {
+    let message = error.to_string();
+    let request = init_error(
+        extension_id,
+        error.error_type(),
+        Some(ErrorRequest {
+            error_message: &message,
+            error_type: error.error_type(),
+            stack_trace: Vec::new(),
+        }),
+    );
+    let result = match request {
+        Ok(request) => client.call(request).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "init/error could not be reported");
+    }
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Sidecar {
+    async fn on_invoke(&mut self, invoke: lambda_extension::InvokeEvent) {
+        let received = SystemTime::now();
+        tracing::info!(request_id = %invoke.request_id, "received INVOKE");
+        let xray = Some(invoke.tracing.value).filter(|v| !v.is_empty());
+        self.last_request_id = Some(invoke.request_id.clone());
+        self.recorder.record(Record::Invoke(InvokeRecord {
+            request_id: invoke.request_id.clone(),
+            deadline_ms: invoke.deadline_ms,
+            invoked_arn: invoke.invoked_function_arn,
+            xray,
+            received,
+        }));
+        // Never past the function's own deadline (0 from some emulators means "unknown").
+        let to_deadline =
+            Duration::from_millis(invoke.deadline_ms.saturating_sub(epoch_ms(received)));
+        let budget = if invoke.deadline_ms == 0 {
+            self.flush_timeout
+        } else {
+            self.flush_timeout.min(to_deadline)
+        };
+        let spans = self.pipeline.drain().await;
+        let report = self.exporter.flush(spans, budget).await;
+        tracing::debug!(?report, "flushed at INVOKE");
+        self.recorder.record(Record::Resumed {
+            request_id: invoke.request_id,
+            at: SystemTime::now(),
+        });
+    }
+
+    async fn on_shutdown(mut self, shutdown: lambda_extension::ShutdownEvent) {
+        let now = SystemTime::now();
+        tracing::info!(reason = %shutdown.shutdown_reason, "received SHUTDOWN");
+        let deadline = if shutdown.deadline_ms == 0 {
+            Instant::now() + self.flush_timeout + REPORT_WAIT + DRAIN_WAIT
+        } else {
+            Instant::now()
+                + Duration::from_millis(shutdown.deadline_ms.saturating_sub(epoch_ms(now)))
+                    .saturating_sub(SHUTDOWN_MARGIN)
+        };
+        // Token requests already accepted finish; no new ones start.
+        let _ = self.stop_token.send(true);
+        let _ = tokio::time::timeout(
+            DRAIN_WAIT.min(deadline.saturating_duration_since(Instant::now())),
+            &mut self.token_server,
+        )
+        .await;
+        if let Some(request_id) = self.last_request_id.take() {
+            let wait = REPORT_WAIT.min(deadline.saturating_duration_since(Instant::now()) / 2);
+            if tokio::time::timeout(wait, self.pipeline.await_report(request_id))
+                .await
+                .is_err()
+            {
+                tracing::warn!("the last platform.report did not arrive before the shutdown flush");
+            }
+        }
+        let spans = self.pipeline.finish(SystemTime::now()).await;
+        let report = self
+            .exporter
+            .flush(spans, deadline.saturating_duration_since(Instant::now()))
+            .await;
+        let _ = self.stop_intake.send(true);
+        tracing::info!(
+            spans_sent = report.spans_sent,
+            spans_pending = report.spans_pending,
+            metrics_sent = report.metrics_sent,
+            timed_out = report.timed_out,
+            "shutdown flush done"
+        );
+    }
+}

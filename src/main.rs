@@ -1,0 +1,102 @@
+//! The `lambda-sidecar` binary: picks the mode, sets up logging, hands over to the library.
+
+use std::process::ExitCode;
+
+use lambda_sidecar::config::{Config, LogConfig, LogFormat};
+use lambda_sidecar::{lifecycle, logging, standalone};
+
+const USAGE: &str = "\
+lambda-sidecar: an AWS Lambda extension that issues JWTs on 127.0.0.1 and ships telemetry over OTLP.
+
+Usage:
+  lambda-sidecar          run as a Lambda extension (needs AWS_LAMBDA_RUNTIME_API, set by Lambda)
+  lambda-sidecar serve    run the token service alone, for local development, until Ctrl-C
+  lambda-sidecar --version
+
+Configuration is read from environment variables; see README.md.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let serve = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => false,
+        ["serve"] => true,
+        ["--version" | "-V"] => {
+            println!("lambda-sidecar {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        ["--help" | "-h"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if !serve && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+        eprintln!(
+            "lambda-sidecar: AWS_LAMBDA_RUNTIME_API is not set, so this is not a Lambda \
+             execution environment.\nTo run the token service on its own, use: lambda-sidecar serve"
+        );
+        return ExitCode::from(2);
+    }
+    let config = Config::from_env();
+    // Before (or without) a valid configuration: JSON at info, as inside Lambda, where a
+    // configuration error will be read in CloudWatch.
+    let fallback = LogConfig {
+        filter: "info".to_string(),
+        format: LogFormat::Json,
+    };
+    logging::init(config.as_ref().map_or(&fallback, |c| &c.log));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("lambda-sidecar: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if serve {
+        return match config {
+            Ok(config) => match runtime.block_on(standalone::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(standalone::StandaloneError::Config(e)) => {
+                    eprintln!(
+                        "lambda-sidecar: configuration error ({}): {e}",
+                        e.error_type()
+                    );
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "standalone server failed");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!(
+                    "lambda-sidecar: configuration error ({}): {e}",
+                    e.error_type()
+                );
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Err(e) = lifecycle::check_runtime_api() {
+        eprintln!("lambda-sidecar: {e}");
+        return ExitCode::from(2);
+    }
+    match runtime.block_on(lifecycle::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "extension stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! What flows into derivation ([`crate::derive::Deriver`]), in arrival order, from the
+//! three places that observe the function: the Extensions API loop (INVOKE, and the
+//! moment the sidecar hands control back), the Telemetry API listener, and the /token
+//! handler. Also the two trace-context formats those sources carry: X-Ray's
+//! `X-Amzn-Trace-Id` and W3C `traceparent`.
+//!
+//! Architecture invariant: records carry no token, secret or claim value; a
+//! [`TokenRecord`] knows only how a request ended, never what was issued.
+
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::{SpanId, TraceId};
+
+use crate::intake::events::Batch;
+
+/// One observation, sent by the lifecycle, the telemetry listener or the token handler.
+#[derive(Debug)]
+pub enum Record {
+    /// An INVOKE event from the Extensions API: usually the first sight of a request id.
+    Invoke(InvokeRecord),
+    /// One parsed Telemetry API POST.
+    Telemetry(Batch),
+    /// One finished /token request.
+    Token(TokenRecord),
+    /// The lifecycle is about to call `event/next` again after handling the INVOKE of
+    /// `request_id`: from then on the sidecar no longer holds the invocation open, so the
+    /// post-runtime hold is `at - runtimeDone.time`, floored at zero.
+    Resumed { request_id: String, at: SystemTime },
+}
+
+/// The INVOKE event as the lifecycle received it.
+#[derive(Debug, Clone)]
+pub struct InvokeRecord {
+    pub request_id: String,
+    /// Absolute deadline, epoch milliseconds (as Lambda sends it).
+    pub deadline_ms: u64,
+    pub invoked_arn: String,
+    /// The `tracing.value` X-Ray header, `Root=1-…;Parent=…;Sampled=…`, when present.
+    pub xray: Option<String>,
+    /// When the sidecar received the event: the span start if `platform.start` never comes.
+    pub received: SystemTime,
+}
+
+/// One /token request as the handler saw it.
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub start: SystemTime,
+    pub duration: Duration,
+    /// The configured signing algorithm, e.g. `"ES256"` (a metric label: low cardinality).
+    pub algorithm: &'static str,
+    pub outcome: TokenOutcome,
+    /// The caller's W3C trace context, which makes the token span its child.
+    pub traceparent: Option<TraceParent>,
+}
+
+/// How a /token request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOutcome {
+    Issued,
+    /// Answered with this HTTP error status (bad request, disallowed claim, ...).
+    Rejected {
+        status: u16,
+    },
+}
+
+impl TokenOutcome {
+    /// The `outcome` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenOutcome::Issued => "issued",
+            TokenOutcome::Rejected { .. } => "rejected",
+        }
+    }
+
+    /// The HTTP status the handler answered with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            TokenOutcome::Issued => 200,
+            TokenOutcome::Rejected { status } => status,
+        }
+    }
+}
+
+/// A parent span in another process: what a `traceparent` header or an X-Ray
+/// header contributes to a span we derive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteParent {
+    pub trace_id: TraceId,
+    /// `None` for an X-Ray header with a Root but no Parent: the span becomes a root of
+    /// that trace.
+    pub span_id: Option<SpanId>,
+}
+
+/// A W3C Trace Context `traceparent` header (version `00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent(pub RemoteParent);
+
+impl TraceParent {
+    /// Parses `00-{32 hex trace id}-{16 hex parent id}-{2 hex flags}`.
+    ///
+    /// Strict per the spec: lowercase hex only, exact length, all-zero ids refused
+    /// (they mean "invalid"), other versions refused. Sampling flags are validated but
+    /// not kept: the sidecar records every token span it derives.
+    pub fn parse(header: &str) -> Option<TraceParent> {
+        let mut parts = header.trim().split('-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if parts.next().is_some() || version != "00" || !hex_of_len(flags, 2, lower_hex) {
+            return None;
+        }
+        Some(TraceParent(RemoteParent {
+            trace_id: trace_id(trace, lower_hex)?,
+            span_id: Some(span_id(parent, lower_hex)?),
+        }))
+    }
+}
+
+/// Parses an X-Ray `X-Amzn-Trace-Id` value such as
+/// `Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1`.
+///
+/// The Root `1-{8 hex epoch}-{24 hex}` becomes the W3C trace id by joining its two hex
+/// parts, which is how ADOT and X-Ray's OTLP endpoint map them, so derived spans join
+/// the same trace. `None` without a valid Root; an invalid or all-zero Parent is
+/// dropped rather than failing the whole header. `Sampled` is ignored on purpose:
+/// functions without active tracing get `Sampled=0`, and the sidecar still records them.
+pub fn parse_xray(header: &str) -> Option<RemoteParent> {
+    let mut root = None;
+    let mut parent = None;
+    for field in header.split(';') {
+        match field.trim().split_once('=') {
+            Some(("Root", value)) => root = Some(value),
+            Some(("Parent", value)) => parent = Some(value),
+            _ => {}
+        }
+    }
+    let (version, rest) = root?.split_once('-')?;
+    let (epoch, unique) = rest.split_once('-')?;
+    if version != "1" || epoch.len() != 8 || unique.len() != 24 {
+        return None;
+    }
+    let any_hex = |b: u8| b.is_ascii_hexdigit();
+    Some(RemoteParent {
+        trace_id: trace_id(&format!("{epoch}{unique}"), any_hex)?,
+        span_id: parent.and_then(|p| span_id(p, any_hex)),
+    })
+}
+
+/// True when `text` is exactly `len` characters, each accepted by `digit`.
+/// (`TraceId::from_hex` alone would also take `+` prefixes and short strings.)
+fn hex_of_len(text: &str, len: usize, digit: impl Fn(u8) -> bool) -> bool {
+    text.len() == len && text.bytes().all(digit)
+}
+
+fn trace_id(text: &str, digit: impl Fn(u8) -> bool) -> Option<TraceId> {
+    let id = hex_of_len(text, 32, digit).then(|| TraceId::from_hex(text).ok())??;
+    (id != TraceId::INVALID).then_some(id)
+}
+
+fn span_id(text: &str, digit: impl Fn(u8) -> bool) -> Option<SpanId> {
+    let id = hex_of_len(text, 16, digit).then(|| SpanId::from_hex(text).ok())??;
+    (id != SpanId::INVALID).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(parent: Option<RemoteParent>) -> String {
+        match parent {
+            None => "none".to_owned(),
+            Some(RemoteParent {
+                trace_id,
+                span_id: Some(span),
+            }) => format!("{trace_id} {span}"),
+            Some(RemoteParent {
+                trace_id,
+                span_id: None,
+            }) => format!("{trace_id} -"),
+        }
+    }
+
+    fn check_traceparent(header: &str, expected: &str) {
+        assert_eq!(
+            render(TraceParent::parse(header).map(|t| t.0)),
+            expected,
+            "{header}"
+        );
+    }
+
+    fn check_xray(header: &str, expected: &str) {
+        assert_eq!(render(parse_xray(header)), expected, "{header}");
+    }
+
+    #[test]
+    fn traceparent() {
+        check_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7",
+        );
+        check_traceparent(
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00 ",
+            "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7",
+        );
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            check_traceparent(bad, "none");
+        }
+    }
+
+    #[test]
+    fn xray() {
+        check_xray(
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+            "5759e988bd862e3fe1be46a994272793 53995c3f42cd8ad8",
+        );
+        check_xray(
+            "Sampled=0; Parent=53995c3f42cd8ad8 ;Root=1-5759e988-bd862e3fe1be46a994272793;Lineage=a:1",
+            "5759e988bd862e3fe1be46a994272793 53995c3f42cd8ad8",
+        );
+        check_xray(
+            "Root=1-5759e988-bd862e3fe1be46a994272793",
+            "5759e988bd862e3fe1be46a994272793 -",
+        );
+        check_xray(
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=0000000000000000",
+            "5759e988bd862e3fe1be46a994272793 -",
+        );
+        for bad in [
+            "",
+            "Parent=53995c3f42cd8ad8",
+            "Root=2-5759e988-bd862e3fe1be46a994272793",
+            "Root=1-5759e98-bd862e3fe1be46a9942727930",
+            "Root=1-5759e988-bd862e3fe1be46a99427279g",
+            "Root=1-00000000-000000000000000000000000",
+        ] {
+            check_xray(bad, "none");
+        }
+    }
+
+    #[test]
+    fn token_outcome_labels_and_status() {
+        assert_eq!(
+            (
+                TokenOutcome::Issued.as_str(),
+                TokenOutcome::Issued.http_status()
+            ),
+            ("issued", 200)
+        );
+        let rejected = TokenOutcome::Rejected { status: 400 };
+        assert_eq!(
+            (rejected.as_str(), rejected.http_status()),
+            ("rejected", 400)
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! Standalone mode (`lambda-sidecar serve`): the token service without the Extensions API,
+//! for local development, the examples and benchmarks. No telemetry: there is no Lambda to
+//! observe.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ConfigError};
+use crate::token::{self, TokenService, keys::SigningKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the token server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Serves tokens on 127.0.0.1:`SIDECAR_PORT` until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), StandaloneError> {
+    let key = SigningKey::load(&config.token)?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StandaloneError::Bind { addr, source })?;
+    tracing::info!(%addr, algorithm = key.algorithm().name(), kid = key.kid(), "serving tokens");
+    let service = Arc::new(TokenService::new(config.token, key, None));
+    token::serve(listener, service, signal())
+        .await
+        .map_err(StandaloneError::Serve)
+}
+
+/// Resolves on SIGINT or SIGTERM. If a handler can't be installed, Ctrl-C alone stops it.
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("stopping");
+}

@@ -1,0 +1,342 @@
+//! The token service end to end over real HTTP on 127.0.0.1:0: every status it answers,
+//! tokens verified through the published JWKS, keys of every supported algorithm.
+//! (PyJWT and jose verify the same tokens independently: tests/verifiers.)
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature as sig;
+use base64::Engine as _;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
+use lambda_sidecar::config::Config;
+use lambda_sidecar::token::{self, TokenService, keys::SigningKey};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const SECRET: &str = "k7Qm2vXp9LrT4sWz8YbN3cFh6JdGa1Ue5KoP0iRt";
+
+/// A running token server; stopped when dropped.
+struct Server {
+    base: String,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start(env: &[(&str, &str)]) -> Server {
+    let map: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = Config::parse(|k| map.get(k).cloned(), map.keys().map(String::as_str)).unwrap();
+    let key = SigningKey::load(&config.token).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let service = Arc::new(TokenService::new(config.token, key, None));
+    tokio::spawn(token::serve(listener, service, async {
+        let _ = stopped.await;
+    }));
+    Server { base, _stop: stop }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A fresh PKCS#8 PEM private key for `alg`.
+fn private_key(alg: &str) -> String {
+    let rng = SystemRandom::new();
+    let der: Vec<u8> = match alg {
+        "ES256" => sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .unwrap()
+            .as_ref()
+            .to_vec(),
+        "ES384" => sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P384_SHA384_FIXED_SIGNING, &rng)
+            .unwrap()
+            .as_ref()
+            .to_vec(),
+        "EdDSA" => sig::Ed25519KeyPair::generate_pkcs8(&rng)
+            .unwrap()
+            .as_ref()
+            .to_vec(),
+        _ => {
+            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+            let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair).unwrap();
+            der.as_ref().to_vec()
+        }
+    };
+    pem("PRIVATE KEY", &der)
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn validation(alg: jsonwebtoken::Algorithm, aud: Option<&str>) -> Validation {
+    let mut v = Validation::new(alg);
+    v.set_issuer(&["https://issuer.example"]);
+    match aud {
+        Some(a) => v.set_audience(&[a]),
+        None => v.validate_aud = false,
+    }
+    v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "sub"]);
+    v
+}
+
+#[tokio::test]
+async fn hs256_tokens_carry_every_claim_and_verify() {
+    let server = start(&[
+        ("JWT_SECRET", SECRET),
+        ("JWT_ISSUER", "https://issuer.example"),
+        ("JWT_AUDIENCE", "api,billing"),
+        ("JWT_DEFAULT_SUBJECT", "orders-fn"),
+        ("JWT_ALLOWED_CLAIMS", "role"),
+    ])
+    .await;
+    let (status, body) = get(&format!("{}/token", server.base)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["user_id"], "orders-fn");
+    assert_eq!(body["expires_in"], 900);
+    assert_eq!(body["kid"], "hs256-hmac");
+    let token = body["token"].as_str().unwrap();
+    let header = decode_header(token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("JWT"));
+    assert_eq!(header.kid.as_deref(), Some("hs256-hmac"));
+    let data = decode::<Value>(
+        token,
+        &DecodingKey::from_secret(SECRET.as_bytes()),
+        &validation(jsonwebtoken::Algorithm::HS256, Some("api")),
+    )
+    .unwrap();
+    let c = data.claims;
+    assert_eq!(c["sub"], "orders-fn");
+    assert_eq!(c["aud"], "api");
+    assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 900);
+    assert_eq!(c["exp"], body["expires_at"]);
+    assert!(c["jti"].as_str().is_some_and(|j| j.len() >= 22));
+    // A different key, or an algorithm other than the pinned one, fails verification.
+    let wrong = decode::<Value>(
+        token,
+        &DecodingKey::from_secret(b"another-secret-of-enough-length!!"),
+        &validation(jsonwebtoken::Algorithm::HS256, Some("api")),
+    );
+    assert!(wrong.is_err());
+    let other_alg = decode::<Value>(
+        token,
+        &DecodingKey::from_secret(SECRET.as_bytes()),
+        &validation(jsonwebtoken::Algorithm::HS512, Some("api")),
+    );
+    assert!(other_alg.is_err());
+
+    let (status, body) = post(
+        &format!("{}/token", server.base),
+        json!({"sub": "user-42", "aud": ["billing"], "ttl_seconds": 60, "claims": {"role": "reader"}}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "user-42");
+    assert_eq!(body["expires_in"], 60);
+    let c = decode::<Value>(
+        body["token"].as_str().unwrap(),
+        &DecodingKey::from_secret(SECRET.as_bytes()),
+        &validation(jsonwebtoken::Algorithm::HS256, Some("billing")),
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(
+        (c["sub"].as_str(), c["role"].as_str()),
+        (Some("user-42"), Some("reader"))
+    );
+
+    // The JWKS never publishes a symmetric key.
+    let (status, jwks) = get(&format!("{}/.well-known/jwks.json", server.base)).await;
+    assert_eq!((status, jwks), (200, json!({"keys": []})));
+}
+
+#[tokio::test]
+async fn jti_is_unique() {
+    let server = start(&[("JWT_SECRET", SECRET)]).await;
+    let mut seen = HashSet::new();
+    for _ in 0..50 {
+        let (_, body) = get(&format!("{}/token", server.base)).await;
+        let token = body["token"].as_str().unwrap();
+        let claims: Value = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
+            .unwrap()
+            .claims;
+        assert!(seen.insert(claims["jti"].as_str().unwrap().to_string()));
+    }
+}
+
+#[tokio::test]
+async fn asymmetric_tokens_verify_through_the_jwks() {
+    for alg in ["ES256", "ES384", "RS256", "PS256", "EdDSA"] {
+        let key = private_key(alg);
+        let server = start(&[
+            ("JWT_ALGORITHM", alg),
+            ("JWT_PRIVATE_KEY", &key),
+            ("JWT_ISSUER", "https://issuer.example"),
+        ])
+        .await;
+        let (status, body) = get(&format!("{}/token", server.base)).await;
+        assert_eq!(status, 200, "{alg}: {body}");
+        let token = body["token"].as_str().unwrap();
+        let header = decode_header(token).unwrap();
+        let (_, jwks) = get(&format!("{}/.well-known/jwks.json", server.base)).await;
+        let set: JwkSet = serde_json::from_value(jwks.clone()).unwrap();
+        assert_eq!(set.keys.len(), 1, "{alg}");
+        let jwk = set
+            .find(header.kid.as_deref().unwrap())
+            .unwrap_or_else(|| panic!("{alg}: kid not in JWKS {jwks}"));
+        assert_eq!(body["kid"].as_str(), header.kid.as_deref());
+        assert!(
+            jwks.to_string().find("\"d\"").is_none(),
+            "{alg}: private part published"
+        );
+        let decoding = DecodingKey::from_jwk(jwk).unwrap();
+        let c = decode::<Value>(token, &decoding, &validation(header.alg, None))
+            .unwrap()
+            .claims;
+        assert_eq!(c["iss"], "https://issuer.example", "{alg}");
+        assert_eq!(format!("{:?}", header.alg), alg);
+    }
+}
+
+#[tokio::test]
+async fn kid_is_the_rfc7638_thumbprint_unless_configured() {
+    let key = private_key("ES256");
+    let server = start(&[("JWT_ALGORITHM", "ES256"), ("JWT_PRIVATE_KEY", &key)]).await;
+    let (_, jwks) = get(&format!("{}/.well-known/jwks.json", server.base)).await;
+    let set: JwkSet = serde_json::from_value(jwks).unwrap();
+    let jwk = &set.keys[0];
+    let thumb = jwk
+        .thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
+        .unwrap();
+    assert_eq!(jwk.common.key_id.as_deref(), Some(thumb.as_str()));
+
+    let server = start(&[
+        ("JWT_ALGORITHM", "ES256"),
+        ("JWT_PRIVATE_KEY", &key),
+        ("JWT_KEY_ID", "key-2026"),
+    ])
+    .await;
+    let (_, body) = get(&format!("{}/token", server.base)).await;
+    assert_eq!(body["kid"], "key-2026");
+}
+
+/// Every error is `{"error","message","status"}` with the right status; none panics the
+/// server (it still answers afterwards).
+#[tokio::test]
+async fn every_error_status() {
+    let server = start(&[("JWT_SECRET", SECRET), ("JWT_ALLOWED_CLAIMS", "role")]).await;
+    let url = format!("{}/token", server.base);
+    let cases: Vec<(u16, &str, (u16, Value))> = vec![
+        (400, "not valid JSON", post(&url, "{\"sub\":").await),
+        (
+            400,
+            "iss is set by the sidecar",
+            post(&url, r#"{"iss":"x"}"#).await,
+        ),
+        (
+            400,
+            "exp is set by the sidecar",
+            post(&url, r#"{"claims":{"exp":1}}"#).await,
+        ),
+        (
+            400,
+            "claim admin is not allowed",
+            post(&url, r#"{"claims":{"admin":true}}"#).await,
+        ),
+        (
+            400,
+            "JWT_MAX_TTL_SECONDS",
+            post(&url, r#"{"ttl_seconds":999999}"#).await,
+        ),
+        (400, "JWT_AUDIENCE", post(&url, r#"{"aud":"anyone"}"#).await),
+        (400, "JSON object", post(&url, "[]").await),
+        (413, "16384", post(&url, vec![b' '; 17 * 1024]).await),
+        (
+            404,
+            "no such endpoint",
+            get(&format!("{}/nope", server.base)).await,
+        ),
+    ];
+    for (want, fragment, (status, body)) in cases {
+        assert_eq!(status, want, "{body}");
+        assert_eq!(body["status"], want, "{body}");
+        assert!(body["error"].is_string(), "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(fragment),
+            "{fragment:?} not in {body}"
+        );
+    }
+    let r = reqwest::Client::new().delete(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 405);
+    let (status, body) = get(&format!("{}/health", server.base)).await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+}
+
+#[test]
+fn bad_keys_are_refused_at_start() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("JWT_SECRET", "super_secret")], "Config.InvalidSecret"),
+        (
+            &[("JWT_ALGORITHM", "ES256"), ("JWT_PRIVATE_KEY", "not a pem")],
+            "Config.InvalidKey",
+        ),
+    ];
+    for (env, error_type) in cases {
+        let map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let config =
+            Config::parse(|k| map.get(k).cloned(), map.keys().map(String::as_str)).unwrap();
+        let err = SigningKey::load(&config.token)
+            .err()
+            .expect("must be refused");
+        assert_eq!(err.error_type(), *error_type);
+        assert!(!err.to_string().contains("super_secret"));
+    }
+    // An ES256 key offered for RS256 is refused, naming the variable.
+    let key = private_key("ES256");
+    let map: HashMap<String, String> = [
+        ("JWT_ALGORITHM", "RS256"),
+        ("JWT_PRIVATE_KEY", key.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let config = Config::parse(|k| map.get(k).cloned(), map.keys().map(String::as_str)).unwrap();
+    let err = SigningKey::load(&config.token)
+        .err()
+        .expect("must be refused");
+    assert!(err.to_string().contains("JWT_PRIVATE_KEY"), "{err}");
+}
