@@ -1,0 +1,796 @@
+//! The orchestrator: one sandbox lifecycle (init, N invokes with freezes, shutdown).
+//!
+//! `Environment::start` binds the API and spawns the extension process; `run` drives the
+//! phases and returns a [`Report`]. The child is killed on drop, so a failing test or an
+//! error leaves no process behind.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use crate::api::{self, Phase, Shared};
+use crate::clock::{epoch_ms, ms, rfc3339_ms};
+use crate::function::{self, FunctionConfig, SIMULATE_ERROR, SIMULATE_TIMEOUT, TokenMode};
+use crate::ids::{XrayTrace, random_hex, uuid_v4};
+use crate::report::{InitError, InitReport, InvokeReport, InvokeStatus, Report, ShutdownReport};
+use crate::telemetry::Hub;
+
+pub const ACCOUNT_ID: &str = "123456789012";
+pub const REGION: &str = "us-east-1";
+const RUNTIME_VERSION: &str = "provided:al2023.v100";
+const RUNTIME_VERSION_ARN: &str = "arn:aws:lambda:us-east-1::runtime:0f1b3c5d7e9a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c";
+/// Bound on the API server's graceful stop once everything else is done.
+const SERVER_STOP: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("cannot bind the sandbox API: {0}")]
+    Bind(std::io::Error),
+    #[error("cannot create the work directory {path}: {source}")]
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot spawn the extension {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvConfig {
+    /// Extension executable to spawn (None: only in-process extensions, see below).
+    pub extension: Option<PathBuf>,
+    /// Extra environment for the extension process.
+    pub env: Vec<(String, String)>,
+    /// Registrations to wait for besides the spawned process (in-process test extensions).
+    pub in_process_extensions: usize,
+    pub function_name: String,
+    pub memory_mb: u32,
+    pub invokes: usize,
+    pub tokens_per_invoke: usize,
+    pub token_url: String,
+    pub token_mode: TokenMode,
+    /// How long the function works (after its token calls) before responding.
+    pub function_ms: u64,
+    /// Function timeout: deadlineMs = now + this.
+    pub function_timeout_ms: u64,
+    /// Pause between invokes; the extension is frozen during it when `freeze` is on.
+    pub gap_ms: u64,
+    /// SIGSTOP the extension between invokes (and hold telemetry delivery), as Lambda does.
+    pub freeze: bool,
+    /// SHUTDOWN deadlineMs = now + this; SIGKILL after.
+    pub shutdown_ms: u64,
+    pub init_timeout_ms: u64,
+    /// Emit SnapStart restore events instead of init events.
+    pub snapstart: bool,
+    /// Per invoke, an unknown event type (`platform.futureThing`) and unknown fields.
+    pub inject_unknown: bool,
+    /// Emit one `platform.logsDropped` in the first invoke.
+    pub logs_dropped: bool,
+    /// 0-based invokes on which the function reports an error.
+    pub fail_invokes: Vec<usize>,
+    /// 0-based invokes on which the function overruns its timeout.
+    pub timeout_invokes: Vec<usize>,
+    /// Where the extension's stdout/stderr files go (default: a new temp dir).
+    pub work_dir: Option<PathBuf>,
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        EnvConfig {
+            extension: None,
+            env: Vec::new(),
+            in_process_extensions: 0,
+            function_name: "lambda-env-function".to_string(),
+            memory_mb: 128,
+            invokes: 3,
+            tokens_per_invoke: 0,
+            token_url: "http://127.0.0.1:3003/token".to_string(),
+            token_mode: TokenMode::Alternate,
+            function_ms: 10,
+            function_timeout_ms: 3_000,
+            gap_ms: 100,
+            freeze: true,
+            shutdown_ms: 2_000,
+            init_timeout_ms: 10_000,
+            snapstart: false,
+            inject_unknown: false,
+            logs_dropped: false,
+            fail_invokes: Vec::new(),
+            timeout_invokes: Vec::new(),
+            work_dir: None,
+        }
+    }
+}
+
+/// A running sandbox. Dropping it kills the extension process and stops every task.
+pub struct Environment {
+    cfg: EnvConfig,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    client: reqwest::Client,
+    server: Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>,
+    child: Option<Child>,
+    tasks: Vec<JoinHandle<()>>,
+    function: Option<JoinHandle<()>>,
+    stdout_path: Option<PathBuf>,
+    stderr_path: Option<PathBuf>,
+    started: Instant,
+    frozen: bool,
+}
+
+/// A port that was free a moment ago on 127.0.0.1, e.g. for `SIDECAR_PORT` when tests run
+/// in parallel (pass the same port in `token_url`).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts an environment and runs it to the end.
+pub async fn run(cfg: EnvConfig) -> Result<Report, EnvError> {
+    Environment::start(cfg).await?.run().await
+}
+
+impl Environment {
+    /// Binds the API on 127.0.0.1:0, emits the init start, spawns the extension process
+    /// and the function's runtime.
+    pub async fn start(cfg: EnvConfig) -> Result<Environment, EnvError> {
+        let started = Instant::now();
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        let hub = Hub::new(client.clone());
+        let shared = Shared::new(cfg.function_name.clone(), hub);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(EnvError::Bind)?;
+        let addr = listener.local_addr().map_err(EnvError::Bind)?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let router = api::router(Arc::clone(&shared));
+        let server = tokio::spawn(async move {
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            // A serve error ends the API; the orchestrator then times out and reports it.
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await;
+        });
+        let init_type = init_type(&cfg);
+        let start_event = if cfg.snapstart {
+            "platform.restoreStart"
+        } else {
+            "platform.initStart"
+        };
+        let mut record = json!({
+            "runtimeVersion": RUNTIME_VERSION,
+            "runtimeVersionArn": RUNTIME_VERSION_ARN,
+        });
+        if !cfg.snapstart {
+            record["initializationType"] = json!(init_type);
+            record["phase"] = json!("init");
+        }
+        shared.hub.emit(start_event, record);
+
+        let mut env = Environment {
+            cfg,
+            shared,
+            addr,
+            client,
+            server: Some((stop_tx, server)),
+            child: None,
+            tasks: Vec::new(),
+            function: None,
+            stdout_path: None,
+            stderr_path: None,
+            started,
+            frozen: false,
+        };
+        if let Some(path) = env.cfg.extension.clone() {
+            env.spawn_extension(path).await?;
+        }
+        env.spawn_function();
+        Ok(env)
+    }
+
+    /// The sandbox API address (what `AWS_LAMBDA_RUNTIME_API` holds).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `127.0.0.1:PORT`, the form real Lambda puts in `AWS_LAMBDA_RUNTIME_API`.
+    pub fn runtime_api(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn extension_pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    async fn spawn_extension(&mut self, path: PathBuf) -> Result<(), EnvError> {
+        let dir = match &self.cfg.work_dir {
+            Some(d) => d.clone(),
+            None => std::env::temp_dir().join(format!(
+                "lambda-env-{}-{}",
+                std::process::id(),
+                random_hex(4)
+            )),
+        };
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|source| EnvError::WorkDir {
+                path: dir.clone(),
+                source,
+            })?;
+        let stdout_path = dir.join("extension.stdout");
+        let stderr_path = dir.join("extension.stderr");
+        let log_stream = format!(
+            "{}/[$LATEST]{}",
+            rfc3339_ms(SystemTime::now())
+                .get(..10)
+                .unwrap_or("1970/01/01")
+                .replace('-', "/"),
+            random_hex(16)
+        );
+        let mut cmd = Command::new(&path);
+        cmd.env("AWS_LAMBDA_RUNTIME_API", self.runtime_api())
+            .env("AWS_LAMBDA_FUNCTION_NAME", &self.cfg.function_name)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                self.cfg.memory_mb.to_string(),
+            )
+            .env("AWS_REGION", REGION)
+            .env("AWS_DEFAULT_REGION", REGION)
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", log_stream)
+            .env(
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{}", self.cfg.function_name),
+            )
+            .env("AWS_LAMBDA_INITIALIZATION_TYPE", init_type(&self.cfg))
+            .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so freezing and killing reach helpers it spawns too
+            // (Lambda freezes the whole sandbox, not one pid).
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| EnvError::Spawn {
+            path: path.clone(),
+            source,
+        })?;
+        for (pipe, file) in [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn AsyncRead + Send + Unpin>),
+                &stdout_path,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn AsyncRead + Send + Unpin>),
+                &stderr_path,
+            ),
+        ] {
+            let Some(pipe) = pipe else { continue };
+            let out = tokio::fs::File::create(file)
+                .await
+                .map_err(|source| EnvError::WorkDir {
+                    path: file.clone(),
+                    source,
+                })?;
+            let hub = Arc::clone(&self.shared.hub);
+            self.tasks.push(tokio::spawn(capture(pipe, out, hub)));
+        }
+        self.child = Some(child);
+        self.stdout_path = Some(stdout_path);
+        self.stderr_path = Some(stderr_path);
+        Ok(())
+    }
+
+    fn spawn_function(&mut self) {
+        let cfg = FunctionConfig {
+            runtime_base: format!("http://{}/2018-06-01/runtime", self.addr),
+            token_url: self.cfg.token_url.clone(),
+            tokens_per_invoke: self.cfg.tokens_per_invoke,
+            token_mode: self.cfg.token_mode,
+            function_ms: self.cfg.function_ms,
+        };
+        if let Some(old) = self.function.take() {
+            old.abort();
+        }
+        self.function = Some(function::spawn(
+            cfg,
+            self.client.clone(),
+            Arc::clone(&self.shared),
+        ));
+    }
+
+    /// Drives init, the invokes and shutdown, then stops everything.
+    pub async fn run(mut self) -> Result<Report, EnvError> {
+        let init = self.init_phase().await;
+        let mut invokes = Vec::new();
+        let shutdown = if init.error.is_none() {
+            for i in 0..self.cfg.invokes {
+                invokes.push(self.invoke(i, init.duration_ms).await);
+                self.freeze_gap().await;
+            }
+            self.shutdown_phase().await
+        } else {
+            self.failed_init_exit().await
+        };
+        let mut init = init;
+        if let Some(err) = init.error.as_mut() {
+            err.exit_code = err.exit_code.or(shutdown.exit_code);
+        }
+        Ok(self.finish(init, invokes, shutdown).await)
+    }
+
+    async fn init_phase(&mut self) -> InitReport {
+        let expected = self.cfg.in_process_extensions + usize::from(self.child.is_some());
+        let deadline = tokio::time::Instant::from_std(
+            self.started + Duration::from_millis(self.cfg.init_timeout_ms),
+        );
+        let shared = Arc::clone(&self.shared);
+        let ready = shared.wait_until(
+            |inner| {
+                inner.init_error.is_some()
+                    || inner.runtime_init_error.is_some()
+                    || (inner.extensions.len() >= expected
+                        && inner.extensions.iter().all(api::Extension::idle)
+                        && inner.runtime_waiting)
+            },
+            Some(deadline),
+        );
+        let exited = wait_child(self.child.as_mut());
+        let error = tokio::select! {
+            ok = ready => {
+                let inner = self.shared.lock();
+                if let Some((_, error_type, body)) = &inner.init_error {
+                    Some(InitError { error_type: error_type.clone(), body: body.clone(), exit_code: None })
+                } else if let Some((error_type, body)) = &inner.runtime_init_error {
+                    Some(InitError { error_type: error_type.clone(), body: body.clone(), exit_code: None })
+                } else if !ok {
+                    Some(InitError { error_type: "Sandbox.Timedout".into(), body: Value::Null, exit_code: None })
+                } else {
+                    None
+                }
+            }
+            code = exited => Some(InitError {
+                error_type: "Extension.Crash".into(),
+                body: self.shared.lock().init_error.as_ref().map(|e| e.2.clone()).unwrap_or(Value::Null),
+                exit_code: code,
+            }),
+        };
+        let duration_ms = ms(self.started.elapsed());
+        let init_type = init_type(&self.cfg);
+        let status = if error.is_some() { "error" } else { "success" };
+        let mut done = json!({"status": status});
+        let mut report = json!({"status": status, "metrics": {"durationMs": round3(duration_ms)}});
+        if let Some(e) = &error {
+            done["errorType"] = json!(e.error_type);
+            report["errorType"] = json!(e.error_type);
+        }
+        if self.cfg.snapstart {
+            self.shared.hub.emit("platform.restoreRuntimeDone", done);
+            self.shared.hub.emit("platform.restoreReport", report);
+        } else {
+            for v in [&mut done, &mut report] {
+                v["initializationType"] = json!(init_type);
+                v["phase"] = json!("init");
+            }
+            self.shared.hub.emit("platform.initRuntimeDone", done);
+            self.shared.hub.emit("platform.initReport", report);
+        }
+        self.shared.update(|inner| inner.phase = Phase::Invoke);
+        self.shared.hub.close_init();
+        InitReport {
+            initialization_type: init_type.to_string(),
+            duration_ms,
+            error,
+        }
+    }
+
+    async fn invoke(&mut self, index: usize, init_ms: f64) -> InvokeReport {
+        let request_id = uuid_v4();
+        let xray = XrayTrace::new();
+        let span_id = random_hex(8);
+        let timeout = Duration::from_millis(self.cfg.function_timeout_ms);
+        let deadline_ms = epoch_ms() + self.cfg.function_timeout_ms;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let arn = format!(
+            "arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{}",
+            self.cfg.function_name
+        );
+        let tracing = json!({"spanId": span_id, "type": "X-Amzn-Trace-Id", "value": xray.value});
+        let simulate = if self.cfg.fail_invokes.contains(&index) {
+            SIMULATE_ERROR
+        } else if self.cfg.timeout_invokes.contains(&index) {
+            SIMULATE_TIMEOUT
+        } else {
+            "none"
+        };
+        let event = json!({
+            "eventType": "INVOKE",
+            "deadlineMs": deadline_ms,
+            "requestId": request_id,
+            "invokedFunctionArn": arn,
+            "tracing": {"type": "X-Amzn-Trace-Id", "value": xray.value},
+        });
+        let start_wall = SystemTime::now();
+        let t_start = Instant::now();
+        let mut start = json!({"requestId": request_id, "version": "$LATEST", "tracing": tracing});
+        if self.cfg.inject_unknown {
+            start["futureField"] = json!({"nested": [1, 2, 3]});
+        }
+        self.shared.hub.emit("platform.start", start);
+        if self.cfg.inject_unknown {
+            self.shared.hub.emit_item(json!({
+                "time": rfc3339_ms(SystemTime::now()),
+                "type": "platform.futureThing",
+                "record": {"requestId": request_id, "something": "new"},
+                "futureTopLevel": true,
+            }));
+        }
+        if self.cfg.logs_dropped && index == 0 {
+            self.shared.hub.emit(
+                "platform.logsDropped",
+                json!({
+                    "reason": "Consumer seems to have fallen behind as it has not acknowledged receipt of logs.",
+                    "droppedRecords": 12,
+                    "droppedBytes": 4096,
+                }),
+            );
+        }
+        self.shared.update(|inner| {
+            for ext in inner.extensions.iter_mut().filter(|e| e.wants("INVOKE")) {
+                ext.queue.push_back(event.clone());
+            }
+            inner.active_request = Some(request_id.clone());
+            inner.runtime_queue.push_back(api::Invocation {
+                request_id: request_id.clone(),
+                deadline_ms,
+                arn: arn.clone(),
+                xray_value: xray.value.clone(),
+                payload: json!({"invoke": index, "simulate": simulate}),
+            });
+        });
+
+        let id = request_id.clone();
+        self.shared
+            .wait_until(|inner| inner.outcomes.contains_key(&id), Some(deadline))
+            .await;
+        let (t_resp, status, produced_bytes, error_type) = {
+            let mut inner = self.shared.lock();
+            inner.active_request = None;
+            match inner.outcomes.get(&request_id) {
+                Some(o) => (o.at, o.status, o.produced_bytes, o.error_type.clone()),
+                None => (
+                    Instant::now(),
+                    InvokeStatus::Timeout,
+                    0,
+                    Some("Sandbox.Timedout".to_string()),
+                ),
+            }
+        };
+        if status == InvokeStatus::Timeout {
+            // Lambda resets a runtime that timed out; start a fresh one.
+            self.shared.update(|inner| {
+                inner.runtime_queue.clear();
+            });
+            self.spawn_function();
+        }
+        let function_ms = ms(t_resp.saturating_duration_since(t_start));
+        let response_wall = start_wall + t_resp.saturating_duration_since(t_start);
+        let mut runtime_done = json!({
+            "requestId": request_id,
+            "status": status.as_str(),
+            "metrics": {"durationMs": round3(function_ms), "producedBytes": produced_bytes},
+            "spans": [
+                {"name": "responseLatency", "start": rfc3339_ms(start_wall), "durationMs": round3(function_ms)},
+                {"name": "responseDuration", "start": rfc3339_ms(response_wall), "durationMs": 0.0},
+            ],
+            "tracing": tracing,
+        });
+        if let Some(t) = &error_type {
+            runtime_done["errorType"] = json!(t);
+        }
+        self.shared.hub.emit("platform.runtimeDone", runtime_done);
+
+        // The invoke ends when every INVOKE extension is back in event/next.
+        let returned = self
+            .shared
+            .wait_until(
+                |inner| {
+                    inner
+                        .extensions
+                        .iter()
+                        .filter(|e| e.wants("INVOKE"))
+                        .all(api::Extension::idle)
+                },
+                Some(deadline.max(tokio::time::Instant::now())),
+            )
+            .await;
+        let back_at = {
+            let inner = self.shared.lock();
+            inner
+                .extensions
+                .iter()
+                .filter(|e| e.wants("INVOKE"))
+                .filter_map(|e| e.last_next_at)
+                .max()
+        };
+        let hold_ms = match (returned, back_at) {
+            (true, Some(at)) => ms(at.saturating_duration_since(t_resp)),
+            (true, None) => 0.0,
+            (false, _) => ms(t_resp.elapsed()),
+        };
+        let duration_ms = function_ms + hold_ms;
+        let mut metrics = json!({
+            "durationMs": round3(duration_ms),
+            "billedDurationMs": duration_ms.ceil().max(1.0) as u64,
+            "memorySizeMB": self.cfg.memory_mb,
+            "maxMemoryUsedMB": self.max_memory_mb(),
+        });
+        if index == 0 {
+            let key = if self.cfg.snapstart {
+                "restoreDurationMs"
+            } else {
+                "initDurationMs"
+            };
+            metrics[key] = json!(round3(init_ms));
+        }
+        let mut report = json!({
+            "requestId": request_id,
+            "status": status.as_str(),
+            "metrics": metrics,
+            "tracing": tracing,
+        });
+        if let Some(t) = &error_type {
+            report["errorType"] = json!(t);
+        }
+        self.shared.hub.emit("platform.report", report);
+        let tokens = self
+            .shared
+            .lock()
+            .token_calls
+            .remove(&request_id)
+            .unwrap_or_default();
+        InvokeReport {
+            request_id,
+            trace_id: xray.trace_id,
+            xray_value: xray.value,
+            deadline_ms,
+            function_ms,
+            hold_ms,
+            extensions_returned: returned,
+            status,
+            tokens,
+        }
+    }
+
+    /// Peak RSS of the extension process (VmHWM), in MB, as a stand-in for Lambda's figure.
+    fn max_memory_mb(&self) -> u64 {
+        let Some(pid) = self.extension_pid() else {
+            return 1;
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        kb.div_ceil(1024).max(1)
+    }
+
+    async fn freeze_gap(&mut self) {
+        let gap = Duration::from_millis(self.cfg.gap_ms);
+        if !self.cfg.freeze {
+            tokio::time::sleep(gap).await;
+            return;
+        }
+        self.shared.hub.pause().await;
+        self.signal(libc::SIGSTOP);
+        self.frozen = true;
+        tokio::time::sleep(gap).await;
+        self.thaw();
+    }
+
+    fn thaw(&mut self) {
+        if self.frozen {
+            self.signal(libc::SIGCONT);
+            self.frozen = false;
+        }
+        self.shared.hub.resume();
+    }
+
+    /// Signals the extension's process group.
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self.extension_pid() {
+            signal_group(pid, sig);
+        }
+    }
+
+    async fn shutdown_phase(&mut self) -> ShutdownReport {
+        self.thaw();
+        if let Some(f) = self.function.take() {
+            f.abort();
+        }
+        let deadline_ms = epoch_ms() + self.cfg.shutdown_ms;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.shutdown_ms);
+        let event = json!({"eventType": "SHUTDOWN", "shutdownReason": "spindown", "deadlineMs": deadline_ms});
+        self.shared.update(|inner| {
+            inner.phase = Phase::Shutdown;
+            for ext in inner.extensions.iter_mut().filter(|e| e.wants("SHUTDOWN")) {
+                ext.queue.push_back(event.clone());
+            }
+        });
+        let mut report = self.wait_exit(deadline).await;
+        report.deadline_ms = Some(deadline_ms);
+        report
+    }
+
+    /// After a failed init Lambda tears the sandbox down: give the process the shutdown
+    /// budget to exit on its own (it should, after init/error), then kill it.
+    async fn failed_init_exit(&mut self) -> ShutdownReport {
+        self.thaw();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.shutdown_ms);
+        self.wait_exit(deadline).await
+    }
+
+    async fn wait_exit(&mut self, deadline: tokio::time::Instant) -> ShutdownReport {
+        let mut report = ShutdownReport::default();
+        match self.child.as_mut() {
+            Some(child) => {
+                tokio::select! {
+                    status = child.wait() => {
+                        report.exit_code = status.ok().and_then(|s| s.code());
+                        report.exited_before_deadline_ms = Some(ms(deadline.saturating_duration_since(tokio::time::Instant::now())));
+                    }
+                    () = tokio::time::sleep_until(deadline) => {
+                        if let Some(pid) = child.id() {
+                            signal_group(pid, libc::SIGKILL);
+                        }
+                        report.killed = child.kill().await.is_ok();
+                        report.exit_code = child.try_wait().ok().flatten().and_then(|s| s.code());
+                    }
+                }
+            }
+            None => {
+                let back = self
+                    .shared
+                    .wait_until(
+                        |inner| {
+                            inner
+                                .extensions
+                                .iter()
+                                .filter(|e| e.wants("SHUTDOWN"))
+                                .all(api::Extension::idle)
+                        },
+                        Some(deadline),
+                    )
+                    .await;
+                if back {
+                    report.exited_before_deadline_ms = Some(ms(
+                        deadline.saturating_duration_since(tokio::time::Instant::now())
+                    ));
+                }
+            }
+        }
+        report
+    }
+
+    async fn finish(
+        mut self,
+        init: InitReport,
+        invokes: Vec<InvokeReport>,
+        shutdown: ShutdownReport,
+    ) -> Report {
+        self.shared.update(|inner| inner.phase = Phase::Closed);
+        let telemetry = self.shared.hub.stop();
+        if let Some((stop, server)) = self.server.take() {
+            let _ = stop.send(());
+            let abort = server.abort_handle();
+            if tokio::time::timeout(SERVER_STOP, server).await.is_err() {
+                abort.abort();
+            }
+        }
+        // Let the output capture drain what the exited process wrote.
+        for t in self.tasks.drain(..) {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(SERVER_STOP, t).await.is_err() {
+                abort.abort();
+            }
+        }
+        let inner = self.shared.lock();
+        Report {
+            registrations: inner.extensions.iter().map(|e| e.reg.clone()).collect(),
+            subscriptions: inner.subscriptions.clone(),
+            init,
+            invokes,
+            exit_errors: inner.exit_errors.clone(),
+            telemetry,
+            shutdown,
+            stdout_path: self.stdout_path.clone(),
+            stderr_path: self.stderr_path.clone(),
+        }
+    }
+}
+
+impl Drop for Environment {
+    fn drop(&mut self) {
+        // SIGKILL also ends a stopped process; the group takes its helpers along.
+        if let Some(child) = self.child.as_mut() {
+            if let Some(pid) = child.id() {
+                signal_group(pid, libc::SIGKILL);
+            }
+            let _ = child.start_kill();
+        }
+        if let Some(f) = self.function.take() {
+            f.abort();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some((_, server)) = self.server.take() {
+            server.abort();
+        }
+        self.shared.hub.stop();
+    }
+}
+
+/// kill(2) to the process group led by `pid` (our child, spawned with `process_group(0)`).
+fn signal_group(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        unsafe {
+            libc::kill(-pid, sig);
+        }
+    }
+}
+
+fn init_type(cfg: &EnvConfig) -> &'static str {
+    if cfg.snapstart {
+        "snap-start"
+    } else {
+        "on-demand"
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Resolves with the exit code when the child exits; never resolves without a child.
+async fn wait_child(child: Option<&mut Child>) -> Option<i32> {
+    match child {
+        Some(c) => c.wait().await.ok().and_then(|s| s.code()),
+        None => std::future::pending().await,
+    }
+}
+
+/// Copies one output stream of the extension to its file and to `extension` telemetry.
+async fn capture(pipe: Box<dyn AsyncRead + Send + Unpin>, mut out: tokio::fs::File, hub: Arc<Hub>) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if out.write_all(line.as_bytes()).await.is_err() || out.write_all(b"\n").await.is_err() {
+            return;
+        }
+        hub.emit("extension", Value::String(line));
+    }
+    let _ = out.flush().await;
+}

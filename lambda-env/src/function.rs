@@ -1,0 +1,180 @@
+//! The built-in function: an in-process task that drives the Runtime API over HTTP like a
+//! real runtime (`invocation/next` -> work -> `response`/`error`).
+//!
+//! Its work is what the sidecar serves: per invoke it calls the token endpoint K times with
+//! a W3C `traceparent` derived from the invoke's X-Ray trace, so the sidecar's spans can be
+//! checked to join the Lambda trace.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::api::Shared;
+use crate::clock::ms;
+use crate::ids::{random_hex, w3c_trace_id};
+use crate::report::TokenCall;
+
+/// Which token request the function makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMode {
+    Get,
+    Post,
+    /// GET on even calls, POST `{"sub":"user-<n>"}` on odd ones.
+    Alternate,
+}
+
+/// What the orchestrator asks of one invoke, carried in the event payload.
+pub(crate) const SIMULATE_ERROR: &str = "error";
+pub(crate) const SIMULATE_TIMEOUT: &str = "timeout";
+
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub(crate) struct FunctionConfig {
+    /// `http://127.0.0.1:PORT/2018-06-01/runtime`
+    pub runtime_base: String,
+    pub token_url: String,
+    pub tokens_per_invoke: usize,
+    pub token_mode: TokenMode,
+    pub function_ms: u64,
+}
+
+pub(crate) fn spawn(
+    cfg: FunctionConfig,
+    client: reqwest::Client,
+    shared: Arc<Shared>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        // The loop ends when the API closes; a transport error ends this runtime as a
+        // crashed runtime would end, and the orchestrator then sees a timeout.
+        let _ = run(&cfg, &client, &shared).await;
+    })
+}
+
+async fn run(
+    cfg: &FunctionConfig,
+    client: &reqwest::Client,
+    shared: &Shared,
+) -> Result<(), reqwest::Error> {
+    loop {
+        let next = client
+            .get(format!("{}/invocation/next", cfg.runtime_base))
+            .send()
+            .await?;
+        if !next.status().is_success() {
+            return Ok(());
+        }
+        let header = |name: &str| {
+            next.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let request_id = header("lambda-runtime-aws-request-id");
+        let deadline_ms: u64 = header("lambda-runtime-deadline-ms").parse().unwrap_or(0);
+        let xray = header("lambda-runtime-trace-id");
+        let payload: Value = next.json().await.unwrap_or(Value::Null);
+        let invoke = payload.get("invoke").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let simulate = payload
+            .get("simulate")
+            .and_then(Value::as_str)
+            .unwrap_or("none");
+
+        let log = |line: String| shared.hub.emit("function", Value::String(line));
+        log(format!("handling request {request_id} (invoke {invoke})"));
+
+        let trace_id = w3c_trace_id(&xray).unwrap_or_else(|| random_hex(16));
+        let mut calls = Vec::with_capacity(cfg.tokens_per_invoke);
+        for k in 0..cfg.tokens_per_invoke {
+            let n = invoke * cfg.tokens_per_invoke + k;
+            let call = token_call(cfg, client, &trace_id, k, n).await;
+            log(format!(
+                "token call {k}: {} {:?} in {:.1} ms",
+                call.method, call.http_status, call.latency_ms
+            ));
+            calls.push(call);
+        }
+        let summary: Vec<Option<u16>> = calls.iter().map(|c| c.http_status).collect();
+        shared.update(|inner| inner.token_calls.insert(request_id.clone(), calls));
+
+        tokio::time::sleep(Duration::from_millis(cfg.function_ms)).await;
+        if simulate == SIMULATE_TIMEOUT {
+            // Overrun the deadline; the orchestrator gives up on us at the deadline.
+            let now = crate::clock::epoch_ms();
+            tokio::time::sleep(Duration::from_millis(
+                deadline_ms.saturating_sub(now) + 1_000,
+            ))
+            .await;
+        }
+        let base = format!("{}/invocation/{request_id}", cfg.runtime_base);
+        if simulate == SIMULATE_ERROR {
+            log(format!("failing request {request_id} on purpose"));
+            client
+                .post(format!("{base}/error"))
+                .header(crate::api::RUNTIME_ERROR_HEADER, "Function.Injected")
+                .json(&json!({"errorMessage": "injected failure", "errorType": "InjectedError", "stackTrace": []}))
+                .send()
+                .await?;
+        } else {
+            log(format!("request {request_id} done"));
+            client
+                .post(format!("{base}/response"))
+                .json(&json!({"statusCode": 200, "tokenStatuses": summary}))
+                .send()
+                .await?;
+        }
+    }
+}
+
+async fn token_call(
+    cfg: &FunctionConfig,
+    client: &reqwest::Client,
+    trace_id: &str,
+    k: usize,
+    n: usize,
+) -> TokenCall {
+    let post = match cfg.token_mode {
+        TokenMode::Get => false,
+        TokenMode::Post => true,
+        TokenMode::Alternate => k % 2 == 1,
+    };
+    let traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
+    let req = if post {
+        client
+            .post(&cfg.token_url)
+            .json(&json!({"sub": format!("user-{n}")}))
+    } else {
+        client.get(&cfg.token_url)
+    };
+    let started = Instant::now();
+    let res = req
+        .header("traceparent", &traceparent)
+        .timeout(TOKEN_TIMEOUT)
+        .send()
+        .await;
+    let (http_status, body, error) = match res {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            match r.bytes().await {
+                Ok(b) => {
+                    let body = serde_json::from_slice(&b).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&b).into_owned())
+                    });
+                    (Some(status), body, None)
+                }
+                Err(e) => (Some(status), Value::Null, Some(e.to_string())),
+            }
+        }
+        Err(e) => (None, Value::Null, Some(e.to_string())),
+    };
+    TokenCall {
+        method: if post { "POST" } else { "GET" }.to_string(),
+        http_status,
+        latency_ms: ms(started.elapsed()),
+        body,
+        traceparent,
+        error,
+    }
+}
