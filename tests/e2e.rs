@@ -1,0 +1,461 @@
+//! End to end: the real binary in the lambda-env Lambda environment (register, INVOKEs with
+//! X-Ray values, Telemetry API batches, freezing between invokes, SHUTDOWN with a deadline),
+//! exporting through a real OpenTelemetry collector (rotel) to a receiver that decodes with
+//! the official OTLP protobuf schema.
+//!
+//! rotel-agent comes from PyPI (`make test` installs it into .venv); `ROTEL_AGENT` names the
+//! binary, else it is looked up in .venv.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lambda_env::{
+    EnvConfig, InvokeStatus, MetricPoint, Report, Sink, SinkMode, SpanRecord, free_port,
+};
+
+const FUNCTION: &str = "e2e-orders";
+/// The flush cap the tests configure (SIDECAR_FLUSH_TIMEOUT_MS).
+const CAP_MS: f64 = 300.0;
+/// Scheduling slack on top of the cap: the environment measures the hold from outside the
+/// process, on a shared 2-core machine.
+const SLACK_MS: f64 = 150.0;
+
+fn sidecar_bin() -> PathBuf {
+    std::env::var_os("SIDECAR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
+}
+
+fn random_secret() -> String {
+    let mut bytes = [0u8; 36];
+    getrandom::fill(&mut bytes).unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A rotel collector receiving OTLP on gRPC and HTTP and forwarding over HTTP to `sink`.
+struct Rotel {
+    child: Child,
+    grpc: u16,
+    http: u16,
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rotel_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ROTEL_AGENT") {
+        return PathBuf::from(path);
+    }
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages/rotel/rotel-agent"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("rotel-agent not found: run `make deps` or set ROTEL_AGENT"))
+}
+
+async fn rotel(sink: &Sink) -> Rotel {
+    let (grpc, http) = (free_port().unwrap(), free_port().unwrap());
+    let child = Command::new(rotel_binary())
+        .args([
+            "start",
+            "--exporter",
+            "otlp",
+            "--otlp-exporter-protocol",
+            "http",
+        ])
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--otlp-exporter-endpoint", &sink.endpoint()])
+        .args(["--batch-timeout", "50ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rotel-agent starts");
+    let rotel = Rotel { child, grpc, http };
+    for port in [grpc, http] {
+        let ready = async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), ready)
+            .await
+            .expect("rotel listens");
+    }
+    rotel
+}
+
+/// An environment running the sidecar with `extra` variables, `invokes` invocations that
+/// fetch `tokens` tokens each.
+fn environment(invokes: usize, tokens: usize, extra: &[(&str, String)]) -> EnvConfig {
+    let port = free_port().unwrap();
+    let mut env = vec![
+        ("JWT_SECRET".to_string(), random_secret()),
+        ("SIDECAR_PORT".to_string(), port.to_string()),
+        (
+            "SIDECAR_FLUSH_TIMEOUT_MS".to_string(),
+            (CAP_MS as u64).to_string(),
+        ),
+        ("SIDECAR_LOG".to_string(), "info".to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    EnvConfig {
+        extension: Some(sidecar_bin()),
+        env,
+        function_name: FUNCTION.to_string(),
+        invokes,
+        tokens_per_invoke: tokens,
+        token_url: format!("http://127.0.0.1:{port}/token"),
+        function_ms: 20,
+        ..EnvConfig::default()
+    }
+}
+
+fn stderr_of(report: &Report) -> String {
+    report
+        .stderr_path
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+}
+
+/// The run went through: every invoke succeeded, every token was issued, the sidecar exited
+/// 0 on its own before the SHUTDOWN deadline, and no invoke was held past the cap.
+fn assert_healthy_run(report: &Report, tokens: usize) {
+    let log = stderr_of(report);
+    assert!(
+        report.init.error.is_none(),
+        "init failed: {:?}\n{log}",
+        report.init.error
+    );
+    for invoke in &report.invokes {
+        assert!(matches!(invoke.status, InvokeStatus::Success), "{invoke:?}");
+        assert_eq!(invoke.tokens.len(), tokens);
+        for call in &invoke.tokens {
+            assert_eq!(call.http_status, Some(200), "{call:?}\n{log}");
+        }
+        assert!(
+            invoke.hold_ms <= CAP_MS + SLACK_MS,
+            "invoke {} held {} ms, cap {CAP_MS} ms\n{log}",
+            invoke.request_id,
+            invoke.hold_ms
+        );
+    }
+    assert_eq!(
+        report.shutdown.exit_code,
+        Some(0),
+        "{:?}\n{log}",
+        report.shutdown
+    );
+    assert!(!report.shutdown.killed, "SIGKILLed at the deadline\n{log}");
+    assert!(
+        report
+            .shutdown
+            .exited_before_deadline_ms
+            .is_some_and(|ms| ms > 0.0),
+        "{:?}",
+        report.shutdown
+    );
+}
+
+fn invocation_spans(spans: &[SpanRecord]) -> Vec<&SpanRecord> {
+    spans.iter().filter(|s| s.name == FUNCTION).collect()
+}
+
+fn unique_traces(spans: &[SpanRecord], name: &str) -> HashSet<String> {
+    spans
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.trace_id.clone())
+        .collect()
+}
+
+/// The latest cumulative value of a counter, summed over its label sets.
+fn counter(metrics: &[MetricPoint], name: &str) -> f64 {
+    let latest = metrics
+        .iter()
+        .filter(|m| m.name == name)
+        .map(|m| m.time_unix_nanos)
+        .max();
+    metrics
+        .iter()
+        .filter(|m| m.name == name && Some(m.time_unix_nanos) == latest)
+        .filter_map(|m| m.value)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invocation_and_token_arrives_through_a_real_collector() {
+    let sink = Sink::start().await.unwrap();
+    let rotel = rotel(&sink).await;
+    let (invokes, tokens) = (5, 2);
+    let report = lambda_env::run(environment(
+        invokes,
+        tokens,
+        &[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", rotel.http),
+        )],
+    ))
+    .await
+    .unwrap();
+    assert_healthy_run(&report, tokens);
+
+    // Everything, including the last invocation (flushed at SHUTDOWN), reaches the sink.
+    let delivered = sink
+        .wait_for(
+            |v| {
+                unique_traces(v.spans, FUNCTION).len() == invokes
+                    && v.spans.iter().filter(|s| s.name == "sidecar.token").count()
+                        >= invokes * tokens
+                    && counter(v.metrics, "sidecar.token.requests") >= (invokes * tokens) as f64
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    let spans = sink.spans();
+    let metrics = sink.metrics();
+    assert!(
+        delivered,
+        "not everything arrived: {} spans\n{}",
+        spans.len(),
+        stderr_of(&report)
+    );
+
+    // One span per invocation, in the X-Ray trace of its INVOKE, with the FaaS attributes.
+    let by_trace: HashMap<&str, &SpanRecord> = invocation_spans(&spans)
+        .into_iter()
+        .map(|s| (s.trace_id.as_str(), s))
+        .collect();
+    assert_eq!(
+        invocation_spans(&spans).len(),
+        invokes,
+        "exactly one span per invocation"
+    );
+    for (i, invoke) in report.invokes.iter().enumerate() {
+        let span = by_trace
+            .get(invoke.trace_id.as_str())
+            .unwrap_or_else(|| panic!("no span in trace {} (invoke {i})", invoke.trace_id));
+        assert_eq!(span.kind, 2, "server kind");
+        assert_eq!(
+            span.attributes["faas.invocation_id"],
+            invoke.request_id.as_str()
+        );
+        assert_eq!(
+            span.attributes["faas.coldstart"],
+            i == 0,
+            "coldstart on the first invoke only"
+        );
+        assert_eq!(span.attributes["cloud.provider"], "aws");
+        assert_eq!(span.resource["service.name"], FUNCTION);
+        assert!(span.start_unix_nanos < span.end_unix_nanos);
+        // The X-Ray Parent is the invocation span's (remote) parent.
+        let parent = invoke
+            .xray_value
+            .split(';')
+            .find_map(|p| p.strip_prefix("Parent="))
+            .unwrap();
+        assert_eq!(span.parent_span_id, parent);
+    }
+    // Every token span sits inside the invocation that asked for it.
+    let token_spans: Vec<&SpanRecord> =
+        spans.iter().filter(|s| s.name == "sidecar.token").collect();
+    assert_eq!(
+        token_spans
+            .iter()
+            .map(|s| &s.span_id)
+            .collect::<HashSet<_>>()
+            .len(),
+        invokes * tokens
+    );
+    for token in &token_spans {
+        let invocation = by_trace
+            .get(token.trace_id.as_str())
+            .unwrap_or_else(|| panic!("token span outside every invocation trace: {token:?}"));
+        assert!(
+            invocation.start_unix_nanos <= token.start_unix_nanos
+                && token.end_unix_nanos <= invocation.end_unix_nanos,
+            "token span not within its invocation"
+        );
+        assert_eq!(token.attributes["sidecar.token.outcome"], "issued");
+        let serialized = serde_json::to_string(&token.attributes).unwrap();
+        assert!(
+            !serialized.contains("eyJ"),
+            "a token leaked into span attributes: {serialized}"
+        );
+    }
+    // Counters equal what was done.
+    assert_eq!(counter(&metrics, "faas.invocations"), invokes as f64);
+    assert_eq!(
+        counter(&metrics, "sidecar.token.requests"),
+        (invokes * tokens) as f64
+    );
+    assert_eq!(counter(&metrics, "faas.coldstarts"), 1.0);
+    assert_eq!(counter(&metrics, "faas.errors"), 0.0);
+    assert_eq!(counter(&metrics, "sidecar.telemetry.unknown_events"), 0.0);
+    drop(rotel);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_through_the_collector() {
+    let sink = Sink::start().await.unwrap();
+    let rotel = rotel(&sink).await;
+    let report = lambda_env::run(environment(
+        2,
+        1,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{}", rotel.grpc),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_healthy_run(&report, 1);
+    let delivered = sink
+        .wait_for(
+            |v| unique_traces(v.spans, FUNCTION).len() == 2,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        delivered,
+        "gRPC export did not arrive\n{}",
+        stderr_of(&report)
+    );
+    let traces = unique_traces(&sink.spans(), FUNCTION);
+    for invoke in &report.invokes {
+        assert!(traces.contains(&invoke.trace_id));
+    }
+}
+
+/// A collector that fails (503, dead, or too slow for the cap) never holds the function past
+/// the cap or takes the sidecar down; what could not be sent is delivered once it recovers.
+async fn recovers_after(fault: Fault) {
+    let mut sink = Sink::start().await.unwrap();
+    let endpoint = sink.endpoint();
+    match fault {
+        Fault::Unavailable => sink.set_mode(SinkMode::Fail(503)),
+        Fault::Slow => sink.set_mode(SinkMode::Slow(Duration::from_secs(2))),
+        Fault::Down => sink.stop().await,
+    }
+    let invokes = 8;
+    let config = environment(invokes, 1, &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]);
+    let run = tokio::spawn(lambda_env::run(config));
+    // Let a few flushes fail, then bring the collector back while invocations go on.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    match fault {
+        Fault::Down => sink.restart().await.unwrap(),
+        _ => sink.set_mode(SinkMode::Ok),
+    }
+    let report = run.await.unwrap().unwrap();
+    assert_healthy_run(&report, 1);
+    let delivered = sink
+        .wait_for(
+            |v| unique_traces(v.spans, FUNCTION).len() == invokes,
+            Duration::from_secs(5),
+        )
+        .await;
+    let traces = unique_traces(&sink.spans(), FUNCTION);
+    assert!(
+        delivered,
+        "{fault:?}: {} of {invokes} invocations delivered\n{}",
+        traces.len(),
+        stderr_of(&report)
+    );
+    if !matches!(fault, Fault::Down) {
+        // The failures were seen and counted by the sidecar itself.
+        assert!(
+            counter(&sink.metrics(), "sidecar.export.failures") >= 1.0,
+            "{fault:?}: failures not counted"
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Unavailable,
+    Slow,
+    Down,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_answering_503() {
+    recovers_after(Fault::Unavailable).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_too_slow_for_the_cap() {
+    recovers_after(Fault::Slow).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_down() {
+    recovers_after(Fault::Down).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_events_and_snapstart_are_taken_without_retries() {
+    let sink = Sink::start().await.unwrap();
+    let mut config = environment(3, 1, &[("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint())]);
+    config.inject_unknown = true;
+    config.snapstart = true;
+    config.logs_dropped = true;
+    let report = lambda_env::run(config).await.unwrap();
+    assert_healthy_run(&report, 1);
+    // Every batch was answered 200 at once: Lambda never had to re-send one.
+    assert_eq!(report.telemetry.retries, 0, "{:?}", report.telemetry);
+    assert_eq!(report.telemetry.dropped, 0);
+    let delivered = sink
+        .wait_for(
+            |v| {
+                unique_traces(v.spans, FUNCTION).len() == 3
+                    && v.spans.iter().any(|s| s.name == "restore")
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        delivered,
+        "spans missing: {:?}",
+        sink.spans().iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let metrics = sink.metrics();
+    assert!(counter(&metrics, "sidecar.telemetry.unknown_events") >= 1.0);
+    assert!(counter(&metrics, "sidecar.telemetry.logs_dropped") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_error_reaches_init_error_and_exits_non_zero() {
+    let mut config = environment(1, 0, &[]);
+    config.env.retain(|(k, _)| k != "JWT_SECRET");
+    config
+        .env
+        .push(("JWT_SECRET".to_string(), "super_secret".to_string()));
+    let report = lambda_env::run(config).await.unwrap();
+    let error = report.init.error.as_ref().expect("init must fail");
+    assert_eq!(error.error_type, "Config.InvalidSecret");
+    let message = error.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("JWT_SECRET"), "{message}");
+    assert!(
+        !message.contains("super_secret"),
+        "the secret is echoed: {message}"
+    );
+    assert_eq!(error.exit_code, Some(1));
+    assert!(report.invokes.is_empty());
+}
