@@ -113,6 +113,9 @@ pub fn resource(function: &FunctionInfo, service_name_set: bool) -> Resource {
 pub struct ExportConfig {
     pub traces: Option<Protocol>,
     pub metrics: Option<Protocol>,
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM file of CA certificates trusted besides the
+    /// compiled-in Mozilla roots (for a collector behind a private CA).
+    pub certificate: Option<String>,
 }
 
 impl ExportConfig {
@@ -173,6 +176,7 @@ impl ExportConfig {
         Ok(ExportConfig {
             traces: signal("traces")?,
             metrics: signal("metrics")?,
+            certificate: lookup("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|p| !p.is_empty()),
         })
     }
 }
@@ -188,6 +192,113 @@ pub struct FlushReport {
     pub duration: Duration,
 }
 
+/// The OTLP exporters, with their HTTP/gRPC clients: built once per process. Building them
+/// (TLS roots included) is the costliest part of start-up, so the lifecycle does it on a
+/// blocking thread while it registers with the Extensions API.
+pub struct ExportClients {
+    spans: Option<SpanExporter>,
+    metrics: Option<MetricExporter>,
+}
+
+impl ExportClients {
+    /// Endpoint, headers, timeout and compression come from the standard
+    /// `OTEL_EXPORTER_OTLP_*` variables, read by opentelemetry-otlp itself. Retries are off:
+    /// a failed batch waits for the next flush instead of holding this one.
+    pub fn build(config: &ExportConfig, resource: &Resource) -> Result<ExportClients, ConfigError> {
+        fn invalid(
+            var: &'static str,
+        ) -> impl Fn(opentelemetry_otlp::ExporterBuildError) -> ConfigError {
+            move |e| ConfigError::Invalid {
+                var,
+                value: "<see OTEL_EXPORTER_OTLP_* variables>".to_string(),
+                expected: format!("a working OTLP exporter configuration ({e})"),
+            }
+        }
+        let http = http_client(config.certificate.as_deref())?;
+        let mut spans = match config.traces {
+            None => None,
+            Some(Protocol::Grpc) => Some(
+                SpanExporter::builder()
+                    .with_tonic()
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .build(),
+            ),
+            Some(protocol) => Some(
+                SpanExporter::builder()
+                    .with_http()
+                    .with_http_client(http.clone())
+                    .with_protocol(protocol)
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .build(),
+            ),
+        }
+        .transpose()
+        .map_err(invalid("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?;
+        let metrics = match config.metrics {
+            None => None,
+            Some(Protocol::Grpc) => Some(
+                MetricExporter::builder()
+                    .with_tonic()
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .build(),
+            ),
+            Some(protocol) => Some(
+                MetricExporter::builder()
+                    .with_http()
+                    .with_http_client(http.clone())
+                    .with_protocol(protocol)
+                    .with_retry_policy(RetryPolicy::disabled())
+                    .build(),
+            ),
+        }
+        .transpose()
+        .map_err(invalid("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))?;
+        if let Some(exporter) = spans.as_mut() {
+            exporter.set_resource(resource);
+        }
+        Ok(ExportClients { spans, metrics })
+    }
+}
+
+/// The HTTP client both OTLP/HTTP exporters share. It trusts the compiled-in Mozilla roots
+/// (webpki-roots) and the CAs in `OTEL_EXPORTER_OTLP_CERTIFICATE`, not the system store:
+/// reading the system store cost 4-21 ms per client at start-up, this costs microseconds.
+/// No request timeout here: every export runs under the flush budget's timeout.
+fn http_client(certificate: Option<&str>) -> Result<reqwest::Client, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        value: certificate.unwrap_or_default().to_string(),
+        expected: format!("a readable PEM file of CA certificates ({reason})"),
+    };
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = certificate {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| invalid(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(invalid("no certificate in it".to_string()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| invalid(e.to_string()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| invalid(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| invalid(e.to_string()))
+}
+
 /// The OTLP exporters and the span buffer between flushes.
 pub struct Exporter {
     spans: Option<SpanExporter>,
@@ -198,69 +309,18 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Builds the exporters once (their HTTP/gRPC clients included), at init: endpoint,
-    /// headers, timeout and compression come from the standard `OTEL_EXPORTER_OTLP_*`
-    /// variables, read by opentelemetry-otlp itself.
     pub fn new(
-        config: &ExportConfig,
-        resource: &Resource,
+        clients: ExportClients,
         source: Arc<MetricsSource>,
         signals: Arc<Metrics>,
-    ) -> Result<Exporter, ConfigError> {
-        let build_error = |var: &'static str| {
-            move |e: opentelemetry_otlp::ExporterBuildError| ConfigError::Invalid {
-                var,
-                value: "<see OTEL_EXPORTER_OTLP_* variables>".to_string(),
-                expected: format!("a working OTLP exporter configuration ({e})"),
-            }
-        };
-        let spans = match config.traces {
-            None => None,
-            Some(Protocol::Grpc) => Some(
-                SpanExporter::builder()
-                    .with_tonic()
-                    .with_retry_policy(RetryPolicy::disabled())
-                    .build()
-                    .map_err(build_error("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?,
-            ),
-            Some(protocol) => Some(
-                SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(protocol)
-                    .with_retry_policy(RetryPolicy::disabled())
-                    .build()
-                    .map_err(build_error("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?,
-            ),
-        };
-        let metrics = match config.metrics {
-            None => None,
-            Some(Protocol::Grpc) => Some(
-                MetricExporter::builder()
-                    .with_tonic()
-                    .with_retry_policy(RetryPolicy::disabled())
-                    .build()
-                    .map_err(build_error("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))?,
-            ),
-            Some(protocol) => Some(
-                MetricExporter::builder()
-                    .with_http()
-                    .with_protocol(protocol)
-                    .with_retry_policy(RetryPolicy::disabled())
-                    .build()
-                    .map_err(build_error("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))?,
-            ),
-        };
-        let mut spans = spans;
-        if let Some(exporter) = spans.as_mut() {
-            exporter.set_resource(resource);
-        }
-        Ok(Exporter {
-            spans,
-            metrics,
+    ) -> Exporter {
+        Exporter {
+            spans: clients.spans,
+            metrics: clients.metrics,
             buffer: VecDeque::new(),
             source,
             signals,
-        })
+        }
     }
 
     /// Queues `spans`, then sends what is queued (in batches) and the current metrics,
@@ -354,10 +414,33 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_file_that_is_missing_or_empty_is_refused() {
+        let empty =
+            std::env::temp_dir().join(format!("sidecar-empty-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in ["/nonexistent/ca.pem", empty.to_str().unwrap()] {
+            let err = http_client(Some(path)).expect_err("must be refused");
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        var: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        std::fs::remove_file(empty).ok();
+        assert!(http_client(None).is_ok());
+    }
+
+    #[test]
     fn export_configuration() {
         let none = ExportConfig {
             traces: None,
             metrics: None,
+            certificate: None,
         };
         assert_eq!(parse(&[]).unwrap(), none);
         let both = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();
@@ -392,6 +475,8 @@ mod tests {
                 ..
             })
         ));
+        let ca = parse(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem")]).unwrap();
+        assert_eq!(ca.certificate.as_deref(), Some("/etc/ca.pem"));
         let bad = parse(&[("OTEL_TRACES_EXPORTER", "zipkin")]);
         assert!(matches!(
             bad,

@@ -29,12 +29,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, ConfigError};
 use crate::derive::{Deriver, FunctionInfo};
-use crate::export::{ExportConfig, Exporter, MetricsSource};
+use crate::export::{ExportClients, ExportConfig, Exporter, MetricsSource};
 use crate::pipeline::{Pipeline, Recorder};
 use crate::records::{InvokeRecord, Record};
 use crate::signals::Metrics;
 use crate::token::{TokenService, keys::SigningKey};
 use crate::{intake, token};
+use opentelemetry_sdk::Resource;
 
 /// Must equal the file name under /opt/extensions (the layer ships `extensions/lambda-sidecar`).
 pub const EXTENSION_NAME: &str = "lambda-sidecar";
@@ -61,6 +62,8 @@ pub enum StartupError {
     },
     #[error("the Telemetry API refused the subscription: {0}")]
     Subscribe(String),
+    #[error("start-up task failed: {0}")]
+    Internal(String),
 }
 
 impl StartupError {
@@ -69,6 +72,7 @@ impl StartupError {
             StartupError::Config(e) => e.error_type(),
             StartupError::Bind { .. } => "Extension.PortUnavailable",
             StartupError::Subscribe(_) => "Extension.TelemetrySubscriptionFailed",
+            StartupError::Internal(_) => "Extension.InternalError",
         }
     }
 }
@@ -130,6 +134,8 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
             Ok::<(), lambda_extension::Error>(())
         }
     });
+    // Key parsing and exporter clients overlap with registration (see `prepare`).
+    let prepared = prepare(config);
     let registered = Extension::new()
         .with_extension_name(EXTENSION_NAME)
         .with_events(events)
@@ -146,7 +152,14 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
     let client = Client::builder()
         .build()
         .map_err(|e| LifecycleError::Register(e.into()))?;
-    let sidecar = match start(config, &registered.extension_id, &client, managed_instances).await {
+    let sidecar = match start(
+        prepared,
+        &registered.extension_id,
+        &client,
+        managed_instances,
+    )
+    .await
+    {
         Ok(sidecar) => sidecar,
         Err(e) => {
             tracing::error!(error_type = e.error_type(), error = %e, "start-up failed");
@@ -205,20 +218,55 @@ struct Sidecar {
     last_request_id: Option<String>,
 }
 
+/// Start-up work that needs no extension id. The CPU-heavy part (parsing the key, building
+/// the exporters' HTTP/TLS clients) runs on a blocking thread, so it overlaps with the
+/// register round-trip instead of adding to it; errors wait until there is an extension id
+/// to report them with.
+struct Prepared {
+    config: Config,
+    function: FunctionInfo,
+    resource: Resource,
+    heavy: tokio::task::JoinHandle<Result<(SigningKey, ExportClients), StartupError>>,
+}
+
+fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError> {
+    let config = config?;
+    let export_config = ExportConfig::parse(|k| std::env::var(k).ok())?;
+    let function = FunctionInfo::from_vars(|k| std::env::var(k).ok());
+    let resource = crate::export::resource(&function, std::env::var("OTEL_SERVICE_NAME").is_ok());
+    let token_config = config.token.clone();
+    let export_resource = resource.clone();
+    let heavy = tokio::task::spawn_blocking(move || {
+        let key = SigningKey::load(&token_config)?;
+        let clients = ExportClients::build(&export_config, &export_resource)?;
+        Ok((key, clients))
+    });
+    Ok(Prepared {
+        config,
+        function,
+        resource,
+        heavy,
+    })
+}
+
 async fn start(
-    config: Result<Config, ConfigError>,
+    prepared: Result<Prepared, StartupError>,
     extension_id: &str,
     client: &Client,
     managed_instances: bool,
 ) -> Result<Sidecar, StartupError> {
-    let config = config?;
-    let key = SigningKey::load(&config.token)?;
-    let export_config = ExportConfig::parse(|k| std::env::var(k).ok())?;
-    let function = FunctionInfo::from_vars(|k| std::env::var(k).ok());
-    let resource = crate::export::resource(&function, std::env::var("OTEL_SERVICE_NAME").is_ok());
-    let source = Arc::new(MetricsSource::new(resource.clone()));
+    let Prepared {
+        config,
+        function,
+        resource,
+        heavy,
+    } = prepared?;
+    let (key, clients) = heavy
+        .await
+        .map_err(|e| StartupError::Internal(e.to_string()))??;
+    let source = Arc::new(MetricsSource::new(resource));
     let signals = Arc::new(Metrics::new(&source.meter()));
-    let exporter = Exporter::new(&export_config, &resource, source, signals.clone())?;
+    let exporter = Exporter::new(clients, source, signals.clone());
     let (pipeline, recorder) = Pipeline::start(Deriver::new(function, signals.clone()), signals);
 
     let token_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));

@@ -23,7 +23,7 @@ const CAP_MS: f64 = 300.0;
 const SLACK_MS: f64 = 150.0;
 
 fn sidecar_bin() -> PathBuf {
-    std::env::var_os("SIDECAR_BIN")
+    std::env::var_os("LAMBDA_SIDECAR_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
 }
@@ -222,6 +222,7 @@ async fn every_invocation_and_token_arrives_through_a_real_collector() {
                     && v.spans.iter().filter(|s| s.name == "sidecar.token").count()
                         >= invokes * tokens
                     && counter(v.metrics, "sidecar.token.requests") >= (invokes * tokens) as f64
+                    && counter(v.metrics, "faas.invocations") >= invokes as f64
             },
             Duration::from_secs(10),
         )
@@ -298,7 +299,12 @@ async fn every_invocation_and_token_arrives_through_a_real_collector() {
         );
     }
     // Counters equal what was done.
-    assert_eq!(counter(&metrics, "faas.invocations"), invokes as f64);
+    assert_eq!(
+        counter(&metrics, "faas.invocations"),
+        invokes as f64,
+        "{}",
+        stderr_of(&report)
+    );
     assert_eq!(
         counter(&metrics, "sidecar.token.requests"),
         (invokes * tokens) as f64

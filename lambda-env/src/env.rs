@@ -243,7 +243,14 @@ impl Environment {
             random_hex(16)
         );
         let mut cmd = Command::new(&path);
-        cmd.env("AWS_LAMBDA_RUNTIME_API", self.runtime_api())
+        // Like Lambda, the extension sees the function's configuration and Lambda's own
+        // variables, not whatever the caller's shell holds. PATH stays so that a wrapper
+        // (e.g. running an arm64 build under qemu) still finds its tools.
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LANG", "en_US.UTF-8")
+            .env("TZ", ":UTC")
+            .env("AWS_LAMBDA_RUNTIME_API", self.runtime_api())
             .env("AWS_LAMBDA_FUNCTION_NAME", &self.cfg.function_name)
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
             .env(

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use lambda_env::{EnvConfig, Report, Sink};
+use lambda_env::{EnvConfig, Report, Sink, SinkMode};
 
 const USAGE: &str = "usage:
   lambda-env run --extension PATH [--invokes N] [--tokens-per-invoke K] [--function-ms MS]
@@ -14,7 +14,7 @@ const USAGE: &str = "usage:
                  [--snapstart] [--inject-unknown] [--logs-dropped] [--fail-invoke I]...
                  [--timeout-invoke I]... [--token-url URL] [--work-dir DIR] [--report FILE]
                  [--env KEY=VAL]...
-  lambda-env sink --listen 127.0.0.1:PORT [--out FILE]";
+  lambda-env sink --listen 127.0.0.1:PORT [--out FILE] [--mode ok|fail:STATUS|slow:MS]";
 
 #[derive(Debug, thiserror::Error)]
 enum CliError {
@@ -161,9 +161,11 @@ async fn run_cmd(args: impl Iterator<Item = String>) -> Result<ExitCode, CliErro
 async fn sink_cmd(mut args: impl Iterator<Item = String>) -> Result<ExitCode, CliError> {
     let mut listen = None;
     let mut out = None;
+    let mut mode = SinkMode::Ok;
     while let Some(flag) = args.next() {
         match flag.as_str() {
             "--listen" => listen = Some(value(&mut args, &flag)?),
+            "--mode" => mode = sink_mode(&value(&mut args, &flag)?)?,
             "--out" => out = Some(PathBuf::from(value(&mut args, &flag)?)),
             other => return Err(usage(format!("unknown flag {other}"))),
         }
@@ -173,7 +175,8 @@ async fn sink_cmd(mut args: impl Iterator<Item = String>) -> Result<ExitCode, Cl
         .parse()
         .map_err(|_| usage(format!("--listen wants IP:PORT, got {listen}")))?;
     let mut sink = Sink::start_on(addr, out).await?;
-    println!("OTLP sink on {}", sink.endpoint());
+    sink.set_mode(mode);
+    println!("OTLP sink on {} ({mode:?})", sink.endpoint());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
@@ -191,6 +194,24 @@ async fn sink_cmd(mut args: impl Iterator<Item = String>) -> Result<ExitCode, Cl
         c.rejected
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ok`, `fail:503` (answer that status) or `slow:2000` (answer 200 after that many ms).
+fn sink_mode(text: &str) -> Result<SinkMode, CliError> {
+    let bad = || {
+        usage(format!(
+            "--mode wants ok, fail:STATUS or slow:MS, got {text}"
+        ))
+    };
+    match text.split_once(':') {
+        None if text == "ok" => Ok(SinkMode::Ok),
+        Some(("fail", code)) => code.parse().map(SinkMode::Fail).map_err(|_| bad()),
+        Some(("slow", ms)) => ms
+            .parse()
+            .map(|ms| SinkMode::Slow(std::time::Duration::from_millis(ms)))
+            .map_err(|_| bad()),
+        _ => Err(bad()),
+    }
 }
 
 #[tokio::main]
