@@ -47,6 +47,9 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_millis(150);
 /// The longest SHUTDOWN waits for the last invocation's `platform.report` before flushing.
 const REPORT_WAIT: Duration = Duration::from_millis(300);
 
+/// The longest `init/error` may take before the process exits anyway.
+const INIT_ERROR_WAIT: Duration = Duration::from_secs(2);
+
 /// The longest SHUTDOWN waits for in-flight token requests to finish.
 const DRAIN_WAIT: Duration = Duration::from_millis(200);
 
@@ -389,8 +392,13 @@ async fn report_init_error(client: &Client, extension_id: &str, error: &StartupE
         }),
     );
     let result = match request {
-        Ok(request) => client.call(request).await.map(|_| ()),
-        Err(e) => Err(e),
+        // Lambda answers at once; the bound is for an emulator (or a broken API) that never
+        // does, so that a failed start always ends in an exit.
+        Ok(request) => tokio::time::timeout(INIT_ERROR_WAIT, client.call(request))
+            .await
+            .map_err(|_| format!("no answer within {INIT_ERROR_WAIT:?}"))
+            .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string())),
+        Err(e) => Err(e.to_string()),
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "init/error could not be reported");
