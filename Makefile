@@ -1,0 +1,100 @@
+# lambda-sidecar: build, test, lint and demo. GNU make.
+#
+#   make demo   the sidecar in a local Lambda environment (lambda-env) with a real collector:
+#               invokes fetch tokens, telemetry arrives; then a summary
+#   make test   install test dependencies, build once, run every test stage
+#   make lint   rustfmt and clippy, warnings as errors
+#   make bench  cold start and per-invoke hold figures, with their budgets
+#
+# Every stage after `build` uses the one release binary, found through LAMBDA_SIDECAR_BIN.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV := $(ROOT)/.venv
+# No .pytest_cache or __pycache__ left in the tree.
+PYTEST := $(VENV)/bin/python -m pytest -p no:cacheprovider
+export PYTHONDONTWRITEBYTECODE := 1
+CARGO ?= cargo
+CARGO_TARGET_DIR ?= $(ROOT)/target
+
+# The binary every test stage and the demo run (tests/e2e.rs too). Point it elsewhere to
+# test another build (e.g. LAMBDA_SIDECAR_BIN=target/debug/lambda-sidecar make test-verifiers).
+LAMBDA_SIDECAR_BIN ?= $(CARGO_TARGET_DIR)/release/lambda-sidecar
+override LAMBDA_SIDECAR_BIN := $(abspath $(LAMBDA_SIDECAR_BIN))
+export LAMBDA_SIDECAR_BIN
+
+# The emulator (cargo lambda) and rotel-agent are installed in the venv.
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: deps build test test-rust test-verifiers test-lifecycle lint demo bench
+
+deps:
+	$(ROOT)/scripts/install-deps.sh
+
+build:
+	$(CARGO) build --release --locked --workspace --bins
+
+# Stages run in order; `deps` and `build` run once, each stage below only tests.
+test: deps build
+	$(MAKE) --no-print-directory test-rust test-verifiers test-lifecycle test-example test-packaging
+
+test-rust:
+	$(CARGO) test --workspace --locked
+
+test-verifiers:
+	$(PYTEST) -q tests/verifiers/verify_pyjwt.py
+	cd tests/verifiers && node --test verify_jose.mjs
+
+test-lifecycle:
+	$(PYTEST) -q tests/verifiers/test_lifecycle_cargo_lambda.py
+
+FAKE_RUNTIME := --manifest-path $(ROOT)/tests/verifiers/fake-runtime/Cargo.toml
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) fmt $(FAKE_RUNTIME) --check
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/lifecycle-fixture $(CARGO) clippy $(FAKE_RUNTIME) --locked -- -D warnings
+
+demo: deps build
+	$(ROOT)/scripts/demo.sh
+
+bench: deps build
+	$(VENV)/bin/python $(ROOT)/scripts/bench.py
+
+# --- packaging (issue 4) ---
+# The logic lives in scripts/package/; see .agent/README-deploy.md.
+#   make layer-arm64 layer-x86_64   dist/lambda-sidecar-<arch>.zip (static musl build, cargo-zigbuild)
+#   make test-packaging             template lint (cfn-lint, sam validate), dashboard, zips, sam build, smoke runs of both zips
+#   make test-example               examples/nodejs-function: npm test against the real sidecar
+#   make deploy                     sam build + sam deploy (--guided the first time); needs AWS credentials
+.PHONY: build-arm64 build-x86_64 layer-arm64 layer-x86_64 layers packaging-deps test-packaging test-example smoke-arm64 smoke-x86_64 deploy
+
+build-arm64 build-x86_64: build-%:
+	$(ROOT)/scripts/package/build.sh $*
+
+layer-arm64 layer-x86_64: layer-%:
+	$(ROOT)/scripts/package/layer.sh $*
+
+layers: layer-arm64 layer-x86_64
+
+# The SAM CLI venv (.venv-sam) and qemu-user-static for the arm64 smoke test.
+packaging-deps:
+	APT_EXTRA="qemu-aarch64-static:qemu-user-static" $(ROOT)/scripts/install-deps.sh
+	$(ROOT)/scripts/package/ensure-sam.sh
+
+test-packaging: packaging-deps build layers
+	$(PYTEST) -q tests/packaging
+
+test-example: deps build
+	cd examples/nodejs-function && npm ci --no-audit --no-fund --loglevel=error && npm test
+
+# One layer in lambda-env (arm64 under qemu-aarch64-static); prints a summary.
+smoke-arm64 smoke-x86_64: smoke-%: packaging-deps build layer-%
+	$(ROOT)/scripts/package/smoke.sh $*
+
+deploy: layers
+	$(ROOT)/scripts/package/deploy.sh $(DEPLOY_ARGS)
