@@ -1,0 +1,76 @@
+// Test helpers: a free loopback port, and the real lambda-sidecar binary in `serve` mode.
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+/** The binary under test: LAMBDA_SIDECAR_BIN (as `make` exports it), else the release build. */
+export const LAMBDA_SIDECAR_BIN = resolve(ROOT, process.env.LAMBDA_SIDECAR_BIN ?? "target/release/lambda-sidecar");
+
+export function freePort(): Promise<number> {
+  return new Promise((ok, fail) => {
+    const srv = createServer();
+    srv.once("error", fail);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as AddressInfo;
+      srv.close(() => ok(port));
+    });
+  });
+}
+
+export interface Sidecar {
+  port: number;
+  base: string;
+  child: ChildProcess;
+  output: () => string;
+}
+
+const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
+
+/** Starts `lambda-sidecar serve` with `env` on a free port and waits for /health. */
+export async function startSidecar(env: Record<string, string>): Promise<Sidecar> {
+  if (!existsSync(LAMBDA_SIDECAR_BIN)) {
+    throw new Error(`sidecar binary not found at ${LAMBDA_SIDECAR_BIN}: run \`make build\` or set LAMBDA_SIDECAR_BIN`);
+  }
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  // Only what we pass: no JWT_*, SIDECAR_* (the sidecar refuses SIDECAR_ names it doesn't
+  // know, such as LAMBDA_SIDECAR_BIN) or AWS_LAMBDA_RUNTIME_API leaking in from the caller.
+  const inherited = Object.fromEntries(
+    Object.entries(process.env).filter(
+      ([k]) => !k.startsWith("JWT_") && !k.startsWith("SIDECAR_") && k !== "AWS_LAMBDA_RUNTIME_API",
+    ),
+  );
+  const child = spawn(LAMBDA_SIDECAR_BIN, ["serve"], {
+    env: { ...inherited, SIDECAR_LOG_FORMAT: "text", SIDECAR_PORT: String(port), ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  child.stdout?.on("data", (d) => (output += d));
+  child.stderr?.on("data", (d) => (output += d));
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline && child.exitCode === null) {
+    try {
+      if ((await fetch(`${base}/health`)).status === 200) return { port, base, child, output: () => output };
+    } catch {
+      // not listening yet
+    }
+    await sleep(50);
+  }
+  child.kill("SIGKILL");
+  throw new Error(`sidecar not healthy (exit ${child.exitCode}):\n${output}`);
+}
+
+/** SIGTERM, then SIGKILL if it has not exited within 5 s; resolves with the exit code. */
+export async function stopSidecar(sc: Sidecar | undefined): Promise<number | null> {
+  if (!sc) return null;
+  if (sc.child.exitCode !== null || sc.child.signalCode !== null) return sc.child.exitCode;
+  const exited = new Promise<number | null>((ok) => sc.child.once("exit", (code) => ok(code)));
+  sc.child.kill("SIGTERM");
+  const timer = setTimeout(() => sc.child.kill("SIGKILL"), 5000);
+  const code = await exited;
+  clearTimeout(timer);
+  return code;
+}

@@ -1,0 +1,90 @@
+"""template.yaml: lint-clean for cfn-lint and SAM, and the security-relevant choices hold."""
+
+import json
+import subprocess
+
+from conftest import ARCHES, ROOT, TEMPLATE, sam_env, tool
+
+
+def run(cmd):
+    return subprocess.run(cmd, cwd=ROOT, env=sam_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_cfn_lint_has_no_finding():
+    # Informational findings too (-c I): "no finding" means none at any level.
+    r = run([tool("cfn-lint"), "--format", "json", "-c", "I", "--", str(TEMPLATE)])
+    findings = json.loads(r.stdout or "[]")
+    assert findings == [], json.dumps(findings, indent=2)
+    assert r.returncode == 0, r.stderr
+
+
+def test_sam_validate_lint_passes_offline():
+    r = run([tool("sam"), "validate", "--lint", "--template-file", str(TEMPLATE)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "is a valid SAM Template" in r.stdout + r.stderr
+
+
+def test_sam_transform_accepts_the_template_offline():
+    # Plain `sam validate` runs the SAM translator (the Serverless transform) locally.
+    r = run([tool("sam"), "validate", "--template-file", str(TEMPLATE)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "is a valid SAM Template" in r.stdout + r.stderr
+
+
+def test_a_layer_per_architecture_from_the_dist_zips(template):
+    layers = {
+        name: res["Properties"]
+        for name, res in template["Resources"].items()
+        if res["Type"] == "AWS::Serverless::LayerVersion"
+    }
+    by_arch = {p["CompatibleArchitectures"][0]: p for p in layers.values()}
+    assert sorted(by_arch) == sorted(ARCHES)
+    for arch, props in by_arch.items():
+        assert props["CompatibleArchitectures"] == [arch]
+        assert props["ContentUri"] == f"dist/lambda-sidecar-{arch}.zip"
+        for runtime in ("nodejs22.x", "python3.13", "provided.al2023", "java21"):
+            assert runtime in props["CompatibleRuntimes"], (arch, runtime)
+
+
+def test_example_function_runs_on_arm64_with_the_arm64_layer(template):
+    fn = template["Resources"]["ExampleFunction"]["Properties"]
+    assert fn["Runtime"] == "nodejs22.x"
+    assert fn["Architectures"] == ["arm64"]
+    layer = fn["Layers"][0]["Ref"]
+    assert template["Resources"][layer]["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    assert fn["FunctionUrlConfig"] == {"AuthType": {"Ref": "FunctionUrlAuthType"}}
+
+
+def test_function_url_is_iam_protected_by_default(template):
+    p = template["Parameters"]["FunctionUrlAuthType"]
+    assert p["Default"] == "AWS_IAM"
+    assert sorted(p["AllowedValues"]) == ["AWS_IAM", "NONE"]
+
+
+def test_the_signing_key_only_comes_from_secrets_manager(template):
+    env = template["Resources"]["ExampleFunction"]["Properties"]["Environment"]["Variables"]
+    ref = "{{resolve:secretsmanager:${JwtSecretArn}:SecretString}}"
+    # HS* algorithms get it as JWT_SECRET, the others as JWT_PRIVATE_KEY; never both.
+    assert env["JWT_SECRET"] == {"Fn::If": ["IsHmac", {"Fn::Sub": ref}, {"Ref": "AWS::NoValue"}]}
+    assert env["JWT_PRIVATE_KEY"] == {"Fn::If": ["IsHmac", {"Ref": "AWS::NoValue"}, {"Fn::Sub": ref}]}
+    assert "Default" not in template["Parameters"]["JwtSecretArn"]
+    # No key material anywhere in the template text.
+    text = TEMPLATE.read_text()
+    assert "PRIVATE KEY-----" not in text
+
+
+def test_otlp_settings_are_parameters_and_headers_are_noecho(template):
+    params = template["Parameters"]
+    env = template["Resources"]["ExampleFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["Fn::If"][1] == {"Ref": "OtlpEndpoint"}
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["Fn::If"][1] == {"Ref": "OtlpHeaders"}
+    assert params["OtlpHeaders"]["NoEcho"] is True
+    assert env["SIDECAR_FLUSH_TIMEOUT_MS"] == {"Ref": "FlushTimeoutMs"}
+    assert env["JWT_ALGORITHM"] == {"Ref": "JwtAlgorithm"}
+
+
+def test_outputs_give_the_url_and_both_layer_arns(template):
+    out = template["Outputs"]
+    assert out["FunctionUrl"]["Value"] == {"Fn::GetAtt": "ExampleFunctionUrl.FunctionUrl"}
+    assert out["SidecarLayerArm64Arn"]["Value"] == {"Ref": "SidecarLayerArm64"}
+    assert out["SidecarLayerX8664Arn"]["Value"] == {"Ref": "SidecarLayerX8664"}
