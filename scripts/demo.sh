@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `make demo`: start the sidecar standalone with a freshly generated demo key, fetch tokens
-# the way a function would (curl on localhost), verify them with an independent library
-# (PyJWT) and print them decoded. Everything it starts is stopped on exit.
+# `make demo`: part 1 starts the sidecar standalone with a freshly generated demo key, fetches
+# tokens the way a function would (curl on localhost), verifies them with an independent
+# library (PyJWT) and prints them decoded. Part 2 (scripts/demo_lambda.py) runs it as a Lambda
+# extension in lambda-env with a real collector, and prints what arrived. Everything it
+# starts is stopped on exit.
 #
 # Expects `make deps build` to have run (the Makefile's `demo` target does both).
 set -euo pipefail
@@ -116,6 +118,11 @@ main() {
   verify_and_print billing-api < "$WORK/post.json"
 
   step "Stopping the sidecar"
+  kill "${PIDS[-1]}" && wait "${PIDS[-1]}" 2> /dev/null || true
+  unset 'PIDS[-1]'
+
+  # Part 2: the same binary as a Lambda extension, in the project's Lambda environment.
+  "$PY" "$ROOT/scripts/demo_lambda.py"
 }
 
 main "$@"

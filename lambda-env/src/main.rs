@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use lambda_env::{EnvConfig, Report, Sink, SinkMode};
 
 const USAGE: &str = "usage:
-  lambda-env run --extension PATH [--invokes N] [--tokens-per-invoke K] [--function-ms MS]
+  lambda-env run --extension PATH [--function-name NAME] [--invokes N] [--tokens-per-invoke K] [--function-ms MS]
                  [--function-timeout-ms MS] [--gap-ms MS] [--no-freeze] [--shutdown-ms MS]
                  [--snapstart] [--inject-unknown] [--logs-dropped] [--fail-invoke I]...
                  [--timeout-invoke I]... [--token-url URL] [--work-dir DIR] [--report FILE]
@@ -62,6 +62,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, CliError
         match flag.as_str() {
             "--extension" => cfg.extension = Some(value(&mut args, &flag)?.into()),
             "--invokes" => cfg.invokes = number(&mut args, &flag)?,
+            "--function-name" => cfg.function_name = value(&mut args, &flag)?,
             "--tokens-per-invoke" => cfg.tokens_per_invoke = number(&mut args, &flag)?,
             "--function-ms" => cfg.function_ms = number(&mut args, &flag)?,
             "--function-timeout-ms" => cfg.function_timeout_ms = number(&mut args, &flag)?,
