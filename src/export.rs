@@ -215,44 +215,40 @@ impl ExportClients {
             }
         }
         let http = http_client(config.certificate.as_deref())?;
-        let mut spans = match config.traces {
-            None => None,
-            Some(Protocol::Grpc) => Some(
-                SpanExporter::builder()
-                    .with_tonic()
-                    .with_retry_policy(RetryPolicy::disabled())
-                    .build(),
-            ),
-            Some(protocol) => Some(
-                SpanExporter::builder()
-                    .with_http()
-                    .with_http_client(http.clone())
-                    .with_protocol(protocol)
-                    .with_retry_policy(RetryPolicy::disabled())
-                    .build(),
-            ),
+        // The span and metric builders are different types with the same methods.
+        macro_rules! exporter {
+            ($builder:expr, $protocol:expr, $var:literal) => {
+                match $protocol {
+                    None => None,
+                    Some(Protocol::Grpc) => Some(
+                        $builder
+                            .with_tonic()
+                            .with_retry_policy(RetryPolicy::disabled())
+                            .build(),
+                    ),
+                    Some(protocol) => Some(
+                        $builder
+                            .with_http()
+                            .with_http_client(http.clone())
+                            .with_protocol(protocol)
+                            .with_retry_policy(RetryPolicy::disabled())
+                            .build(),
+                    ),
+                }
+                .transpose()
+                .map_err(invalid($var))?
+            };
         }
-        .transpose()
-        .map_err(invalid("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?;
-        let metrics = match config.metrics {
-            None => None,
-            Some(Protocol::Grpc) => Some(
-                MetricExporter::builder()
-                    .with_tonic()
-                    .with_retry_policy(RetryPolicy::disabled())
-                    .build(),
-            ),
-            Some(protocol) => Some(
-                MetricExporter::builder()
-                    .with_http()
-                    .with_http_client(http.clone())
-                    .with_protocol(protocol)
-                    .with_retry_policy(RetryPolicy::disabled())
-                    .build(),
-            ),
-        }
-        .transpose()
-        .map_err(invalid("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))?;
+        let mut spans = exporter!(
+            SpanExporter::builder(),
+            config.traces,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        );
+        let metrics = exporter!(
+            MetricExporter::builder(),
+            config.metrics,
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+        );
         if let Some(exporter) = spans.as_mut() {
             exporter.set_resource(resource);
         }

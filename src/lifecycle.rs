@@ -328,7 +328,8 @@ async fn start(
     })
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+/// Binds `addr`, naming it in the error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartupError::Bind { addr, source })

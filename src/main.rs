@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         return match config {
             Ok(config) => match runtime.block_on(standalone::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(standalone::StandaloneError::Config(e)) => {
+                Err(standalone::StandaloneError::Startup(lifecycle::StartupError::Config(e))) => {
                     eprintln!(
                         "lambda-sidecar: configuration error ({}): {e}",
                         e.error_type()

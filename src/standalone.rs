@@ -5,31 +5,23 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
+use crate::lifecycle::{StartupError, bind};
 use crate::token::{self, TokenService, keys::SigningKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Startup(#[from] StartupError),
     #[error("the token server failed: {0}")]
     Serve(std::io::Error),
 }
 
 /// Serves tokens on 127.0.0.1:`SIDECAR_PORT` until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StandaloneError> {
-    let key = SigningKey::load(&config.token)?;
+    let key = SigningKey::load(&config.token).map_err(StartupError::from)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StandaloneError::Bind { addr, source })?;
+    let listener = bind(addr).await?;
     tracing::info!(%addr, algorithm = key.algorithm().name(), kid = key.kid(), "serving tokens");
     let service = Arc::new(TokenService::new(config.token, key, None));
     token::serve(listener, service, signal())
