@@ -333,13 +333,14 @@ impl Exporter {
             self.signals.dropped(Signal::Traces, overflow as u64);
             report.spans_dropped = overflow;
         }
-        let metrics = match (&self.metrics, self.source.collect()) {
-            (Some(_), Ok(m)) => Some(m),
-            (Some(_), Err(e)) => {
+        // Collected only when they will be sent: reading every instrument is not free.
+        let metrics = match self.metrics.as_ref().map(|_| self.source.collect()) {
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "metrics could not be collected");
                 None
             }
-            (None, _) => None,
+            None => None,
         };
         // Spans leave `pending` only once their batch is acknowledged: whatever a failure or
         // the timeout interrupts stays there and goes back to the buffer.

@@ -27,5 +27,8 @@ fn every_variable_and_metric_is_in_the_readme() {
         ])
         .filter(|name| !README.contains(&format!("`{name}`")))
         .collect();
-    assert!(missing.is_empty(), "not documented in README.md: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not documented in README.md: {missing:?}"
+    );
 }
