@@ -22,7 +22,9 @@ const SECRET: &str = "k7Qm2vXp9LrT4sWz8YbN3cFh6JdGa1Ue5KoP0iRt";
 /// A running token server; stopped when dropped.
 struct Server {
     base: String,
-    _stop: oneshot::Sender<()>,
+    addr: std::net::SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 async fn start(env: &[(&str, &str)]) -> Server {
@@ -33,13 +35,18 @@ async fn start(env: &[(&str, &str)]) -> Server {
     let config = Config::parse(|k| map.get(k).cloned(), map.keys().map(String::as_str)).unwrap();
     let key = SigningKey::load(&config.token).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let service = Arc::new(TokenService::new(config.token, key, None));
-    tokio::spawn(token::serve(listener, service, async {
+    let task = tokio::spawn(token::serve(listener, service, async {
         let _ = stopped.await;
     }));
-    Server { base, _stop: stop }
+    Server {
+        base: format!("http://{addr}"),
+        addr,
+        stop,
+        task,
+    }
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -339,4 +346,35 @@ fn bad_keys_are_refused_at_start() {
         .err()
         .expect("must be refused");
     assert!(err.to_string().contains("JWT_PRIVATE_KEY"), "{err}");
+}
+
+/// At SHUTDOWN the token server stops accepting, but a request already being received is
+/// answered in full.
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(&[("JWT_SECRET", SECRET)]).await;
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let body = r#"{"sub":"late-caller"}"#;
+    let head = format!(
+        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // The request is in flight (headers read, body pending) when shutdown starts.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    server.stop.send(()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("late-caller"), "{response}");
+    // The server then ends, and new connections are refused.
+    tokio::time::timeout(std::time::Duration::from_secs(5), server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
 }
