@@ -114,7 +114,7 @@ type Handoff = (NextEvent, oneshot::Sender<()>);
 /// Runs the extension until SHUTDOWN. `config` is the already-parsed configuration, or the
 /// error to report once registered.
 pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleError> {
-    let process_start = Instant::now();
+    let started = Instant::now();
     let managed_instances = std::env::var("AWS_LAMBDA_INITIALIZATION_TYPE")
         .is_ok_and(|t| t == "lambda-managed-instances");
     // On Lambda Managed Instances, registering for INVOKE fails init: SHUTDOWN only there.
@@ -147,7 +147,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
         .await
         .map_err(LifecycleError::Register)?;
     tracing::info!(
-        elapsed_ms = process_start.elapsed().as_secs_f64() * 1e3,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
         function = %registered.function_name,
         "registered"
     );
@@ -155,7 +155,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
     let client = Client::builder()
         .build()
         .map_err(|e| LifecycleError::Register(e.into()))?;
-    let sidecar = match start(
+    let mut sidecar = match start(
         prepared,
         &registered.extension_id,
         &client,
@@ -171,7 +171,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
         }
     };
     tracing::info!(
-        elapsed_ms = process_start.elapsed().as_secs_f64() * 1e3,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
         token_addr = %sidecar.token_addr,
         telemetry_port = sidecar.telemetry_port,
         "ready"
@@ -179,7 +179,6 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
 
     let event_loop = registered.run();
     tokio::pin!(event_loop);
-    let mut sidecar = sidecar;
     loop {
         tokio::select! {
             result = &mut event_loop => {
@@ -272,22 +271,32 @@ async fn start(
     let exporter = Exporter::new(clients, source, signals.clone());
     let (pipeline, recorder) = Pipeline::start(Deriver::new(function, signals.clone()), signals);
 
+    // Tokens first: the function's own init may ask for one as soon as we are registered.
     let token_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
     let token_listener = bind(token_addr).await?;
+    let service = Arc::new(TokenService::new(
+        config.token.clone(),
+        key,
+        Some(recorder.clone()),
+    ));
+    let (stop_token, token_stopped) = watch::channel(false);
+    let token_server = tokio::spawn(token::serve(
+        token_listener,
+        service,
+        stopped(token_stopped),
+    ));
+
     // The Telemetry API delivers to the sandbox address, so this one can't be loopback.
-    let telemetry_listener = bind(SocketAddr::from((
-        Ipv4Addr::UNSPECIFIED,
-        config.telemetry.port.unwrap_or(0),
-    )))
-    .await?;
+    let telemetry_addr =
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.telemetry.port.unwrap_or(0)));
+    let telemetry_listener = bind(telemetry_addr).await?;
     let telemetry_port = telemetry_listener
         .local_addr()
         .map_err(|source| StartupError::Bind {
-            addr: token_addr,
+            addr: telemetry_addr,
             source,
         })?
         .port();
-
     let (stop_intake, intake_stopped) = watch::channel(false);
     tokio::spawn(intake::serve(
         telemetry_listener,
@@ -302,18 +311,6 @@ async fn start(
         managed_instances,
     )
     .await?;
-
-    let service = Arc::new(TokenService::new(
-        config.token.clone(),
-        key,
-        Some(recorder.clone()),
-    ));
-    let (stop_token, token_stopped) = watch::channel(false);
-    let token_server = tokio::spawn(token::serve(
-        token_listener,
-        service,
-        stopped(token_stopped),
-    ));
     Ok(Sidecar {
         pipeline,
         recorder,
