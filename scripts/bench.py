@@ -94,16 +94,16 @@ def main():
         rows.append(f"| cold start, {label} | process start -> ready in event/next: median {statistics.median(inits):.1f} ms, min {min(inits):.1f} ms |")
 
     scenarios = [
-        ("healthy collector, 20 ms function", "ok", 20),
-        ("healthy collector, 1 ms function", "ok", 1),
-        ("collector down (connection refused)", None, 20),
-        ("collector answering 503", "fail:503", 20),
-        ("collector too slow (2 s per request)", "slow:2000", 20),
+        ("healthy collector, 20 ms function", "ok", 20, 2),
+        ("healthy collector, 0 ms function without token requests", "ok", 0, 0),
+        ("collector down (connection refused)", None, 20, 2),
+        ("collector answering 503", "fail:503", 20, 2),
+        ("collector too slow (2 s per request)", "slow:2000", 20, 2),
     ]
-    for label, mode, function_ms in scenarios:
+    for label, mode, function_ms, tokens in scenarios:
         sink = Sink(mode) if mode else None
         endpoint = f"http://127.0.0.1:{sink.port if sink else free_port()}"
-        report = run_env({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}, function_ms=function_ms)
+        report = run_env({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}, function_ms=function_ms, tokens=tokens)
         spans = sink.stop() if sink else 0
         holds = [i["hold_ms"] for i in report["invokes"]]
         shutdown = report["shutdown"]
