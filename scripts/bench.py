@@ -9,6 +9,7 @@ scheduling slack), the sidecar always exits 0 before the deadline.
 
 Prints a Markdown table; exits 1 if a budget is broken.
 """
+import http.client
 import json
 import os
 import secrets
@@ -76,6 +77,50 @@ def run_env(env, invokes=INVOKES, function_ms=20, tokens=2):
             return json.load(f)
 
 
+def token_latency():
+    """GET /token over one keep-alive connection against `serve`, per algorithm (the client
+    is Python's http.client, so its own cost is included)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    def pem(key):
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()
+
+    rows = []
+    for alg, env in (("HS256", {"JWT_SECRET": secrets.token_urlsafe(48)}),
+                     ("ES256", {"JWT_ALGORITHM": "ES256", "JWT_PRIVATE_KEY": pem(ec.generate_private_key(ec.SECP256R1()))}),
+                     ("RS256", {"JWT_ALGORITHM": "RS256", "JWT_PRIVATE_KEY": pem(rsa.generate_private_key(65537, 2048))})):
+        port = free_port()
+        proc = subprocess.Popen([SIDECAR, "serve"], env={"PATH": os.environ["PATH"], "SIDECAR_PORT": str(port), **env},
+                                stderr=subprocess.DEVNULL)
+        try:
+            conn = None
+            for _ in range(100):
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port)
+                    conn.request("GET", "/health")
+                    conn.getresponse().read()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+            latencies = []
+            for _ in range(2000):
+                start = time.perf_counter()
+                conn.request("GET", "/token")
+                response = conn.getresponse()
+                response.read()
+                latencies.append((time.perf_counter() - start) * 1e6)
+                if response.status != 200:
+                    raise RuntimeError(f"{alg}: /token answered {response.status}")
+            latencies = latencies[200:]  # warm-up
+            rows.append(f"| GET /token, {alg} | p50 {pct(latencies, 50):.0f} us / p99 {pct(latencies, 99):.0f} us (1,800 requests, keep-alive) |")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=5)
+    return rows
+
+
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -116,6 +161,7 @@ def main():
         if shutdown["exit_code"] != 0 or shutdown["killed"]:
             broken.append(f"{label}: shutdown {shutdown}")
 
+    rows += token_latency()
     size = os.path.getsize(SIDECAR)
     rows.append(f"| release binary (host, glibc) | {size:,} bytes |")
     print(f"| lambda-env, {INVOKES} invokes, 2 tokens each, freezing between invokes, flush cap {CAP_MS} ms | figure |")
