@@ -153,9 +153,10 @@ def main():
         holds = [i["hold_ms"] for i in report["invokes"]]
         shutdown = report["shutdown"]
         before = shutdown.get("exited_before_deadline_ms") or 0
+        rss = (shutdown.get("peak_rss_kb") or 0) / 1024
         rows.append(
             f"| {label} | hold p50 {pct(holds, 50):.2f} / p99 {pct(holds, 99):.2f} / max {max(holds):.2f} ms;"
-            f" spans received {spans}; exit {shutdown['exit_code']} {2000 - before:.0f} ms after SHUTDOWN |")
+            f" spans received {spans}; peak RSS {rss:.1f} MiB; exit {shutdown['exit_code']} {2000 - before:.0f} ms after SHUTDOWN |")
         if max(holds) > CAP_MS + SLACK_MS:
             broken.append(f"{label}: hold {max(holds):.1f} ms > cap {CAP_MS} ms")
         if shutdown["exit_code"] != 0 or shutdown["killed"]:

@@ -592,16 +592,17 @@ impl Environment {
 
     /// Peak RSS of the extension process (VmHWM), in MB, as a stand-in for Lambda's figure.
     fn max_memory_mb(&self) -> u64 {
-        let Some(pid) = self.extension_pid() else {
-            return 1;
-        };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kb: u64 = status
+        self.peak_rss_kb().unwrap_or(0).div_ceil(1024).max(1)
+    }
+
+    /// Peak RSS of the extension process (VmHWM) in KiB, if it is running.
+    fn peak_rss_kb(&self) -> Option<u64> {
+        let pid = self.extension_pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        kb.div_ceil(1024).max(1)
     }
 
     async fn freeze_gap(&mut self) {
@@ -637,6 +638,7 @@ impl Environment {
         if let Some(f) = self.function.take() {
             f.abort();
         }
+        let peak_rss_kb = self.peak_rss_kb();
         let deadline_ms = epoch_ms() + self.cfg.shutdown_ms;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.shutdown_ms);
         let event = json!({"eventType": "SHUTDOWN", "shutdownReason": "spindown", "deadlineMs": deadline_ms});
@@ -648,6 +650,7 @@ impl Environment {
         });
         let mut report = self.wait_exit(deadline).await;
         report.deadline_ms = Some(deadline_ms);
+        report.peak_rss_kb = peak_rss_kb;
         report
     }
 

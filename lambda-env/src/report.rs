@@ -146,4 +146,7 @@ pub struct ShutdownReport {
     pub killed: bool,
     /// How long before the deadline it exited (in-process extensions: came back to `event/next`).
     pub exited_before_deadline_ms: Option<f64>,
+    /// Peak resident memory of the extension process (VmHWM) when SHUTDOWN was sent, in KiB.
+    #[serde(default)]
+    pub peak_rss_kb: Option<u64>,
 }
