@@ -1,11 +1,12 @@
 //! Lifecycle: the Extensions API (register, the event/next loop, init/error) and what the
 //! sidecar does at each event.
 //!
-//! Start-up order, all inside Lambda's init phase:
-//! register → parse and validate everything (config, key, exporters) → bind the token and
-//! telemetry listeners → subscribe to the Telemetry API → serve. A failure after register is
-//! reported through `init/error` with a typed error, then the process exits 1; before
-//! register there is no extension id to report with, so it only logs and exits.
+//! Start-up order, all inside Lambda's init phase: the key is parsed and the OTLP clients
+//! built on a blocking thread *while* the extension registers; then the token server starts
+//! (the function's own init may already ask for a token), the telemetry listener binds, and
+//! the Telemetry API subscription is made. Any failure after register is reported through
+//! `init/error` with a typed error, then the process exits 1; before register there is no
+//! extension id to report with, so it only logs and exits.
 //!
 //! At INVOKE: record it, flush what earlier invocations left (bounded by the flush cap), then
 //! let the `lambda-extension` crate call event/next. The flush runs while the function runs,
