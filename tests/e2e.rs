@@ -465,3 +465,20 @@ async fn a_config_error_reaches_init_error_and_exits_non_zero() {
     assert_eq!(error.exit_code, Some(1));
     assert!(report.invokes.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_telemetry_subscription_fails_init() {
+    let mut config = environment(1, 0, &[]);
+    config.refuse_telemetry = true;
+    let report = lambda_env::run(config).await.unwrap();
+    let error = report.init.error.as_ref().expect("init must fail");
+    assert_eq!(
+        error.error_type,
+        "Extension.TelemetrySubscriptionFailed",
+        "{}",
+        stderr_of(&report)
+    );
+    let message = error.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("500"), "{message}");
+    assert_eq!(error.exit_code, Some(1));
+}

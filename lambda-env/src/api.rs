@@ -78,6 +78,8 @@ pub(crate) struct Inner {
     pub runtime_init_error: Option<(String, Value)>,
     pub exit_errors: Vec<ExtensionError>,
     pub subscriptions: Vec<Value>,
+    /// Answer subscriptions with a service error (`EnvConfig::refuse_telemetry`).
+    pub refuse_telemetry: bool,
     pub runtime_waiting: bool,
     pub runtime_queue: VecDeque<Invocation>,
     /// The request the runtime may still answer.
@@ -106,6 +108,7 @@ impl Shared {
                 runtime_init_error: None,
                 exit_errors: Vec::new(),
                 subscriptions: Vec::new(),
+                refuse_telemetry: false,
                 runtime_waiting: false,
                 runtime_queue: VecDeque::new(),
                 active_request: None,
@@ -490,6 +493,13 @@ async fn subscribe(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
                 StatusCode::FORBIDDEN,
                 "Telemetry.SubscriptionClosed",
                 "subscriptions are only accepted during init",
+            );
+        }
+        if inner.refuse_telemetry {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Telemetry.ServiceException",
+                "the Telemetry API is unavailable",
             );
         }
         let reg = &inner.extensions[idx].reg;

@@ -78,6 +78,9 @@ pub struct EnvConfig {
     pub inject_unknown: bool,
     /// Emit one `platform.logsDropped` in the first invoke.
     pub logs_dropped: bool,
+    /// Fault injection: the Telemetry API answers every subscription with a 500
+    /// `Telemetry.ServiceException`, as the service does when it can't take one.
+    pub refuse_telemetry: bool,
     /// 0-based invokes on which the function reports an error.
     pub fail_invokes: Vec<usize>,
     /// 0-based invokes on which the function overruns its timeout.
@@ -107,6 +110,7 @@ impl Default for EnvConfig {
             snapstart: false,
             inject_unknown: false,
             logs_dropped: false,
+            refuse_telemetry: false,
             fail_invokes: Vec::new(),
             timeout_invokes: Vec::new(),
             work_dir: None,
@@ -151,6 +155,7 @@ impl Environment {
         let client = reqwest::Client::builder().no_proxy().build()?;
         let hub = Hub::new(client.clone());
         let shared = Shared::new(cfg.function_name.clone(), hub);
+        shared.update(|inner| inner.refuse_telemetry = cfg.refuse_telemetry);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(EnvError::Bind)?;
