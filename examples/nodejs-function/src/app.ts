@@ -12,7 +12,7 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { currentTraceparent } from "./traceparent.js";
 
 /** What the sidecar's /token answers (a subset: the fields this example passes on). */
-interface TokenResponse {
+export interface TokenResponse {
   token: string;
   token_type: string;
   expires_at: number;

@@ -7,7 +7,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import * as jose from "jose";
-import { app } from "../src/app.js";
+import { app, type TokenResponse as TokenBody } from "../src/app.js";
 import { handler } from "../src/handler.js";
 import { freePort, startSidecar, stopSidecar, type Sidecar } from "./helpers.js";
 
@@ -16,15 +16,6 @@ const AUDIENCE = "example-api";
 const FUNCTION_NAME = "example-function";
 const XRAY = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
 const TRACEPARENT = "00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01";
-
-interface TokenBody {
-  token: string;
-  token_type: string;
-  expires_at: number;
-  expires_in: number;
-  user_id: string;
-  kid?: string;
-}
 
 /** A Lambda Function URL event (payload format 2.0), as Lambda hands it to the handler. */
 function functionUrlEvent(method: string, path: string, body?: unknown) {
