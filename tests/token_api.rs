@@ -416,6 +416,14 @@ async fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
     (status, response)
 }
 
+/// A whole request from its request line and header lines (each ending in CRLF) and body.
+fn request(head: &str, body: &str) -> String {
+    format!(
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// Data-driven: each case is a request head (`{host}` is replaced by `127.0.0.1:<port>`,
 /// `{auth}` by a right `X-Sidecar-Token` line), an optional JSON body, the status expected and
 /// a fragment of the answer.
@@ -425,11 +433,7 @@ async fn check(server: &Server, cases: &[(&str, &str, u16, &str)]) {
     let mut failures = Vec::new();
     for (head, body, want, fragment) in cases {
         let head = head.replace("{host}", &host).replace("{auth}", &auth);
-        let request = format!(
-            "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let (status, response) = raw(server.addr, &request).await;
+        let (status, response) = raw(server.addr, &request(&head, body)).await;
         if status != *want || !response.contains(fragment) {
             failures.push(format!(
                 "{head:?}: got {status}, want {want} with {fragment:?}: {response}"
@@ -557,24 +561,24 @@ async fn refused_token_requests_are_recorded_with_their_status() {
     );
     let server = start_recording(&[("JWT_SECRET", SECRET)], Some(recorder)).await;
     let port = server.addr.port();
-    for request in [
-        format!("GET /token HTTP/1.1\r\nHost: attacker.example:{port}\r\n"),
-        format!("GET /token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"),
-        format!("HEAD /token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Sidecar-Token: {SESSION}\r\n"),
-        format!(
-            "POST /token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Sidecar-Token: {SESSION}\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{{}}"
+    let host = format!("Host: 127.0.0.1:{port}\r\n");
+    let auth = format!("X-Sidecar-Token: {SESSION}\r\n");
+    for (head, body) in [
+        (
+            format!("GET /token HTTP/1.1\r\nHost: attacker.example:{port}\r\n"),
+            "",
         ),
-        format!("GET /token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Sidecar-Token: {SESSION}\r\n"),
+        (format!("GET /token HTTP/1.1\r\n{host}"), ""),
+        (format!("HEAD /token HTTP/1.1\r\n{host}{auth}"), ""),
+        (
+            format!("POST /token HTTP/1.1\r\n{host}{auth}Content-Type: text/plain\r\n"),
+            "{}",
+        ),
+        (format!("GET /token HTTP/1.1\r\n{host}{auth}"), ""),
         // Not /token: no record.
-        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"),
+        (format!("GET /health HTTP/1.1\r\n{host}"), ""),
     ] {
-        let request = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
-        let request = if request.ends_with("\r\n") {
-            format!("{request}\r\n")
-        } else {
-            request
-        };
-        raw(server.addr, &request).await;
+        raw(server.addr, &request(&head, body)).await;
     }
     let mut statuses: Vec<i64> = pipeline
         .drain()
