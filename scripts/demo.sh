@@ -52,6 +52,10 @@ EOF
 generate_demo_key() {
   JWT_SECRET="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(48))')"
   export JWT_SECRET
+  # In Lambda, the function and the sidecar both see the environment's AWS_SESSION_TOKEN;
+  # /token wants it back in X-Sidecar-Token. Here the demo makes one up.
+  AWS_SESSION_TOKEN="$("$PY" -c 'import secrets; print(secrets.token_hex(32))')"
+  export AWS_SESSION_TOKEN
 }
 
 # start_sidecar NAME: runs `lambda-sidecar serve` in the background until the demo ends.
@@ -106,14 +110,16 @@ main() {
   start_sidecar lambda-sidecar
 
   step "GET /token, as a function would"
-  echo "\$ curl -s http://127.0.0.1:$SIDECAR_PORT/token"
-  curl -sS --fail-with-body "http://127.0.0.1:$SIDECAR_PORT/token" > "$WORK/get.json"
+  echo "\$ curl -s -H \"X-Sidecar-Token: \$AWS_SESSION_TOKEN\" http://127.0.0.1:$SIDECAR_PORT/token"
+  curl -sS --fail-with-body -H "X-Sidecar-Token: $AWS_SESSION_TOKEN" \
+    "http://127.0.0.1:$SIDECAR_PORT/token" > "$WORK/get.json"
   verify_and_print orders-api < "$WORK/get.json"
 
   step "POST /token with a subject, an audience and an allowed claim"
   local body='{"sub":"user-42","aud":"billing-api","ttl_seconds":300,"claims":{"role":"reader"}}'
-  echo "\$ curl -s -X POST -d '$body' http://127.0.0.1:$SIDECAR_PORT/token"
-  curl -sS --fail-with-body -X POST -H 'content-type: application/json' -d "$body" \
+  echo "\$ curl -s -H \"X-Sidecar-Token: \$AWS_SESSION_TOKEN\" -H 'content-type: application/json' -d '$body' http://127.0.0.1:$SIDECAR_PORT/token"
+  curl -sS --fail-with-body -H "X-Sidecar-Token: $AWS_SESSION_TOKEN" \
+    -H 'content-type: application/json' -d "$body" \
     "http://127.0.0.1:$SIDECAR_PORT/token" > "$WORK/post.json"
   verify_and_print billing-api < "$WORK/post.json"
 

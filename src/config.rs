@@ -25,6 +25,7 @@ pub const SIDECAR_VARIABLES: &[&str] = &[
     "SIDECAR_TELEMETRY_BUFFER_MS",
     "SIDECAR_TELEMETRY_PORT",
     "SIDECAR_FLUSH_TIMEOUT_MS",
+    "SIDECAR_TOKEN_AUTH",
 ];
 
 /// Ports another party already owns inside a Lambda execution environment: 9001 (Runtime
@@ -73,6 +74,31 @@ pub struct TokenConfig {
     pub max_ttl: u64,
     /// Extra claims a caller may set through `POST /token`.
     pub allowed_claims: BTreeSet<String>,
+    /// `JWT_TYP`: the JOSE header's `typ`, e.g. `at+jwt` for RFC 9068 access tokens.
+    pub typ: String,
+    /// Who may ask for a token (`SIDECAR_TOKEN_AUTH`).
+    pub auth: TokenAuth,
+}
+
+/// How `/token` tells the function from anything else that can reach 127.0.0.1, such as a
+/// server-side request forgery through the function's own HTTP client.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenAuth {
+    /// `X-Sidecar-Token` must equal this value, the `AWS_SESSION_TOKEN` Lambda gives the
+    /// function and every extension: a per-environment secret that a URL cannot carry.
+    SessionToken(String),
+    /// `SIDECAR_TOKEN_AUTH=off`: any local caller gets a token, as before the header existed.
+    Off,
+}
+
+impl std::fmt::Debug for TokenAuth {
+    /// Written by hand so that the session token never reaches a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenAuth::SessionToken(_) => "SessionToken(<redacted>)",
+            TokenAuth::Off => "Off",
+        })
+    }
 }
 
 impl std::fmt::Debug for TokenConfig {
@@ -88,6 +114,8 @@ impl std::fmt::Debug for TokenConfig {
             .field("ttl", &self.ttl)
             .field("max_ttl", &self.max_ttl)
             .field("allowed_claims", &self.allowed_claims)
+            .field("typ", &self.typ)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -313,6 +341,23 @@ fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
             ),
         });
     }
+    let typ = env.get("JWT_TYP").unwrap_or_else(|| "JWT".to_string());
+    // RFC 6838 restricted-name characters plus the `/` of a full media type: what `typ`
+    // holds (RFC 7515 section 4.1.9), and nothing that needs escaping in a header.
+    if typ.is_empty()
+        || typ.len() > 64
+        || !typ
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+/".contains(&b))
+    {
+        return Err(ConfigError::Invalid {
+            var: "JWT_TYP",
+            value: typ,
+            expected: "a media type name of 1 to 64 characters (letters, digits and ! # $ & - ^ \
+                       _ . + /), such as JWT or at+jwt"
+                .to_string(),
+        });
+    }
     Ok(TokenConfig {
         algorithm,
         key,
@@ -323,7 +368,48 @@ fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
         ttl,
         max_ttl,
         allowed_claims,
+        typ,
+        auth: token_auth(env)?,
     })
+}
+
+/// `SIDECAR_TOKEN_AUTH` and, when it asks for one, the `AWS_SESSION_TOKEN` callers must send.
+fn token_auth(env: &Env<'_>) -> Result<TokenAuth, ConfigError> {
+    #[derive(Clone, Copy)]
+    enum Mode {
+        SessionToken,
+        Off,
+    }
+    let mode = env.choice(
+        "SIDECAR_TOKEN_AUTH",
+        &[("session-token", Mode::SessionToken), ("off", Mode::Off)],
+        Mode::SessionToken,
+    )?;
+    if let Mode::Off = mode {
+        return Ok(TokenAuth::Off);
+    }
+    match env.get("AWS_SESSION_TOKEN") {
+        None => Err(ConfigError::Missing {
+            var: "AWS_SESSION_TOKEN",
+            why: "SIDECAR_TOKEN_AUTH=session-token (the default) makes /token require it in \
+                  the X-Sidecar-Token header; Lambda sets it, elsewhere set it to a random value \
+                  shared with the caller, or set SIDECAR_TOKEN_AUTH=off",
+        }),
+        Some(token) if token.is_empty() => Err(ConfigError::Missing {
+            var: "AWS_SESSION_TOKEN",
+            why: "it is empty, and SIDECAR_TOKEN_AUTH=session-token (the default) makes /token \
+                  require it in the X-Sidecar-Token header; set it, or set SIDECAR_TOKEN_AUTH=off",
+        }),
+        // Callers send it as a header value, which cannot carry these bytes.
+        Some(token) if !token.bytes().all(|b| b.is_ascii_graphic()) => Err(ConfigError::Invalid {
+            var: "AWS_SESSION_TOKEN",
+            value: "<redacted>".to_string(),
+            expected: "printable ASCII without spaces, as it is sent in the X-Sidecar-Token \
+                           header (SIDECAR_TOKEN_AUTH=session-token)"
+                .to_string(),
+        }),
+        Some(token) => Ok(TokenAuth::SessionToken(token)),
+    }
 }
 
 fn telemetry_config(env: &Env<'_>) -> Result<TelemetryConfig, ConfigError> {
@@ -467,7 +553,21 @@ mod tests {
 
     const SECRET: &str = "k7Qm2vXp9LrT4sWz8YbN3cFh6JdGa1Ue5KoP0iRt";
 
+    /// The session token a default configuration needs, added unless a case sets it.
+    const SESSION: &str = "IQoJb3JpZ2luX2VjEsession";
+
     fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.entry("AWS_SESSION_TOKEN".into())
+            .or_insert_with(|| SESSION.into());
+        Config::parse(|k| map.get(k).cloned(), map.keys().map(String::as_str))
+    }
+
+    /// [`parse`] without the default session token.
+    fn parse_exact(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -486,6 +586,10 @@ mod tests {
                 assert!(message.contains(var), "{message:?} should name {var}");
                 assert_eq!(e.error_type(), error_type, "{message}");
                 assert!(!message.contains(SECRET), "secret leaked: {message}");
+                assert!(
+                    !message.contains(SESSION),
+                    "session token leaked: {message}"
+                );
             }
             (Ok(c), Some(e)) => panic!("accepted {pairs:?} as {c:?}, expected error {e:?}"),
             (Err(e), None) => panic!("refused {pairs:?}: {e}"),
@@ -588,6 +692,89 @@ mod tests {
         check(
             &[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_TIMEOUT_MS", "-5")],
             Some(("SIDECAR_FLUSH_TIMEOUT_MS", "Config.InvalidValue")),
+        );
+    }
+
+    /// `SIDECAR_TOKEN_AUTH` and `JWT_TYP`: refused values name the variable (both variables
+    /// when the session token is missing) and never echo the session token.
+    #[test]
+    fn token_auth_and_typ() {
+        const LONG_TYP: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+        assert_eq!(LONG_TYP.len(), 65);
+        let base = [("JWT_SECRET", SECRET), ("AWS_SESSION_TOKEN", SESSION)];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            pairs
+        };
+        check(&base, None);
+        check(&with(&[("SIDECAR_TOKEN_AUTH", "session-token")]), None);
+        check(&with(&[("JWT_TYP", "at+jwt")]), None);
+        check(&with(&[("JWT_TYP", "application/at+jwt")]), None);
+        assert!(parse_exact(&[("JWT_SECRET", SECRET), ("SIDECAR_TOKEN_AUTH", "off")]).is_ok());
+        // Unset: the error names both variables.
+        let e = parse_exact(&[("JWT_SECRET", SECRET)]).unwrap_err();
+        assert_eq!(e.error_type(), "Config.MissingValue");
+        let message = e.to_string();
+        assert!(
+            message.contains("AWS_SESSION_TOKEN") && message.contains("SIDECAR_TOKEN_AUTH"),
+            "{message}"
+        );
+        for (pairs, var, error_type) in [
+            (
+                vec![("JWT_SECRET", SECRET), ("AWS_SESSION_TOKEN", "")],
+                "SIDECAR_TOKEN_AUTH",
+                "Config.MissingValue",
+            ),
+            (
+                vec![("JWT_SECRET", SECRET), ("AWS_SESSION_TOKEN", "a b\n")],
+                "AWS_SESSION_TOKEN",
+                "Config.InvalidValue",
+            ),
+            (
+                with(&[("SIDECAR_TOKEN_AUTH", "none")]),
+                "SIDECAR_TOKEN_AUTH",
+                "Config.InvalidValue",
+            ),
+            (with(&[("JWT_TYP", "")]), "JWT_TYP", "Config.InvalidValue"),
+            (
+                with(&[("JWT_TYP", "at jwt")]),
+                "JWT_TYP",
+                "Config.InvalidValue",
+            ),
+            (
+                with(&[("JWT_TYP", "JWT\"")]),
+                "JWT_TYP",
+                "Config.InvalidValue",
+            ),
+            (
+                with(&[("JWT_TYP", LONG_TYP)]),
+                "JWT_TYP",
+                "Config.InvalidValue",
+            ),
+        ] {
+            check(&pairs, Some((var, error_type)));
+            let message = parse(&pairs).unwrap_err().to_string();
+            assert!(
+                !message.contains(SESSION) && !message.contains("a b"),
+                "{message}"
+            );
+        }
+        let c = parse(&base).unwrap();
+        assert_eq!(c.token.typ, "JWT");
+        assert_eq!(c.token.auth, TokenAuth::SessionToken(SESSION.to_string()));
+        assert!(
+            !format!("{c:?}").contains(SESSION),
+            "Debug must not print it"
+        );
+        let c = parse(&with(&[
+            ("SIDECAR_TOKEN_AUTH", "OFF"),
+            ("JWT_TYP", "at+jwt"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.token.auth, c.token.typ.as_str()),
+            (TokenAuth::Off, "at+jwt")
         );
     }
 

@@ -275,10 +275,18 @@ async fn start(
     // Tokens first: the function's own init may ask for one as soon as we are registered.
     let token_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
     let token_listener = bind(token_addr).await?;
+    let token_port = token_listener
+        .local_addr()
+        .map_err(|source| StartupError::Bind {
+            addr: token_addr,
+            source,
+        })?
+        .port();
     let service = Arc::new(TokenService::new(
         config.token.clone(),
         key,
         Some(recorder.clone()),
+        token_port,
     ));
     let (stop_token, token_stopped) = watch::channel(false);
     let token_server = tokio::spawn(token::serve(

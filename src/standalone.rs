@@ -22,8 +22,12 @@ pub async fn run(config: Config) -> Result<(), StandaloneError> {
     let key = SigningKey::load(&config.token).map_err(StartupError::from)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
     let listener = bind(addr).await?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| StartupError::Bind { addr, source })?
+        .port();
     tracing::info!(%addr, algorithm = key.algorithm().name(), kid = key.kid(), "serving tokens");
-    let service = Arc::new(TokenService::new(config.token, key, None));
+    let service = Arc::new(TokenService::new(config.token, key, None, port));
     token::serve(listener, service, signal())
         .await
         .map_err(StandaloneError::Serve)

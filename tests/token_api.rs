@@ -12,6 +12,7 @@ use base64::Engine as _;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
 use lambda_sidecar::config::Config;
+use lambda_sidecar::pipeline::{Pipeline, Recorder};
 use lambda_sidecar::token::{self, TokenService, keys::SigningKey};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -27,17 +28,31 @@ struct Server {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-async fn start(env: &[(&str, &str)]) -> Server {
-    let map: HashMap<String, String> = env
+/// The value the sidecar sees in `AWS_SESSION_TOKEN`, and the function sends back.
+const SESSION: &str = "IQoJb3JpZ2luX2VjEtest-session-token";
+
+/// The configuration from `env`, with `AWS_SESSION_TOKEN` set to [`SESSION`] as Lambda does.
+fn config(env: &[(&str, &str)]) -> Config {
+    let mut map: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let config = Config::parse(|k| map.get(k).cloned(), map.keys().map(String::as_str)).unwrap();
+    map.insert("AWS_SESSION_TOKEN".into(), SESSION.into());
+    Config::parse(|k| map.get(k).cloned(), map.keys().map(String::as_str)).unwrap()
+}
+
+async fn start(env: &[(&str, &str)]) -> Server {
+    start_recording(env, None).await
+}
+
+/// [`start`], with token records going to `recorder`, as in extension mode.
+async fn start_recording(env: &[(&str, &str)], recorder: Option<Recorder>) -> Server {
+    let config = config(env);
     let key = SigningKey::load(&config.token).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let service = Arc::new(TokenService::new(config.token, key, None));
+    let service = Arc::new(TokenService::new(config.token, key, recorder, addr.port()));
     let task = tokio::spawn(token::serve(listener, service, async {
         let _ = stopped.await;
     }));
@@ -87,15 +102,24 @@ fn private_key(alg: &str) -> String {
     pem("PRIVATE KEY", &der)
 }
 
+/// A GET as the function sends it, with `X-Sidecar-Token`.
 async fn get(url: &str) -> (u16, Value) {
-    let r = reqwest::get(url).await.unwrap();
+    let r = reqwest::Client::new()
+        .get(url)
+        .header("X-Sidecar-Token", SESSION)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// A JSON POST as the function sends it, with `X-Sidecar-Token`.
 async fn post(url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(url)
+        .header("X-Sidecar-Token", SESSION)
+        .header("Content-Type", "application/json")
         .body(body)
         .send()
         .await
@@ -302,7 +326,12 @@ async fn every_error_status() {
             "{fragment:?} not in {body}"
         );
     }
-    let r = reqwest::Client::new().delete(&url).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .delete(&url)
+        .header("X-Sidecar-Token", SESSION)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 405);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], 405);
@@ -320,13 +349,7 @@ fn bad_keys_are_refused_at_start() {
         ),
     ];
     for (env, error_type) in cases {
-        let map: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let config =
-            Config::parse(|k| map.get(k).cloned(), map.keys().map(String::as_str)).unwrap();
-        let err = SigningKey::load(&config.token)
+        let err = SigningKey::load(&config(env).token)
             .err()
             .expect("must be refused");
         assert_eq!(err.error_type(), *error_type);
@@ -334,14 +357,10 @@ fn bad_keys_are_refused_at_start() {
     }
     // An ES256 key offered for RS256 is refused, naming the variable.
     let key = private_key("ES256");
-    let map: HashMap<String, String> = [
+    let config = config(&[
         ("JWT_ALGORITHM", "RS256"),
         ("JWT_PRIVATE_KEY", key.as_str()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let config = Config::parse(|k| map.get(k).cloned(), map.keys().map(String::as_str)).unwrap();
+    ]);
     let err = SigningKey::load(&config.token)
         .err()
         .expect("must be refused");
@@ -357,7 +376,9 @@ async fn shutdown_finishes_in_flight_requests() {
     let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let body = r#"{"sub":"late-caller"}"#;
     let head = format!(
-        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /token HTTP/1.1\r\nHost: {}\r\nX-Sidecar-Token: {SESSION}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        server.addr,
         body.len()
     );
     conn.write_all(head.as_bytes()).await.unwrap();
@@ -377,4 +398,203 @@ async fn shutdown_finishes_in_flight_requests() {
         .unwrap()
         .unwrap();
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
+}
+
+/// Sends `request` as raw bytes over a fresh connection (so that Host, the request target and
+/// the forwarding headers are exactly what an SSRF would send) and returns the status and body.
+async fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    (status, response)
+}
+
+/// A whole request from its request line and header lines (each ending in CRLF) and body.
+fn request(head: &str, body: &str) -> String {
+    format!(
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Data-driven: each case is a request head (`{host}` is replaced by `127.0.0.1:<port>`,
+/// `{auth}` by a right `X-Sidecar-Token` line), an optional JSON body, the status expected and
+/// a fragment of the answer.
+async fn check(server: &Server, cases: &[(&str, &str, u16, &str)]) {
+    let host = format!("127.0.0.1:{}", server.addr.port());
+    let auth = format!("X-Sidecar-Token: {SESSION}\r\n");
+    let mut failures = Vec::new();
+    for (head, body, want, fragment) in cases {
+        let head = head.replace("{host}", &host).replace("{auth}", &auth);
+        let (status, response) = raw(server.addr, &request(&head, body)).await;
+        if status != *want || !response.contains(fragment) {
+            failures.push(format!(
+                "{head:?}: got {status}, want {want} with {fragment:?}: {response}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Finding 1 of the hardening issue: everything an SSRF through the function can send is
+/// refused; only a request that carries the per-environment secret and names the loopback
+/// listener gets a token.
+#[tokio::test]
+async fn the_token_boundary_refuses_what_an_ssrf_can_send() {
+    let server = start(&[("JWT_SECRET", SECRET)]).await;
+    let port = server.addr.port();
+    let attacker = format!("GET /token HTTP/1.1\r\nHost: attacker.example:{port}\r\n{{auth}}");
+    let localhost = format!("GET /token HTTP/1.1\r\nHost: LocalHost:{port}\r\n{{auth}}");
+    let json = r#"{"sub":"user-1"}"#;
+    check(
+        &server,
+        &[
+            ("GET /token HTTP/1.1\r\nHost: {host}\r\n{auth}", "", 200, "\"token\""),
+            (&localhost, "", 200, "\"token\""),
+            (&attacker, "", 400, "Host"),
+            ("GET /token HTTP/1.1\r\nHost: 127.0.0.1:1\r\n{auth}", "", 400, "Host"),
+            ("GET /token HTTP/1.1\r\n{auth}", "", 400, "Host"),
+            ("GET /token HTTP/1.1\r\nHost: {host}\r\n{auth}X-Forwarded-For: 10.0.0.1\r\n", "", 400, "X-Forwarded-For"),
+            ("GET /token HTTP/1.1\r\nHost: {host}\r\n{auth}Forwarded: for=10.0.0.1\r\n", "", 400, "Forwarded"),
+            ("GET /token HTTP/1.1\r\nHost: {host}\r\n{auth}Via: 1.1 proxy\r\n", "", 400, "Via"),
+            ("GET /token HTTP/1.1\r\nHost: {host}\r\n{auth}X-Forwarded-Host: a.example\r\n", "", 400, "X-Forwarded-Host"),
+            ("GET http://attacker.example/token HTTP/1.1\r\nHost: {host}\r\n{auth}", "", 400, "absolute-form"),
+            ("GET http://{host}/token HTTP/1.1\r\nHost: {host}\r\n{auth}", "", 400, "absolute-form"),
+            ("POST /token HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: text/plain\r\n", json, 415, "application/json"),
+            ("POST /token HTTP/1.1\r\nHost: {host}\r\n{auth}", json, 415, "application/json"),
+            ("POST /token HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json; charset=utf-8\r\n", json, 200, "user-1"),
+            ("HEAD /token HTTP/1.1\r\nHost: {host}\r\n{auth}", "", 405, ""),
+            ("GET /token HTTP/1.1\r\nHost: {host}\r\n", "", 401, "X-Sidecar-Token"),
+            ("GET /token HTTP/1.1\r\nHost: {host}\r\nX-Sidecar-Token: IQoJb3JpZ2luX2VjEtest-session-tokem\r\n", "", 401, "X-Sidecar-Token"),
+            ("GET /token HTTP/1.1\r\nHost: {host}\r\nX-Sidecar-Token: \r\n", "", 401, "X-Sidecar-Token"),
+            // The other endpoints need no secret, but the same boundary holds on every path.
+            ("GET /health HTTP/1.1\r\nHost: {host}\r\n", "", 200, "ok"),
+            ("GET /.well-known/jwks.json HTTP/1.1\r\nHost: {host}\r\n", "", 200, "keys"),
+            ("GET /health HTTP/1.1\r\nHost: {host}\r\nVia: 1.1 proxy\r\n", "", 400, "Via"),
+            ("GET /.well-known/jwks.json HTTP/1.1\r\nHost: attacker.example\r\n", "", 400, "Host"),
+        ],
+    )
+    .await;
+}
+
+/// The two refusals answer the same message, so a caller learns nothing from the difference.
+#[tokio::test]
+async fn a_missing_and_a_wrong_secret_are_refused_alike() {
+    let server = start(&[("JWT_SECRET", SECRET)]).await;
+    let host = format!("127.0.0.1:{}", server.addr.port());
+    let body = |r: &str| r.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let (s1, missing) = raw(
+        server.addr,
+        &format!("GET /token HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    let (s2, wrong) = raw(
+        server.addr,
+        &format!("GET /token HTTP/1.1\r\nHost: {host}\r\nX-Sidecar-Token: nope\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!((s1, s2), (401, 401));
+    assert_eq!(body(&missing), body(&wrong));
+    assert!(!missing.contains(SESSION) && !wrong.contains(SESSION));
+}
+
+/// `SIDECAR_TOKEN_AUTH=off` keeps the header-less `GET /token` for those who choose it; the
+/// Host and forwarding checks still hold.
+#[tokio::test]
+async fn token_auth_off_issues_without_the_header() {
+    let server = start(&[("JWT_SECRET", SECRET), ("SIDECAR_TOKEN_AUTH", "off")]).await;
+    check(
+        &server,
+        &[
+            (
+                "GET /token HTTP/1.1\r\nHost: {host}\r\n",
+                "",
+                200,
+                "\"token\"",
+            ),
+            (
+                "GET /token HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 10.0.0.1\r\n",
+                "",
+                400,
+                "X-Forwarded-For",
+            ),
+            (
+                "GET /token HTTP/1.1\r\nHost: attacker.example\r\n",
+                "",
+                400,
+                "Host",
+            ),
+        ],
+    )
+    .await;
+}
+
+/// `JWT_TYP` sets the JOSE header's `typ`, e.g. RFC 9068's `at+jwt`.
+#[tokio::test]
+async fn jwt_typ_sets_the_header_typ() {
+    let server = start(&[("JWT_SECRET", SECRET), ("JWT_TYP", "at+jwt")]).await;
+    let (status, body) = get(&format!("{}/token", server.base)).await;
+    assert_eq!(status, 200, "{body}");
+    let header = decode_header(body["token"].as_str().unwrap()).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+}
+
+/// Every refused /token request is still recorded for telemetry with its status, so that
+/// SREs can count rejections (an SSRF attempt shows as `outcome=rejected`).
+#[tokio::test]
+async fn refused_token_requests_are_recorded_with_their_status() {
+    use lambda_sidecar::derive::{Deriver, FunctionInfo};
+    use lambda_sidecar::export::MetricsSource;
+    use lambda_sidecar::signals::Metrics;
+    let source = MetricsSource::new(opentelemetry_sdk::Resource::builder_empty().build());
+    let signals = Arc::new(Metrics::new(&source.meter()));
+    let (pipeline, recorder) = Pipeline::start(
+        Deriver::new(FunctionInfo::from_vars(|_| None), signals.clone()),
+        signals,
+    );
+    let server = start_recording(&[("JWT_SECRET", SECRET)], Some(recorder)).await;
+    let port = server.addr.port();
+    let host = format!("Host: 127.0.0.1:{port}\r\n");
+    let auth = format!("X-Sidecar-Token: {SESSION}\r\n");
+    for (head, body) in [
+        (
+            format!("GET /token HTTP/1.1\r\nHost: attacker.example:{port}\r\n"),
+            "",
+        ),
+        (format!("GET /token HTTP/1.1\r\n{host}"), ""),
+        (format!("HEAD /token HTTP/1.1\r\n{host}{auth}"), ""),
+        (
+            format!("POST /token HTTP/1.1\r\n{host}{auth}Content-Type: text/plain\r\n"),
+            "{}",
+        ),
+        (format!("GET /token HTTP/1.1\r\n{host}{auth}"), ""),
+        // Not /token: no record.
+        (format!("GET /health HTTP/1.1\r\n{host}"), ""),
+    ] {
+        raw(server.addr, &request(&head, body)).await;
+    }
+    let mut statuses: Vec<i64> = pipeline
+        .drain()
+        .await
+        .iter()
+        .filter(|s| s.name == "sidecar.token")
+        .filter_map(|s| {
+            s.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "http.response.status_code")
+                .and_then(|kv| match kv.value {
+                    opentelemetry::Value::I64(v) => Some(v),
+                    _ => None,
+                })
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 400, 401, 405, 415]);
 }

@@ -51,7 +51,10 @@ pub enum EnvError {
 pub struct EnvConfig {
     /// Extension executable to spawn (None: only in-process extensions, see below).
     pub extension: Option<PathBuf>,
-    /// Extra environment for the extension process.
+    /// Extra environment for the extension process. It overrides the credentials the
+    /// environment makes up (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`): a test that calls the sidecar's `/token` itself sets
+    /// `AWS_SESSION_TOKEN` here to know the `X-Sidecar-Token` to send.
     pub env: Vec<(String, String)>,
     /// Registrations to wait for besides the spawned process (in-process test extensions).
     pub in_process_extensions: usize,
@@ -132,6 +135,30 @@ pub struct Environment {
     stderr_path: Option<PathBuf>,
     started: Instant,
     frozen: bool,
+    /// The execution role's credentials, as Lambda gives them to the function and every
+    /// extension: made up per environment, overridden by `EnvConfig::env`.
+    credentials: [(&'static str, String); 3],
+}
+
+/// Random credentials of the shapes Lambda's have, unique to one environment. The sidecar
+/// takes `AWS_SESSION_TOKEN` as the secret `/token` callers must send back, so it must be
+/// unguessable, as Lambda's is.
+fn credentials(env: &[(String, String)]) -> [(&'static str, String); 3] {
+    [
+        (
+            "AWS_ACCESS_KEY_ID",
+            format!("ASIA{}", random_hex(8).to_uppercase()),
+        ),
+        ("AWS_SECRET_ACCESS_KEY", random_hex(20)),
+        ("AWS_SESSION_TOKEN", random_hex(32)),
+    ]
+    .map(|(name, made_up)| {
+        let value = env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or(made_up, |(_, v)| v.clone());
+        (name, value)
+    })
 }
 
 /// A port that was free a moment ago on 127.0.0.1, e.g. for `SIDECAR_PORT` when tests run
@@ -188,6 +215,7 @@ impl Environment {
         shared.hub.emit(start_event, record);
 
         let mut env = Environment {
+            credentials: credentials(&cfg.env),
             cfg,
             shared,
             addr,
@@ -270,6 +298,7 @@ impl Environment {
                 format!("/aws/lambda/{}", self.cfg.function_name),
             )
             .env("AWS_LAMBDA_INITIALIZATION_TYPE", init_type(&self.cfg))
+            .envs(self.credentials.iter().map(|(k, v)| (k, v)))
             .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -321,6 +350,7 @@ impl Environment {
             tokens_per_invoke: self.cfg.tokens_per_invoke,
             token_mode: self.cfg.token_mode,
             function_ms: self.cfg.function_ms,
+            session_token: self.credentials[2].1.clone(),
         };
         if let Some(old) = self.function.take() {
             old.abort();

@@ -38,6 +38,8 @@ pub(crate) struct FunctionConfig {
     pub tokens_per_invoke: usize,
     pub token_mode: TokenMode,
     pub function_ms: u64,
+    /// `AWS_SESSION_TOKEN`, sent as `X-Sidecar-Token` as a real function would.
+    pub session_token: String,
 }
 
 pub(crate) fn spawn(
@@ -151,6 +153,7 @@ async fn token_call(
     let started = Instant::now();
     let res = req
         .header("traceparent", &traceparent)
+        .header("X-Sidecar-Token", &cfg.session_token)
         .timeout(TOKEN_TIMEOUT)
         .send()
         .await;

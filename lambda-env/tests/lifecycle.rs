@@ -77,7 +77,9 @@ async fn telemetry_listener(fail_first: usize) -> (u16, Received) {
 }
 
 /// A token endpoint that records the traceparent headers it sees.
-async fn token_server() -> (String, Arc<Mutex<Vec<String>>>) {
+/// A stand-in for the sidecar's /token that keeps each call's `traceparent` and
+/// `X-Sidecar-Token`.
+async fn token_server() -> (String, Arc<Mutex<Vec<(String, Option<String>)>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let handler = move |headers: HeaderMap| {
@@ -89,7 +91,10 @@ async fn token_server() -> (String, Arc<Mutex<Vec<String>>>) {
                 .to_str()
                 .unwrap()
                 .to_string();
-            s.lock().unwrap().push(tp);
+            let secret = headers
+                .get("x-sidecar-token")
+                .map(|v| v.to_str().unwrap().to_string());
+            s.lock().unwrap().push((tp, secret));
             axum::Json(json!({"token": "t", "token_type": "Bearer"}))
         }
     };
@@ -227,8 +232,9 @@ fn position(events: &[Value], ty: &str, request_id: &str) -> usize {
 #[tokio::test]
 async fn extension_sees_invokes_deadlines_and_ordered_telemetry() {
     let (port, received) = telemetry_listener(0).await;
-    let (token_url, traceparents) = token_server().await;
+    let (token_url, calls) = token_server().await;
     let env = Environment::start(EnvConfig {
+        env: vec![("AWS_SESSION_TOKEN".into(), "session-of-this-test".into())],
         in_process_extensions: 1,
         invokes: 3,
         tokens_per_invoke: 2,
@@ -332,7 +338,15 @@ async fn extension_sees_invokes_deadlines_and_ordered_telemetry() {
             );
         }
     }
-    assert_eq!(traceparents.lock().unwrap().len(), 6);
+    // Every call carries the environment's AWS_SESSION_TOKEN, as the sidecar requires.
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 6);
+    assert!(
+        calls
+            .iter()
+            .all(|(_, secret)| secret.as_deref() == Some("session-of-this-test")),
+        "{calls:?}"
+    );
 
     assert!(report.telemetry.posts > 0);
     assert_eq!(report.telemetry.dropped, 0);

@@ -49,6 +49,7 @@ async fn a_process_extension_runs_is_frozen_and_exits_on_shutdown() {
         "good-ext",
         r#"register '["INVOKE","SHUTDOWN"]'
 echo "registered fn=$AWS_LAMBDA_FUNCTION_NAME version=$AWS_LAMBDA_FUNCTION_VERSION mem=$AWS_LAMBDA_FUNCTION_MEMORY_SIZE region=$AWS_REGION custom=$CUSTOM_VAR"
+echo "credentials key=$AWS_ACCESS_KEY_ID secret=${#AWS_SECRET_ACCESS_KEY} session=${#AWS_SESSION_TOKEN}"
 echo "to stderr" >&2
 while true; do
   ev=$(next)
@@ -107,6 +108,16 @@ done
         "{stdout}"
     );
     assert!(stdout.contains("\"eventType\":\"SHUTDOWN\""));
+    // Like Lambda, the extension gets the role's credentials, made up per environment.
+    let credentials = stdout
+        .lines()
+        .find(|l| l.starts_with("credentials "))
+        .unwrap_or_default();
+    assert!(
+        credentials.starts_with("credentials key=ASIA")
+            && credentials.ends_with("secret=40 session=64"),
+        "{stdout}"
+    );
     let stderr = std::fs::read_to_string(report.stderr_path.as_ref().unwrap()).unwrap();
     assert!(stderr.contains("to stderr"));
     std::fs::remove_dir_all(dir).ok();

@@ -12,6 +12,21 @@ pub const SIDECAR_CLAIMS: &[&str] = &["iss", "exp", "iat", "nbf", "jti"];
 /// token size.
 const MAX_VALUE_LEN: usize = 256;
 
+/// Most claims one request may set. A token carries a handful of claims; 32 leaves room for
+/// any real use while bounding the work and the token's size.
+pub const MAX_CLAIMS: usize = 32;
+
+/// Largest serialized JSON of one requested claim, in bytes. With [`MAX_CLAIMS`] this keeps a
+/// token under ~33 KiB even before the 16 KiB body limit applies; a role, tenant or scope
+/// list fits many times over.
+pub const MAX_CLAIM_BYTES: usize = 1024;
+
+/// Deepest nesting of arrays and objects inside one requested claim (a string is 0, `["a"]`
+/// is 1, `{"a":["b"]}` is 2). Verifiers and the services reading claims recurse over them;
+/// 4 allows structured claims such as `{"org":{"teams":[{"id":"x"}]}}` and nothing that
+/// exists only to exhaust a parser's stack.
+pub const MAX_CLAIM_DEPTH: usize = 4;
+
 /// A `POST /token` request, validated.
 #[derive(Debug, Default, PartialEq)]
 pub struct TokenRequest {
@@ -45,6 +60,21 @@ pub enum ClaimError {
     Audience(String),
     #[error("ttl_seconds must be from 1 to {max} (JWT_MAX_TTL_SECONDS)")]
     Ttl { max: u64 },
+    #[error("aud must list at least one audience; leave it out for the default")]
+    EmptyAudience,
+    #[error("aud lists {0:?} twice")]
+    DuplicateAudience(String),
+    #[error(
+        "{field} contains U+{code:04X}, a control, bidi or invisible formatting character; \
+         these are refused because they make a value display as something it is not"
+    )]
+    ForbiddenCharacter { field: String, code: u32 },
+    #[error("claims may set at most {MAX_CLAIMS} claims")]
+    TooManyClaims,
+    #[error("claims.{0} is nested deeper than {MAX_CLAIM_DEPTH} levels of arrays and objects")]
+    ClaimTooDeep(String),
+    #[error("claims.{0} is larger than {MAX_CLAIM_BYTES} bytes of JSON")]
+    ClaimTooLarge(String),
 }
 
 impl TokenRequest {
@@ -98,15 +128,107 @@ impl TokenRequest {
 
 fn short_string(field: &'static str, value: Value) -> Result<String, ClaimError> {
     match value {
-        Value::String(s)
-            if !s.is_empty() && s.len() <= MAX_VALUE_LEN && !s.chars().any(char::is_control) =>
-        {
-            Ok(s)
-        }
+        Value::String(s) if !s.is_empty() && s.len() <= MAX_VALUE_LEN => match forbidden(&s) {
+            Some(code) => Err(ClaimError::ForbiddenCharacter {
+                field: field.to_string(),
+                code,
+            }),
+            None => Ok(s),
+        },
         _ => Err(ClaimError::WrongType {
             field,
-            expected: "a non-empty string of at most 256 characters without control characters",
+            expected: "a non-empty string of at most 256 bytes",
         }),
+    }
+}
+
+/// Refuses text that displays as something it is not: control characters, bidi overrides
+/// and isolates, zero-width and other invisible format characters (all of Unicode category
+/// Cf), and the line and paragraph separators. A verifier compares bytes, but people and
+/// log viewers read glyphs: `admin\u{202E}` and `admin` must not both be subjects.
+/// Returns the first such character's code point.
+fn forbidden(text: &str) -> Option<u32> {
+    text.chars()
+        .find(|&c| c.is_control() || is_format(c))
+        .map(u32::from)
+}
+
+/// Unicode general category Cf (format characters: bidi controls, zero-width joiners, BOM,
+/// tags...) plus Zl and Zp (U+2028, U+2029), as of Unicode 16. The standard library has no
+/// category lookup, and a table crate would be a dependency for 21 ranges.
+fn is_format(c: char) -> bool {
+    const RANGES: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x2028, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let c = u32::from(c);
+    c >= 0xAD && RANGES.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
+/// Checks one requested claim's value against [`MAX_CLAIM_DEPTH`], [`MAX_CLAIM_BYTES`] and
+/// [`forbidden`] characters (in object keys too).
+fn check_claim(name: &str, value: &Value) -> Result<(), ClaimError> {
+    /// `depth` counts the arrays and objects around `value`.
+    fn walk(name: &str, value: &Value, depth: usize) -> Result<(), ClaimError> {
+        let text = |s: &str| match forbidden(s) {
+            Some(code) => Err(ClaimError::ForbiddenCharacter {
+                field: format!("claims.{name}"),
+                code,
+            }),
+            None => Ok(()),
+        };
+        let too_deep = || Err(ClaimError::ClaimTooDeep(name.to_string()));
+        match value {
+            Value::String(s) => text(s),
+            Value::Array(_) | Value::Object(_) if depth >= MAX_CLAIM_DEPTH => too_deep(),
+            Value::Array(items) => items.iter().try_for_each(|v| walk(name, v, depth + 1)),
+            Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+                text(k)?;
+                walk(name, v, depth + 1)
+            }),
+            Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+        }
+    }
+    walk(name, value, 0)?;
+    let mut size = ByteCount(0);
+    // Writing to a counter cannot fail; an error would only come from the writer.
+    let _ = serde_json::to_writer(&mut size, value);
+    if size.0 > MAX_CLAIM_BYTES {
+        return Err(ClaimError::ClaimTooLarge(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Counts the bytes serde_json would write, without keeping them.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -136,15 +258,28 @@ pub fn build(
             });
         }
     };
+    // Checked here rather than in `parse` so that no TokenRequest, however built, can drop
+    // the audience: with audiences configured, every token carries one.
     let aud = match request.aud {
         None => config.audiences.first().map(|a| vec![a.clone()]),
+        Some(requested) if requested.is_empty() => return Err(ClaimError::EmptyAudience),
         Some(requested) => {
             if let Some(a) = requested.iter().find(|a| !config.audiences.contains(a)) {
                 return Err(ClaimError::Audience(a.clone()));
             }
+            if let Some(a) = requested
+                .iter()
+                .enumerate()
+                .find_map(|(i, a)| requested[..i].contains(a).then_some(a))
+            {
+                return Err(ClaimError::DuplicateAudience(a.clone()));
+            }
             Some(requested)
         }
     };
+    if request.claims.len() > MAX_CLAIMS {
+        return Err(ClaimError::TooManyClaims);
+    }
     let mut body = Map::new();
     for (name, value) in request.claims {
         if SIDECAR_CLAIMS.contains(&name.as_str()) {
@@ -156,6 +291,7 @@ pub fn build(
         if !config.allowed_claims.contains(&name) {
             return Err(ClaimError::NotAllowed(name));
         }
+        check_claim(&name, &value)?;
         body.insert(name, value);
     }
     let sub = request
@@ -168,10 +304,10 @@ pub fn build(
         Some(mut one) if one.len() == 1 => {
             body.insert("aud".into(), one.remove(0).into());
         }
-        Some(many) if !many.is_empty() => {
+        Some(many) => {
             body.insert("aud".into(), many.into());
         }
-        _ => {}
+        None => {}
     }
     body.insert("iat".into(), now.into());
     body.insert("nbf".into(), now.into());
@@ -188,7 +324,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KeyMaterial;
+    use crate::config::{KeyMaterial, TokenAuth};
     use crate::token::keys::Algorithm;
     use serde_json::json;
 
@@ -203,6 +339,8 @@ mod tests {
             ttl: 900,
             max_ttl: 3600,
             allowed_claims: ["role".to_string()].into(),
+            typ: "JWT".into(),
+            auth: TokenAuth::Off,
         }
     }
 
@@ -241,6 +379,17 @@ mod tests {
         check(
             r#"{"claims":{"role":"admin"}}"#,
             Ok(json!({"role":"admin"})),
+        );
+        // At the limits: 4 levels deep, 1024 bytes, non-Latin text.
+        check(
+            r#"{"claims":{"role":{"a":{"b":{"c":["d"]}}}}}"#,
+            Ok(json!({"role":{"a":{"b":{"c":["d"]}}}})),
+        );
+        let at_size = format!(r#"{{"claims":{{"role":"{}"}}}}"#, "x".repeat(1022));
+        check(&at_size, Ok(json!({"role": "x".repeat(1022)})));
+        check(
+            r#"{"sub":"José Ωμέγα 東京 مرحبا","aud":["billing","api"]}"#,
+            Ok(json!({"sub":"José Ωμέγα 東京 مرحبا","aud":["billing","api"]})),
         );
         check(r#"{"iss":"evil"}"#, Err(ClaimError::Reserved("iss".into())));
         check(
@@ -284,12 +433,82 @@ mod tests {
             r#"{"sub":""}"#,
             Err(ClaimError::WrongType {
                 field: "sub",
-                expected: "a non-empty string of at most 256 characters without control characters",
+                expected: "a non-empty string of at most 256 bytes",
             }),
         );
         assert!(matches!(
             TokenRequest::parse(b"{\"sub\":"),
             Err(ClaimError::MalformedJson(_))
         ));
+    }
+
+    /// Data-driven: a request body the builder must refuse, with a fragment of the message.
+    fn refused(cases: &[(&str, &str)]) {
+        let config = TokenConfig {
+            allowed_claims: ["role", "tenant", "ctx"].map(String::from).into(),
+            ..config()
+        };
+        let mut failures = Vec::new();
+        for (body, fragment) in cases {
+            match TokenRequest::parse(body.as_bytes())
+                .and_then(|r| build(r, &config, 1_000, "id-1".into()))
+            {
+                Err(e) if e.to_string().contains(fragment) => {}
+                other => failures.push(format!("{body}: got {other:?}, want {fragment:?}")),
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// Finding 2 and the string findings of the hardening issue: an empty or duplicated
+    /// audience list, invisible or direction-changing characters, and claims too deep or too
+    /// big are refused, each with a message naming the field.
+    #[test]
+    fn hostile_requests_are_refused() {
+        let deep = r#"{"claims":{"ctx":{"a":{"b":{"c":{"d":[1]}}}}}}"#;
+        let big = format!(r#"{{"claims":{{"ctx":"{}"}}}}"#, "x".repeat(1100));
+        let many = format!(
+            r#"{{"claims":{{{}}}}}"#,
+            (0..33)
+                .map(|i| format!(r#""c{i}":1"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        refused(&[
+            (r#"{"aud":[]}"#, "aud must list at least one audience"),
+            (r#"{"aud":["api","api"]}"#, "aud lists \"api\" twice"),
+            ("{\"sub\":\"user\u{202E}1\"}", "sub contains U+202E"),
+            ("{\"sub\":\"us\u{200B}er\"}", "sub contains U+200B"),
+            ("{\"sub\":\"us\u{2066}er\"}", "sub contains U+2066"),
+            ("{\"sub\":\"us\u{061C}er\"}", "sub contains U+061C"),
+            ("{\"sub\":\"\u{FEFF}user\"}", "sub contains U+FEFF"),
+            ("{\"sub\":\"us\u{00AD}er\"}", "sub contains U+00AD"),
+            ("{\"sub\":\"us\u{E0041}er\"}", "sub contains U+E0041"),
+            ("{\"sub\":\"line\u{2028}two\"}", "sub contains U+2028"),
+            ("{\"aud\":\"api\u{200D}\"}", "aud contains U+200D"),
+            (
+                "{\"aud\":[\"api\",\"bill\u{200E}ing\"]}",
+                "aud contains U+200E",
+            ),
+            (
+                "{\"claims\":{\"role\":\"ad\u{202E}min\"}}",
+                "claims.role contains U+202E",
+            ),
+            (
+                r#"{"claims":{"role":"ad\u0007min"}}"#,
+                "claims.role contains U+0007",
+            ),
+            (
+                "{\"claims\":{\"ctx\":{\"name\":[\"a\u{2069}\"]}}}",
+                "claims.ctx contains U+2069",
+            ),
+            (
+                "{\"claims\":{\"ctx\":{\"k\u{200F}\":1}}}",
+                "claims.ctx contains U+200F",
+            ),
+            (deep, "claims.ctx is nested deeper than 4 levels"),
+            (&big, "claims.ctx is larger than 1024 bytes"),
+            (&many, "at most 32 claims"),
+        ]);
     }
 }

@@ -1,6 +1,14 @@
 //! The token service: `GET/POST /token`, `/.well-known/jwks.json` and `/health` on
 //! 127.0.0.1, for the function beside us.
 //!
+//! The function is not the only thing that can reach 127.0.0.1: anything that makes the
+//! function fetch a URL (a webhook, a link preview, a headless browser) can too. So every
+//! request crosses [`guard`] first: on every path it refuses what a proxied or forged request
+//! carries (forwarding headers, a foreign `Host`, an absolute-form target), and `/token`
+//! further needs the per-environment secret in `X-Sidecar-Token` (see
+//! [`crate::config::TokenAuth`]), which a URL cannot carry, and a JSON body, which a browser
+//! cannot send cross-origin without asking first.
+//!
 //! Owns: the HTTP surface and its error format. Never: reads the environment (it is handed a
 //! parsed [`TokenConfig`] and a loaded [`SigningKey`]), parses keys per request, or writes a
 //! token, secret or claim value into a log line or a telemetry record.
@@ -14,8 +22,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
@@ -23,7 +32,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::TokenConfig;
+use crate::config::{TokenAuth, TokenConfig};
 use crate::pipeline::Recorder;
 use crate::records::{Record, TokenOutcome, TokenRecord, TraceParent};
 use claims::{ClaimError, TokenRequest};
@@ -32,6 +41,24 @@ use keys::SigningKey;
 /// Largest `POST /token` body accepted. A token request is a few hundred bytes; anything
 /// near this is a mistake or an attack, and is answered 413 without being buffered further.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The header that carries the per-environment secret to `/token`.
+pub const AUTH_HEADER: &str = "X-Sidecar-Token";
+
+/// Headers a proxy adds when it relays a request. The function talks to us directly, so a
+/// request carrying one came through something else and is refused on every path.
+const FORWARDING_HEADERS: &[&str] = &[
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Real-IP",
+    "Forwarded",
+    "Via",
+];
+
+/// One message for a missing and a wrong secret, so the answer tells a prober nothing.
+const UNAUTHORIZED: &str = "/token needs the X-Sidecar-Token header set to the value of the \
+                            AWS_SESSION_TOKEN environment variable";
 
 /// Everything a request needs, built once at start.
 pub struct TokenService {
@@ -43,19 +70,126 @@ pub struct TokenService {
     jwks: Bytes,
     /// Where token records go for telemetry; `None` in standalone mode.
     recorder: Option<Recorder>,
+    /// The `Host` values a direct request carries: `127.0.0.1:<port>` and `localhost:<port>`.
+    hosts: [String; 2],
+    /// What `X-Sidecar-Token` must equal; `None` with `SIDECAR_TOKEN_AUTH=off`.
+    session_token: Option<Box<[u8]>>,
 }
 
 impl TokenService {
-    pub fn new(config: TokenConfig, key: SigningKey, recorder: Option<Recorder>) -> TokenService {
-        let header = json!({"alg": key.algorithm().name(), "typ": "JWT", "kid": key.kid()});
+    /// `port` is the port the listener is actually bound to (tests bind port 0), which a
+    /// direct request names in its `Host` header.
+    pub fn new(
+        config: TokenConfig,
+        key: SigningKey,
+        recorder: Option<Recorder>,
+        port: u16,
+    ) -> TokenService {
+        let header = json!({"alg": key.algorithm().name(), "typ": config.typ, "kid": key.kid()});
         let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
         let jwks = json!({"keys": key.public_jwk().into_iter().collect::<Vec<_>>()});
+        let session_token = match &config.auth {
+            TokenAuth::SessionToken(token) => Some(token.as_bytes().into()),
+            TokenAuth::Off => {
+                tracing::warn!(
+                    "SIDECAR_TOKEN_AUTH=off: /token issues tokens to any request that reaches \
+                     127.0.0.1, including one forged through the function (SSRF), without the \
+                     X-Sidecar-Token header"
+                );
+                None
+            }
+        };
         TokenService {
             config,
             key,
             header_b64,
             jwks: Bytes::from(jwks.to_string()),
             recorder,
+            hosts: [format!("127.0.0.1:{port}"), format!("localhost:{port}")],
+            session_token,
+        }
+    }
+
+    /// Refuses, on every path, a request that did not come straight from a local client
+    /// addressing this listener: a proxy's forwarding headers, an absolute-form target (what
+    /// a client sends to a proxy, `GET http://host/token`), or a `Host` other than our own
+    /// loopback name and port (DNS rebinding, or a URL that names another host).
+    fn check_boundary(&self, request: &Request) -> Result<(), ApiError> {
+        let headers = request.headers();
+        if let Some(name) = FORWARDING_HEADERS
+            .iter()
+            .find(|h| headers.contains_key(**h))
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "requests relayed by a proxy ({name} header) are refused: this service \
+                     answers only the function on this host"
+                ),
+            ));
+        }
+        if request.uri().scheme().is_some() || request.uri().authority().is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "absolute-form request targets (a request meant for a proxy) are refused: \
+                 request the path only",
+            ));
+        }
+        let mut hosts = headers.get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(host), None)
+                if self
+                    .hosts
+                    .iter()
+                    .any(|h| host.as_bytes().eq_ignore_ascii_case(h.as_bytes())) =>
+            {
+                Ok(())
+            }
+            _ => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the Host header must be {} or {}",
+                    self.hosts[0], self.hosts[1]
+                ),
+            )),
+        }
+    }
+
+    /// Checks `X-Sidecar-Token` against the session token, in constant time.
+    fn check_secret(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.session_token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(AUTH_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        aws_lc_rs::constant_time::verify_slices_are_equal(given, expected)
+            .map_err(|_| ApiError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED))
+    }
+
+    /// Records one `/token` request's outcome for telemetry, refused or not.
+    fn record(
+        &self,
+        start: SystemTime,
+        timer: Instant,
+        status: StatusCode,
+        traceparent: Option<TraceParent>,
+    ) {
+        if let Some(recorder) = &self.recorder {
+            recorder.record(Record::Token(TokenRecord {
+                start,
+                duration: timer.elapsed(),
+                algorithm: self.key.algorithm().name(),
+                outcome: if status.is_success() {
+                    TokenOutcome::Issued
+                } else {
+                    TokenOutcome::Rejected {
+                        status: status.as_u16(),
+                    }
+                },
+                traceparent,
+            }));
         }
     }
 
@@ -82,38 +216,42 @@ impl TokenService {
         }))
     }
 
-    /// Issues a token and records the outcome for telemetry, whatever it was.
-    fn handle(&self, headers: &HeaderMap, request: Result<TokenRequest, ApiError>) -> Response {
-        let start = SystemTime::now();
-        let timer = Instant::now();
-        let result = request.and_then(|r| self.issue(r));
-        let status = match &result {
-            Ok(_) => StatusCode::OK,
-            Err(e) => e.status,
-        };
-        if let Some(recorder) = &self.recorder {
-            recorder.record(Record::Token(TokenRecord {
-                start,
-                duration: timer.elapsed(),
-                algorithm: self.key.algorithm().name(),
-                outcome: if status.is_success() {
-                    TokenOutcome::Issued
-                } else {
-                    TokenOutcome::Rejected {
-                        status: status.as_u16(),
-                    }
-                },
-                traceparent: headers
-                    .get("traceparent")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(TraceParent::parse),
-            }));
-        }
-        match result {
+    /// Issues a token for a request that passed [`guard`], or answers why not.
+    fn respond(&self, request: Result<TokenRequest, ApiError>) -> Response {
+        match request.and_then(|r| self.issue(r)) {
             Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
             Err(e) => e.into_response(),
         }
     }
+}
+
+/// In front of every route: [`TokenService::check_boundary`] on every path; for `/token`,
+/// [`TokenService::check_secret`] too, and a telemetry record of the outcome whatever it was
+/// (so refusals can be counted: an SSRF attempt shows as `sidecar.token.requests` with
+/// `outcome=rejected`).
+async fn guard(State(service): State<Arc<TokenService>>, request: Request, next: Next) -> Response {
+    if request.uri().path() != "/token" {
+        return match service.check_boundary(&request) {
+            Ok(()) => next.run(request).await,
+            Err(e) => e.into_response(),
+        };
+    }
+    let start = SystemTime::now();
+    let timer = Instant::now();
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let response = match service
+        .check_boundary(&request)
+        .and_then(|()| service.check_secret(request.headers()))
+    {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    };
+    service.record(start, timer, response.status(), traceparent);
+    response
 }
 
 /// A 128-bit random token id, base64url: unique without coordination.
@@ -126,7 +264,12 @@ fn new_jti() -> Result<String, ApiError> {
 /// The router, separate from [`serve`] so tests can drive it without a socket.
 pub fn router(service: Arc<TokenService>) -> Router {
     Router::new()
-        .route("/token", get(get_token).post(post_token))
+        // axum answers HEAD with the GET handler unless told otherwise; a token endpoint has
+        // no use for HEAD, and a HEAD that mints a token is one more way to reach it.
+        .route(
+            "/token",
+            get(get_token).post(post_token).head(method_not_allowed),
+        )
         .route("/.well-known/jwks.json", get(jwks))
         .route("/health", get(health))
         .fallback(|| async {
@@ -135,14 +278,17 @@ pub fn router(service: Arc<TokenService>) -> Router {
                 "no such endpoint; use /token, /.well-known/jwks.json or /health",
             )
         })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this endpoint",
-            )
-        })
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(service.clone(), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
 }
 
 /// Serves the token API on an already-bound listener until `shutdown` resolves, then lets
@@ -157,8 +303,18 @@ pub async fn serve(
         .await
 }
 
-async fn get_token(State(service): State<Arc<TokenService>>, headers: HeaderMap) -> Response {
-    service.handle(&headers, Ok(TokenRequest::default()))
+async fn get_token(State(service): State<Arc<TokenService>>) -> Response {
+    service.respond(Ok(TokenRequest::default()))
+}
+
+/// Only `application/json` (parameters such as `charset` allowed): `text/plain`, form and
+/// multipart bodies are what a browser may send cross-origin without a preflight.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 async fn post_token(
@@ -166,6 +322,13 @@ async fn post_token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if !is_json(&headers) {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST /token takes a JSON body with Content-Type: application/json",
+        )
+        .into_response();
+    }
     let request = body
         .map_err(|rejection| match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
@@ -175,7 +338,7 @@ async fn post_token(
             status => ApiError::new(status, &rejection.body_text()),
         })
         .and_then(|body| Ok(TokenRequest::parse(&body)?));
-    service.handle(&headers, request)
+    service.respond(request)
 }
 
 async fn jwks(State(service): State<Arc<TokenService>>) -> Response {

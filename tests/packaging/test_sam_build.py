@@ -57,9 +57,11 @@ def free_port():
 def sidecar():
     assert LAMBDA_SIDECAR_BIN.exists(), f"{LAMBDA_SIDECAR_BIN} missing: run make build or set LAMBDA_SIDECAR_BIN"
     port, key = free_port(), secrets.token_urlsafe(48)
+    # What Lambda gives the function and the sidecar alike; the handler sends it back.
+    session_token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "SIDECAR_", "AWS_LAMBDA"))}
     env.update(SIDECAR_PORT=str(port), JWT_ALGORITHM="HS256", JWT_SECRET=key, JWT_ISSUER="sam-build-test",
-               SIDECAR_LOG_FORMAT="text")
+               SIDECAR_LOG_FORMAT="text", AWS_SESSION_TOKEN=session_token)
     proc = subprocess.Popen([str(LAMBDA_SIDECAR_BIN), "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 15
@@ -72,7 +74,7 @@ def sidecar():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"sidecar did not start: {proc.stdout.read().decode(errors='replace')}")
                 time.sleep(0.05)
-        yield port, key
+        yield port, key, session_token
     finally:
         proc.terminate()
         try:
@@ -94,10 +96,11 @@ def test_sam_build_bundles_one_esm_handler(build_dir):
 @pytest.mark.parametrize("method,body,subject", [("GET", "", "lambda-sidecar"),
                                                  ("POST", '{"subject":"dave"}', "dave")])
 def test_built_handler_returns_a_verifiable_token(build_dir, sidecar, method, body, subject):
-    port, key = sidecar
+    port, key, session_token = sidecar
     bundle = (build_dir / "ExampleFunction" / "handler.mjs").as_uri()
     env = {k: v for k, v in os.environ.items() if k != "_X_AMZN_TRACE_ID"}
     env["SIDECAR_PORT"] = str(port)
+    env["AWS_SESSION_TOKEN"] = session_token
     r = subprocess.run(["node", "--input-type=module", "-e", INVOKE_JS, bundle, method, "/get-auth-token", body],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import time
@@ -18,6 +19,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# The AWS_SESSION_TOKEN every sidecar started here sees, as Lambda gives one to the function
+# and each extension; /token wants it back in X-Sidecar-Token, which http() sends.
+SESSION_TOKEN = secrets.token_hex(32)
 
 # Inherited variables that would change the sidecar's mode, key or settings (the sidecar
 # also refuses SIDECAR_* variables it does not know).
@@ -41,18 +46,23 @@ def free_port() -> int:
 
 
 def sidecar_env(**overrides: str) -> dict[str, str]:
-    """The caller's environment without sidecar settings, plus `overrides`."""
+    """The caller's environment without sidecar settings, with this run's AWS_SESSION_TOKEN,
+    plus `overrides`."""
     env = {k: v for k, v in os.environ.items() if not _is_sidecar_setting(k)}
     env.setdefault("SIDECAR_LOG_FORMAT", "json")
+    env["AWS_SESSION_TOKEN"] = SESSION_TOKEN
     env.update(overrides)
     return env
 
 
 def http(method: str, url: str, body: object | None = None, timeout: float = 10.0,
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP request; returns (status, headers, body) for every status, errors included."""
+    """One HTTP request, with X-Sidecar-Token as a function sends it; returns (status, headers,
+    body) for every status, errors included."""
     data = None if body is None else json.dumps(body).encode()
-    hdrs = {"Content-Type": "application/json"} if data is not None else {}
+    hdrs = {"X-Sidecar-Token": SESSION_TOKEN}
+    if data is not None:
+        hdrs["Content-Type"] = "application/json"
     hdrs.update(headers or {})
     req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
     try:

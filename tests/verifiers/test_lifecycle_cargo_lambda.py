@@ -32,7 +32,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from harness import ROOT, Process, free_port, get_json, http, sidecar_bin, sidecar_env, wait_healthy
+from harness import (ROOT, SESSION_TOKEN, Process, free_port, get_json, http, sidecar_bin,
+                     sidecar_env, wait_healthy)
 
 FIXTURE = ROOT / "tests/verifiers/fake-runtime"
 # Its own directory inside the shared target dir: a separate workspace, built in a second.
@@ -241,7 +242,8 @@ def test_full_mode_shutdown_exits_cleanly(tmp_path, procs, fake_runtime_built):
     the emulator stops that function instance, which sends SHUTDOWN to the extension."""
     port, sidecar_port = free_port(), free_port()
     emulator = start_emulator(tmp_path, port, full=True,
-                              function_env={"SIDECAR_PORT": str(sidecar_port)})
+                              function_env={"SIDECAR_PORT": str(sidecar_port),
+                                            "AWS_SESSION_TOKEN": SESSION_TOKEN})
     procs.append(emulator)
     env, secret = hs256_env(f"http://127.0.0.1:{port}/.rt", sidecar_port)
     sidecar = start_extension(env, tmp_path, emulator)

@@ -45,6 +45,11 @@ function freePort() {
 
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
+// The AWS_SESSION_TOKEN each sidecar here sees, as Lambda gives one to every process in an
+// execution environment; /token wants it back in X-Sidecar-Token.
+const SESSION_TOKEN = randomBytes(32).toString('hex');
+const AUTH = { 'x-sidecar-token': SESSION_TOKEN };
+
 async function startSidecar(env) {
   assert.ok(existsSync(BIN), `sidecar binary not found at ${BIN}: run make build or set LAMBDA_SIDECAR_BIN`);
   const port = await freePort();
@@ -55,7 +60,10 @@ async function startSidecar(env) {
     if (/^(JWT_|SIDECAR_)/.test(k) || k === 'AWS_LAMBDA_RUNTIME_API') delete childEnv[k];
   }
   const child = spawn(BIN, ['serve'], {
-    env: { ...childEnv, SIDECAR_LOG_FORMAT: 'json', SIDECAR_PORT: String(port), ...env },
+    env: {
+      ...childEnv, SIDECAR_LOG_FORMAT: 'json', SIDECAR_PORT: String(port),
+      AWS_SESSION_TOKEN: SESSION_TOKEN, ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -85,8 +93,8 @@ async function stopSidecar(sc) {
   clearTimeout(timer);
 }
 
-async function getJson(url, init) {
-  const res = await fetch(url, init);
+async function getJson(url, init = {}) {
+  const res = await fetch(url, { ...init, headers: { ...AUTH, ...init.headers } });
   const body = await res.text();
   assert.equal(res.status, 200, `${url}: ${res.status} ${body}`);
   return JSON.parse(body);

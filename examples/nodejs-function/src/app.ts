@@ -43,7 +43,10 @@ function sidecarUrl(path: string): string {
 }
 
 async function fetchToken(traceparent: string | undefined, subject?: string): Promise<TokenResponse> {
-  const headers: Record<string, string> = {};
+  // The sidecar gives tokens only to a caller that proves it runs in this execution
+  // environment: Lambda hands the same AWS_SESSION_TOKEN to the function and its extensions.
+  // A URL an attacker makes the function fetch cannot carry this header.
+  const headers: Record<string, string> = { "x-sidecar-token": process.env.AWS_SESSION_TOKEN ?? "" };
   if (traceparent) headers.traceparent = traceparent;
   const init: RequestInit = { headers, signal: AbortSignal.timeout(SIDECAR_TIMEOUT_MS) };
   if (subject !== undefined) {

@@ -3,7 +3,7 @@
 // sends, captured by a stub sidecar.
 import { after, afterEach, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import * as jose from "jose";
@@ -65,9 +65,12 @@ const lambdaContext = {
 type Invoke = (event: unknown, context: unknown) => Promise<{ statusCode: number; body: string }>;
 const invoke = handler as unknown as Invoke;
 
-const savedEnv = { port: process.env.SIDECAR_PORT, xray: process.env._X_AMZN_TRACE_ID };
+// What Lambda gives the function and the sidecar alike; the app sends it as X-Sidecar-Token.
+const SESSION_TOKEN = randomBytes(32).toString("hex");
+
+const saved = ["SIDECAR_PORT", "_X_AMZN_TRACE_ID", "AWS_SESSION_TOKEN"].map((k) => [k, process.env[k]] as const);
 function restoreEnv() {
-  for (const [k, v] of [["SIDECAR_PORT", savedEnv.port], ["_X_AMZN_TRACE_ID", savedEnv.xray]] as const) {
+  for (const [k, v] of saved) {
     if (v === undefined) delete process.env[k];
     else process.env[k] = v;
   }
@@ -85,8 +88,10 @@ describe("against the real sidecar (ES256)", () => {
       JWT_ISSUER: ISSUER,
       JWT_AUDIENCE: AUDIENCE,
       AWS_LAMBDA_FUNCTION_NAME: FUNCTION_NAME,
+      AWS_SESSION_TOKEN: SESSION_TOKEN,
     });
     process.env.SIDECAR_PORT = String(sidecar.port);
+    process.env.AWS_SESSION_TOKEN = SESSION_TOKEN;
     jwks = jose.createRemoteJWKSet(new URL(`${sidecar.base}/.well-known/jwks.json`));
   });
 
@@ -159,6 +164,7 @@ describe("against the real sidecar (ES256)", () => {
     } finally {
       restoreEnv();
       process.env.SIDECAR_PORT = String(sidecar?.port);
+      process.env.AWS_SESSION_TOKEN = SESSION_TOKEN;
     }
   });
 });
@@ -179,6 +185,7 @@ describe("traceparent propagation (stub sidecar records the request)", () => {
     });
     await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
     process.env.SIDECAR_PORT = String((server.address() as AddressInfo).port);
+    process.env.AWS_SESSION_TOKEN = SESSION_TOKEN;
   });
 
   afterEach(() => {
@@ -198,6 +205,7 @@ describe("traceparent propagation (stub sidecar records the request)", () => {
     assert.equal(seen[0].url, "/token");
     assert.equal(seen[0].method, "GET");
     assert.equal(seen[0].headers.traceparent, TRACEPARENT);
+    assert.equal(seen[0].headers["x-sidecar-token"], SESSION_TOKEN);
   });
 
   it("POST forwards the subject as sub, with the traceparent of the request header", async () => {
@@ -206,6 +214,7 @@ describe("traceparent propagation (stub sidecar records the request)", () => {
     assert.equal(seen.length, 1);
     assert.equal(seen[0].method, "POST");
     assert.deepEqual(JSON.parse(seen[0].body), { sub: "carol" });
+    assert.equal(seen[0].headers["x-sidecar-token"], SESSION_TOKEN);
     assert.equal(seen[0].headers.traceparent, TRACEPARENT);
   });
 

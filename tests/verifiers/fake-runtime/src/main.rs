@@ -13,11 +13,18 @@ struct Response {
     body: Vec<u8>,
 }
 
-fn request(host: &str, method: &str, path: &str, body: &[u8]) -> io::Result<Response> {
+/// `headers` is extra header lines, each ending in CRLF.
+fn request(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> io::Result<Response> {
     let mut stream = TcpStream::connect(host)?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )?;
     stream.write_all(body)?;
@@ -59,6 +66,12 @@ fn run() -> io::Result<()> {
         "127.0.0.1:{}",
         std::env::var("SIDECAR_PORT").unwrap_or_else(|_| "3003".to_string())
     );
+    // The sidecar wants the session token Lambda gives every process back, as its proof that
+    // the caller is the function.
+    let auth = format!(
+        "X-Sidecar-Token: {}\r\n",
+        std::env::var("AWS_SESSION_TOKEN").unwrap_or_default()
+    );
     // Emulators hand out `http://host:port/prefix`; real Lambda `host:port`.
     let rest = api.trim_start_matches("http://");
     let (host, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -68,13 +81,14 @@ fn run() -> io::Result<()> {
             host,
             "GET",
             &format!("{prefix}/2018-06-01/runtime/invocation/next"),
+            "",
             b"",
         )?;
         let id = next
             .request_id
             .ok_or_else(|| io::Error::other("invocation without a request id"))?;
         eprintln!("fake-runtime: invocation {id}");
-        let (outcome, body) = match request(&sidecar, "GET", "/token", b"") {
+        let (outcome, body) = match request(&sidecar, "GET", "/token", &auth, b"") {
             Ok(token) if token.status == 200 => ("response", token.body),
             Ok(token) => (
                 "error",
@@ -94,6 +108,7 @@ fn run() -> io::Result<()> {
             host,
             "POST",
             &format!("{prefix}/2018-06-01/runtime/invocation/{id}/{outcome}"),
+            "",
             &body,
         )?;
     }
