@@ -4,7 +4,11 @@
 //! queued, so Lambda never re-sends a batch we already have; it counts and skips event types
 //! and fields it doesn't know instead of failing the batch; it answers 400 only to a body that
 //! is not a JSON array (re-sending that would not help) and 413 to one over the size limit.
-//! Never: derives anything or waits for the pipeline (deriving happens on the pipeline task).
+//! It accepts POST on one path only: a random secret chosen at start ([`secret_path`]) and
+//! given to the Telemetry API in the subscription, so a local process that finds the port
+//! still cannot inject events; anything else is 404 without the body being read.
+//! Never: derives anything, waits for the pipeline (deriving happens on the pipeline task),
+//! or logs the secret path.
 
 pub mod events;
 
@@ -19,11 +23,25 @@ use tokio::net::TcpListener;
 
 use crate::pipeline::Recorder;
 use crate::records::Record;
+use crate::server::Limits;
+use crate::signals::Listener;
 
 /// Lambda sends at most 2 × maxBytes (1 MiB at the top of the range) plus metadata per POST.
 pub const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024 + 64 * 1024;
 
-/// Serves the Telemetry API destination on an already-bound listener until `shutdown`.
+/// A fresh destination path: `/` and 128 random bits in hex. Unguessable, so only the
+/// Telemetry API, which is told it in the subscription, can post to the listener.
+pub fn secret_path() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().fold(String::from("/"), |mut path, b| {
+        path.push_str(&format!("{b:02x}"));
+        path
+    }))
+}
+
+/// Serves the Telemetry API destination on an already-bound listener until `shutdown`,
+/// under [`Limits::TELEMETRY`], accepting POST on `path` (from [`secret_path`]) only.
 ///
 /// The listener stays open through SHUTDOWN until the final flush is done, so the last
 /// invocation's `platform.report` is still accepted (rotel's extension closes first and
@@ -31,16 +49,30 @@ pub const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024 + 64 * 1024;
 pub async fn serve(
     listener: TcpListener,
     recorder: Recorder,
+    path: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let metrics = Some(recorder.metrics());
     let app = Router::new()
-        .route("/", post(receive))
-        .route("/{*path}", post(receive))
+        .route(&path, post(receive))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
         .with_state(recorder);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::server::serve(
+        listener,
+        app,
+        Limits::TELEMETRY,
+        Listener::Telemetry,
+        metrics,
+        shutdown,
+    )
+    .await
+}
+
+/// Any other path or method: 404, and the body is never read.
+async fn not_found() -> StatusCode {
+    StatusCode::NOT_FOUND
 }
 
 async fn receive(
