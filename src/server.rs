@@ -121,7 +121,13 @@ pub async fn serve(
             },
         };
         next_id += 1;
-        let Some(conn) = shared.admit(next_id) else {
+        let admitted = shared.admit(next_id);
+        if admitted.evicted {
+            // Let the evicted connection's task run and close its socket before accepting
+            // more, so a burst cannot pile up descriptors beyond the cap.
+            tokio::task::yield_now().await;
+        }
+        let Some(conn) = admitted.conn else {
             // Best effort: the socket is new, so its send buffer has room; if not, just close.
             let _ = stream.try_write(REFUSED);
             shared.count(Refusal::OverCapacity);
@@ -155,17 +161,27 @@ struct Shared {
 
 impl Shared {
     /// Registers connection `id`, evicting the oldest connection with no request in flight
-    /// when at the cap; None when every connection is busy.
-    fn admit(&self, id: u64) -> Option<Arc<Conn>> {
+    /// when at the cap; no connection when every one is busy.
+    fn admit(&self, id: u64) -> Admitted {
         let mut conns = lock(&self.conns);
+        let mut evicted = false;
         if conns.len() >= self.limits.max_connections {
             let victim = conns
                 .iter()
                 .find(|(_, c)| !matches!(c.state().phase, Phase::Busy))
-                .map(|(id, _)| *id)?;
-            if let Some(victim) = conns.remove(&victim) {
-                victim.evict();
-                self.count(Refusal::Evicted);
+                .map(|(id, _)| *id);
+            match victim.and_then(|victim| conns.remove(&victim)) {
+                Some(victim) => {
+                    victim.evict();
+                    self.count(Refusal::Evicted);
+                    evicted = true;
+                }
+                None => {
+                    return Admitted {
+                        conn: None,
+                        evicted,
+                    };
+                }
             }
         }
         let conn = Arc::new(Conn {
@@ -178,7 +194,10 @@ impl Shared {
             changed: Notify::new(),
         });
         conns.insert(id, Arc::clone(&conn));
-        Some(conn)
+        Admitted {
+            conn: Some(conn),
+            evicted,
+        }
     }
 
     fn count(&self, reason: Refusal) {
@@ -186,6 +205,14 @@ impl Shared {
             metrics.connection_refused(self.name, reason);
         }
     }
+}
+
+/// The outcome of [`Shared::admit`].
+struct Admitted {
+    /// The new connection's state; None when it is refused.
+    conn: Option<Arc<Conn>>,
+    /// Whether an older connection was evicted to make room.
+    evicted: bool,
 }
 
 /// Locks, ignoring poisoning: the guarded data stays consistent, every update is one store.
