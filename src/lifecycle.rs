@@ -512,3 +512,16 @@ impl Sidecar {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_telemetry_listener_never_binds_the_wildcard_address() {
+        let addr = telemetry_addr(0).await;
+        let listener = bind(addr).await.unwrap();
+        let local = listener.local_addr().unwrap();
+        assert!(!local.ip().is_unspecified(), "{local}");
+    }
+}

@@ -228,6 +228,14 @@ async fn a_burst_of_half_open_connections_leaves_tokens_and_telemetry_answered()
     let run = tokio::spawn(env.run());
     invoke_started(&setup.work_dir).await;
     let rss_before = rss_kb(pid);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()[..]
+                == ["Max", "open", "files", "1024", "1024", "files"]),
+        "the sidecar does not run with Lambda's 1,024 descriptors:\n{limits}"
+    );
 
     let started = Instant::now();
     let (token_conns, token_failed) = burst(setup.token_port).await;

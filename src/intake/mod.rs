@@ -97,3 +97,43 @@ async fn receive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::derive::{Deriver, FunctionInfo};
+    use crate::pipeline::Pipeline;
+
+    #[tokio::test]
+    async fn only_a_post_on_the_secret_path_is_taken() {
+        let (_source, metrics) = crate::signals::testing::source();
+        let signals = Arc::new(metrics);
+        let function = FunctionInfo::from_vars(|_| None);
+        let (_pipeline, recorder) =
+            Pipeline::start(Deriver::new(function, signals.clone()), signals);
+        let path = secret_path().unwrap();
+        assert_eq!(path.len(), 33, "{path}");
+        assert!(path[1..].bytes().all(|b| b.is_ascii_hexdigit()), "{path}");
+        assert_ne!(path, secret_path().unwrap());
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            recorder,
+            path.clone(),
+            std::future::pending(),
+        ));
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let post = |p: &str| client.post(format!("http://{addr}{p}")).body("[]").send();
+        assert_eq!(post(&path).await.unwrap().status(), StatusCode::OK);
+        for other in ["/", "/telemetry", &format!("{path}/x"), &path[..32]] {
+            let status = post(other).await.unwrap().status();
+            assert_eq!(status, StatusCode::NOT_FOUND, "POST {other}");
+        }
+        let get = client.get(format!("http://{addr}{path}")).send().await;
+        assert_eq!(get.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+}
