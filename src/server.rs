@@ -220,7 +220,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Where a connection is between requests; each phase but `Busy` has a deadline.
+/// Where a connection is between requests. `Busy` has no deadline of its own: the body
+/// deadline bounds the request, and a response is handed to hyper at once and buffered
+/// whole (a client that pipelines requests without reading the answers was measured to
+/// end up idle, hence evictable, not busy).
 #[derive(Debug, Clone, Copy)]
 enum Phase {
     /// Waiting for a request head: since accept, or since the first byte after `Idle`.
