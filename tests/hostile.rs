@@ -178,7 +178,7 @@ fn refused(metrics: &[MetricPoint], listener: &str, reason: &str) -> f64 {
         .iter()
         .filter(|m| Some(m.time_unix_nanos) == latest)
         .filter_map(|m| m.value)
-        .sum()
+        .fold(0.0, |sum, v| sum + v)
 }
 
 /// The invocation ran, its telemetry was all delivered, its span reached the sink and the
