@@ -15,6 +15,7 @@
 //! - [`derive`]: records → spans and metric updates (pure, no I/O).
 //! - [`signals`]: every metric, defined once (name, unit, description, labels).
 //! - [`export`]: OTLP export of spans and metrics under a time budget.
+//! - [`server`]: serving a router on a listener with a connection cap and timeouts.
 //! - [`standalone`]: the token service without Lambda.
 //! - [`logging`]: JSON or text logs; never a secret.
 //!
@@ -28,6 +29,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod pipeline;
 pub mod records;
+pub mod server;
 pub mod signals;
 pub mod standalone;
 pub mod token;

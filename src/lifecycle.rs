@@ -295,9 +295,7 @@ async fn start(
         stopped(token_stopped),
     ));
 
-    // The Telemetry API delivers to the sandbox address, so this one can't be loopback.
-    let telemetry_addr =
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.telemetry.port.unwrap_or(0)));
+    let telemetry_addr = telemetry_addr(config.telemetry.port.unwrap_or(0)).await;
     let telemetry_listener = bind(telemetry_addr).await?;
     let telemetry_port = telemetry_listener
         .local_addr()
@@ -306,17 +304,20 @@ async fn start(
             source,
         })?
         .port();
+    let path = intake::secret_path().map_err(|e| StartupError::Internal(e.to_string()))?;
+    let destination = format!("http://sandbox.localdomain:{telemetry_port}{path}");
     let (stop_intake, intake_stopped) = watch::channel(false);
     tokio::spawn(intake::serve(
         telemetry_listener,
         recorder.clone(),
+        path,
         stopped(intake_stopped),
     ));
     subscribe(
         client,
         extension_id,
         &config,
-        telemetry_port,
+        &destination,
         managed_instances,
     )
     .await?;
@@ -334,6 +335,36 @@ async fn start(
     })
 }
 
+/// The longest start-up waits for `sandbox.localdomain` to resolve. Lambda answers it from
+/// /etc/hosts at once; an emulator's resolver may instead wait on DNS.
+const RESOLVE_WAIT: Duration = Duration::from_secs(1);
+
+/// Where the telemetry listener binds: the address `sandbox.localdomain` resolves to, which
+/// is where the Telemetry API delivers, else loopback (emulators deliver there). Never the
+/// wildcard address: that would let anything that reaches the host post telemetry.
+pub async fn telemetry_addr(port: u16) -> SocketAddr {
+    let resolved = tokio::time::timeout(
+        RESOLVE_WAIT,
+        tokio::net::lookup_host(("sandbox.localdomain", port)),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .and_then(|mut addrs| addrs.next())
+    .filter(|addr| !addr.ip().is_unspecified());
+    match resolved {
+        Some(addr) => {
+            tracing::info!(%addr, "telemetry listener on the address of sandbox.localdomain");
+            addr
+        }
+        None => {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            tracing::info!(%addr, "sandbox.localdomain does not resolve: telemetry listener on loopback");
+            addr
+        }
+    }
+}
+
 /// Binds `addr`, naming it in the error.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
@@ -347,18 +378,19 @@ async fn stopped(mut flag: watch::Receiver<bool>) {
 }
 
 /// `PUT /2022-07-01/telemetry`: schema 2022-12-13 (2025-01-29 on Managed Instances), our
-/// listener as destination. The lambda-extension crate's own subscription hard-codes the
-/// older schema and its own listener, so it is not used.
+/// listener as `destination` (it holds the secret path: never log it). The lambda-extension
+/// crate's own subscription hard-codes the older schema and its own listener, so it is not
+/// used.
 async fn subscribe(
     client: &Client,
     extension_id: &str,
     config: &Config,
-    port: u16,
+    destination: &str,
     managed_instances: bool,
 ) -> Result<(), StartupError> {
     let body = serde_json::json!({
         "schemaVersion": if managed_instances { "2025-01-29" } else { "2022-12-13" },
-        "destination": {"protocol": "HTTP", "URI": format!("http://sandbox.localdomain:{port}/")},
+        "destination": {"protocol": "HTTP", "URI": destination},
         "types": config.telemetry.types,
         "buffering": {"maxItems": 1000, "maxBytes": 262_144, "timeoutMs": config.telemetry.buffer_ms},
     });
@@ -486,5 +518,18 @@ impl Sidecar {
             timed_out = report.timed_out,
             "shutdown flush done"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_telemetry_listener_never_binds_the_wildcard_address() {
+        let addr = telemetry_addr(0).await;
+        let listener = bind(addr).await.unwrap();
+        let local = listener.local_addr().unwrap();
+        assert!(!local.ip().is_unspecified(), "{local}");
     }
 }

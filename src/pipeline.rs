@@ -50,6 +50,11 @@ impl Recorder {
             self.signals.dropped(Signal::Records, 1);
         }
     }
+
+    /// The metrics handle, for counting what is refused before it becomes a record.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.signals)
+    }
 }
 
 /// The lifecycle's handle on the pipeline task.

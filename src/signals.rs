@@ -81,6 +81,8 @@ pub const ALGORITHM: &str = "algorithm";
 pub const OUTCOME: &str = "outcome";
 /// Label key: the OTLP signal (`traces`, `metrics`).
 pub const SIGNAL: &str = "signal";
+/// Label key: which of the sidecar's HTTP listeners (`token`, `telemetry`).
+pub const LISTENER: &str = "listener";
 
 pub const INVOCATIONS: MetricDef = MetricDef {
     name: "faas.invocations",
@@ -228,6 +230,13 @@ pub const TOKEN_DURATION: MetricDef = MetricDef {
     },
     labels: &[ALGORITHM],
 };
+pub const CONNECTIONS_REFUSED: MetricDef = MetricDef {
+    name: "sidecar.connections.refused",
+    unit: "{connection}",
+    description: "Connections refused or closed by a limit, by listener and reason (over_capacity, evicted, header_timeout, body_timeout)",
+    kind: MetricKind::Counter,
+    labels: &[LISTENER, REASON],
+};
 
 /// Every metric the sidecar emits.
 pub const METRICS: &[MetricDef] = &[
@@ -251,6 +260,7 @@ pub const METRICS: &[MetricDef] = &[
     HOLD,
     TOKEN_REQUESTS,
     TOKEN_DURATION,
+    CONNECTIONS_REFUSED,
 ];
 
 /// What was lost or failed to export (the `signal` label).
@@ -288,6 +298,46 @@ impl SkipReason {
     }
 }
 
+/// One of the sidecar's HTTP listeners (the `listener` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Token,
+    Telemetry,
+}
+
+impl Listener {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Token => "token",
+            Listener::Telemetry => "telemetry",
+        }
+    }
+}
+
+/// Why a connection was refused or closed by a limit (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// At the cap with every connection busy: closed at accept.
+    OverCapacity,
+    /// At the cap: the oldest connection with no request in flight, closed to make room.
+    Evicted,
+    /// No complete request head within the header timeout.
+    HeaderTimeout,
+    /// A request body not received within the body timeout.
+    BodyTimeout,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::OverCapacity => "over_capacity",
+            Refusal::Evicted => "evicted",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
 /// The OTel instruments built from [`METRICS`], with one typed recording method per
 /// metric so callers cannot mistype a label key. Cloning is cheap (instruments are
 /// handles), so the exporter and the deriver can each hold one.
@@ -313,6 +363,7 @@ pub struct Metrics {
     hold: Histogram<f64>,
     token_requests: Counter<u64>,
     token_duration: Histogram<f64>,
+    connections_refused: Counter<u64>,
 }
 
 fn counter(meter: &Meter, def: &MetricDef) -> Counter<u64> {
@@ -377,6 +428,7 @@ impl Metrics {
             hold: histogram(meter, &HOLD),
             token_requests: counter(meter, &TOKEN_REQUESTS),
             token_duration: histogram(meter, &TOKEN_DURATION),
+            connections_refused: counter(meter, &CONNECTIONS_REFUSED),
         }
     }
 
@@ -471,6 +523,14 @@ impl Metrics {
             .add(1, &labels(&TOKEN_REQUESTS, [algorithm, outcome.as_str()]));
         self.token_duration
             .record(seconds, &labels(&TOKEN_DURATION, [algorithm]));
+    }
+
+    /// A connection to `listener` was refused or closed by a limit.
+    pub fn connection_refused(&self, listener: Listener, reason: Refusal) {
+        self.connections_refused.add(
+            1,
+            &labels(&CONNECTIONS_REFUSED, [listener.as_str(), reason.as_str()]),
+        );
     }
 }
 

@@ -121,6 +121,10 @@ impl Default for EnvConfig {
     }
 }
 
+/// `RLIMIT_NOFILE` in a Lambda execution environment (soft and hard): the extension
+/// process gets the same.
+pub const LAMBDA_NOFILE: libc::rlim_t = 1024;
+
 /// A running sandbox. Dropping it kills the extension process and stops every task.
 pub struct Environment {
     cfg: EnvConfig,
@@ -307,6 +311,22 @@ impl Environment {
             // (Lambda freezes the whole sandbox, not one pid).
             .process_group(0)
             .kill_on_drop(true);
+        // Lambda's file-descriptor quota: 1,024, soft and hard. An extension that holds every
+        // connection it accepts runs out here as it would in Lambda.
+        // SAFETY: between fork and exec, only the async-signal-safe setrlimit(2) is called.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: LAMBDA_NOFILE,
+                    rlim_max: LAMBDA_NOFILE,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         let mut child = cmd.spawn().map_err(|source| EnvError::Spawn {
             path: path.clone(),
             source,

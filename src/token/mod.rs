@@ -35,6 +35,8 @@ use tokio::net::TcpListener;
 use crate::config::{TokenAuth, TokenConfig};
 use crate::pipeline::Recorder;
 use crate::records::{Record, TokenOutcome, TokenRecord, TraceParent};
+use crate::server::Limits;
+use crate::signals::Listener;
 use claims::{ClaimError, TokenRequest};
 use keys::SigningKey;
 
@@ -292,15 +294,22 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Serves the token API on an already-bound listener until `shutdown` resolves, then lets
-/// in-flight requests finish. Taking the listener (not a port) lets tests bind port 0.
+/// in-flight requests finish, under [`Limits::TOKEN`]. Taking the listener (not a port) lets tests bind port 0.
 pub async fn serve(
     listener: TcpListener,
     service: Arc<TokenService>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let metrics = service.recorder.as_ref().map(Recorder::metrics);
+    crate::server::serve(
+        listener,
+        router(service),
+        Limits::TOKEN,
+        Listener::Token,
+        metrics,
+        shutdown,
+    )
+    .await
 }
 
 async fn get_token(State(service): State<Arc<TokenService>>) -> Response {
