@@ -28,15 +28,15 @@ fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The sidecar exporting traces to `traces` and metrics to `metrics`, with a known
-/// `AWS_SESSION_TOKEN` (sent as `X-Sidecar-Token`).
-fn environment(port: u16, session_token: &str, traces: &Sink, metrics: &Sink) -> EnvConfig {
-    let env = [
+/// The sidecar exporting traces to `traces` and metrics to `metrics`. A test that calls
+/// `/token` itself sets `session_token` as `AWS_SESSION_TOKEN` (and sends it as
+/// `X-Sidecar-Token`); otherwise lambda-env's own, which its function sends, applies.
+fn environment(port: u16, session_token: Option<&str>, traces: &Sink, metrics: &Sink) -> EnvConfig {
+    let mut env = vec![
         ("JWT_SECRET", random_hex(36)),
         ("SIDECAR_PORT", port.to_string()),
         ("SIDECAR_FLUSH_TIMEOUT_MS", "500".to_string()),
         ("SIDECAR_LOG", "warn".to_string()),
-        ("AWS_SESSION_TOKEN", session_token.to_string()),
         (
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             format!("{}/v1/traces", traces.endpoint()),
@@ -46,6 +46,7 @@ fn environment(port: u16, session_token: &str, traces: &Sink, metrics: &Sink) ->
             format!("{}/v1/metrics", metrics.endpoint()),
         ),
     ];
+    env.extend(session_token.map(|t| ("AWS_SESSION_TOKEN", t.to_string())));
     EnvConfig {
         extension: Some(sidecar_bin()),
         env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -101,7 +102,7 @@ async fn thirty_thousand_tokens_in_one_invocation() {
         // The invocation outlasts the test: it ends when the environment is dropped.
         function_ms: 600_000,
         function_timeout_ms: 700_000,
-        ..environment(port, &session_token, &traces, &metrics)
+        ..environment(port, Some(&session_token), &traces, &metrics)
     };
     let env = Environment::start(cfg).await.unwrap();
     let pid = env.extension_pid().unwrap();
@@ -197,7 +198,7 @@ async fn soak_five_thousand_invokes_with_flat_memory() {
         function_ms: 1,
         gap_ms: 1,
         rss_every: EVERY,
-        ..environment(free_port().unwrap(), &random_hex(32), &traces, &metrics)
+        ..environment(free_port().unwrap(), None, &traces, &metrics)
     };
     let report = lambda_env::run(cfg).await.unwrap();
     let log = stderr_of(&report);
@@ -285,7 +286,7 @@ async fn hostile_telemetry_leaves_memory_near_baseline() {
         // Invoke 0 is the baseline; the hostile items arrive during invoke 1.
         inject_at: 1,
         inject_items: items,
-        ..environment(free_port().unwrap(), &random_hex(32), &traces, &metrics)
+        ..environment(free_port().unwrap(), None, &traces, &metrics)
     };
     let report = lambda_env::run(cfg).await.unwrap();
     let log = stderr_of(&report);
