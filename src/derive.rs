@@ -44,7 +44,7 @@ pub const RECENT: usize = 256;
 /// Finished spans held until the next drain (the lifecycle drains at every INVOKE). The
 /// exporter's buffer holds as many ([`crate::export::SPAN_BUFFER_CAP`]) and drops the
 /// oldest beyond it, so holding more here would only cost memory: 30,000 token spans in
-/// one invocation once took 15 MB. Past the bound new spans are dropped and counted
+/// one invocation once took 16 MB. Past the bound new spans are dropped and counted
 /// (`sidecar.export.dropped_items{signal="traces"}`).
 pub const MAX_FINISHED: usize = crate::export::SPAN_BUFFER_CAP;
 
@@ -52,7 +52,7 @@ pub const MAX_FINISHED: usize = crate::export::SPAN_BUFFER_CAP;
 /// happened; token and Lambda child spans (the ones that can come by the thousand) stop
 /// being kept before it. Between two drains there is normally one invocation span; at
 /// SHUTDOWN, every unfinished one.
-pub const RESERVED_FOR_INVOCATIONS: usize = 256;
+const RESERVED_FOR_INVOCATIONS: usize = 256;
 
 const MIB: u64 = 1024 * 1024;
 
