@@ -11,7 +11,8 @@
 //! Architecture invariants: no I/O and no clock reads (every time comes from a record,
 //! or from the caller of [`Deriver::finish_pending`]), so derivation is a pure function
 //! of its input and tests drive it directly; state is bounded ([`MAX_PENDING`]
-//! invocations, [`RECENT`] finished ids); no token, secret or claim value reaches a span.
+//! invocations, [`RECENT`] finished ids, [`MAX_FINISHED`] spans awaiting a drain); no
+//! token, secret or claim value reaches a span.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -29,7 +30,7 @@ use crate::intake::events::{
     TelemetryEvent,
 };
 use crate::records::{InvokeRecord, Record, RemoteParent, TokenRecord, parse_xray};
-use crate::signals::{Metrics, SkipReason};
+use crate::signals::{Metrics, Signal, SkipReason};
 
 /// Invocations tracked at once. Lambda runs one invocation at a time per environment
 /// (a few dozen on Managed Instances), so reaching this means reports are being lost;
@@ -39,6 +40,19 @@ pub const MAX_PENDING: usize = 1_000;
 /// Finished request ids remembered to ignore events Lambda re-delivers (it resends a
 /// batch whose POST it considers failed).
 pub const RECENT: usize = 256;
+
+/// Finished spans held until the next drain (the lifecycle drains at every INVOKE). The
+/// exporter's buffer holds as many ([`crate::export::SPAN_BUFFER_CAP`]) and drops the
+/// oldest beyond it, so holding more here would only cost memory: 30,000 token spans in
+/// one invocation once took 16 MB. Past the bound new spans are dropped and counted
+/// (`sidecar.export.dropped_items{signal="traces"}`).
+pub const MAX_FINISHED: usize = crate::export::SPAN_BUFFER_CAP;
+
+/// Room in [`MAX_FINISHED`] kept for invocation, init and restore spans, which say what
+/// happened; token and Lambda child spans (the ones that can come by the thousand) stop
+/// being kept before it. Between two drains there is normally one invocation span; at
+/// SHUTDOWN, every unfinished one.
+const RESERVED_FOR_INVOCATIONS: usize = 256;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -203,6 +217,8 @@ struct NewSpan<'a> {
     end: SystemTime,
     attributes: Vec<KeyValue>,
     outcome: &'a Outcome<'a>,
+    /// An invocation, init or restore span: may use [`RESERVED_FOR_INVOCATIONS`].
+    essential: bool,
 }
 
 /// Turns records into spans and metrics. One per process; not shared across threads
@@ -412,9 +428,18 @@ impl Deriver {
         // Out of the map while the span is built (it needs `&mut self` for ids), then back:
         // the report still has to find it.
         if let Some(invocation) = self.invocations.remove(&done.request_id) {
-            self.invocation_span(&done.request_id, &invocation, time, &outcome, &done.spans);
+            self.invocation_span(
+                &done.request_id,
+                &invocation,
+                time,
+                &outcome,
+                &done.spans.kept,
+            );
             self.invocations.insert(done.request_id, invocation);
         }
+        // Child spans past the parser's bound were never built: they count as dropped.
+        self.metrics
+            .dropped(Signal::Traces, count(done.spans.skipped));
     }
 
     /// The last event of an invocation: its billing figures, then its state is dropped.
@@ -559,6 +584,7 @@ impl Deriver {
             end,
             attributes,
             outcome,
+            essential: true,
         });
     }
 
@@ -597,6 +623,7 @@ impl Deriver {
             end,
             attributes,
             outcome,
+            essential: true,
         });
         for child in children {
             let context = self.context(invocation.trace_id);
@@ -618,6 +645,7 @@ impl Deriver {
                 end,
                 attributes: Vec::new(),
                 outcome: &ok,
+                essential: false,
             });
         }
     }
@@ -667,6 +695,7 @@ impl Deriver {
             end,
             attributes,
             outcome: &outcome,
+            essential: false,
         });
     }
 
@@ -701,7 +730,17 @@ impl Deriver {
             end,
             mut attributes,
             outcome,
+            essential,
         } = span;
+        let room = if essential {
+            MAX_FINISHED
+        } else {
+            MAX_FINISHED - RESERVED_FOR_INVOCATIONS
+        };
+        if self.finished.len() >= room {
+            self.metrics.dropped(Signal::Traces, 1);
+            return;
+        }
         let status = match outcome.status {
             Status::Success => SpanStatus::Unset,
             other => {
@@ -1223,5 +1262,61 @@ sidecar.telemetry.unknown_events{reason=malformed} = 1",
             }
         );
         assert_eq!(info.max_memory_bytes(), None);
+    }
+
+    /// A runtimeDone for `request_id` at `ms` with `children` child spans.
+    fn runtime_done(request_id: &str, ms: u64, children: usize) -> Record {
+        let span =
+            r#"{"name":"responseLatency","start":"2022-10-12T00:00:00.001Z","durationMs":1.0}"#;
+        let spans = vec![span; children].join(",");
+        assert!(ms < 1000);
+        telemetry(&format!(
+            r#"[{{"time":"2022-10-12T00:00:00.{ms:03}Z","type":"platform.runtimeDone","record":{{"requestId":"{request_id}","status":"success","spans":[{spans}]}}}}]"#,
+        ))
+    }
+
+    /// `sidecar.export.dropped_items{signal=traces}`, if recorded.
+    fn dropped_spans(source: &crate::export::MetricsSource) -> Option<u64> {
+        testing::render(source).lines().find_map(|line| {
+            line.strip_prefix("sidecar.export.dropped_items{signal=traces} = ")?
+                .parse()
+                .ok()
+        })
+    }
+
+    #[test]
+    fn spans_awaiting_a_drain_are_bounded_and_the_invocation_span_kept() {
+        // 30,000 tokens in one invocation (no drain: no INVOKE in between), then its end.
+        let (source, recorder) = testing::source();
+        let mut deriver = Deriver::new(function(), Arc::new(recorder));
+        deriver.ingest(invoke("r1", 0, None));
+        for n in 0..30_000 {
+            deriver.ingest(token(1 + n / 100, 0, TokenOutcome::Issued, None));
+        }
+        deriver.ingest(runtime_done("r1", 400, 2));
+        let spans = deriver.take_spans();
+        // 4096 = export::SPAN_BUFFER_CAP, of which 256 are kept for invocation spans.
+        assert_eq!(spans.len(), 4096 - 256 + 1);
+        assert!(
+            spans.iter().any(|s| s.name == "orders"),
+            "invocation span lost"
+        );
+        let dropped = 30_000 - (4096 - 256) + 2;
+        assert_eq!(dropped_spans(&source), Some(dropped));
+        // A drain makes room again.
+        deriver.ingest(token(500, 0, TokenOutcome::Issued, None));
+        assert_eq!(deriver.take_spans().len(), 1);
+    }
+
+    #[test]
+    fn child_spans_per_event_are_bounded() {
+        let (source, recorder) = testing::source();
+        let mut deriver = Deriver::new(function(), Arc::new(recorder));
+        deriver.ingest(invoke("r1", 0, None));
+        deriver.ingest(runtime_done("r1", 100, 30_000));
+        let spans = deriver.take_spans();
+        // The invocation span and 16 children.
+        assert_eq!(spans.len(), 17);
+        assert_eq!(dropped_spans(&source), Some(30_000 - 16));
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use opentelemetry_sdk::trace::SpanData;
@@ -21,11 +22,19 @@ use crate::signals::{Metrics, Signal};
 /// records are then dropped and counted rather than letting a handler wait.
 const QUEUE_CAPACITY: usize = 4096;
 
+/// Telemetry events queued ahead of the pipeline task, across batches. A message is one
+/// whole batch (up to 10,000 events, Lambda's largest `maxItems`), so [`QUEUE_CAPACITY`]
+/// alone would let thousands of batches wait; each event is bounded by the parser
+/// (`intake::events`), so this bounds the queue's memory. Two full batches fit; past it a
+/// batch is dropped and counted like any record.
+const MAX_QUEUED_EVENTS: usize = 20_000;
+
 /// How many recent `platform.report` request ids are remembered for [`Pipeline::await_report`].
 const RECENT_REPORTS: usize = 16;
 
 enum Msg {
-    Record(Record),
+    /// A record and its weight in [`MAX_QUEUED_EVENTS`].
+    Record(Record, usize),
     Drain(oneshot::Sender<Vec<SpanData>>),
     AwaitReport {
         request_id: String,
@@ -42,11 +51,20 @@ enum Msg {
 pub struct Recorder {
     tx: mpsc::Sender<Msg>,
     signals: Arc<Metrics>,
+    /// Telemetry events queued, shared with the task (which subtracts what it takes).
+    queued_events: Arc<AtomicUsize>,
 }
 
 impl Recorder {
     pub fn record(&self, record: Record) {
-        if self.tx.try_send(Msg::Record(record)).is_err() {
+        let events = match &record {
+            Record::Telemetry(batch) => batch.events.len(),
+            _ => 0,
+        };
+        // Counted before sending, so the task never subtracts what was not added.
+        let queued = self.queued_events.fetch_add(events, Ordering::Relaxed) + events;
+        if queued > MAX_QUEUED_EVENTS || self.tx.try_send(Msg::Record(record, events)).is_err() {
+            self.queued_events.fetch_sub(events, Ordering::Relaxed);
             self.signals.dropped(Signal::Records, 1);
         }
     }
@@ -66,8 +84,14 @@ impl Pipeline {
     /// Spawns the pipeline task on the current runtime.
     pub fn start(deriver: Deriver, signals: Arc<Metrics>) -> (Pipeline, Recorder) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(deriver, rx));
-        (Pipeline { tx: tx.clone() }, Recorder { tx, signals })
+        let queued_events = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run(deriver, rx, Arc::clone(&queued_events)));
+        let recorder = Recorder {
+            tx: tx.clone(),
+            signals,
+            queued_events,
+        };
+        (Pipeline { tx }, recorder)
     }
 
     /// The spans finished since the last drain, after everything recorded before this call.
@@ -103,12 +127,13 @@ impl Pipeline {
     }
 }
 
-async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>) {
+async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: Arc<AtomicUsize>) {
     let mut recent_reports: VecDeque<String> = VecDeque::with_capacity(RECENT_REPORTS);
     let mut waiting: Vec<(String, oneshot::Sender<()>)> = Vec::new();
     while let Some(msg) = rx.recv().await {
         match msg {
-            Msg::Record(record) => {
+            Msg::Record(record, events) => {
+                queued_events.fetch_sub(events, Ordering::Relaxed);
                 if let Record::Telemetry(batch) = &record {
                     for event in &batch.events {
                         if let EventKind::Report(report) = &event.kind {
@@ -136,5 +161,41 @@ async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>) {
                 let _ = reply.send(deriver.take_spans());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::derive::FunctionInfo;
+    use crate::intake::events::parse_batch;
+    use crate::signals::testing;
+
+    #[tokio::test]
+    async fn queued_telemetry_is_bounded_by_events() {
+        let (source, metrics) = testing::source();
+        let metrics = Arc::new(metrics);
+        let deriver = Deriver::new(FunctionInfo::from_vars(|_| None), Arc::clone(&metrics));
+        let (pipeline, recorder) = Pipeline::start(deriver, metrics);
+        let event = r#"{"time":"2022-10-12T00:00:00.000Z","type":"platform.logsDropped","record":{"reason":"r","droppedRecords":1,"droppedBytes":1}}"#;
+        let body = format!("[{}]", vec![event; 10_000].join(","));
+        // The task does not run until this test awaits: three batches wait in the queue.
+        for _ in 0..3 {
+            recorder.record(Record::Telemetry(parse_batch(body.as_bytes()).unwrap()));
+        }
+        pipeline.drain().await;
+        let rendered = testing::render(&source);
+        assert!(
+            rendered.contains("sidecar.export.dropped_items{signal=records} = 1"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("sidecar.telemetry.logs_dropped = 20000"),
+            "{rendered}"
+        );
+        // Once the task has taken them, there is room again.
+        recorder.record(Record::Telemetry(parse_batch(body.as_bytes()).unwrap()));
+        pipeline.drain().await;
+        assert!(testing::render(&source).contains("sidecar.telemetry.logs_dropped = 30000"));
     }
 }

@@ -19,7 +19,9 @@ use crate::api::{self, Phase, Shared};
 use crate::clock::{epoch_ms, ms, rfc3339_ms};
 use crate::function::{self, FunctionConfig, SIMULATE_ERROR, SIMULATE_TIMEOUT, TokenMode};
 use crate::ids::{XrayTrace, random_hex, uuid_v4};
-use crate::report::{InitError, InitReport, InvokeReport, InvokeStatus, Report, ShutdownReport};
+use crate::report::{
+    InitError, InitReport, InvokeReport, InvokeStatus, Report, RssSample, ShutdownReport,
+};
 use crate::telemetry::Hub;
 
 pub const ACCOUNT_ID: &str = "123456789012";
@@ -90,6 +92,13 @@ pub struct EnvConfig {
     pub timeout_invokes: Vec<usize>,
     /// Where the extension's stdout/stderr files go (default: a new temp dir).
     pub work_dir: Option<PathBuf>,
+    /// Sample the extension's resident memory after init, every this many invokes (thawed,
+    /// before the next INVOKE) and after the last one, into `Report::rss_samples`; 0: never.
+    pub rss_every: usize,
+    /// Fault injection: telemetry items emitted as given (e.g. hostile ones), during the
+    /// invoke of index `inject_at`, after its `platform.start`.
+    pub inject_items: Vec<Value>,
+    pub inject_at: usize,
 }
 
 impl Default for EnvConfig {
@@ -117,6 +126,9 @@ impl Default for EnvConfig {
             fail_invokes: Vec::new(),
             timeout_invokes: Vec::new(),
             work_dir: None,
+            rss_every: 0,
+            inject_items: Vec::new(),
+            inject_at: 0,
         }
     }
 }
@@ -386,10 +398,17 @@ impl Environment {
     pub async fn run(mut self) -> Result<Report, EnvError> {
         let init = self.init_phase().await;
         let mut invokes = Vec::new();
+        let mut rss_samples = Vec::new();
         let shutdown = if init.error.is_none() {
             for i in 0..self.cfg.invokes {
+                if self.cfg.rss_every > 0 && i % self.cfg.rss_every == 0 {
+                    rss_samples.extend(self.rss_sample(i));
+                }
                 invokes.push(self.invoke(i, init.duration_ms).await);
                 self.freeze_gap().await;
+            }
+            if self.cfg.rss_every > 0 {
+                rss_samples.extend(self.rss_sample(self.cfg.invokes));
             }
             self.shutdown_phase().await
         } else {
@@ -399,7 +418,9 @@ impl Environment {
         if let Some(err) = init.error.as_mut() {
             err.exit_code = err.exit_code.or(shutdown.exit_code);
         }
-        Ok(self.finish(init, invokes, shutdown).await)
+        let mut report = self.finish(init, invokes, shutdown).await;
+        report.rss_samples = rss_samples;
+        Ok(report)
     }
 
     async fn init_phase(&mut self) -> InitReport {
@@ -507,6 +528,11 @@ impl Environment {
                 "record": {"requestId": request_id, "something": "new"},
                 "futureTopLevel": true,
             }));
+        }
+        if index == self.cfg.inject_at {
+            for item in &self.cfg.inject_items {
+                self.shared.hub.emit_item(item.clone());
+            }
         }
         if self.cfg.logs_dropped && index == 0 {
             self.shared.hub.emit(
@@ -652,11 +678,25 @@ impl Environment {
 
     /// Peak RSS of the extension process (VmHWM) in KiB, if it is running.
     fn peak_rss_kb(&self) -> Option<u64> {
+        self.memory_kb("VmHWM:")
+    }
+
+    /// The current and peak RSS, after `invokes` invokes.
+    fn rss_sample(&self, invokes: usize) -> Option<RssSample> {
+        Some(RssSample {
+            invokes,
+            rss_kb: self.memory_kb("VmRSS:")?,
+            peak_kb: self.peak_rss_kb()?,
+        })
+    }
+
+    /// A `/proc/PID/status` figure of the extension process in KiB, if it is running.
+    fn memory_kb(&self, field: &str) -> Option<u64> {
         let pid = self.extension_pid()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
@@ -792,6 +832,7 @@ impl Environment {
             shutdown,
             stdout_path: self.stdout_path.clone(),
             stderr_path: self.stderr_path.clone(),
+            rss_samples: Vec::new(),
         }
     }
 }

@@ -20,6 +20,20 @@ pub struct Report {
     /// Where the extension process's stdout/stderr were written (None without a process).
     pub stdout_path: Option<PathBuf>,
     pub stderr_path: Option<PathBuf>,
+    /// The extension process's resident memory, sampled as `EnvConfig::rss_every` asks.
+    #[serde(default)]
+    pub rss_samples: Vec<RssSample>,
+}
+
+/// Resident memory of the extension process at one point of the run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RssSample {
+    /// Invokes completed when it was read (0: right after init).
+    pub invokes: usize,
+    /// VmRSS, in KiB.
+    pub rss_kb: u64,
+    /// VmHWM (the peak so far), in KiB.
+    pub peak_kb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,6 +11,20 @@
 //! stays a borrowed [`RawValue`] (validated but not decoded), then only the records of
 //! known types are decoded into their typed structs. Unknown record fields are ignored.
 //!
+//! Every value kept is bounded, because a batch waits in the pipeline queue and request
+//! ids live in the deriver's state (1 MiB request ids once kept 61 MiB resident):
+//! - a request id is an identifier the deriver keys its state on: over
+//!   [`MAX_REQUEST_ID_BYTES`] the element is malformed (a cut one would merge or split
+//!   invocations);
+//! - an X-Ray `tracing` value over [`MAX_TRACE_HEADER_BYTES`] is treated as absent (a cut
+//!   header could name a wrong parent or sampling decision);
+//! - free text (error types, names, versions, states) is cut to [`MAX_TEXT_BYTES`] at a
+//!   character boundary: losing the invocation for a long error type would be worse;
+//! - lists: at most [`MAX_CHILD_SPANS`] child spans per event (the rest counted in
+//!   [`ChildSpans::skipped`]) and [`MAX_LIST_ITEMS`] names in a subscription or extension
+//!   record (the rest ignored);
+//! - `function` and `extension` log lines are not kept at all (see [`LogLine`]).
+//!
 //! Architecture invariant: this module does no I/O and knows nothing about spans or
 //! metrics; it only turns bytes into [`TelemetryEvent`]s.
 
@@ -19,6 +33,26 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
+
+/// Longest request id kept. Lambda's are 36-byte UUIDs; 128 leaves room for other
+/// emulators' formats. A longer one makes its element malformed.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Longest X-Ray `tracing` value kept (`Root=…;Parent=…;Sampled=…;Lineage=…` is ~100
+/// bytes). A longer one is ignored: the invocation is then derived as untraced.
+pub const MAX_TRACE_HEADER_BYTES: usize = 512;
+
+/// Longest free-text value kept (error types, span and extension names, versions, ARNs
+/// — a runtime version ARN is ~130 bytes). Longer values are cut.
+pub const MAX_TEXT_BYTES: usize = 256;
+
+/// Child spans kept per event. Lambda sends 2–3 (`responseLatency`, `responseDuration`,
+/// `runtimeOverhead`); one event with 30,000 once added 19 MB.
+pub const MAX_CHILD_SPANS: usize = 16;
+
+/// Names kept in a list of an unused housekeeping record (an extension's events, a
+/// subscription's types: a handful on Lambda).
+pub const MAX_LIST_ITEMS: usize = 16;
 
 /// One parsed Telemetry API POST.
 #[derive(Debug, Default)]
@@ -189,9 +223,10 @@ impl Status {
 }
 
 /// The X-Ray context Lambda attaches to invocation events.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tracing {
-    /// The `X-Amzn-Trace-Id` header value, e.g. `Root=1-…;Parent=…;Sampled=1`.
+    /// The `X-Amzn-Trace-Id` header value, e.g. `Root=1-…;Parent=…;Sampled=1`, at most
+    /// [`MAX_TRACE_HEADER_BYTES`].
     pub value: String,
 }
 
@@ -200,6 +235,7 @@ pub struct Tracing {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlatformSpan {
+    #[serde(deserialize_with = "text")]
     pub name: String,
     #[serde(deserialize_with = "rfc3339")]
     pub start: SystemTime,
@@ -217,28 +253,38 @@ pub struct PhaseMetrics {
 #[serde(rename_all = "camelCase")]
 pub struct InitStart {
     /// `on-demand`, `provisioned-concurrency`, `snap-start`, `lambda-managed-instances`.
+    #[serde(deserialize_with = "text")]
     pub initialization_type: String,
     /// `init`, or `invoke` when init is re-run inside an invocation after a failure.
+    #[serde(deserialize_with = "text")]
     pub phase: String,
+    #[serde(default, deserialize_with = "optional_text")]
     pub runtime_version: Option<String>,
+    #[serde(default, deserialize_with = "optional_text")]
     pub runtime_version_arn: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitRuntimeDone {
+    #[serde(deserialize_with = "text")]
     pub initialization_type: String,
+    #[serde(deserialize_with = "text")]
     pub phase: String,
     pub status: Status,
+    #[serde(default, deserialize_with = "optional_text")]
     pub error_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitReport {
+    #[serde(deserialize_with = "text")]
     pub initialization_type: String,
+    #[serde(deserialize_with = "text")]
     pub phase: String,
     pub status: Option<Status>,
+    #[serde(default, deserialize_with = "optional_text")]
     pub error_type: Option<String>,
     pub metrics: PhaseMetrics,
 }
@@ -246,21 +292,27 @@ pub struct InitReport {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Start {
+    #[serde(deserialize_with = "request_id")]
     pub request_id: String,
+    #[serde(default, deserialize_with = "optional_text")]
     pub version: Option<String>,
+    #[serde(default, deserialize_with = "tracing")]
     pub tracing: Option<Tracing>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeDone {
+    #[serde(deserialize_with = "request_id")]
     pub request_id: String,
     pub status: Status,
+    #[serde(default, deserialize_with = "optional_text")]
     pub error_type: Option<String>,
     /// Absent on some failures (e.g. the runtime crashed before responding).
     pub metrics: Option<RuntimeDoneMetrics>,
     #[serde(default)]
-    pub spans: Vec<PlatformSpan>,
+    pub spans: ChildSpans,
+    #[serde(default, deserialize_with = "tracing")]
     pub tracing: Option<Tracing>,
 }
 
@@ -275,10 +327,13 @@ pub struct RuntimeDoneMetrics {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
+    #[serde(deserialize_with = "request_id")]
     pub request_id: String,
     pub status: Status,
+    #[serde(default, deserialize_with = "optional_text")]
     pub error_type: Option<String>,
     pub metrics: ReportMetrics,
+    #[serde(default, deserialize_with = "tracing")]
     pub tracing: Option<Tracing>,
 }
 
@@ -300,23 +355,28 @@ pub struct ReportMetrics {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ExtensionState {
+    #[serde(deserialize_with = "text")]
     pub name: String,
+    #[serde(deserialize_with = "text")]
     pub state: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text_list")]
     pub events: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct TelemetrySubscription {
+    #[serde(deserialize_with = "text")]
     pub name: String,
+    #[serde(deserialize_with = "text")]
     pub state: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text_list")]
     pub types: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LogsDropped {
+    #[serde(deserialize_with = "text")]
     pub reason: String,
     pub dropped_records: u64,
     pub dropped_bytes: u64,
@@ -325,7 +385,9 @@ pub struct LogsDropped {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreStart {
+    #[serde(default, deserialize_with = "optional_text")]
     pub runtime_version: Option<String>,
+    #[serde(default, deserialize_with = "optional_text")]
     pub runtime_version_arn: Option<String>,
 }
 
@@ -333,6 +395,7 @@ pub struct RestoreStart {
 #[serde(rename_all = "camelCase")]
 pub struct RestoreRuntimeDone {
     pub status: Status,
+    #[serde(default, deserialize_with = "optional_text")]
     pub error_type: Option<String>,
 }
 
@@ -340,21 +403,24 @@ pub struct RestoreRuntimeDone {
 #[serde(rename_all = "camelCase")]
 pub struct RestoreReport {
     pub status: Status,
+    #[serde(default, deserialize_with = "optional_text")]
     pub error_type: Option<String>,
     pub metrics: Option<PhaseMetrics>,
 }
 
 /// A `function` or `extension` record: the runtime emits a plain line for text logs and
 /// a JSON object when the function's log format is JSON.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Only the format is kept, never the text: nothing forwards logs yet, and a line can be
+/// 256 KiB. Log forwarding belongs here, with its own byte bound (cut and counted) chosen
+/// then; until then an object's content is skipped without being built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLine {
-    Text(String),
-    Json(serde_json::Map<String, serde_json::Value>),
+    Text,
+    Json,
 }
 
 impl<'de> Deserialize<'de> for LogLine {
-    /// A visitor rather than `#[serde(untagged)]`, which would buffer every log line
-    /// into an intermediate value before trying each variant.
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct LogLineVisitor;
         impl<'de> serde::de::Visitor<'de> for LogLineVisitor {
@@ -362,19 +428,156 @@ impl<'de> Deserialize<'de> for LogLine {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a log line as a string or a JSON object")
             }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<LogLine, E> {
-                Ok(LogLine::Text(text.to_owned()))
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<LogLine, E> {
+                Ok(LogLine::Text)
             }
-            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<LogLine, E> {
-                Ok(LogLine::Text(text))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<LogLine, A::Error> {
-                Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(LogLine::Json)
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<LogLine, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(LogLine::Json)
             }
         }
         deserializer.deserialize_any(LogLineVisitor)
     }
+}
+
+/// The child spans of a `platform.runtimeDone`: the first [`MAX_CHILD_SPANS`], and how
+/// many more there were (skipped without being built; the deriver counts them as
+/// dropped spans).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChildSpans {
+    pub kept: Vec<PlatformSpan>,
+    pub skipped: usize,
+}
+
+impl<'de> Deserialize<'de> for ChildSpans {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SpansVisitor;
+        impl<'de> serde::de::Visitor<'de> for SpansVisitor {
+            type Value = ChildSpans;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of spans")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ChildSpans, A::Error> {
+                let mut spans = ChildSpans::default();
+                while spans.kept.len() < MAX_CHILD_SPANS {
+                    match seq.next_element()? {
+                        Some(span) => spans.kept.push(span),
+                        None => return Ok(spans),
+                    }
+                }
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    spans.skipped += 1;
+                }
+                Ok(spans)
+            }
+        }
+        deserializer.deserialize_seq(SpansVisitor)
+    }
+}
+
+/// A string of at most `max` bytes: longer ones are cut at a character boundary
+/// (`cut: true`) or refused (`cut: false`). Only the kept part is copied.
+struct Bounded {
+    max: usize,
+    cut: bool,
+}
+
+impl serde::de::Visitor<'_> for Bounded {
+    type Value = String;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a string of at most {} bytes", self.max)
+    }
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<String, E> {
+        if text.len() <= self.max {
+            return Ok(text.to_owned());
+        }
+        if !self.cut {
+            return Err(E::invalid_length(text.len(), &self));
+        }
+        let mut end = self.max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Ok(text[..end].to_owned())
+    }
+}
+
+/// A request id: refused over [`MAX_REQUEST_ID_BYTES`], which makes its element malformed.
+fn request_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    deserializer.deserialize_str(Bounded {
+        max: MAX_REQUEST_ID_BYTES,
+        cut: false,
+    })
+}
+
+/// Free text, cut to [`MAX_TEXT_BYTES`].
+fn text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    deserializer.deserialize_str(Bounded {
+        max: MAX_TEXT_BYTES,
+        cut: true,
+    })
+}
+
+/// Optional free text, cut to [`MAX_TEXT_BYTES`]; `null` is absent.
+fn optional_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text(#[serde(deserialize_with = "text")] String);
+    Ok(Option::<Text>::deserialize(deserializer)?.map(|Text(text)| text))
+}
+
+/// A list of names: the first [`MAX_LIST_ITEMS`], each cut to [`MAX_TEXT_BYTES`]; the
+/// rest is skipped without being built.
+fn text_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct ListVisitor;
+    impl<'de> serde::de::Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of strings")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            #[derive(Deserialize)]
+            struct Text(#[serde(deserialize_with = "text")] String);
+            let mut items = Vec::new();
+            while items.len() < MAX_LIST_ITEMS {
+                match seq.next_element::<Text>()? {
+                    Some(Text(item)) => items.push(item),
+                    None => return Ok(items),
+                }
+            }
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(items)
+        }
+    }
+    deserializer.deserialize_seq(ListVisitor)
+}
+
+/// The X-Ray context; absent when its value is over [`MAX_TRACE_HEADER_BYTES`] (the
+/// invocation is then derived as untraced rather than lost).
+fn tracing<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Tracing>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wire<'a> {
+        #[serde(borrow)]
+        value: std::borrow::Cow<'a, str>,
+    }
+    Ok(Option::<Wire<'_>>::deserialize(deserializer)?
+        .filter(|wire| wire.value.len() <= MAX_TRACE_HEADER_BYTES)
+        .map(|wire| Tracing {
+            value: wire.value.into_owned(),
+        }))
 }
 
 fn rfc3339<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
@@ -510,7 +713,7 @@ unknown=0 malformed=0
               {"time":"2022-10-12T00:01:00.260Z","type":"platform.report","record":{"requestId":"r1","status":"success","metrics":{"durationMs":260.1,"billedDurationMs":261,"memorySizeMB":128,"maxMemoryUsedMB":70,"initDurationMs":125.3}}}
             ]"#,
             r#"+60000 platform.start Start(Start { request_id: "r1", version: Some("$LATEST"), tracing: Some(Tracing { value: "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1" }) })
-+60250 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r1", status: Timeout, error_type: Some("Sandbox.Timedout"), metrics: Some(RuntimeDoneMetrics { duration_ms: 250.5, produced_bytes: Some(42) }), spans: [PlatformSpan { name: "responseLatency", start: SystemTime { tv_sec: 1665532860, tv_nsec: 1000000 }, duration_ms: 23.0 }], tracing: None })
++60250 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r1", status: Timeout, error_type: Some("Sandbox.Timedout"), metrics: Some(RuntimeDoneMetrics { duration_ms: 250.5, produced_bytes: Some(42) }), spans: ChildSpans { kept: [PlatformSpan { name: "responseLatency", start: SystemTime { tv_sec: 1665532860, tv_nsec: 1000000 }, duration_ms: 23.0 }], skipped: 0 }, tracing: None })
 +60260 platform.report Report(Report { request_id: "r1", status: Success, error_type: None, metrics: ReportMetrics { duration_ms: 260.1, billed_duration_ms: 261.0, memory_size_mb: 128, max_memory_used_mb: 70, init_duration_ms: Some(125.3), restore_duration_ms: None }, tracing: None })
 unknown=0 malformed=0
 "#,
@@ -548,9 +751,9 @@ unknown=0 malformed=0
               {"time":"2022-10-12T00:00:02.002Z","type":"extension","record":"ext says \"hi\""},
               {"time":"2022-10-12T00:00:02.003Z","type":"function","record":42}
             ]"#,
-            r#"+2000 function Function(Text("START hello\n"))
-+2001 function Function(Json({"level": String("INFO"), "message": String("hi"), "requestId": String("r1")}))
-+2002 extension ExtensionLog(Text("ext says \"hi\""))
+            r#"+2000 function Function(Text)
++2001 function Function(Json)
++2002 extension ExtensionLog(Text)
 unknown=0 malformed=1
 "#,
         );
@@ -569,7 +772,7 @@ unknown=0 malformed=1
               {"time":"2022-10-12T00:00:03.000Z","type":"platform.runtimeDone","record":{"requestId":"r4","status":"paused"}}
             ]"#,
             r#"+3500 platform.start Start(Start { request_id: "r4", version: None, tracing: None })
-+3000 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r4", status: Unknown, error_type: None, metrics: None, spans: [], tracing: None })
++3000 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r4", status: Unknown, error_type: None, metrics: None, spans: ChildSpans { kept: [], skipped: 0 }, tracing: None })
 unknown=1 malformed=4
 "#,
         );
@@ -622,5 +825,88 @@ unknown=1 malformed=4
         ] {
             assert_eq!(epoch_ns(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn request_ids_are_bounded() {
+        // 128 bytes is kept; one byte more (or 1 MiB) makes the element malformed.
+        let event = |id: &str| {
+            format!(
+                r#"{{"time":"2022-10-12T00:00:04.000Z","type":"platform.start","record":{{"requestId":"{id}"}}}}"#
+            )
+        };
+        let kept = "k".repeat(128);
+        let body = format!(
+            "[{},{},{},{}]",
+            event(&kept),
+            event(&"x".repeat(129)),
+            event(&"y".repeat(1 << 20)),
+            r#"{"time":"2022-10-12T00:00:04.000Z","type":"platform.report","record":{"requestId":"éééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé1","status":"success","metrics":{"durationMs":1.0,"billedDurationMs":1,"memorySizeMB":128,"maxMemoryUsedMB":1}}}"#,
+        );
+        check(
+            &body,
+            &format!(
+                "+4000 platform.start Start(Start {{ request_id: \"{kept}\", version: None, tracing: None }})\nunknown=0 malformed=3\n"
+            ),
+        );
+    }
+
+    #[test]
+    fn free_text_is_cut_and_long_trace_headers_ignored() {
+        let long_error = format!("Function.{}é", "E".repeat(246));
+        let header = format!(
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Lineage={}",
+            "a".repeat(600)
+        );
+        let body = format!(
+            r#"[{{"time":"2022-10-12T00:00:05.000Z","type":"platform.runtimeDone","record":{{"requestId":"r1","status":"error","errorType":"{long_error}","tracing":{{"type":"X-Amzn-Trace-Id","value":"{header}"}},"spans":[{{"name":"{name}","start":"2022-10-12T00:00:05.000Z","durationMs":1.0}}]}}}},
+                {{"time":"2022-10-12T00:00:05.001Z","type":"platform.initStart","record":{{"initializationType":"{init}","phase":"init","runtimeVersion":"{init}"}}}}]"#,
+            name = "n".repeat(10_000),
+            init = "i".repeat(100_000),
+        );
+        let batch = parse_batch(body.as_bytes()).unwrap();
+        assert_eq!(batch.malformed, 0);
+        let EventKind::RuntimeDone(done) = &batch.events[0].kind else {
+            panic!("{:?}", batch.events[0]);
+        };
+        // Cut at 256 bytes, on a character boundary (the `é` straddles byte 256).
+        assert_eq!(
+            done.error_type.as_deref(),
+            Some(&long_error[..long_error.len() - 2])
+        );
+        assert!(done.error_type.as_ref().unwrap().len() <= 256);
+        assert_eq!(done.tracing, None);
+        assert_eq!(done.spans.kept[0].name, "n".repeat(256));
+        let EventKind::InitStart(start) = &batch.events[1].kind else {
+            panic!("{:?}", batch.events[1]);
+        };
+        assert_eq!(start.initialization_type.len(), 256);
+        assert_eq!(start.runtime_version.as_ref().map(String::len), Some(256));
+    }
+
+    #[test]
+    fn lists_are_bounded() {
+        let span =
+            r#"{"name":"responseLatency","start":"2022-10-12T00:00:06.000Z","durationMs":1.0}"#;
+        let names = vec!["\"INVOKE\""; 1000].join(",");
+        let body = format!(
+            r#"[{{"time":"2022-10-12T00:00:06.000Z","type":"platform.runtimeDone","record":{{"requestId":"r1","status":"success","spans":[{}]}}}},
+                {{"time":"2022-10-12T00:00:06.000Z","type":"platform.extension","record":{{"name":"x","state":"Ready","events":[{names}]}}}},
+                {{"time":"2022-10-12T00:00:06.000Z","type":"platform.telemetrySubscription","record":{{"name":"x","state":"Subscribed","types":[{names}]}}}}]"#,
+            vec![span; 30_000].join(","),
+        );
+        let batch = parse_batch(body.as_bytes()).unwrap();
+        let kinds: Vec<_> = batch.events.iter().map(|e| &e.kind).collect();
+        let [
+            EventKind::RuntimeDone(done),
+            EventKind::Extension(extension),
+            EventKind::TelemetrySubscription(subscription),
+        ] = kinds[..]
+        else {
+            panic!("{kinds:?}");
+        };
+        assert_eq!((done.spans.kept.len(), done.spans.skipped), (16, 29_984));
+        assert_eq!(extension.events.len(), 16);
+        assert_eq!(subscription.types.len(), 16);
     }
 }

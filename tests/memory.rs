@@ -1,0 +1,333 @@
+//! Memory, measured: the real binary in lambda-env, its resident set read from
+//! `/proc/PID/status` while it runs. Each scenario is one that used to grow without bound
+//! (issue 10, finding 4).
+//!
+//! The bounds are functional limits on memory, not timing budgets. They are set from figures
+//! measured on the debug and the release binary (`LAMBDA_SIDECAR_BIN`), with room for a noisy
+//! machine, and well below what the unbounded code reached.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lambda_env::{EnvConfig, Environment, InvokeStatus, Report, RssSample, Sink, free_port};
+use serde_json::{Value, json};
+
+const FUNCTION: &str = "memory-orders";
+/// 1 MiB, in KiB.
+const MIB_KB: u64 = 1024;
+
+fn sidecar_bin() -> PathBuf {
+    std::env::var_os("LAMBDA_SIDECAR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).unwrap();
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sidecar exporting traces to `traces` and metrics to `metrics`. A test that calls
+/// `/token` itself sets `session_token` as `AWS_SESSION_TOKEN` (and sends it as
+/// `X-Sidecar-Token`); otherwise lambda-env's own, which its function sends, applies.
+fn environment(port: u16, session_token: Option<&str>, traces: &Sink, metrics: &Sink) -> EnvConfig {
+    let mut env = vec![
+        ("JWT_SECRET", random_hex(36)),
+        ("SIDECAR_PORT", port.to_string()),
+        ("SIDECAR_FLUSH_TIMEOUT_MS", "500".to_string()),
+        ("SIDECAR_LOG", "warn".to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("{}/v1/traces", traces.endpoint()),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            format!("{}/v1/metrics", metrics.endpoint()),
+        ),
+    ];
+    env.extend(session_token.map(|t| ("AWS_SESSION_TOKEN", t.to_string())));
+    EnvConfig {
+        extension: Some(sidecar_bin()),
+        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        function_name: FUNCTION.to_string(),
+        token_url: format!("http://127.0.0.1:{port}/token"),
+        ..EnvConfig::default()
+    }
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn stderr_of(report: &Report) -> String {
+    report
+        .stderr_path
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+}
+
+/// The latest cumulative value of a counter, summed over its label sets.
+fn counter(metrics: &[lambda_env::MetricPoint], name: &str) -> f64 {
+    let latest = metrics
+        .iter()
+        .filter(|m| m.name == name)
+        .map(|m| m.time_unix_nanos)
+        .max();
+    metrics
+        .iter()
+        .filter(|m| m.name == name && Some(m.time_unix_nanos) == latest)
+        .filter_map(|m| m.value)
+        .sum()
+}
+
+/// 30,000 tokens inside one invocation: every token span waits for the next INVOKE to be
+/// exported. Unbounded, they took RSS from 8.3 to 24.2 MB (release binary); now at most
+/// export::SPAN_BUFFER_CAP of them wait (8.4 to 10.7 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_thousand_tokens_in_one_invocation() {
+    const TOKENS: usize = 30_000;
+    const CONNECTIONS: usize = 4;
+    let (traces, metrics) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let port = free_port().unwrap();
+    let session_token = random_hex(32);
+    let cfg = EnvConfig {
+        invokes: 1,
+        // The invocation outlasts the test: it ends when the environment is dropped.
+        function_ms: 600_000,
+        function_timeout_ms: 700_000,
+        ..environment(port, Some(&session_token), &traces, &metrics)
+    };
+    let env = Environment::start(cfg).await.unwrap();
+    let pid = env.extension_pid().unwrap();
+    // Dropping the task drops the environment, which kills the sidecar.
+    let run = tokio::spawn(env.run());
+    let _stop = AbortOnDrop(run.abort_handle());
+    // The first INVOKE's flush reaches the sink: the invocation is running.
+    assert!(
+        metrics
+            .wait_for(|v| v.counts.metrics >= 1, Duration::from_secs(20))
+            .await,
+        "no flush at the first INVOKE"
+    );
+    let before = status_kb(pid, "VmRSS:");
+
+    let url = format!("http://127.0.0.1:{port}/token");
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (url, session_token) = (url.clone(), session_token.clone());
+        clients.push(tokio::spawn(async move {
+            // One keep-alive connection per client: requests are sent one after another.
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let mut issued = 0;
+            for _ in 0..TOKENS / CONNECTIONS {
+                let response = client
+                    .get(&url)
+                    .header("X-Sidecar-Token", &session_token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes().await.unwrap();
+                issued += 1;
+            }
+            issued
+        }));
+    }
+    let mut issued = 0;
+    for client in clients {
+        issued += client.await.unwrap();
+    }
+    assert_eq!(issued, TOKENS);
+    // Let the pipeline task catch up with the queued token records.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (after, peak) = (status_kb(pid, "VmRSS:"), status_kb(pid, "VmHWM:"));
+    eprintln!("30,000 tokens in one invocation: RSS {before} -> {after} KiB, peak {peak} KiB");
+    assert!(
+        after < before + 8 * MIB_KB,
+        "RSS grew from {before} to {after} KiB"
+    );
+    assert!(peak < before + 10 * MIB_KB, "peak {peak} KiB from {before}");
+}
+
+/// Aborts a spawned task when the test ends, even on failure.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// 5,000 invokes with freezing: resident memory is flat (release binary: 8.85 MB at invoke
+/// 500, 9.00 MB at 5,000), and every invocation is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_five_thousand_invokes_with_flat_memory() {
+    const INVOKES: usize = 5_000;
+    const EVERY: usize = 250;
+    let (traces, metrics) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    // The receiver would keep every metric point of 5,000 flushes: keep only the latest
+    // count (counters are cumulative).
+    let invocations = {
+        let metrics = metrics.store().clone();
+        tokio::spawn(async move {
+            let mut latest = 0.0_f64;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let points = metrics.metrics();
+                metrics.clear();
+                latest = latest.max(counter(&points, "faas.invocations"));
+                if latest >= INVOKES as f64 {
+                    return latest;
+                }
+            }
+        })
+    };
+    let cfg = EnvConfig {
+        invokes: INVOKES,
+        tokens_per_invoke: 1,
+        function_ms: 1,
+        gap_ms: 1,
+        rss_every: EVERY,
+        ..environment(free_port().unwrap(), None, &traces, &metrics)
+    };
+    let report = lambda_env::run(cfg).await.unwrap();
+    let log = stderr_of(&report);
+    assert!(report.init.error.is_none(), "{log}");
+    assert_eq!(report.invokes.len(), INVOKES);
+    for invoke in &report.invokes {
+        assert_eq!(invoke.status, InvokeStatus::Success, "{invoke:?}\n{log}");
+    }
+    assert_eq!(report.shutdown.exit_code, Some(0), "{log}");
+
+    let samples: Vec<RssSample> = report.rss_samples.clone();
+    let rss_at = |n: usize| {
+        samples
+            .iter()
+            .find(|s| s.invokes == n)
+            .unwrap_or_else(|| panic!("no sample at {n}: {samples:?}"))
+            .rss_kb
+    };
+    let (warm, last) = (rss_at(500), rss_at(INVOKES));
+    let peak = samples.iter().map(|s| s.peak_kb).max().unwrap();
+    eprintln!(
+        "soak: RSS after init {} KiB, at 500 invokes {warm} KiB, at {INVOKES} {last} KiB, peak {peak} KiB; samples (invokes, KiB): {:?}",
+        rss_at(0),
+        samples
+            .iter()
+            .map(|s| (s.invokes, s.rss_kb))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        last < warm + 2 * MIB_KB,
+        "RSS grew from {warm} KiB at invoke 500 to {last} KiB at {INVOKES}"
+    );
+
+    // Every invocation span arrives (the last one flushed at SHUTDOWN), and the counter.
+    let spans_arrived = traces
+        .wait_for(
+            |v| v.spans.iter().filter(|s| s.name == FUNCTION).count() >= INVOKES,
+            Duration::from_secs(20),
+        )
+        .await;
+    let spans = traces.spans();
+    let ids: std::collections::HashSet<&str> = spans
+        .iter()
+        .filter(|s| s.name == FUNCTION)
+        .filter_map(|s| s.attributes["faas.invocation_id"].as_str())
+        .collect();
+    assert!(spans_arrived, "{} invocation spans\n{log}", ids.len());
+    for invoke in &report.invokes {
+        assert!(ids.contains(invoke.request_id.as_str()), "{invoke:?}");
+    }
+    let counted = tokio::time::timeout(Duration::from_secs(20), invocations)
+        .await
+        .expect("faas.invocations reaches 5,000")
+        .unwrap();
+    assert_eq!(counted, INVOKES as f64);
+}
+
+/// Hostile telemetry: 60 events with 1 MiB request ids and one runtimeDone with 30,000
+/// child spans, delivered through the Telemetry API. Unbounded, they took RSS from 8.1 to
+/// 83.9 MB (release binary); now they are refused or cut at parse time (8.5 to 11.7 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_telemetry_leaves_memory_near_baseline() {
+    let (traces, metrics) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let now = "2022-10-12T00:00:00.000Z";
+    let mut items: Vec<Value> = (0..60)
+        .map(|n| {
+            json!({"time": now, "type": "platform.start", "record": {
+                "requestId": format!("{n:02}{}", "r".repeat(1 << 20)),
+            }})
+        })
+        .collect();
+    let child = json!({"name": "s", "start": now, "durationMs": 1});
+    items.push(
+        json!({"time": now, "type": "platform.runtimeDone", "record": {
+            "requestId": "hostile-1",
+            "status": "success",
+            "spans": vec![child; 30_000],
+        }}),
+    );
+    let cfg = EnvConfig {
+        invokes: 6,
+        function_ms: 100,
+        gap_ms: 100,
+        rss_every: 1,
+        // Invoke 0 is the baseline; the hostile items arrive during invoke 1.
+        inject_at: 1,
+        inject_items: items,
+        ..environment(free_port().unwrap(), None, &traces, &metrics)
+    };
+    let report = lambda_env::run(cfg).await.unwrap();
+    let log = stderr_of(&report);
+    assert_eq!(report.shutdown.exit_code, Some(0), "{log}");
+    assert_eq!(report.telemetry.dropped, 0, "{:?}", report.telemetry);
+    let samples = &report.rss_samples;
+    let baseline = samples.iter().find(|s| s.invokes == 1).unwrap().rss_kb;
+    let last = samples.iter().map(|s| s.invokes).max().unwrap();
+    let after = samples.iter().find(|s| s.invokes == last).unwrap();
+    eprintln!(
+        "hostile telemetry: RSS {baseline} -> {} KiB, peak {} KiB; samples {:?}",
+        after.rss_kb,
+        after.peak_kb,
+        samples
+            .iter()
+            .map(|s| (s.invokes, s.rss_kb))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        after.rss_kb < baseline + 8 * MIB_KB,
+        "RSS grew from {baseline} to {} KiB",
+        after.rss_kb
+    );
+
+    // The 60 request ids were refused as malformed; 16 child spans of 30,000 were kept.
+    let refused = metrics
+        .wait_for(
+            |v| counter(v.metrics, "sidecar.telemetry.unknown_events") >= 60.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        refused,
+        "{:?}",
+        metrics
+            .metrics()
+            .iter()
+            .map(|m| &m.name)
+            .collect::<Vec<_>>()
+    );
+    let children = traces.spans().iter().filter(|s| s.name == "s").count();
+    assert_eq!(children, 16);
+}
