@@ -110,7 +110,8 @@ pub struct TelemetryConfig {
     /// Fixed listener port; `None` lets the OS pick a free one when the listener binds, so
     /// the sidecar never clashes with another extension in the same function.
     pub port: Option<u16>,
-    /// The most an INVOKE or SHUTDOWN flush may take (`SIDECAR_FLUSH_TIMEOUT_MS`).
+    /// The most an INVOKE flush may take (`SIDECAR_FLUSH_TIMEOUT_MS`); the SHUTDOWN flush
+    /// has its own fixed cap (`lifecycle`).
     pub flush_timeout: Duration,
 }
 
