@@ -22,6 +22,8 @@ import time
 import jwt
 import rotel
 
+from jsonl import read_records
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 SIDECAR = os.environ.get("LAMBDA_SIDECAR_BIN", os.path.join(TARGET, "release", "lambda-sidecar"))
@@ -111,8 +113,8 @@ def main():
         deadline = time.time() + 10
         spans, points = [], []
         while time.time() < deadline:
-            with open(sink_out) as f:
-                lines = [json.loads(line) for line in f if line.strip()]
+            # The sink is still appending: only complete lines (scripts/jsonl.py).
+            lines = read_records(sink_out)
             spans = [line["span"] for line in lines if "span" in line]
             points = [line["metric"] for line in lines if "metric" in line]
             if len({s["trace_id"] for s in spans if s["name"] == FUNCTION}) >= INVOKES:

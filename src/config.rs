@@ -138,14 +138,16 @@ pub struct TelemetryConfig {
     /// Fixed listener port; `None` lets the OS pick a free one when the listener binds, so
     /// the sidecar never clashes with another extension in the same function.
     pub port: Option<u16>,
-    /// The most an INVOKE or SHUTDOWN flush may take (`SIDECAR_FLUSH_TIMEOUT_MS`).
+    /// The most an INVOKE flush may take (`SIDECAR_FLUSH_TIMEOUT_MS`); the SHUTDOWN flush
+    /// has its own fixed cap (`lifecycle`).
     pub flush_timeout: Duration,
 }
 
 /// A configuration value the sidecar refuses to start with.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("{var}={value:?} is not valid: expected {expected}")]
+    /// The value is echoed, except for the variables in [`KEY_VARIABLES`].
+    #[error("{var}={} is not valid: expected {expected}", shown(.var, .value))]
     Invalid {
         var: &'static str,
         value: String,
@@ -167,6 +169,26 @@ pub enum ConfigError {
     },
     #[error("{var} is not a variable lambda-sidecar knows; known SIDECAR_ variables: {known}")]
     Unknown { var: String, known: String },
+    /// The raw bytes are not echoed: they may be key material, and they would garble the log.
+    #[error("{var} is not valid: its value is not UTF-8 text (not shown); expected UTF-8 text")]
+    NotUtf8 { var: String },
+}
+
+/// Variables whose value is, or may be, key material. [`ConfigError::Invalid`] never shows
+/// their value: a PEM pasted into `JWT_PRIVATE_KEY_FILE` by mistake would otherwise be echoed
+/// whole into the logs and the `init/error` body.
+pub const KEY_VARIABLES: &[&str] = &["JWT_SECRET", "JWT_PRIVATE_KEY", "JWT_PRIVATE_KEY_FILE"];
+
+/// Name prefixes of every variable the sidecar, or the OpenTelemetry SDK inside it, reads.
+/// A value under one of these that is not UTF-8 is a config error rather than "unset".
+const READ_PREFIXES: &[&str] = &["SIDECAR_", "JWT_", "OTEL_", "AWS_"];
+
+fn shown(var: &str, value: &str) -> String {
+    if KEY_VARIABLES.contains(&var) {
+        "<not shown>".to_string()
+    } else {
+        format!("{value:?}")
+    }
 }
 
 impl ConfigError {
@@ -179,6 +201,7 @@ impl ConfigError {
             ConfigError::WeakSecret { .. } => "Config.InvalidSecret",
             ConfigError::InvalidKey { .. } => "Config.InvalidKey",
             ConfigError::Unknown { .. } => "Config.UnknownVariable",
+            ConfigError::NotUtf8 { .. } => "Config.InvalidValue",
         }
     }
 }
@@ -233,13 +256,34 @@ impl Config {
         })
     }
 
-    /// Parses the process environment.
+    /// Parses the process environment. A variable the sidecar reads whose value is not UTF-8
+    /// is refused first: `std::env::var` would report it as unset, and a default would
+    /// silently take its place.
     pub fn from_env() -> Result<Config, ConfigError> {
+        check_utf8(std::env::vars_os())?;
         let names: Vec<String> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
             .collect();
         Config::parse(|k| std::env::var(k).ok(), names.iter().map(String::as_str))
     }
+}
+
+/// Refuses the first variable under [`READ_PREFIXES`] whose value is not UTF-8. A name that
+/// is not UTF-8 itself can't be one the sidecar reads, so it is skipped.
+fn check_utf8(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in vars {
+        if let Some(name) = name.to_str()
+            && READ_PREFIXES.iter().any(|p| name.starts_with(p))
+            && value.to_str().is_none()
+        {
+            return Err(ConfigError::NotUtf8 {
+                var: name.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
@@ -290,7 +334,11 @@ fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
                 let pem = std::fs::read(&path).map_err(|e| ConfigError::Invalid {
                     var: "JWT_PRIVATE_KEY_FILE",
                     value: path.clone(),
-                    expected: format!("a readable PEM file ({e})"),
+                    expected: format!(
+                        "the path of a readable PEM file, but it is not a readable file path \
+                         ({e}); the value is not shown because it may be key material: if it \
+                         is a PEM key itself, put it in JWT_PRIVATE_KEY"
+                    ),
                 })?;
                 KeyMaterial::Pem {
                     pem,
@@ -776,6 +824,58 @@ mod tests {
             (c.token.auth, c.token.typ.as_str()),
             (TokenAuth::Off, "at+jwt")
         );
+    }
+
+    #[test]
+    fn a_pem_in_the_key_file_variable_is_not_echoed() {
+        let body = "MC4CAQAwBQYDK2VwBCIEIPmZ0b3JhbmRvbWtleW1hdGVyaWFsZm9ydGVzdHM=";
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n");
+        let e = parse(&[("JWT_ALGORITHM", "EdDSA"), ("JWT_PRIVATE_KEY_FILE", &pem)])
+            .expect_err("a PEM is not a path");
+        let message = e.to_string();
+        assert!(message.contains("JWT_PRIVATE_KEY_FILE"), "{message}");
+        assert!(message.contains("put it in JWT_PRIVATE_KEY"), "{message}");
+        assert!(
+            !message.contains(body) && !message.contains("BEGIN"),
+            "key material echoed: {message}"
+        );
+        // Every key-bearing variable is hidden by the error itself, whoever builds it.
+        for var in KEY_VARIABLES {
+            let e = ConfigError::Invalid {
+                var,
+                value: body.to_string(),
+                expected: "x".to_string(),
+            };
+            assert!(!e.to_string().contains(body), "{e}");
+        }
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_refused_without_echo() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt as _;
+        let raw =
+            |name: &str, value: &[u8]| (OsString::from(name), OsString::from_vec(value.to_vec()));
+        for var in [
+            "SIDECAR_LOG_FORMAT",
+            "JWT_SECRET",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ] {
+            let e = check_utf8([
+                raw("PATH", b"/usr/bin"),
+                raw(var, b"k7Qm2vXp\xff\xfe9LrT4sWz"),
+            ])
+            .expect_err("not UTF-8");
+            let message = e.to_string();
+            assert!(
+                message.contains(var) && message.contains("UTF-8"),
+                "{message}"
+            );
+            assert!(!message.contains("k7Qm2vXp"), "value echoed: {message}");
+            assert_eq!(e.error_type(), "Config.InvalidValue");
+        }
+        // Variables the sidecar does not read are none of its business.
+        assert!(check_utf8([raw("LANG_FILE", b"\xff"), raw("SIDECAR_LOG", b"info")]).is_ok());
     }
 
     #[test]

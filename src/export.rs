@@ -18,6 +18,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::Meter;
+use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
 use opentelemetry_otlp::{
     MetricExporter, Protocol, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig,
     WithTonicConfig,
@@ -214,7 +215,13 @@ impl ExportClients {
                 expected: format!("a working OTLP exporter configuration ({e})"),
             }
         }
-        let http = http_client(config.certificate.as_deref())?;
+        let ca = config
+            .certificate
+            .as_deref()
+            .map(CustomCa::read)
+            .transpose()?;
+        let http = http_client(ca.as_ref())?;
+        let grpc_tls = grpc_tls(ca.as_ref());
         // The span and metric builders are different types with the same methods.
         macro_rules! exporter {
             ($builder:expr, $protocol:expr, $var:literal) => {
@@ -223,6 +230,7 @@ impl ExportClients {
                     Some(Protocol::Grpc) => Some(
                         $builder
                             .with_tonic()
+                            .with_tls_config(grpc_tls.clone())
                             .with_retry_policy(RetryPolicy::disabled())
                             .build(),
                     ),
@@ -256,31 +264,56 @@ impl ExportClients {
     }
 }
 
-/// The HTTP client both OTLP/HTTP exporters share. It trusts the compiled-in Mozilla roots
-/// (webpki-roots) and the CAs in `OTEL_EXPORTER_OTLP_CERTIFICATE`, not the system store:
-/// reading the system store cost 4-21 ms per client at start-up, this costs microseconds.
-/// No request timeout here: every export runs under the flush budget's timeout.
-fn http_client(certificate: Option<&str>) -> Result<reqwest::Client, ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        var: "OTEL_EXPORTER_OTLP_CERTIFICATE",
-        value: certificate.unwrap_or_default().to_string(),
-        expected: format!("a readable PEM file of CA certificates ({reason})"),
-    };
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = certificate {
+/// The CA certificates of `OTEL_EXPORTER_OTLP_CERTIFICATE`, read once for both transports.
+struct CustomCa {
+    path: String,
+    pem: Vec<u8>,
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl CustomCa {
+    fn read(path: &str) -> Result<CustomCa, ConfigError> {
         use rustls::pki_types::{CertificateDer, pem::PemObject};
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| invalid(e.to_string()))?
+        let invalid = |reason: String| ConfigError::Invalid {
+            var: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            value: path.to_string(),
+            expected: format!("a readable PEM file of CA certificates ({reason})"),
+        };
+        let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid(e.to_string()))?;
         if certs.is_empty() {
             return Err(invalid("no certificate in it".to_string()));
         }
-        for cert in certs {
-            roots.add(cert).map_err(|e| invalid(e.to_string()))?;
-        }
+        Ok(CustomCa {
+            path: path.to_string(),
+            pem,
+            certs,
+        })
+    }
+}
+
+/// The HTTP client both OTLP/HTTP exporters share. It trusts the compiled-in Mozilla roots
+/// (webpki-roots) and the custom CAs, not the system store: reading the system store cost
+/// 4-21 ms per client at start-up, this costs microseconds.
+/// It follows no redirect: reqwest would resend the request, `OTEL_EXPORTER_OTLP_HEADERS`
+/// (typically an API key) included, to whatever origin a 3xx names. A redirect is a failed
+/// export, so a moved collector shows up in `sidecar.export.failures`.
+/// No request timeout here: every export runs under the flush budget's timeout.
+fn http_client(ca: Option<&CustomCa>) -> Result<reqwest::Client, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        value: ca.map(|ca| ca.path.clone()).unwrap_or_default(),
+        expected: format!("a readable PEM file of CA certificates ({reason})"),
+    };
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in ca.iter().flat_map(|ca| &ca.certs) {
+        roots
+            .add(cert.clone())
+            .map_err(|e| invalid(e.to_string()))?;
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -291,8 +324,20 @@ fn http_client(certificate: Option<&str>) -> Result<reqwest::Client, ConfigError
     .with_no_client_auth();
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| invalid(e.to_string()))
+}
+
+/// TLS for the gRPC exporters: the same roots as [`http_client`]. tonic's default
+/// `ClientTlsConfig` trusts nothing at all, so without this no `https` collector could be
+/// reached over gRPC. (tonic does not follow redirects.)
+fn grpc_tls(ca: Option<&CustomCa>) -> ClientTlsConfig {
+    let tls = ClientTlsConfig::new().with_webpki_roots();
+    match ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(&ca.pem)),
+        None => tls,
+    }
 }
 
 /// The OTLP exporters and the span buffer between flushes.
@@ -416,7 +461,7 @@ mod tests {
             std::env::temp_dir().join(format!("sidecar-empty-ca-{}.pem", std::process::id()));
         std::fs::write(&empty, "not a certificate\n").unwrap();
         for path in ["/nonexistent/ca.pem", empty.to_str().unwrap()] {
-            let err = http_client(Some(path)).expect_err("must be refused");
+            let err = CustomCa::read(path).err().expect("must be refused");
             assert!(
                 matches!(
                     err,
@@ -430,6 +475,77 @@ mod tests {
         }
         std::fs::remove_file(empty).ok();
         assert!(http_client(None).is_ok());
+    }
+
+    /// A collector answering 307 to another origin: the request, with its API key header,
+    /// must not be re-sent there, and the export counts as failed.
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        use axum::http::{HeaderMap, StatusCode, header::LOCATION};
+        use std::sync::Mutex;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let elsewhere_hits = Arc::new(AtomicUsize::new(0));
+        let hits = elsewhere_hits.clone();
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere_addr = elsewhere.local_addr().unwrap();
+        let elsewhere_app = axum::Router::new().fallback(move || {
+            hits.fetch_add(1, Ordering::SeqCst);
+            async { StatusCode::OK }
+        });
+        let elsewhere_task =
+            tokio::spawn(async move { axum::serve(elsewhere, elsewhere_app).await });
+
+        let seen_keys = Arc::new(Mutex::new(Vec::new()));
+        let seen = seen_keys.clone();
+        let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let collector_addr = collector.local_addr().unwrap();
+        let location = format!("http://{elsewhere_addr}/v1/metrics");
+        let collector_app = axum::Router::new().fallback(move |headers: HeaderMap| {
+            seen.lock().unwrap().push(headers.get("x-api-key").cloned());
+            let location = location.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [(LOCATION, location)]) }
+        });
+        let collector_task =
+            tokio::spawn(async move { axum::serve(collector, collector_app).await });
+
+        let exporter = MetricExporter::builder()
+            .with_http()
+            .with_http_client(http_client(None).unwrap())
+            .with_endpoint(format!("http://{collector_addr}/v1/metrics"))
+            .with_headers(HashMap::from([(
+                "x-api-key".to_string(),
+                "collector-api-key".to_string(),
+            )]))
+            .with_retry_policy(RetryPolicy::disabled())
+            .build()
+            .unwrap();
+        let source = Arc::new(MetricsSource::new(Resource::builder().build()));
+        let signals = Arc::new(Metrics::new(&source.meter()));
+        let clients = ExportClients {
+            spans: None,
+            metrics: Some(exporter),
+        };
+        let mut exporter = Exporter::new(clients, source, signals);
+        let report = exporter.flush(Vec::new(), Duration::from_secs(5)).await;
+
+        assert!(
+            !report.metrics_sent,
+            "a redirect must fail the export: {report:?}"
+        );
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            0,
+            "the request followed the redirect"
+        );
+        let seen = seen_keys.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(
+            seen[0].as_ref().map(|v| v.as_bytes()),
+            Some(&b"collector-api-key"[..])
+        );
+        elsewhere_task.abort();
+        collector_task.abort();
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! At INVOKE: record it, flush what earlier invocations left (bounded by the flush cap), then
 //! let the `lambda-extension` crate call event/next. The flush runs while the function runs,
 //! so it only costs the function time when it outlasts the function.
-//! At SHUTDOWN: wait briefly for the last `platform.report`, flush within the deadline, let
-//! in-flight token requests finish, exit 0.
+//! At SHUTDOWN: wait briefly for the last `platform.report`, flush within the deadline and a
+//! fixed cap (`SHUTDOWN_FLUSH_MAX`), let in-flight token requests finish, exit 0.
 //!
 //! Never: holds an invocation longer than `SIDECAR_FLUSH_TIMEOUT_MS`, or leaves a request in
 //! flight when it hands control back (a timed-out export future is dropped, which cancels it).
@@ -53,6 +53,13 @@ const INIT_ERROR_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest SHUTDOWN waits for in-flight token requests to finish.
 const DRAIN_WAIT: Duration = Duration::from_millis(200);
+
+/// The longest the SHUTDOWN flush may take, whatever deadline arrives with the event. Lambda's
+/// shutdown phase is 2,000 ms with external extensions, and DRAIN_WAIT + REPORT_WAIT + this +
+/// SHUTDOWN_MARGIN (1,650 ms) fits in it. Emulators, and other platforms, may send a deadline
+/// minutes away: a collector that has not taken the last batch in a second is not expected to
+/// in a minute, and holding on only delays the end of the environment.
+const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(1);
 
 /// Why start-up failed after register: each variant becomes an `init/error` error type.
 #[derive(Debug, thiserror::Error)]
@@ -506,10 +513,8 @@ impl Sidecar {
             }
         }
         let spans = self.pipeline.finish(SystemTime::now()).await;
-        let report = self
-            .exporter
-            .flush(spans, deadline.saturating_duration_since(Instant::now()))
-            .await;
+        let budget = SHUTDOWN_FLUSH_MAX.min(deadline.saturating_duration_since(Instant::now()));
+        let report = self.exporter.flush(spans, budget).await;
         let _ = self.stop_intake.send(true);
         tracing::info!(
             spans_sent = report.spans_sent,

@@ -119,6 +119,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Appends `lines` to `out`, one JSON record a line, in a single `write`: the demo polls the
+/// file while the sink appends, and `writeln!` on a `File` is one `write` per formatted
+/// piece, so a reader could see half a record. (Readers still skip an unterminated last
+/// line: see scripts/jsonl.py.)
+fn append_lines(
+    out: &mut impl std::io::Write,
+    lines: impl Iterator<Item = serde_json::Value>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    for line in lines {
+        serde_json::to_writer(&mut buf, &line)?;
+        buf.push(b'\n');
+    }
+    if buf.is_empty() {
+        return Ok(());
+    }
+    out.write_all(&buf)
+}
+
 impl SinkStore {
     /// A store that also appends one JSON line per span/point to `out`.
     pub fn new(out: Option<&Path>) -> std::io::Result<SinkStore> {
@@ -199,15 +218,12 @@ impl SinkStore {
 
     fn keep(&self, spans: Vec<SpanRecord>, metrics: Vec<MetricPoint>) {
         if let Some(file) = lock(&self.0.out).as_mut() {
-            use std::io::Write;
             let lines = spans
                 .iter()
                 .map(|s| serde_json::json!({"span": s}))
                 .chain(metrics.iter().map(|m| serde_json::json!({"metric": m})));
-            for line in lines {
-                // The file is a convenience copy; memory stays the source of truth.
-                let _ = writeln!(file, "{line}");
-            }
+            // The file is a convenience copy; memory stays the source of truth.
+            let _ = append_lines(file, lines);
         }
         let mut d = lock(&self.0.data);
         d.spans.extend(spans);
@@ -591,5 +607,49 @@ impl Drop for Sink {
             let _ = tx.send(());
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records each `write` call it gets.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl std::io::Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn records_are_appended_in_one_write_of_complete_lines() {
+        let mut out = Writes::default();
+        let records = [
+            serde_json::json!({"span": {"name": "a \"quoted\" name"}}),
+            serde_json::json!({"metric": {"name": "faas.invocations", "value": 1.0}}),
+        ];
+        append_lines(&mut out, records.clone().into_iter()).unwrap();
+        assert_eq!(
+            out.0.len(),
+            1,
+            "one write call per batch: {:?}",
+            out.0.len()
+        );
+        let text = String::from_utf8(out.0.concat()).unwrap();
+        assert!(text.ends_with('\n'));
+        let parsed: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(parsed, records);
+        append_lines(&mut out, std::iter::empty()).unwrap();
+        assert_eq!(out.0.len(), 1, "nothing written for an empty batch");
     }
 }

@@ -7,7 +7,12 @@ Prints what it checked and exits 1 listing every failed check.
 """
 
 import json
+import os
 import sys
+
+# The shared reader of files another process appends to.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from jsonl import read_records  # noqa: E402
 
 
 def problems(report, sink_lines):
@@ -64,11 +69,8 @@ def main(argv):
         return 2
     with open(argv[1]) as f:
         report = json.load(f)
-    try:
-        with open(argv[2]) as f:
-            sink_lines = [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        sink_lines = []
+    # The sink may still be appending when the run ends: only complete lines count.
+    sink_lines = read_records(argv[2])
     bad = problems(report, sink_lines)
     holds = sorted(inv.get("hold_ms", 0.0) for inv in report.get("invokes", []))
     tokens = sum(len(inv.get("tokens", [])) for inv in report.get("invokes", []))
