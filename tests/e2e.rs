@@ -6,14 +6,15 @@
 //! rotel-agent comes from PyPI (`make test` installs it into .venv); `ROTEL_AGENT` names the
 //! binary, else it is looked up in .venv.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use lambda_env::{
-    EnvConfig, InvokeStatus, MetricPoint, Report, Sink, SinkMode, SpanRecord, free_port,
-};
+use common::{counter, random_secret, sidecar_bin, stderr_of};
+use lambda_env::{EnvConfig, InvokeStatus, Report, Sink, SinkMode, SpanRecord, free_port};
 
 const FUNCTION: &str = "e2e-orders";
 /// The flush cap the tests configure (SIDECAR_FLUSH_TIMEOUT_MS).
@@ -21,18 +22,6 @@ const CAP_MS: f64 = 300.0;
 /// Scheduling slack on top of the cap: the environment measures the hold from outside the
 /// process, on a shared 2-core machine.
 const SLACK_MS: f64 = 150.0;
-
-fn sidecar_bin() -> PathBuf {
-    std::env::var_os("LAMBDA_SIDECAR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
-}
-
-fn random_secret() -> String {
-    let mut bytes = [0u8; 36];
-    getrandom::fill(&mut bytes).unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// A rotel collector receiving OTLP on gRPC and HTTP and forwarding over HTTP to `sink`.
 struct Rotel {
@@ -124,14 +113,6 @@ fn environment(invokes: usize, tokens: usize, extra: &[(&str, String)]) -> EnvCo
     }
 }
 
-fn stderr_of(report: &Report) -> String {
-    report
-        .stderr_path
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default()
-}
-
 /// The run went through: every invoke succeeded, every token was issued, the sidecar exited
 /// 0 on its own before the SHUTDOWN deadline, and no invoke was held past the cap.
 fn assert_healthy_run(report: &Report, tokens: usize) {
@@ -181,20 +162,6 @@ fn unique_traces(spans: &[SpanRecord], name: &str) -> HashSet<String> {
         .filter(|s| s.name == name)
         .map(|s| s.trace_id.clone())
         .collect()
-}
-
-/// The latest cumulative value of a counter, summed over its label sets.
-fn counter(metrics: &[MetricPoint], name: &str) -> f64 {
-    let latest = metrics
-        .iter()
-        .filter(|m| m.name == name)
-        .map(|m| m.time_unix_nanos)
-        .max();
-    metrics
-        .iter()
-        .filter(|m| m.name == name && Some(m.time_unix_nanos) == latest)
-        .filter_map(|m| m.value)
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

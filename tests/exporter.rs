@@ -2,26 +2,17 @@
 //! private CA (`OTEL_EXPORTER_OTLP_CERTIFICATE`), and the SHUTDOWN flush cap against a
 //! collector that never answers in time. (Redirects are tested in `src/export.rs`.)
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lambda_env::{EnvConfig, Report, Sink, SinkMode, free_port};
-
-fn sidecar_bin() -> PathBuf {
-    std::env::var_os("LAMBDA_SIDECAR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
-}
-
-fn random_secret() -> String {
-    let mut bytes = [0u8; 36];
-    getrandom::fill(&mut bytes).unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use common::{random_secret, sidecar_bin, stderr_of};
+use lambda_env::{EnvConfig, Sink, SinkMode, free_port};
 
 /// The sidecar with `extra` variables, `invokes` invocations that fetch no token.
 fn environment(invokes: usize, extra: &[(&str, String)]) -> EnvConfig {
@@ -42,14 +33,6 @@ fn environment(invokes: usize, extra: &[(&str, String)]) -> EnvConfig {
         function_ms: 20,
         ..EnvConfig::default()
     }
-}
-
-fn stderr_of(report: &Report) -> String {
-    report
-        .stderr_path
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default()
 }
 
 /// A CA and a server certificate for 127.0.0.1 and localhost it signed, made with the

@@ -5,10 +5,13 @@
 //!
 //! `LAMBDA_SIDECAR_BIN` runs the tests against another build (e.g. an older release).
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{random_hex, sidecar_bin, status_kb};
 use lambda_env::{EnvConfig, Environment, MetricPoint, Report, Sink, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,18 +21,6 @@ const FUNCTION: &str = "hostile-orders";
 const BURST: usize = 1_100;
 /// What a connection of the burst sends: nothing (half-open) or the start of a head.
 const PARTIAL_HEAD: &[u8] = b"GET /token HTTP/1.1\r\n";
-
-fn sidecar_bin() -> PathBuf {
-    std::env::var_os("LAMBDA_SIDECAR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).unwrap();
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The test itself holds 2 × `BURST` sockets: lift its soft descriptor limit to the hard one.
 fn raise_nofile() {
@@ -146,15 +137,6 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -227,7 +209,7 @@ async fn a_burst_of_half_open_connections_leaves_tokens_and_telemetry_answered()
     let pid = env.extension_pid().unwrap();
     let run = tokio::spawn(env.run());
     invoke_started(&setup.work_dir).await;
-    let rss_before = rss_kb(pid);
+    let rss_before = status_kb(pid, "VmRSS:");
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     assert!(
         limits
@@ -241,7 +223,7 @@ async fn a_burst_of_half_open_connections_leaves_tokens_and_telemetry_answered()
     let (token_conns, token_failed) = burst(setup.token_port).await;
     let (telemetry_conns, telemetry_failed) = burst(setup.telemetry_port).await;
     let burst_ms = started.elapsed().as_secs_f64() * 1e3;
-    let (fds, rss) = (open_fds(pid), rss_kb(pid));
+    let (fds, rss) = (open_fds(pid), status_kb(pid, "VmRSS:"));
 
     let client = client();
     let url = format!("http://127.0.0.1:{}/token", setup.token_port);

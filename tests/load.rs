@@ -6,22 +6,13 @@
 //! The duration and connection count come from the hardening issue; `LOAD_SECONDS` and
 //! `LOAD_CONNECTIONS` override them for a quick local run.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::{random_hex, sidecar_bin};
 use lambda_env::{EnvConfig, Environment, Sink, free_port};
-
-fn sidecar_bin() -> PathBuf {
-    std::env::var_os("LAMBDA_SIDECAR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).unwrap();
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn setting(var: &str, default: u64) -> u64 {
     std::env::var(var)

@@ -6,27 +6,17 @@
 //! measured on the debug and the release binary (`LAMBDA_SIDECAR_BIN`), with room for a noisy
 //! machine, and well below what the unbounded code reached.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 
-use lambda_env::{EnvConfig, Environment, InvokeStatus, Report, RssSample, Sink, free_port};
+use common::{counter, random_hex, sidecar_bin, status_kb, stderr_of};
+use lambda_env::{EnvConfig, Environment, InvokeStatus, RssSample, Sink, free_port};
 use serde_json::{Value, json};
 
 const FUNCTION: &str = "memory-orders";
 /// 1 MiB, in KiB.
 const MIB_KB: u64 = 1024;
-
-fn sidecar_bin() -> PathBuf {
-    std::env::var_os("LAMBDA_SIDECAR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).unwrap();
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The sidecar exporting traces to `traces` and metrics to `metrics`. A test that calls
 /// `/token` itself sets `session_token` as `AWS_SESSION_TOKEN` (and sends it as
@@ -54,37 +44,6 @@ fn environment(port: u16, session_token: Option<&str>, traces: &Sink, metrics: &
         token_url: format!("http://127.0.0.1:{port}/token"),
         ..EnvConfig::default()
     }
-}
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-fn stderr_of(report: &Report) -> String {
-    report
-        .stderr_path
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default()
-}
-
-/// The latest cumulative value of a counter, summed over its label sets.
-fn counter(metrics: &[lambda_env::MetricPoint], name: &str) -> f64 {
-    let latest = metrics
-        .iter()
-        .filter(|m| m.name == name)
-        .map(|m| m.time_unix_nanos)
-        .max();
-    metrics
-        .iter()
-        .filter(|m| m.name == name && Some(m.time_unix_nanos) == latest)
-        .filter_map(|m| m.value)
-        .sum()
 }
 
 /// 30,000 tokens inside one invocation: every token span waits for the next INVOKE to be

@@ -2,18 +2,14 @@
 //! variable is never echoed (init/error body, stderr), and a value that is not UTF-8 is a
 //! config error rather than "unset".
 
+mod common;
+
 use std::os::unix::ffi::OsStrExt as _;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sidecar_bin;
 use lambda_env::{EnvConfig, free_port};
-
-fn sidecar_bin() -> PathBuf {
-    std::env::var_os("LAMBDA_SIDECAR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
-}
 
 /// The base64 body of a PKCS#8 Ed25519 key (not a real one: it only has to look like one).
 const PEM_BODY: &str = "MC4CAQAwBQYDK2VwBCIEIC3mdZlB9Ep7yJSXrk0tyTYJr2nqXUmvbcvZw8hFyuXY";
