@@ -15,9 +15,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::metrics::Meter;
+use opentelemetry::{Key, KeyValue};
 use opentelemetry_otlp::{
     MetricExporter, Protocol, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig,
     WithTonicConfig,
@@ -98,14 +99,84 @@ impl MetricReader for SharedReader {
 }
 
 /// The OTel resource: standard `OTEL_RESOURCE_ATTRIBUTES`/`OTEL_SERVICE_NAME` handling from
-/// the SDK, the function's identity per the FaaS and cloud semantic conventions, and
-/// `service.name` defaulting to the function name.
+/// the SDK, the function's identity per the FaaS and cloud semantic conventions,
+/// `service.name` defaulting to the function name, and `service.instance.id`.
+///
+/// `service.instance.id` tells the execution environments of one function apart: backends
+/// that key series on `service.name` + `service.instance.id` (Prometheus's OTLP receiver,
+/// Mimir) would otherwise merge their counters into one series. An id set in
+/// `OTEL_RESOURCE_ATTRIBUTES` is replaced (with a warning), because that variable is the
+/// same in every environment of the function: kept, it would bring the collision back.
 pub fn resource(function: &FunctionInfo, service_name_set: bool) -> Resource {
     let mut builder = Resource::builder().with_attributes(function.attributes());
     if !service_name_set {
         builder = builder.with_service_name(function.name.clone());
     }
-    builder.build()
+    let detected = builder.build();
+    if let Some(explicit) = detected.get(&Key::from_static_str(SERVICE_INSTANCE_ID)) {
+        tracing::warn!(
+            ignored = %explicit,
+            "service.instance.id in OTEL_RESOURCE_ATTRIBUTES is shared by every execution \
+             environment of the function; replaced by one per environment"
+        );
+    }
+    Resource::builder_empty()
+        .with_attributes(
+            detected
+                .iter()
+                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+        )
+        .with_attribute(KeyValue::new(
+            SERVICE_INSTANCE_ID,
+            service_instance_id(function.log_stream.as_deref()),
+        ))
+        .build()
+}
+
+const SERVICE_INSTANCE_ID: &str = "service.instance.id";
+
+/// The namespace the semantic conventions give for a `service.instance.id` made from an
+/// inherent id: 4d63009a-8d0f-11ee-aad7-4c796ed8e320.
+const INSTANCE_ID_NAMESPACE: [u8; 16] = [
+    0x4d, 0x63, 0x00, 0x9a, 0x8d, 0x0f, 0x11, 0xee, 0xaa, 0xd7, 0x4c, 0x79, 0x6e, 0xd8, 0xe3, 0x20,
+];
+
+/// A UUID v5 of the log stream name (`AWS_LAMBDA_LOG_STREAM_NAME`), as the semantic
+/// conventions ask of an id made from an inherent one. Lambda gives every execution
+/// environment its own log stream, for the environment's whole life, so the id is unique
+/// and stable, even across a restart of the sidecar; anyone holding the log stream name
+/// (it is also `faas.instance`) can recompute it to join CloudWatch Logs with metrics.
+/// Without a log stream (outside Lambda), a random UUID v4, the conventions' default.
+fn service_instance_id(log_stream: Option<&str>) -> String {
+    let v5 = |name: &[u8]| {
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            &[&INSTANCE_ID_NAMESPACE[..], name].concat(),
+        );
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest.as_ref()[..16]);
+        (bytes, 0x50)
+    };
+    let mut random = [0u8; 16];
+    let (mut bytes, version) = match log_stream {
+        Some(name) => v5(name.as_bytes()),
+        None => match getrandom::fill(&mut random) {
+            Ok(()) => (random, 0x40),
+            // No randomness: this process's pid and start time are unique enough.
+            Err(_) => v5(format!("{}-{:?}", std::process::id(), SystemTime::now()).as_bytes()),
+        },
+    };
+    bytes[6] = (bytes[6] & 0x0f) | version;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Where and how to export, read from the standard `OTEL_*` variables.
@@ -430,6 +501,19 @@ mod tests {
         }
         std::fs::remove_file(empty).ok();
         assert!(http_client(None).is_ok());
+    }
+
+    #[test]
+    fn instance_id_is_a_uuid_v5_of_the_log_stream() {
+        // Python: uuid.uuid5(UUID("4d63009a-8d0f-11ee-aad7-4c796ed8e320"), stream)
+        let stream = "2026/11/28/[$LATEST]0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            service_instance_id(Some(stream)),
+            "4971f003-079f-507d-a86a-d9a509a79b47"
+        );
+        let (a, b) = (service_instance_id(None), service_instance_id(None));
+        assert_ne!(a, b);
+        assert_eq!(&a[14..15], "4", "version 4: {a}");
     }
 
     #[test]
