@@ -264,6 +264,11 @@ async fn each_environment_has_its_own_instance_id() {
             .await
             .unwrap();
         assert_ran(&report, 1);
+        let log = std::fs::read_to_string(report.stderr_path.as_ref().unwrap()).unwrap();
+        assert!(
+            log.contains("service.instance.id in OTEL_RESOURCE_ATTRIBUTES"),
+            "the replaced id is not reported: {log}"
+        );
         let metrics = sink.metrics();
         let spans = sink.spans();
         assert!(!spans.is_empty() && !metrics.is_empty());
