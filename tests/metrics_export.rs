@@ -248,9 +248,9 @@ async fn delta_counts_survive_a_collector_too_slow_for_the_cap() {
     delta_counts_survive(SinkMode::Slow(Duration::from_secs(2))).await;
 }
 
-/// Two environments of one function, one collector: each has its own id, kept for its life;
-/// an id in OTEL_RESOURCE_ATTRIBUTES (the same for every environment) does not replace it,
-/// while the other user attributes stay.
+/// Two environments of one function, run one after the other: each has its own id, kept for
+/// its life; an id in OTEL_RESOURCE_ATTRIBUTES (the same for every environment) does not
+/// replace it, while the other user attributes stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_environment_has_its_own_instance_id() {
     let attributes = [(
