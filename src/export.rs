@@ -8,16 +8,21 @@
 //!
 //! Delivery is at-least-once: a span batch whose export failed or timed out goes back to the
 //! front of the buffer for the next flush (a timeout does not prove it was not received), and
-//! the oldest spans are dropped, and counted, only when the buffer is full. Metrics are
-//! cumulative, so a failed metrics export loses nothing: the next one carries the totals.
+//! the oldest spans are dropped, and counted, only when the buffer is full. With cumulative
+//! metrics (the default) a failed metrics export loses nothing: the next one carries the
+//! totals. With delta metrics (`OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`) a batch
+//! holds the only copy of its counts, so an undelivered one is kept and sent again first;
+//! meanwhile nothing new is collected, the SDK keeps adding up in its own bounded state. As
+//! for spans, a timed-out batch is sent again, so a backend may see a delta twice.
 //!
 //! Never: decides *when* to flush (the lifecycle does), or blocks a thread.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::metrics::Meter;
+use opentelemetry::{Key, KeyValue};
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
 use opentelemetry_otlp::{
     MetricExporter, Protocol, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig,
@@ -48,16 +53,33 @@ const MAX_BATCH: usize = 512;
 pub struct MetricsSource {
     provider: SdkMeterProvider,
     reader: Arc<ManualReader>,
+    temporality: Temporality,
 }
 
 impl MetricsSource {
+    /// With the default temporality, cumulative.
     pub fn new(resource: Resource) -> MetricsSource {
-        let reader = Arc::new(ManualReader::builder().build());
+        MetricsSource::with_temporality(resource, Temporality::Cumulative)
+    }
+
+    /// `temporality` is the preference; the SDK maps it per instrument kind as the OTLP
+    /// exporter spec says (`delta`: up-down counters stay cumulative; `lowmemory`: only
+    /// synchronous counters and histograms are delta).
+    pub fn with_temporality(resource: Resource, temporality: Temporality) -> MetricsSource {
+        let reader = Arc::new(
+            ManualReader::builder()
+                .with_temporality(temporality)
+                .build(),
+        );
         let provider = SdkMeterProvider::builder()
             .with_resource(resource)
             .with_reader(SharedReader(reader.clone()))
             .build();
-        MetricsSource { provider, reader }
+        MetricsSource {
+            provider,
+            reader,
+            temporality,
+        }
     }
 
     pub fn meter(&self) -> Meter {
@@ -65,7 +87,8 @@ impl MetricsSource {
         self.provider.meter("lambda-sidecar")
     }
 
-    /// Reads every instrument's current (cumulative) value.
+    /// Reads every instrument: its total (cumulative), or what it recorded since the
+    /// previous `collect` (delta), which the reader then forgets.
     pub fn collect(&self) -> Result<ResourceMetrics, String> {
         let mut metrics = ResourceMetrics::default();
         self.reader
@@ -99,15 +122,87 @@ impl MetricReader for SharedReader {
 }
 
 /// The OTel resource: standard `OTEL_RESOURCE_ATTRIBUTES`/`OTEL_SERVICE_NAME` handling from
-/// the SDK, the function's identity per the FaaS and cloud semantic conventions, and
-/// `service.name` defaulting to the function name.
+/// the SDK, the function's identity per the FaaS and cloud semantic conventions,
+/// `service.name` defaulting to the function name, and `service.instance.id`.
+///
+/// `service.instance.id` tells the execution environments of one function apart: backends
+/// that key series on `service.name` + `service.instance.id` (Prometheus's OTLP receiver,
+/// Mimir) would otherwise merge their counters into one series. An id set in
+/// `OTEL_RESOURCE_ATTRIBUTES` is replaced (with a warning), because that variable is the
+/// same in every environment of the function: kept, it would bring the collision back.
 pub fn resource(function: &FunctionInfo, service_name_set: bool) -> Resource {
     let mut builder = Resource::builder().with_attributes(function.attributes());
     if !service_name_set {
         builder = builder.with_service_name(function.name.clone());
     }
-    builder.build()
+    let detected = builder.build();
+    if let Some(explicit) = detected.get(&Key::from_static_str(SERVICE_INSTANCE_ID)) {
+        tracing::warn!(
+            ignored = %explicit,
+            "service.instance.id in OTEL_RESOURCE_ATTRIBUTES is shared by every execution \
+             environment of the function; replaced by one per environment"
+        );
+    }
+    Resource::builder_empty()
+        .with_attributes(
+            detected
+                .iter()
+                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+        )
+        .with_attribute(KeyValue::new(
+            SERVICE_INSTANCE_ID,
+            service_instance_id(function.log_stream.as_deref()),
+        ))
+        .build()
 }
+
+const SERVICE_INSTANCE_ID: &str = "service.instance.id";
+
+/// The namespace the semantic conventions give for a `service.instance.id` made from an
+/// inherent id: 4d63009a-8d0f-11ee-aad7-4c796ed8e320.
+const INSTANCE_ID_NAMESPACE: [u8; 16] = [
+    0x4d, 0x63, 0x00, 0x9a, 0x8d, 0x0f, 0x11, 0xee, 0xaa, 0xd7, 0x4c, 0x79, 0x6e, 0xd8, 0xe3, 0x20,
+];
+
+/// A UUID v5 of the log stream name (`AWS_LAMBDA_LOG_STREAM_NAME`), as the semantic
+/// conventions ask of an id made from an inherent one. Lambda gives every execution
+/// environment its own log stream, for the environment's whole life, so the id is unique
+/// and stable, even across a restart of the sidecar; anyone holding the log stream name
+/// (it is also `faas.instance`) can recompute it to join CloudWatch Logs with metrics.
+/// Without a log stream (outside Lambda), a random UUID v4, the conventions' default.
+fn service_instance_id(log_stream: Option<&str>) -> String {
+    let v5 = |name: &[u8]| {
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            &[&INSTANCE_ID_NAMESPACE[..], name].concat(),
+        );
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest.as_ref()[..16]);
+        (bytes, 0x50)
+    };
+    let mut random = [0u8; 16];
+    let (mut bytes, version) = match log_stream {
+        Some(name) => v5(name.as_bytes()),
+        None => match getrandom::fill(&mut random) {
+            Ok(()) => (random, 0x40),
+            // No randomness: this process's pid and start time are unique enough.
+            Err(_) => v5(format!("{}-{:?}", std::process::id(), SystemTime::now()).as_bytes()),
+        },
+    };
+    bytes[6] = (bytes[6] & 0x0f) | version;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+const TEMPORALITY_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
 
 /// Where and how to export, read from the standard `OTEL_*` variables.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +212,9 @@ pub struct ExportConfig {
     /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM file of CA certificates trusted besides the
     /// compiled-in Mozilla roots (for a collector behind a private CA).
     pub certificate: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: `cumulative` (default), `delta`
+    /// or `lowmemory`, case-insensitive as the spec says.
+    pub temporality: Temporality,
 }
 
 impl ExportConfig {
@@ -178,6 +276,16 @@ impl ExportConfig {
             traces: signal("traces")?,
             metrics: signal("metrics")?,
             certificate: lookup("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|p| !p.is_empty()),
+            temporality: match lookup(TEMPORALITY_VAR) {
+                Some(v) if !v.trim().is_empty() => {
+                    v.trim().parse().map_err(|()| ConfigError::Invalid {
+                        var: TEMPORALITY_VAR,
+                        value: v,
+                        expected: "cumulative, delta or lowmemory".to_string(),
+                    })?
+                }
+                _ => Temporality::Cumulative,
+            },
         })
     }
 }
@@ -345,6 +453,8 @@ pub struct Exporter {
     spans: Option<SpanExporter>,
     metrics: Option<MetricExporter>,
     buffer: VecDeque<SpanData>,
+    /// A delta metrics batch collected but not (known to be) delivered.
+    unsent_metrics: Option<ResourceMetrics>,
     source: Arc<MetricsSource>,
     signals: Arc<Metrics>,
 }
@@ -359,6 +469,7 @@ impl Exporter {
             spans: clients.spans,
             metrics: clients.metrics,
             buffer: VecDeque::new(),
+            unsent_metrics: None,
             source,
             signals,
         }
@@ -378,20 +489,15 @@ impl Exporter {
             self.signals.dropped(Signal::Traces, overflow as u64);
             report.spans_dropped = overflow;
         }
-        // Collected only when they will be sent: reading every instrument is not free.
-        let metrics = match self.metrics.as_ref().map(|_| self.source.collect()) {
-            Some(Ok(m)) => Some(m),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "metrics could not be collected");
-                None
-            }
-            None => None,
-        };
         // Spans leave `pending` only once their batch is acknowledged: whatever a failure or
         // the timeout interrupts stays there and goes back to the buffer.
         let mut pending = std::mem::take(&mut self.buffer);
         let mut span_error = None;
-        let mut metrics_result = None;
+        // Likewise a metrics batch leaves `metrics_batch` only once delivered. A kept (delta)
+        // batch goes first, then what was recorded since it was collected.
+        let mut metrics_batch = self.unsent_metrics.take();
+        let mut metrics_error = None;
+        let mut metrics_sent = false;
         let send_spans = async {
             let Some(exporter) = &self.spans else { return };
             while !pending.is_empty() {
@@ -410,8 +516,33 @@ impl Exporter {
             }
         };
         let send_metrics = async {
-            if let (Some(exporter), Some(m)) = (&self.metrics, &metrics) {
-                metrics_result = Some(exporter.export(m).await.map_err(|e| e.to_string()));
+            let Some(exporter) = &self.metrics else {
+                return;
+            };
+            loop {
+                let resend = metrics_batch.is_some();
+                if !resend {
+                    // Collected only when they will be sent: reading every instrument costs.
+                    match self.source.collect() {
+                        Ok(m) => metrics_batch = Some(m),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "metrics could not be collected");
+                            return;
+                        }
+                    }
+                }
+                let Some(m) = metrics_batch.as_ref() else {
+                    return;
+                };
+                if let Err(e) = exporter.export(m).await {
+                    metrics_error = Some(e.to_string());
+                    return;
+                }
+                metrics_batch = None;
+                metrics_sent = true;
+                if !resend {
+                    return;
+                }
             }
         };
         if tokio::time::timeout(budget, async { tokio::join!(send_spans, send_metrics) })
@@ -422,21 +553,25 @@ impl Exporter {
             if !pending.is_empty() && span_error.is_none() {
                 span_error = Some(format!("timed out after {budget:?}"));
             }
-            if metrics.is_some() && metrics_result.is_none() {
-                metrics_result = Some(Err(format!("timed out after {budget:?}")));
+            if metrics_batch.is_some() && metrics_error.is_none() {
+                metrics_error = Some(format!("timed out after {budget:?}"));
             }
         }
         if let Some(e) = span_error {
             tracing::warn!(error = %e, spans = pending.len(), "span export failed; kept for the next flush");
             self.signals.export_failure(Signal::Traces);
         }
-        match metrics_result {
-            Some(Ok(())) => report.metrics_sent = true,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "metrics export failed; totals go with the next flush");
-                self.signals.export_failure(Signal::Metrics);
-            }
-            None => {}
+        report.metrics_sent = metrics_sent;
+        if let Some(e) = metrics_error {
+            tracing::warn!(error = %e, "metrics export failed; sent again with the next flush");
+            self.signals.export_failure(Signal::Metrics);
+        }
+        // A cumulative batch is superseded by the next collection; a delta one is the only
+        // copy of its counts. One kept batch is the whole bound: until it is delivered
+        // nothing more is collected, and the SDK adds new measurements up in its own state,
+        // whose size is fixed by the label sets (cardinality-capped), not by the outage.
+        if self.source.temporality != Temporality::Cumulative {
+            self.unsent_metrics = metrics_batch;
         }
         self.buffer = pending;
         report.spans_pending = self.buffer.len();
@@ -549,11 +684,45 @@ mod tests {
     }
 
     #[test]
+    fn temporality_preference() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c");
+        for (value, want) in [
+            ("cumulative", Temporality::Cumulative),
+            ("Delta", Temporality::Delta),
+            (" LOWMEMORY ", Temporality::LowMemory),
+            ("", Temporality::Cumulative),
+        ] {
+            let config = parse(&[endpoint, (TEMPORALITY_VAR, value)]).unwrap();
+            assert_eq!(config.temporality, want, "{value:?}");
+        }
+        let err = parse(&[endpoint, (TEMPORALITY_VAR, "deltas")]).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(TEMPORALITY_VAR) && message.contains("cumulative, delta or lowmemory"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn instance_id_is_a_uuid_v5_of_the_log_stream() {
+        // Python: uuid.uuid5(UUID("4d63009a-8d0f-11ee-aad7-4c796ed8e320"), stream)
+        let stream = "2026/11/28/[$LATEST]0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            service_instance_id(Some(stream)),
+            "4971f003-079f-507d-a86a-d9a509a79b47"
+        );
+        let (a, b) = (service_instance_id(None), service_instance_id(None));
+        assert_ne!(a, b);
+        assert_eq!(&a[14..15], "4", "version 4: {a}");
+    }
+
+    #[test]
     fn export_configuration() {
         let none = ExportConfig {
             traces: None,
             metrics: None,
             certificate: None,
+            temporality: Temporality::Cumulative,
         };
         assert_eq!(parse(&[]).unwrap(), none);
         let both = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();

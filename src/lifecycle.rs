@@ -37,6 +37,7 @@ use crate::signals::Metrics;
 use crate::token::{TokenService, keys::SigningKey};
 use crate::{intake, token};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::Temporality;
 
 /// Must equal the file name under /opt/extensions (the layer ships `extensions/lambda-sidecar`).
 pub const EXTENSION_NAME: &str = "lambda-sidecar";
@@ -236,6 +237,7 @@ struct Prepared {
     config: Config,
     function: FunctionInfo,
     resource: Resource,
+    temporality: Temporality,
     heavy: tokio::task::JoinHandle<Result<(SigningKey, ExportClients), StartupError>>,
 }
 
@@ -246,6 +248,7 @@ fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError
     let resource = crate::export::resource(&function, std::env::var("OTEL_SERVICE_NAME").is_ok());
     let token_config = config.token.clone();
     let export_resource = resource.clone();
+    let temporality = export_config.temporality;
     let heavy = tokio::task::spawn_blocking(move || {
         let key = SigningKey::load(&token_config)?;
         let clients = ExportClients::build(&export_config, &export_resource)?;
@@ -255,6 +258,7 @@ fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError
         config,
         function,
         resource,
+        temporality,
         heavy,
     })
 }
@@ -269,12 +273,13 @@ async fn start(
         config,
         function,
         resource,
+        temporality,
         heavy,
     } = prepared?;
     let (key, clients) = heavy
         .await
         .map_err(|e| StartupError::Internal(e.to_string()))??;
-    let source = Arc::new(MetricsSource::new(resource));
+    let source = Arc::new(MetricsSource::with_temporality(resource, temporality));
     let signals = Arc::new(Metrics::new(&source.meter()));
     let exporter = Exporter::new(clients, source, signals.clone());
     let (pipeline, recorder) = Pipeline::start(Deriver::new(function, signals.clone()), signals);

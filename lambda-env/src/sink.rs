@@ -20,7 +20,7 @@ use axum::routing::post;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, metric, number_data_point};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -73,6 +73,12 @@ pub struct MetricPoint {
     pub count: Option<u64>,
     pub sum: Option<f64>,
     pub time_unix_nanos: u64,
+    /// The start of the point's window (0 when the sender left it out).
+    #[serde(default)]
+    pub start_unix_nanos: u64,
+    /// `cumulative` or `delta` for sums and histograms, empty for the kinds without one.
+    #[serde(default)]
+    pub temporality: String,
     pub attributes: Map<String, Value>,
     pub resource: Map<String, Value>,
 }
@@ -428,17 +434,31 @@ fn points_of(req: ExportMetricsServiceRequest) -> Vec<MetricPoint> {
             .unwrap_or_default();
         for sm in rm.scope_metrics {
             for m in sm.metrics {
-                let point = |kind: &str, value, count, sum, time, a: &[KeyValue]| MetricPoint {
-                    name: m.name.clone(),
-                    unit: m.unit.clone(),
-                    kind: kind.to_string(),
-                    value,
-                    count,
-                    sum,
-                    time_unix_nanos: time,
-                    attributes: attrs(a),
-                    resource: resource.clone(),
+                let temporality = match &m.data {
+                    Some(metric::Data::Sum(s)) => s.aggregation_temporality,
+                    Some(metric::Data::Histogram(h)) => h.aggregation_temporality,
+                    Some(metric::Data::ExponentialHistogram(h)) => h.aggregation_temporality,
+                    _ => 0,
                 };
+                let temporality = match AggregationTemporality::try_from(temporality) {
+                    Ok(AggregationTemporality::Cumulative) => "cumulative",
+                    Ok(AggregationTemporality::Delta) => "delta",
+                    _ => "",
+                };
+                let point =
+                    |kind: &str, value, count, sum, (start, time), a: &[KeyValue]| MetricPoint {
+                        name: m.name.clone(),
+                        unit: m.unit.clone(),
+                        kind: kind.to_string(),
+                        value,
+                        count,
+                        sum,
+                        time_unix_nanos: time,
+                        start_unix_nanos: start,
+                        temporality: temporality.to_string(),
+                        attributes: attrs(a),
+                        resource: resource.clone(),
+                    };
                 let number = |v: &Option<number_data_point::Value>| match v {
                     Some(number_data_point::Value::AsDouble(d)) => Some(*d),
                     Some(number_data_point::Value::AsInt(i)) => Some(*i as f64),
@@ -451,7 +471,7 @@ fn points_of(req: ExportMetricsServiceRequest) -> Vec<MetricPoint> {
                             number(&p.value),
                             None,
                             None,
-                            p.time_unix_nano,
+                            (p.start_time_unix_nano, p.time_unix_nano),
                             &p.attributes,
                         )
                     })),
@@ -461,7 +481,7 @@ fn points_of(req: ExportMetricsServiceRequest) -> Vec<MetricPoint> {
                             number(&p.value),
                             None,
                             None,
-                            p.time_unix_nano,
+                            (p.start_time_unix_nano, p.time_unix_nano),
                             &p.attributes,
                         )
                     })),
@@ -471,7 +491,7 @@ fn points_of(req: ExportMetricsServiceRequest) -> Vec<MetricPoint> {
                             None,
                             Some(p.count),
                             p.sum,
-                            p.time_unix_nano,
+                            (p.start_time_unix_nano, p.time_unix_nano),
                             &p.attributes,
                         )
                     })),
@@ -482,7 +502,7 @@ fn points_of(req: ExportMetricsServiceRequest) -> Vec<MetricPoint> {
                                 None,
                                 Some(p.count),
                                 p.sum,
-                                p.time_unix_nano,
+                                (p.start_time_unix_nano, p.time_unix_nano),
                                 &p.attributes,
                             )
                         }))
@@ -493,7 +513,7 @@ fn points_of(req: ExportMetricsServiceRequest) -> Vec<MetricPoint> {
                             None,
                             Some(p.count),
                             Some(p.sum),
-                            p.time_unix_nano,
+                            (p.start_time_unix_nano, p.time_unix_nano),
                             &p.attributes,
                         )
                     })),
