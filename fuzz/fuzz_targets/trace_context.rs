@@ -25,9 +25,8 @@ fuzz_target!(|header: &str| {
         let root = format!("{:032x}", p.trace_id);
         let written = |field: &str| {
             header
-                .split(';')
-                .filter_map(|f| f.trim().strip_prefix(field))
-                .last()
+                .rsplit(';')
+                .find_map(|f| f.trim().strip_prefix(field))
         };
         let value = written("Root=1-")
             .expect("accepted without a Root")
