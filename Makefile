@@ -65,6 +65,21 @@ demo: deps build
 bench: deps build
 	$(VENV)/bin/python $(ROOT)/scripts/bench.py
 
+# The cargo-fuzz targets in fuzz/ (see fuzz/README.md), FUZZ_SECONDS each, on the stable
+# toolchain: --sanitizer none, as AddressSanitizer needs nightly (and the code under test is
+# safe Rust). Inputs found along the way stay in fuzz/target/corpus; a crash is written to
+# fuzz/artifacts/<target>/ and fails the run.
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := telemetry_batch token_request trace_context
+.PHONY: fuzz
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version 0.13.2
+	cd $(ROOT)/fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p target/corpus/$$target && \
+		$(CARGO) fuzz run --sanitizer none $$target target/corpus/$$target seeds/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=1024 || exit 1; \
+	done
+
 # --- packaging (issue 4) ---
 # The logic lives in scripts/package/; see .agent/README-deploy.md.
 #   make layer-arm64 layer-x86_64   dist/lambda-sidecar-<arch>.zip (static musl build, cargo-zigbuild)
