@@ -20,6 +20,7 @@ APT_REQUIREMENTS=(
   python3:python3
   node:nodejs
   npm:npm
+  promtool:prometheus
 )
 # Extra pairs can come from the environment, e.g. APT_EXTRA="promtool:prometheus".
 read -r -a APT_EXTRA_LIST <<< "${APT_EXTRA:-}"

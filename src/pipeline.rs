@@ -40,15 +40,37 @@ enum Msg {
 /// A cheap handle for pushing records; never blocks.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Msg>,
+    /// The pipeline task's queue; `None` for [`Recorder::metrics_only`].
+    tx: Option<mpsc::Sender<Msg>>,
     signals: Arc<Metrics>,
 }
 
 impl Recorder {
+    /// For `serve` mode, which has no Lambda to observe and no OTLP export, so no pipeline:
+    /// token records go straight into `signals` (what `/metrics` shows) and derive no span.
+    /// Token records are the only ones that mode makes.
+    pub fn metrics_only(signals: Arc<Metrics>) -> Recorder {
+        Recorder { tx: None, signals }
+    }
+
     pub fn record(&self, record: Record) {
-        if self.tx.try_send(Msg::Record(record)).is_err() {
-            self.signals.dropped(Signal::Records, 1);
+        match &self.tx {
+            Some(tx) => {
+                if tx.try_send(Msg::Record(record)).is_err() {
+                    self.signals.dropped(Signal::Records, 1);
+                }
+            }
+            None => {
+                if let Record::Token(token) = record {
+                    self.signals.token(&token);
+                }
+            }
         }
+    }
+
+    /// The metrics the records add up to, for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.signals
     }
 }
 
@@ -62,7 +84,13 @@ impl Pipeline {
     pub fn start(deriver: Deriver, signals: Arc<Metrics>) -> (Pipeline, Recorder) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         tokio::spawn(run(deriver, rx));
-        (Pipeline { tx: tx.clone() }, Recorder { tx, signals })
+        (
+            Pipeline { tx: tx.clone() },
+            Recorder {
+                tx: Some(tx),
+                signals,
+            },
+        )
     }
 
     /// The spans finished since the last drain, after everything recorded before this call.

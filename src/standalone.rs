@@ -1,12 +1,17 @@
 //! Standalone mode (`lambda-sidecar serve`): the token service without the Extensions API,
-//! for local development, the examples and benchmarks. No telemetry: there is no Lambda to
-//! observe.
+//! for local development, the examples, benchmarks and container sidecars. No Lambda to
+//! observe and no OTLP export, but the token metrics still count, for `/metrics`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::metrics::noop::NoopMeterProvider;
+
 use crate::config::Config;
 use crate::lifecycle::{StartupError, bind};
+use crate::pipeline::Recorder;
+use crate::signals::Metrics;
 use crate::token::{self, TokenService, keys::SigningKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +31,14 @@ pub async fn run(config: Config) -> Result<(), StandaloneError> {
         .local_addr()
         .map_err(|source| StartupError::Bind { addr, source })?
         .port();
+    // Nothing exports over OTLP here, so the OTel half of every instrument is a no-op; the
+    // Prometheus half counts.
+    let metrics = Arc::new(Metrics::new(
+        &NoopMeterProvider::new().meter(env!("CARGO_PKG_NAME")),
+    ));
     tracing::info!(%addr, algorithm = key.algorithm().name(), kid = key.kid(), "serving tokens");
-    let service = Arc::new(TokenService::new(config.token, key, None, port));
+    let recorder = Recorder::metrics_only(metrics);
+    let service = Arc::new(TokenService::new(config.token, key, Some(recorder), port));
     token::serve(listener, service, signal())
         .await
         .map_err(StandaloneError::Serve)
