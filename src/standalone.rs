@@ -5,8 +5,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use axum::Router;
+use axum::routing::get;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::metrics::noop::NoopMeterProvider;
+use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::lifecycle::{StartupError, bind};
@@ -22,7 +25,8 @@ pub enum StandaloneError {
     Serve(std::io::Error),
 }
 
-/// Serves tokens on 127.0.0.1:`SIDECAR_PORT` until SIGINT or SIGTERM.
+/// Serves tokens on 127.0.0.1:`SIDECAR_PORT`, and `/metrics` alone on `SIDECAR_METRICS_ADDR`
+/// when set, until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StandaloneError> {
     let key = SigningKey::load(&config.token).map_err(StartupError::from)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
@@ -36,12 +40,31 @@ pub async fn run(config: Config) -> Result<(), StandaloneError> {
     let metrics = Arc::new(Metrics::new(
         &NoopMeterProvider::new().meter(env!("CARGO_PKG_NAME")),
     ));
+    if let Some(metrics_addr) = config.metrics_addr {
+        let metrics_listener = bind(metrics_addr).await?;
+        tracing::info!(addr = %metrics_addr, "serving /metrics");
+        tokio::spawn(serve_metrics(metrics_listener, metrics.clone()));
+    }
     tracing::info!(%addr, algorithm = key.algorithm().name(), kid = key.kid(), "serving tokens");
     let recorder = Recorder::metrics_only(metrics);
     let service = Arc::new(TokenService::new(config.token, key, Some(recorder), port));
     token::serve(listener, service, signal())
         .await
         .map_err(StandaloneError::Serve)
+}
+
+/// The `SIDECAR_METRICS_ADDR` listener: `GET /metrics` and nothing else, for a Prometheus
+/// that scrapes the container from outside. It asks for no `X-Sidecar-Token`: a scraper has
+/// no session token, and the figures are counts by closed label sets, never a token or a
+/// claim. The token endpoints stay on loopback. It ends with the process.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    let router = Router::new().route(
+        "/metrics",
+        get(move || std::future::ready(token::scrape(&metrics))),
+    );
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "the /metrics listener failed");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM. If a handler can't be installed, Ctrl-C alone stops it.

@@ -1,11 +1,11 @@
-//! `GET /metrics` scraped over HTTP from the real binary inside lambda-env (on the token
-//! listener, behind `X-Sidecar-Token`). The counters must equal what the run did, every family
-//! must carry HELP and TYPE, and `promtool check metrics` (Debian package `prometheus`) must
-//! find nothing.
+//! `GET /metrics` scraped over HTTP from the real binary: inside lambda-env (on the token
+//! listener, behind `X-Sidecar-Token`) and in `serve` mode with `SIDECAR_METRICS_ADDR`. The
+//! counters must equal what the run did, every family must carry HELP and TYPE, and
+//! `promtool check metrics` (Debian package `prometheus`) must find nothing.
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lambda_env::{EnvConfig, InvokeStatus, free_port};
@@ -237,4 +237,113 @@ async fn a_scrape_in_lambda_counts_what_the_run_did() {
     );
     assert_every_family_has_help_and_type(&text);
     assert_promtool_finds_nothing(&text);
+}
+
+/// Inside Lambda nothing can reach an extra listener: `SIDECAR_METRICS_ADDR` fails init
+/// with a configuration error naming it, rather than being ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_address_is_refused_inside_lambda() {
+    let port = free_port().unwrap();
+    let config = EnvConfig {
+        extension: Some(sidecar_bin()),
+        env: vec![
+            ("JWT_SECRET".to_string(), random_hex(36)),
+            ("SIDECAR_PORT".to_string(), port.to_string()),
+            (
+                "SIDECAR_METRICS_ADDR".to_string(),
+                format!("127.0.0.1:{}", free_port().unwrap()),
+            ),
+        ],
+        invokes: 1,
+        ..EnvConfig::default()
+    };
+    let report = lambda_env::run(config).await.unwrap();
+    let error = report.init.error.as_ref().expect("init must fail");
+    assert_eq!(error.error_type, "Config.InvalidValue");
+    let message = error.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("SIDECAR_METRICS_ADDR"), "{message}");
+    assert_eq!(error.exit_code, Some(1));
+}
+
+/// `lambda-sidecar serve`, killed when the test ends (even on failure).
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `serve` with `SIDECAR_METRICS_ADDR`: that address serves `/metrics` alone, without the
+/// header, counting the token requests made on loopback; the token endpoints are not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_mode_serves_metrics_alone_on_the_metrics_address() {
+    let (token_port, metrics_port) = (free_port().unwrap(), free_port().unwrap());
+    let secret = random_hex(32);
+    let _serve = Serve(
+        Command::new(sidecar_bin())
+            .arg("serve")
+            .env_clear()
+            .env("JWT_SECRET", random_hex(36))
+            .env("AWS_SESSION_TOKEN", &secret)
+            .env("SIDECAR_PORT", token_port.to_string())
+            .env("SIDECAR_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let token_url = format!("http://127.0.0.1:{token_port}/token");
+    let outside = format!("http://127.0.0.1:{metrics_port}");
+    let ready = async {
+        while get(&format!("{outside}/metrics"), None).await.is_err()
+            || get(&format!("http://127.0.0.1:{token_port}/health"), None)
+                .await
+                .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .expect("serve listens on both addresses");
+
+    for _ in 0..3 {
+        assert_eq!(get(&token_url, Some(&secret)).await.unwrap().0, 200);
+    }
+    assert_eq!(get(&token_url, None).await.unwrap().0, 401);
+
+    let (status, text) = get(&format!("{outside}/metrics"), None).await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let issued = ["algorithm=\"HS256\"", "outcome=\"issued\""];
+    assert_eq!(
+        value(&text, "sidecar_token_requests_total", &issued),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "sidecar_token_requests_total",
+            &["outcome=\"rejected\""]
+        ),
+        1.0
+    );
+    assert_every_family_has_help_and_type(&text);
+    assert_promtool_finds_nothing(&text);
+
+    // The token endpoints never leave loopback's token port.
+    for path in ["/token", "/.well-known/jwks.json", "/health"] {
+        let (status, _) = get(&format!("{outside}{path}"), Some(&secret))
+            .await
+            .unwrap();
+        assert_eq!(status, 404, "{path} on the metrics address");
+    }
+    // On the token port, /metrics is there too, behind the header.
+    let metrics_url = format!("http://127.0.0.1:{token_port}/metrics");
+    assert_eq!(get(&metrics_url, None).await.unwrap().0, 401);
+    let (status, text) = get(&metrics_url, Some(&secret)).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(value(&text, "sidecar_token_requests_total", &issued), 3.0);
 }
