@@ -21,6 +21,7 @@ APT_REQUIREMENTS=(
   node:nodejs
   npm:npm
   openssl:openssl
+  promtool:prometheus
 )
 # Extra pairs can come from the environment, e.g. APT_EXTRA="promtool:prometheus".
 read -r -a APT_EXTRA_LIST <<< "${APT_EXTRA:-}"

@@ -11,6 +11,7 @@
 //! errors are config errors too (they name `JWT_SECRET` or `JWT_PRIVATE_KEY`).
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::token::keys::Algorithm;
@@ -26,6 +27,7 @@ pub const SIDECAR_VARIABLES: &[&str] = &[
     "SIDECAR_TELEMETRY_PORT",
     "SIDECAR_FLUSH_TIMEOUT_MS",
     "SIDECAR_TOKEN_AUTH",
+    "SIDECAR_METRICS_ADDR",
 ];
 
 /// Ports another party already owns inside a Lambda execution environment: 9001 (Runtime
@@ -41,6 +43,9 @@ pub struct Config {
     pub log: LogConfig,
     pub token: TokenConfig,
     pub telemetry: TelemetryConfig,
+    /// `SIDECAR_METRICS_ADDR`: in `serve` mode only, a second listener serving `/metrics` alone,
+    /// without the `X-Sidecar-Token` header, for a Prometheus outside the container.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -253,7 +258,40 @@ impl Config {
             },
             token: token_config(&env)?,
             telemetry: telemetry_config(&env)?,
+            metrics_addr: match env.get("SIDECAR_METRICS_ADDR") {
+                None => None,
+                Some(raw) => Some(
+                    raw.trim()
+                        .parse::<SocketAddr>()
+                        .ok()
+                        .filter(|addr| addr.port() != 0)
+                        .ok_or_else(|| ConfigError::Invalid {
+                            var: "SIDECAR_METRICS_ADDR",
+                            value: raw,
+                            expected: "an IP address and a port from 1 to 65535, such as \
+                                       0.0.0.0:9464 or [::]:9464"
+                                .to_string(),
+                        })?,
+                ),
+            },
         })
+    }
+
+    /// Refuses what only `lambda-sidecar serve` can use. Nothing outside a Lambda execution
+    /// environment can connect to it, so `SIDECAR_METRICS_ADDR` there would be a listener no
+    /// Prometheus can reach: a mistake to report, not a setting to ignore.
+    pub fn check_extension_mode(&self) -> Result<(), ConfigError> {
+        match self.metrics_addr {
+            None => Ok(()),
+            Some(addr) => Err(ConfigError::Invalid {
+                var: "SIDECAR_METRICS_ADDR",
+                value: addr.to_string(),
+                expected: "unset inside Lambda, where nothing outside the execution environment \
+                           can connect: it is for `lambda-sidecar serve`. Scrape /metrics on \
+                           127.0.0.1:SIDECAR_PORT (with X-Sidecar-Token), or export over OTLP"
+                    .to_string(),
+            }),
+        }
     }
 
     /// Parses the process environment. A variable the sidecar reads whose value is not UTF-8
@@ -741,6 +779,33 @@ mod tests {
             &[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_TIMEOUT_MS", "-5")],
             Some(("SIDECAR_FLUSH_TIMEOUT_MS", "Config.InvalidValue")),
         );
+    }
+
+    /// `SIDECAR_METRICS_ADDR`: an IP and a non-zero port; accepted by `serve`, refused as a
+    /// configuration error inside Lambda.
+    #[test]
+    fn metrics_addr() {
+        for bad in ["9464", "localhost:9464", "0.0.0.0:0", "0.0.0.0:70000", ""] {
+            check(
+                &[("JWT_SECRET", SECRET), ("SIDECAR_METRICS_ADDR", bad)],
+                Some(("SIDECAR_METRICS_ADDR", "Config.InvalidValue")),
+            );
+        }
+        let config = parse(&[("JWT_SECRET", SECRET)]).unwrap();
+        assert_eq!(config.metrics_addr, None);
+        assert_eq!(config.check_extension_mode(), Ok(()));
+        for (raw, addr) in [
+            ("0.0.0.0:9464", "0.0.0.0:9464"),
+            (" [::]:9464", "[::]:9464"),
+        ] {
+            let config = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_METRICS_ADDR", raw)]).unwrap();
+            assert_eq!(config.metrics_addr, Some(addr.parse().unwrap()));
+            let refused = config.check_extension_mode().unwrap_err();
+            assert_eq!(refused.error_type(), "Config.InvalidValue");
+            let message = refused.to_string();
+            assert!(message.contains("SIDECAR_METRICS_ADDR"), "{message}");
+            assert!(message.contains("serve"), "{message}");
+        }
     }
 
     /// `SIDECAR_TOKEN_AUTH` and `JWT_TYP`: refused values name the variable (both variables

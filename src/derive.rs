@@ -653,8 +653,7 @@ impl Deriver {
     /// A span per /token request, in the caller's trace (`traceparent`), else inside the
     /// invocation that was running when the request started, else a trace of its own.
     fn token(&mut self, token: TokenRecord) {
-        self.metrics
-            .token(token.algorithm, token.outcome, token.duration.as_secs_f64());
+        self.metrics.token(&token);
         let (trace_id, parent) = match (token.traceparent, self.running_invocation(token.start)) {
             (Some(caller), _) => caller_context(caller.0),
             (None, Some(invocation)) => {

@@ -243,6 +243,7 @@ struct Prepared {
 
 fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError> {
     let config = config?;
+    config.check_extension_mode()?;
     let export_config = ExportConfig::parse(|k| std::env::var(k).ok())?;
     let function = FunctionInfo::from_vars(|k| std::env::var(k).ok());
     let resource = crate::export::resource(&function, std::env::var("OTEL_SERVICE_NAME").is_ok());

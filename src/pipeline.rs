@@ -49,27 +49,46 @@ enum Msg {
 /// A cheap handle for pushing records; never blocks.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Msg>,
+    /// The pipeline task's queue; `None` for [`Recorder::metrics_only`].
+    tx: Option<mpsc::Sender<Msg>>,
     signals: Arc<Metrics>,
     /// Telemetry events queued, shared with the task (which subtracts what it takes).
     queued_events: Arc<AtomicUsize>,
 }
 
 impl Recorder {
+    /// For `serve` mode, which has no Lambda to observe and no OTLP export, so no pipeline:
+    /// token records go straight into `signals` (what `/metrics` shows) and derive no span.
+    /// Token records are the only ones that mode makes.
+    pub fn metrics_only(signals: Arc<Metrics>) -> Recorder {
+        Recorder {
+            tx: None,
+            signals,
+            queued_events: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
     pub fn record(&self, record: Record) {
+        let Some(tx) = &self.tx else {
+            if let Record::Token(token) = record {
+                self.signals.token(&token);
+            }
+            return;
+        };
         let events = match &record {
             Record::Telemetry(batch) => batch.events.len(),
             _ => 0,
         };
         // Counted before sending, so the task never subtracts what was not added.
         let queued = self.queued_events.fetch_add(events, Ordering::Relaxed) + events;
-        if queued > MAX_QUEUED_EVENTS || self.tx.try_send(Msg::Record(record, events)).is_err() {
+        if queued > MAX_QUEUED_EVENTS || tx.try_send(Msg::Record(record, events)).is_err() {
             self.queued_events.fetch_sub(events, Ordering::Relaxed);
             self.signals.dropped(Signal::Records, 1);
         }
     }
 
-    /// The metrics handle, for counting what is refused before it becomes a record.
+    /// The metrics the records add up to: what `/metrics` renders, and where the servers
+    /// count what they refuse before it becomes a record.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.signals)
     }
@@ -87,7 +106,7 @@ impl Pipeline {
         let queued_events = Arc::new(AtomicUsize::new(0));
         tokio::spawn(run(deriver, rx, Arc::clone(&queued_events)));
         let recorder = Recorder {
-            tx: tx.clone(),
+            tx: Some(tx.clone()),
             signals,
             queued_events,
         };

@@ -76,6 +76,13 @@ impl Limits {
         max_connections: 32,
         ..Limits::TOKEN
     };
+
+    /// `SIDECAR_METRICS_ADDR` in `serve` mode: a Prometheus server or two scrape it every few
+    /// seconds, so 16 is plenty; it may face a network, hence a cap well below the token's.
+    pub const METRICS: Limits = Limits {
+        max_connections: 16,
+        ..Limits::TOKEN
+    };
 }
 
 /// The pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.

@@ -1,9 +1,12 @@
 //! Every metric the sidecar emits, defined once.
 //!
 //! [`METRICS`] is the single source of truth for names, units (UCUM), descriptions,
-//! instrument kinds, histogram buckets and label keys: the OTel instruments in
-//! [`Metrics`] are built from it, and the Prometheus `/metrics` and CloudWatch EMF
-//! outputs are meant to be generated from it too. Names follow the OpenTelemetry FaaS
+//! instrument kinds, histogram buckets and label keys. [`Metrics`] builds from it, for
+//! each definition, one `Instrument` holding both live forms of the metric: the OTel
+//! instrument (exported over OTLP) and the Prometheus family (served on `/metrics`, named
+//! by [`prometheus_name`]); every recording method feeds both through it, so the two
+//! outputs cannot disagree and no caller records anything twice. (The CloudWatch EMF
+//! output is meant to be generated from the table too.) Names follow the OpenTelemetry FaaS
 //! semantic conventions where one exists (`faas.*`), `aws.lambda.*` for Lambda-specific
 //! figures and `sidecar.*` for the sidecar's own health.
 //!
@@ -13,16 +16,20 @@
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+use prometheus::core::{MetricVec, MetricVecBuilder};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::intake::events::Status;
-use crate::records::TokenOutcome;
+use crate::records::TokenRecord;
 
 /// One metric's definition.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MetricDef {
-    /// OTel instrument name (dotted); exporters derive their own spelling from it.
+    /// OTel instrument name (dotted); exporters derive their own spelling from it
+    /// (Prometheus: [`prometheus_name`]).
     pub name: &'static str,
-    /// UCUM unit: `s`, `By`, or a `{annotation}` for counts.
+    /// UCUM unit: `s`, `By`, or a `{annotation}` for counts (`unit_word` lists the units
+    /// the Prometheus naming knows).
     pub unit: &'static str,
     pub description: &'static str,
     pub kind: MetricKind,
@@ -263,6 +270,45 @@ pub const METRICS: &[MetricDef] = &[
     CONNECTIONS_REFUSED,
 ];
 
+/// A metric's Prometheus name, exactly as Prometheus's own OTLP translation (otlptranslator,
+/// with suffixes and underscore escaping: what its OTLP receiver, Mimir and Amazon Managed
+/// Prometheus do) spells the OTLP metric. So one PromQL query serves both paths: a scrape of
+/// `/metrics`, and the OTLP export written into Prometheus.
+///
+/// The rules: every character outside `[a-zA-Z0-9:]` separates words (`faas.invoke_duration`
+/// is `faas`, `invoke`, `duration`); the unit's word is appended unless the name already has
+/// it as a word (`aws.lambda.produced_bytes` gets no second `bytes`); a `{annotation}` unit
+/// adds nothing; a counter (a monotonic sum) ends in one `total`. The words join with `_`.
+pub fn prometheus_name(def: &MetricDef) -> String {
+    let mut words: Vec<&str> = def
+        .name
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == ':'))
+        .filter(|word| !word.is_empty())
+        .collect();
+    if let Some(unit) = unit_word(def.unit)
+        && !words.contains(&unit)
+    {
+        words.push(unit);
+    }
+    if matches!(def.kind, MetricKind::Counter) {
+        words.retain(|word| *word != "total");
+        words.push("total");
+    }
+    words.join("_")
+}
+
+/// The word otlptranslator's unit map gives a UCUM unit. `None` for `{annotation}` units,
+/// which it drops, and for any unit not listed here: the definitions test refuses those, so
+/// a new unit is added here, with its word, before a metric can use it.
+fn unit_word(unit: &str) -> Option<&'static str> {
+    match unit {
+        "s" => Some("seconds"),
+        "ms" => Some("milliseconds"),
+        "By" => Some("bytes"),
+        _ => None,
+    }
+}
+
 /// What was lost or failed to export (the `signal` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -303,6 +349,8 @@ impl SkipReason {
 pub enum Listener {
     Token,
     Telemetry,
+    /// `SIDECAR_METRICS_ADDR`, in `serve` mode only.
+    Metrics,
 }
 
 impl Listener {
@@ -310,6 +358,40 @@ impl Listener {
         match self {
             Listener::Token => "token",
             Listener::Telemetry => "telemetry",
+            Listener::Metrics => "metrics",
+        }
+    }
+}
+
+/// One [`MetricDef`] in both live forms: `otel`, read by the OTLP exporter, and `prom`, the
+/// Prometheus family served on `/metrics`. Recording goes through its methods only, which
+/// feed both from the same values, so the two outputs always agree. (A Prometheus family
+/// refuses only a label count other than its definition's, a bug the debug assertion in
+/// [`Instrument::attributes`] catches in tests; like the OTel side, recording never panics.)
+#[derive(Debug, Clone)]
+struct Instrument<O, P> {
+    def: &'static MetricDef,
+    otel: O,
+    prom: P,
+}
+
+impl Instrument<Counter<u64>, IntCounterVec> {
+    fn counter(meter: &Meter, registry: &Registry, def: &'static MetricDef) -> Self {
+        debug_assert!(matches!(def.kind, MetricKind::Counter), "{}", def.name);
+        let otel = meter
+            .u64_counter(def.name)
+            .with_unit(def.unit)
+            .with_description(def.description)
+            .build();
+        let prom = IntCounterVec::new(Opts::new(prometheus_name(def), def.description), def.labels)
+            .inspect(|family| zero_series(def, family));
+        Instrument::register(registry, def, otel, prom)
+    }
+
+    fn add<const N: usize>(&self, value: u64, values: [&'static str; N]) {
+        self.otel.add(value, &self.attributes(values));
+        if let Ok(series) = self.prom.get_metric_with_label_values(&values) {
+            series.inc_by(value);
         }
     }
 }
@@ -338,199 +420,254 @@ impl Refusal {
     }
 }
 
-/// The OTel instruments built from [`METRICS`], with one typed recording method per
-/// metric so callers cannot mistype a label key. Cloning is cheap (instruments are
-/// handles), so the exporter and the deriver can each hold one.
+impl Instrument<Histogram<f64>, HistogramVec> {
+    fn histogram(meter: &Meter, registry: &Registry, def: &'static MetricDef) -> Self {
+        let buckets = match def.kind {
+            MetricKind::Histogram { buckets } => buckets,
+            other => unreachable!("{} is a {other:?}, not a histogram", def.name),
+        };
+        let otel = meter
+            .f64_histogram(def.name)
+            .with_unit(def.unit)
+            .with_description(def.description)
+            .with_boundaries(buckets.to_vec())
+            .build();
+        let prom = HistogramVec::new(
+            HistogramOpts::new(prometheus_name(def), def.description).buckets(buckets.to_vec()),
+            def.labels,
+        )
+        .inspect(|family| zero_series(def, family));
+        Instrument::register(registry, def, otel, prom)
+    }
+
+    fn record<const N: usize>(&self, value: f64, values: [&'static str; N]) {
+        self.otel.record(value, &self.attributes(values));
+        if let Ok(series) = self.prom.get_metric_with_label_values(&values) {
+            series.observe(value);
+        }
+    }
+}
+
+impl Instrument<Gauge<f64>, GaugeVec> {
+    fn gauge(meter: &Meter, registry: &Registry, def: &'static MetricDef) -> Self {
+        debug_assert!(matches!(def.kind, MetricKind::Gauge), "{}", def.name);
+        let otel = meter
+            .f64_gauge(def.name)
+            .with_unit(def.unit)
+            .with_description(def.description)
+            .build();
+        let prom = GaugeVec::new(Opts::new(prometheus_name(def), def.description), def.labels);
+        Instrument::register(registry, def, otel, prom)
+    }
+
+    fn set<const N: usize>(&self, value: f64, values: [&'static str; N]) {
+        self.otel.record(value, &self.attributes(values));
+        if let Ok(series) = self.prom.get_metric_with_label_values(&values) {
+            series.set(value);
+        }
+    }
+}
+
+/// Creates, at zero, the one series of an unlabelled counter or histogram, so a scrape shows
+/// `faas_errors_total 0` before the first error instead of nothing (a missing series breaks
+/// `rate()` and alerts on it). Not for gauges: 0 bytes of memory would be a false reading.
+/// The OTLP side is left alone: it reports what was recorded.
+fn zero_series<B: MetricVecBuilder>(def: &MetricDef, family: &MetricVec<B>) {
+    if def.labels.is_empty() {
+        let _ = family.get_metric_with_label_values::<&str>(&[]);
+    }
+}
+
+impl<O, P> Instrument<O, P>
+where
+    P: prometheus::core::Collector + Clone + 'static,
+{
+    /// Adds the Prometheus family to `registry`. The family can only be refused for a
+    /// malformed or duplicate name or label key, which [`METRICS`] never has (the signals
+    /// tests build every instrument): a static-definition bug, not a runtime condition.
+    fn register(
+        registry: &Registry,
+        def: &'static MetricDef,
+        otel: O,
+        prom: prometheus::Result<P>,
+    ) -> Self {
+        let prom = prom
+            .and_then(|prom| registry.register(Box::new(prom.clone())).map(|()| prom))
+            .unwrap_or_else(|e| panic!("{}: not a valid Prometheus family: {e}", def.name));
+        Instrument { def, otel, prom }
+    }
+
+    /// OTel attributes from the definition's label keys and the given values, so the keys
+    /// are spelled only in [`METRICS`]; the Prometheus family takes the values positionally
+    /// against the same keys.
+    fn attributes<const N: usize>(&self, values: [&'static str; N]) -> [KeyValue; N] {
+        debug_assert_eq!(self.def.labels.len(), N, "{}", self.def.name);
+        std::array::from_fn(|i| KeyValue::new(self.def.labels[i], values[i]))
+    }
+}
+
+/// Every metric of [`METRICS`] as an `Instrument`, with one typed recording method per
+/// metric so callers cannot mistype a label key. Cloning is cheap (instruments and the
+/// registry are handles), so the exporter and the deriver can each hold one.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    invocations: Counter<u64>,
-    errors: Counter<u64>,
-    timeouts: Counter<u64>,
-    invoke_duration: Histogram<f64>,
-    init_duration: Histogram<f64>,
-    coldstarts: Counter<u64>,
-    mem_usage: Histogram<f64>,
-    billed_duration: Histogram<f64>,
-    memory_size: Gauge<f64>,
-    restore_duration: Histogram<f64>,
-    produced_bytes: Counter<u64>,
-    telemetry_events: Counter<u64>,
-    telemetry_unknown: Counter<u64>,
-    logs_dropped: Counter<u64>,
-    evicted: Counter<u64>,
-    export_failures: Counter<u64>,
-    export_dropped: Counter<u64>,
-    hold: Histogram<f64>,
-    token_requests: Counter<u64>,
-    token_duration: Histogram<f64>,
-    connections_refused: Counter<u64>,
-}
-
-fn counter(meter: &Meter, def: &MetricDef) -> Counter<u64> {
-    debug_assert_eq!(def.kind, MetricKind::Counter, "{}", def.name);
-    meter
-        .u64_counter(def.name)
-        .with_unit(def.unit)
-        .with_description(def.description)
-        .build()
-}
-
-fn histogram(meter: &Meter, def: &MetricDef) -> Histogram<f64> {
-    let buckets = match def.kind {
-        MetricKind::Histogram { buckets } => buckets,
-        other => unreachable!("{} is a {other:?}, not a histogram", def.name),
-    };
-    meter
-        .f64_histogram(def.name)
-        .with_unit(def.unit)
-        .with_description(def.description)
-        .with_boundaries(buckets.to_vec())
-        .build()
-}
-
-fn gauge(meter: &Meter, def: &MetricDef) -> Gauge<f64> {
-    debug_assert_eq!(def.kind, MetricKind::Gauge, "{}", def.name);
-    meter
-        .f64_gauge(def.name)
-        .with_unit(def.unit)
-        .with_description(def.description)
-        .build()
-}
-
-/// Attributes for a metric from its definition's label keys and the given values, so
-/// the keys are spelled only in [`METRICS`].
-fn labels<const N: usize>(def: &MetricDef, values: [&'static str; N]) -> [KeyValue; N] {
-    debug_assert_eq!(def.labels.len(), N, "{}", def.name);
-    std::array::from_fn(|i| KeyValue::new(def.labels[i], values[i]))
+    registry: Registry,
+    invocations: Instrument<Counter<u64>, IntCounterVec>,
+    errors: Instrument<Counter<u64>, IntCounterVec>,
+    timeouts: Instrument<Counter<u64>, IntCounterVec>,
+    invoke_duration: Instrument<Histogram<f64>, HistogramVec>,
+    init_duration: Instrument<Histogram<f64>, HistogramVec>,
+    coldstarts: Instrument<Counter<u64>, IntCounterVec>,
+    mem_usage: Instrument<Histogram<f64>, HistogramVec>,
+    billed_duration: Instrument<Histogram<f64>, HistogramVec>,
+    memory_size: Instrument<Gauge<f64>, GaugeVec>,
+    restore_duration: Instrument<Histogram<f64>, HistogramVec>,
+    produced_bytes: Instrument<Counter<u64>, IntCounterVec>,
+    telemetry_events: Instrument<Counter<u64>, IntCounterVec>,
+    telemetry_unknown: Instrument<Counter<u64>, IntCounterVec>,
+    logs_dropped: Instrument<Counter<u64>, IntCounterVec>,
+    evicted: Instrument<Counter<u64>, IntCounterVec>,
+    export_failures: Instrument<Counter<u64>, IntCounterVec>,
+    export_dropped: Instrument<Counter<u64>, IntCounterVec>,
+    hold: Instrument<Histogram<f64>, HistogramVec>,
+    token_requests: Instrument<Counter<u64>, IntCounterVec>,
+    token_duration: Instrument<Histogram<f64>, HistogramVec>,
+    connections_refused: Instrument<Counter<u64>, IntCounterVec>,
 }
 
 impl Metrics {
-    /// Builds every instrument of [`METRICS`] on `meter`.
+    /// Builds every instrument of [`METRICS`]: the OTel side on `meter`, the Prometheus side
+    /// in a registry of its own, read by [`Metrics::prometheus_text`].
     pub fn new(meter: &Meter) -> Self {
+        let registry = Registry::new();
+        let counter = |def| Instrument::counter(meter, &registry, def);
+        let histogram = |def| Instrument::histogram(meter, &registry, def);
         Metrics {
-            invocations: counter(meter, &INVOCATIONS),
-            errors: counter(meter, &ERRORS),
-            timeouts: counter(meter, &TIMEOUTS),
-            invoke_duration: histogram(meter, &INVOKE_DURATION),
-            init_duration: histogram(meter, &INIT_DURATION),
-            coldstarts: counter(meter, &COLDSTARTS),
-            mem_usage: histogram(meter, &MEM_USAGE),
-            billed_duration: histogram(meter, &BILLED_DURATION),
-            memory_size: gauge(meter, &MEMORY_SIZE),
-            restore_duration: histogram(meter, &RESTORE_DURATION),
-            produced_bytes: counter(meter, &PRODUCED_BYTES),
-            telemetry_events: counter(meter, &TELEMETRY_EVENTS),
-            telemetry_unknown: counter(meter, &TELEMETRY_UNKNOWN),
-            logs_dropped: counter(meter, &LOGS_DROPPED),
-            evicted: counter(meter, &EVICTED),
-            export_failures: counter(meter, &EXPORT_FAILURES),
-            export_dropped: counter(meter, &EXPORT_DROPPED),
-            hold: histogram(meter, &HOLD),
-            token_requests: counter(meter, &TOKEN_REQUESTS),
-            token_duration: histogram(meter, &TOKEN_DURATION),
-            connections_refused: counter(meter, &CONNECTIONS_REFUSED),
+            invocations: counter(&INVOCATIONS),
+            errors: counter(&ERRORS),
+            timeouts: counter(&TIMEOUTS),
+            invoke_duration: histogram(&INVOKE_DURATION),
+            init_duration: histogram(&INIT_DURATION),
+            coldstarts: counter(&COLDSTARTS),
+            mem_usage: histogram(&MEM_USAGE),
+            billed_duration: histogram(&BILLED_DURATION),
+            memory_size: Instrument::gauge(meter, &registry, &MEMORY_SIZE),
+            restore_duration: histogram(&RESTORE_DURATION),
+            produced_bytes: counter(&PRODUCED_BYTES),
+            telemetry_events: counter(&TELEMETRY_EVENTS),
+            telemetry_unknown: counter(&TELEMETRY_UNKNOWN),
+            logs_dropped: counter(&LOGS_DROPPED),
+            evicted: counter(&EVICTED),
+            export_failures: counter(&EXPORT_FAILURES),
+            export_dropped: counter(&EXPORT_DROPPED),
+            hold: histogram(&HOLD),
+            token_requests: counter(&TOKEN_REQUESTS),
+            token_duration: histogram(&TOKEN_DURATION),
+            connections_refused: counter(&CONNECTIONS_REFUSED),
+            registry,
         }
+    }
+
+    /// Every metric in the Prometheus text format (version 0.0.4), each family with its HELP
+    /// (the definition's description) and TYPE.
+    pub fn prometheus_text(&self) -> Result<String, prometheus::Error> {
+        let mut text = String::new();
+        prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text)?;
+        Ok(text)
     }
 
     /// An invocation finished (platform.runtimeDone): counts it by status, counts errors
     /// (`error`, `failure`, `unknown`) or timeouts, and records its runtime duration.
     pub fn invocation(&self, status: Status, seconds: Option<f64>) {
-        self.invocations
-            .add(1, &labels(&INVOCATIONS, [status.as_str()]));
+        self.invocations.add(1, [status.as_str()]);
         match status {
             Status::Success => {}
-            Status::Timeout => self.timeouts.add(1, &[]),
-            Status::Error | Status::Failure | Status::Unknown => self.errors.add(1, &[]),
+            Status::Timeout => self.timeouts.add(1, []),
+            Status::Error | Status::Failure | Status::Unknown => self.errors.add(1, []),
         }
         if let Some(seconds) = seconds {
-            self.invoke_duration.record(seconds, &[]);
+            self.invoke_duration.record(seconds, []);
         }
     }
 
     /// Response bytes an invocation produced.
     pub fn produced_bytes(&self, bytes: u64) {
-        self.produced_bytes.add(bytes, &[]);
+        self.produced_bytes.add(bytes, []);
     }
 
     /// The platform.report figures of one invocation.
     pub fn report(&self, billed_seconds: f64, max_memory_bytes: f64, memory_size_bytes: f64) {
-        self.billed_duration.record(billed_seconds, &[]);
-        self.mem_usage.record(max_memory_bytes, &[]);
-        self.memory_size.record(memory_size_bytes, &[]);
+        self.billed_duration.record(billed_seconds, []);
+        self.mem_usage.record(max_memory_bytes, []);
+        self.memory_size.set(memory_size_bytes, []);
     }
 
     /// An environment finished its init phase: one cold start and its duration.
     pub fn init(&self, seconds: f64) {
-        self.coldstarts.add(1, &[]);
-        self.init_duration.record(seconds, &[]);
+        self.coldstarts.add(1, []);
+        self.init_duration.record(seconds, []);
     }
 
     /// An environment was restored from a SnapStart snapshot: one cold start and its
     /// restore duration (when reported).
     pub fn restore(&self, seconds: Option<f64>) {
-        self.coldstarts.add(1, &[]);
+        self.coldstarts.add(1, []);
         if let Some(seconds) = seconds {
-            self.restore_duration.record(seconds, &[]);
+            self.restore_duration.record(seconds, []);
         }
     }
 
     /// One telemetry event of a known type was received.
     pub fn telemetry_event(&self, event_type: &'static str) {
-        self.telemetry_events
-            .add(1, &labels(&TELEMETRY_EVENTS, [event_type]));
+        self.telemetry_events.add(1, [event_type]);
     }
 
     /// Telemetry elements skipped while parsing a batch.
     pub fn skipped_events(&self, reason: SkipReason, count: u64) {
         if count > 0 {
-            self.telemetry_unknown
-                .add(count, &labels(&TELEMETRY_UNKNOWN, [reason.as_str()]));
+            self.telemetry_unknown.add(count, [reason.as_str()]);
         }
     }
 
     /// Lambda reported dropping this many telemetry records (platform.logsDropped).
     pub fn logs_dropped(&self, records: u64) {
-        self.logs_dropped.add(records, &[]);
+        self.logs_dropped.add(records, []);
     }
 
     /// An unfinished invocation was evicted from the bounded derivation state.
     pub fn evicted(&self) {
-        self.evicted.add(1, &[]);
+        self.evicted.add(1, []);
     }
 
     /// An OTLP export of `signal` failed or timed out.
     pub fn export_failure(&self, signal: Signal) {
-        self.export_failures
-            .add(1, &labels(&EXPORT_FAILURES, [signal.as_str()]));
+        self.export_failures.add(1, [signal.as_str()]);
     }
 
     /// `items` of `signal` were dropped because a bounded buffer was full.
     pub fn dropped(&self, signal: Signal, items: u64) {
         if items > 0 {
-            self.export_dropped
-                .add(items, &labels(&EXPORT_DROPPED, [signal.as_str()]));
+            self.export_dropped.add(items, [signal.as_str()]);
         }
     }
 
     /// The post-runtime hold of one invocation.
     pub fn hold(&self, seconds: f64) {
-        self.hold.record(seconds, &[]);
+        self.hold.record(seconds, []);
     }
 
     /// One finished token request.
-    pub fn token(&self, algorithm: &'static str, outcome: TokenOutcome, seconds: f64) {
+    pub fn token(&self, token: &TokenRecord) {
         self.token_requests
-            .add(1, &labels(&TOKEN_REQUESTS, [algorithm, outcome.as_str()]));
+            .add(1, [token.algorithm, token.outcome.as_str()]);
         self.token_duration
-            .record(seconds, &labels(&TOKEN_DURATION, [algorithm]));
+            .record(token.duration.as_secs_f64(), [token.algorithm]);
     }
 
     /// A connection to `listener` was refused or closed by a limit.
     pub fn connection_refused(&self, listener: Listener, reason: Refusal) {
-        self.connections_refused.add(
-            1,
-            &labels(&CONNECTIONS_REFUSED, [listener.as_str(), reason.as_str()]),
-        );
+        self.connections_refused
+            .add(1, [listener.as_str(), reason.as_str()]);
     }
 }
 
@@ -605,6 +742,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::TokenOutcome;
 
     #[test]
     fn exporter_health_metrics() {
@@ -632,12 +770,23 @@ sidecar.export.failures{signal=traces} = 2"
         assert_eq!(names.len(), METRICS.len(), "duplicate metric name");
         for def in METRICS {
             assert!(
-                matches!(def.unit, "s" | "By")
+                unit_word(def.unit).is_some()
                     || (def.unit.starts_with('{') && def.unit.ends_with('}')),
-                "{}: unit {}",
+                "{}: unit {} has no Prometheus word in unit_word",
                 def.name,
                 def.unit
             );
+            for label in def.labels {
+                // Valid Prometheus label names as they are: the OTLP translation leaves them
+                // unchanged, so both paths carry the same label.
+                assert!(
+                    !label.starts_with("__")
+                        && label.starts_with(|c: char| c.is_ascii_lowercase())
+                        && label.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{}: label {label}",
+                    def.name
+                );
+            }
             assert!(!def.description.is_empty(), "{}", def.name);
             if let MetricKind::Histogram { buckets } = def.kind {
                 assert!(
@@ -646,6 +795,220 @@ sidecar.export.failures{signal=traces} = 2"
                     def.name
                 );
             }
+        }
+    }
+
+    /// Every definition's Prometheus name, written out by hand from otlptranslator's rules:
+    /// a new metric fails here until its name is confirmed.
+    #[test]
+    fn prometheus_names_are_those_of_the_otlp_translation() {
+        let expected = [
+            ("faas.invocations", "faas_invocations_total"),
+            ("faas.errors", "faas_errors_total"),
+            ("faas.timeouts", "faas_timeouts_total"),
+            ("faas.invoke_duration", "faas_invoke_duration_seconds"),
+            ("faas.init_duration", "faas_init_duration_seconds"),
+            ("faas.coldstarts", "faas_coldstarts_total"),
+            ("faas.mem_usage", "faas_mem_usage_bytes"),
+            (
+                "aws.lambda.billed_duration",
+                "aws_lambda_billed_duration_seconds",
+            ),
+            ("aws.lambda.memory_size", "aws_lambda_memory_size_bytes"),
+            (
+                "aws.lambda.restore_duration",
+                "aws_lambda_restore_duration_seconds",
+            ),
+            // The unit's word is already in the name: not appended twice.
+            (
+                "aws.lambda.produced_bytes",
+                "aws_lambda_produced_bytes_total",
+            ),
+            ("sidecar.telemetry.events", "sidecar_telemetry_events_total"),
+            (
+                "sidecar.telemetry.unknown_events",
+                "sidecar_telemetry_unknown_events_total",
+            ),
+            (
+                "sidecar.telemetry.logs_dropped",
+                "sidecar_telemetry_logs_dropped_total",
+            ),
+            (
+                "sidecar.telemetry.evicted",
+                "sidecar_telemetry_evicted_total",
+            ),
+            ("sidecar.export.failures", "sidecar_export_failures_total"),
+            (
+                "sidecar.export.dropped_items",
+                "sidecar_export_dropped_items_total",
+            ),
+            ("sidecar.hold", "sidecar_hold_seconds"),
+            ("sidecar.token.requests", "sidecar_token_requests_total"),
+            ("sidecar.token.duration", "sidecar_token_duration_seconds"),
+            (
+                "sidecar.connections.refused",
+                "sidecar_connections_refused_total",
+            ),
+        ];
+        let mut defined: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
+        let mut listed: Vec<&str> = expected.iter().map(|(otel, _)| *otel).collect();
+        defined.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(
+            defined, listed,
+            "every metric, and only those, is listed here"
+        );
+        for (otel, prom) in expected {
+            let def = METRICS.iter().find(|m| m.name == otel).unwrap();
+            assert_eq!(prometheus_name(def), prom, "{otel} ({})", def.unit);
+        }
+        // Rules no definition exercises yet.
+        let def = |name, unit, kind| MetricDef {
+            name,
+            unit,
+            description: "-",
+            kind,
+            labels: &[],
+        };
+        let cases = [
+            (
+                def("a.latency", "ms", MetricKind::Gauge),
+                "a_latency_milliseconds",
+            ),
+            (
+                def("a.requests_total", "{request}", MetricKind::Counter),
+                "a_requests_total",
+            ),
+            (
+                def("a.total.size", "By", MetricKind::Counter),
+                "a_size_bytes_total",
+            ),
+            (def("a..b__c", "s", MetricKind::Gauge), "a_b_c_seconds"),
+        ];
+        for (def, prom) in cases {
+            assert_eq!(prometheus_name(&def), prom, "{}", def.name);
+        }
+    }
+
+    /// The Prometheus samples of `metrics`, `name{k=v,...}` (labels sorted) to value, without
+    /// the `_bucket` series and without zeros (the families' pre-created zero series).
+    fn prometheus_samples(metrics: &Metrics) -> Vec<String> {
+        let text = metrics.prometheus_text().unwrap();
+        let mut samples: Vec<String> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                let value: f64 = value.parse().unwrap();
+                let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+                let mut labels: Vec<String> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| l.replace('"', ""))
+                    .collect();
+                labels.sort();
+                (value != 0.0 && !name.ends_with("_bucket"))
+                    .then(|| format!("{name}{{{}}} {}", labels.join(","), round(value)))
+            })
+            .collect();
+        samples.sort();
+        samples
+    }
+
+    fn round(v: f64) -> f64 {
+        (v * 1e6).round() / 1e6
+    }
+
+    /// Each recording method feeds both outputs: every OTel data point (as
+    /// [`testing::render`] prints it) has the same value in the Prometheus text under the
+    /// translated name, and the Prometheus text has nothing else.
+    #[test]
+    fn every_recording_reaches_otel_and_prometheus_alike() {
+        let (source, metrics) = testing::source();
+        let token = |outcome, millis| TokenRecord {
+            start: std::time::SystemTime::UNIX_EPOCH,
+            duration: std::time::Duration::from_millis(millis),
+            algorithm: "ES256",
+            outcome,
+            traceparent: None,
+        };
+        metrics.invocation(Status::Success, Some(0.02));
+        metrics.invocation(Status::Success, Some(0.5));
+        metrics.invocation(Status::Timeout, None);
+        metrics.invocation(Status::Error, Some(1.25));
+        metrics.produced_bytes(100);
+        metrics.report(0.1, 64.0 * MIB, 128.0 * MIB);
+        metrics.init(0.3);
+        metrics.restore(Some(0.2));
+        metrics.telemetry_event("platform.start");
+        metrics.telemetry_event("platform.start");
+        metrics.telemetry_event("function");
+        metrics.skipped_events(SkipReason::UnknownType, 2);
+        metrics.logs_dropped(3);
+        metrics.evicted();
+        metrics.export_failure(Signal::Traces);
+        metrics.dropped(Signal::Records, 4);
+        metrics.hold(0.001);
+        metrics.token(&token(TokenOutcome::Issued, 2));
+        metrics.token(&token(TokenOutcome::Issued, 3));
+        metrics.token(&token(TokenOutcome::Rejected { status: 401 }, 1));
+        metrics.connection_refused(Listener::Token, Refusal::Evicted);
+        metrics.connection_refused(Listener::Telemetry, Refusal::HeaderTimeout);
+
+        let mut from_otel: Vec<String> = testing::render(&source)
+            .lines()
+            .flat_map(|line| {
+                let (series, value) = line.split_once(' ').unwrap();
+                let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+                let def = METRICS.iter().find(|m| m.name == name).unwrap();
+                let prom = prometheus_name(def);
+                let labels = labels.trim_end_matches('}');
+                match value.strip_prefix("= ") {
+                    Some(value) => vec![format!("{prom}{{{labels}}} {value}")],
+                    None => {
+                        let (count, sum) = value.split_once(' ').unwrap();
+                        vec![
+                            format!("{prom}_count{{{labels}}} {}", &count["count=".len()..]),
+                            format!("{prom}_sum{{{labels}}} {}", &sum["sum=".len()..]),
+                        ]
+                    }
+                }
+            })
+            .collect();
+        from_otel.sort();
+        assert_eq!(prometheus_samples(&metrics), from_otel);
+        assert!(from_otel.len() > METRICS.len(), "every metric recorded");
+    }
+
+    /// Every family carries its definition's description as HELP and its kind as TYPE.
+    #[test]
+    fn every_family_has_help_and_type_from_its_definition() {
+        let (_, metrics) = testing::source();
+        metrics.report(0.1, 64.0 * MIB, 128.0 * MIB);
+        metrics.telemetry_event("function");
+        metrics.skipped_events(SkipReason::Malformed, 1);
+        metrics.export_failure(Signal::Metrics);
+        metrics.dropped(Signal::Traces, 1);
+        metrics.invocation(Status::Success, None);
+        metrics.token(&TokenRecord {
+            start: std::time::SystemTime::UNIX_EPOCH,
+            duration: std::time::Duration::from_millis(1),
+            algorithm: "HS256",
+            outcome: TokenOutcome::Issued,
+            traceparent: None,
+        });
+        metrics.connection_refused(Listener::Metrics, Refusal::OverCapacity);
+        let text = metrics.prometheus_text().unwrap();
+        for def in METRICS {
+            let name = prometheus_name(def);
+            let kind = match def.kind {
+                MetricKind::Counter => "counter",
+                MetricKind::Histogram { .. } => "histogram",
+                MetricKind::Gauge => "gauge",
+            };
+            let header = format!("# HELP {name} {}\n# TYPE {name} {kind}\n", def.description);
+            assert!(text.contains(&header), "{header}not in:\n{text}");
         }
     }
 }

@@ -1,12 +1,21 @@
 //! Standalone mode (`lambda-sidecar serve`): the token service without the Extensions API,
-//! for local development, the examples and benchmarks. No telemetry: there is no Lambda to
-//! observe.
+//! for local development, the examples, benchmarks and container sidecars. No Lambda to
+//! observe and no OTLP export, but the token metrics still count, for `/metrics`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use axum::Router;
+use axum::routing::get;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::metrics::noop::NoopMeterProvider;
+use tokio::net::TcpListener;
+
 use crate::config::Config;
 use crate::lifecycle::{StartupError, bind};
+use crate::pipeline::Recorder;
+use crate::server::{self, Limits};
+use crate::signals::{Listener, Metrics};
 use crate::token::{self, TokenService, keys::SigningKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +26,8 @@ pub enum StandaloneError {
     Serve(std::io::Error),
 }
 
-/// Serves tokens on 127.0.0.1:`SIDECAR_PORT` until SIGINT or SIGTERM.
+/// Serves tokens on 127.0.0.1:`SIDECAR_PORT`, and `/metrics` alone on `SIDECAR_METRICS_ADDR`
+/// when set, until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StandaloneError> {
     let key = SigningKey::load(&config.token).map_err(StartupError::from)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
@@ -26,11 +36,49 @@ pub async fn run(config: Config) -> Result<(), StandaloneError> {
         .local_addr()
         .map_err(|source| StartupError::Bind { addr, source })?
         .port();
+    // Nothing exports over OTLP here, so the OTel half of every instrument is a no-op; the
+    // Prometheus half counts.
+    let metrics = Arc::new(Metrics::new(
+        &NoopMeterProvider::new().meter(env!("CARGO_PKG_NAME")),
+    ));
+    if let Some(metrics_addr) = config.metrics_addr {
+        let metrics_listener = bind(metrics_addr).await?;
+        tracing::info!(addr = %metrics_addr, "serving /metrics");
+        tokio::spawn(serve_metrics(metrics_listener, metrics.clone()));
+    }
     tracing::info!(%addr, algorithm = key.algorithm().name(), kid = key.kid(), "serving tokens");
-    let service = Arc::new(TokenService::new(config.token, key, None, port));
+    let recorder = Recorder::metrics_only(metrics);
+    let service = Arc::new(TokenService::new(config.token, key, Some(recorder), port));
     token::serve(listener, service, signal())
         .await
         .map_err(StandaloneError::Serve)
+}
+
+/// The `SIDECAR_METRICS_ADDR` listener: `GET /metrics` and nothing else, for a Prometheus
+/// that scrapes the container from outside. It asks for no `X-Sidecar-Token`: a scraper has
+/// no session token, and the figures are counts by closed label sets, never a token or a
+/// claim. The token endpoints stay on loopback. It is the one listener that may face a
+/// network, so it has the same connection limits as the others. It ends with the process.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    let router = Router::new().route(
+        "/metrics",
+        get({
+            let metrics = metrics.clone();
+            move || std::future::ready(token::scrape(&metrics))
+        }),
+    );
+    let limits = Limits::METRICS;
+    let serving = server::serve(
+        listener,
+        router,
+        limits,
+        Listener::Metrics,
+        Some(metrics),
+        std::future::pending(),
+    );
+    if let Err(e) = serving.await {
+        tracing::error!(error = %e, "the /metrics listener failed");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM. If a handler can't be installed, Ctrl-C alone stops it.

@@ -1,11 +1,11 @@
 //! The token service: `GET/POST /token`, `/.well-known/jwks.json` and `/health` on
-//! 127.0.0.1, for the function beside us.
+//! 127.0.0.1, for the function beside us, and the sidecar's `GET /metrics` (Prometheus text).
 //!
 //! The function is not the only thing that can reach 127.0.0.1: anything that makes the
 //! function fetch a URL (a webhook, a link preview, a headless browser) can too. So every
 //! request crosses [`guard`] first: on every path it refuses what a proxied or forged request
-//! carries (forwarding headers, a foreign `Host`, an absolute-form target), and `/token`
-//! further needs the per-environment secret in `X-Sidecar-Token` (see
+//! carries (forwarding headers, a foreign `Host`, an absolute-form target), and `/token` and
+//! `/metrics` further need the per-environment secret in `X-Sidecar-Token` (see
 //! [`crate::config::TokenAuth`]), which a URL cannot carry, and a JSON body, which a browser
 //! cannot send cross-origin without asking first.
 //!
@@ -37,6 +37,7 @@ use crate::pipeline::Recorder;
 use crate::records::{Record, TokenOutcome, TokenRecord, TraceParent};
 use crate::server::Limits;
 use crate::signals::Listener;
+use crate::signals::Metrics;
 use claims::{ClaimError, TokenRequest};
 use keys::SigningKey;
 
@@ -59,8 +60,8 @@ const FORWARDING_HEADERS: &[&str] = &[
 ];
 
 /// One message for a missing and a wrong secret, so the answer tells a prober nothing.
-const UNAUTHORIZED: &str = "/token needs the X-Sidecar-Token header set to the value of the \
-                            AWS_SESSION_TOKEN environment variable";
+const UNAUTHORIZED: &str = "/token and /metrics need the X-Sidecar-Token header set to the value \
+                            of the AWS_SESSION_TOKEN environment variable";
 
 /// Everything a request needs, built once at start.
 pub struct TokenService {
@@ -230,10 +231,16 @@ impl TokenService {
 /// In front of every route: [`TokenService::check_boundary`] on every path; for `/token`,
 /// [`TokenService::check_secret`] too, and a telemetry record of the outcome whatever it was
 /// (so refusals can be counted: an SSRF attempt shows as `sidecar.token.requests` with
-/// `outcome=rejected`).
+/// `outcome=rejected`). `/metrics` needs the secret as well (it tells who asks for tokens and
+/// how the function fares), but a scrape is not a token request and is not recorded.
 async fn guard(State(service): State<Arc<TokenService>>, request: Request, next: Next) -> Response {
-    if request.uri().path() != "/token" {
-        return match service.check_boundary(&request) {
+    let path = request.uri().path();
+    if path != "/token" {
+        let checked = service.check_boundary(&request).and_then(|()| match path {
+            "/metrics" => service.check_secret(request.headers()),
+            _ => Ok(()),
+        });
+        return match checked {
             Ok(()) => next.run(request).await,
             Err(e) => e.into_response(),
         };
@@ -274,10 +281,11 @@ pub fn router(service: Arc<TokenService>) -> Router {
         )
         .route("/.well-known/jwks.json", get(jwks))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; use /token, /.well-known/jwks.json or /health",
+                "no such endpoint; use /token, /.well-known/jwks.json, /health or /metrics",
             )
         })
         .method_not_allowed_fallback(method_not_allowed)
@@ -363,6 +371,26 @@ async fn jwks(State(service): State<Arc<TokenService>>) -> Response {
 
 async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn metrics(State(service): State<Arc<TokenService>>) -> Response {
+    match &service.recorder {
+        Some(recorder) => scrape(&recorder.metrics()),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no metrics: this token service was started without telemetry",
+        )
+        .into_response(),
+    }
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format. Also the whole of the
+/// `SIDECAR_METRICS_ADDR` listener in `serve` mode (see [`crate::standalone`]).
+pub fn scrape(metrics: &Metrics) -> Response {
+    match metrics.prometheus_text() {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(e) => ApiError::internal(&format!("cannot encode the metrics: {e}")).into_response(),
+    }
 }
 
 /// Every error the API answers: `{"error","message","status"}` with the matching HTTP status.
