@@ -11,28 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{random_secret, sidecar_bin, stderr_of};
-use lambda_env::{EnvConfig, Sink, SinkMode, free_port};
+use common::stderr_of;
+use lambda_env::{EnvConfig, Sink, SinkMode};
 
 /// The sidecar with `extra` variables, `invokes` invocations that fetch no token.
 fn environment(invokes: usize, extra: &[(&str, String)]) -> EnvConfig {
-    let port = free_port().unwrap();
-    let mut env = vec![
-        ("JWT_SECRET".to_string(), random_secret()),
-        ("SIDECAR_PORT".to_string(), port.to_string()),
-        ("SIDECAR_LOG".to_string(), "info".to_string()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    EnvConfig {
-        extension: Some(sidecar_bin()),
-        env,
-        function_name: "exporter-test".to_string(),
-        invokes,
-        tokens_per_invoke: 0,
-        token_url: format!("http://127.0.0.1:{port}/token"),
-        function_ms: 20,
-        ..EnvConfig::default()
-    }
+    let mut env = vec![("SIDECAR_LOG", "info".to_string())];
+    env.extend_from_slice(extra);
+    common::environment("exporter-test", invokes, 0, &env)
 }
 
 /// A CA and a server certificate for 127.0.0.1 and localhost it signed, made with the
@@ -229,19 +215,8 @@ async fn the_shutdown_flush_is_capped_below_a_long_deadline() {
     );
     config.shutdown_ms = 10_000;
     let report = lambda_env::run(config).await.unwrap();
+    common::assert_clean_exit(&report);
     let log = stderr_of(&report);
-    assert!(
-        report.init.error.is_none(),
-        "{:?}\n{log}",
-        report.init.error
-    );
-    assert_eq!(
-        report.shutdown.exit_code,
-        Some(0),
-        "{:?}\n{log}",
-        report.shutdown
-    );
-    assert!(!report.shutdown.killed, "SIGKILLed at the deadline\n{log}");
     // The cap is 1 s (plus at most 0.5 s waiting for the last report and token requests);
     // the deadline is 10 s away. 5 s of margin is a functional bound, not a timing budget.
     let early = report.shutdown.exited_before_deadline_ms.unwrap_or(0.0);

@@ -5,59 +5,30 @@
 //! The real binary runs in lambda-env and exports straight to lambda-env's sink (no collector
 //! in between, which could re-aggregate), which decodes with the official OTLP schema.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use lambda_env::{EnvConfig, InvokeStatus, MetricPoint, Report, Sink, SinkMode, free_port};
+use common::stderr_of;
+use lambda_env::{EnvConfig, InvokeStatus, MetricPoint, Report, Sink, SinkMode};
 
 const FUNCTION: &str = "metrics-orders";
-
-fn sidecar_bin() -> PathBuf {
-    std::env::var_os("LAMBDA_SIDECAR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
-}
 
 /// An environment of `FUNCTION` exporting to `sink`: `invokes` invocations that fetch `tokens`
 /// tokens each.
 fn environment(sink: &Sink, invokes: usize, tokens: usize, extra: &[(&str, &str)]) -> EnvConfig {
-    let port = free_port().unwrap();
-    let mut secret = [0u8; 36];
-    getrandom::fill(&mut secret).unwrap();
     let mut env = vec![
-        (
-            "JWT_SECRET".to_string(),
-            secret.iter().map(|b| format!("{b:02x}")).collect(),
-        ),
-        ("SIDECAR_PORT".to_string(), port.to_string()),
-        ("SIDECAR_FLUSH_TIMEOUT_MS".to_string(), "300".to_string()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), sink.endpoint()),
+        ("SIDECAR_FLUSH_TIMEOUT_MS", "300".to_string()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
     ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    EnvConfig {
-        extension: Some(sidecar_bin()),
-        env,
-        function_name: FUNCTION.to_string(),
-        invokes,
-        tokens_per_invoke: tokens,
-        token_url: format!("http://127.0.0.1:{port}/token"),
-        function_ms: 20,
-        ..EnvConfig::default()
-    }
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    common::environment(FUNCTION, invokes, tokens, &env)
 }
 
 fn assert_ran(report: &Report, tokens: usize) {
-    let log = report
-        .stderr_path
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default();
-    assert!(
-        report.init.error.is_none(),
-        "{:?}\n{log}",
-        report.init.error
-    );
+    common::assert_clean_exit(report);
+    let log = stderr_of(report);
     for invoke in &report.invokes {
         assert!(matches!(invoke.status, InvokeStatus::Success), "{invoke:?}");
         assert_eq!(invoke.tokens.len(), tokens);
@@ -65,7 +36,6 @@ fn assert_ran(report: &Report, tokens: usize) {
             assert_eq!(call.http_status, Some(200), "{call:?}\n{log}");
         }
     }
-    assert_eq!(report.shutdown.exit_code, Some(0), "{log}");
 }
 
 /// The points of one metric, grouped by export (an export's points share their time).

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use lambda_env::{MetricPoint, Report};
+use lambda_env::{EnvConfig, MetricPoint, Report, free_port};
 
 /// The binary under test: `LAMBDA_SIDECAR_BIN` (the Makefile's one release build), else the
 /// debug build cargo made for this test.
@@ -25,6 +25,50 @@ pub fn random_hex(bytes: usize) -> String {
 /// A JWT_SECRET that passes the sidecar's strength check.
 pub fn random_secret() -> String {
     random_hex(36)
+}
+
+/// lambda-env running the sidecar for `function` on a free token port, with a random
+/// `JWT_SECRET` and `env` on top (a later entry for the same variable wins): `invokes`
+/// invocations of 20 ms, each fetching `tokens` tokens.
+pub fn environment(
+    function: &str,
+    invokes: usize,
+    tokens: usize,
+    env: &[(&str, String)],
+) -> EnvConfig {
+    let port = free_port().unwrap();
+    let mut vars = vec![
+        ("JWT_SECRET".to_string(), random_secret()),
+        ("SIDECAR_PORT".to_string(), port.to_string()),
+    ];
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    EnvConfig {
+        extension: Some(sidecar_bin()),
+        env: vars,
+        function_name: function.to_string(),
+        invokes,
+        tokens_per_invoke: tokens,
+        token_url: format!("http://127.0.0.1:{port}/token"),
+        function_ms: 20,
+        ..EnvConfig::default()
+    }
+}
+
+/// Init went through and the sidecar exited 0 on its own, before the SHUTDOWN deadline.
+pub fn assert_clean_exit(report: &Report) {
+    let log = stderr_of(report);
+    assert!(
+        report.init.error.is_none(),
+        "init failed: {:?}\n{log}",
+        report.init.error
+    );
+    assert_eq!(
+        report.shutdown.exit_code,
+        Some(0),
+        "{:?}\n{log}",
+        report.shutdown
+    );
+    assert!(!report.shutdown.killed, "SIGKILLed at the deadline\n{log}");
 }
 
 /// What the extension wrote to stderr during a run.
