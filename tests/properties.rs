@@ -15,12 +15,15 @@ use std::time::{Duration, SystemTime};
 use lambda_sidecar::config::{Config, TokenConfig};
 use lambda_sidecar::intake::events::{
     ChildSpans, EventKind, ExtensionState, InitReport, InitRuntimeDone, InitStart, LogLine,
-    LogsDropped, PhaseMetrics, PlatformSpan, Report, ReportMetrics, RestoreReport,
-    RestoreRuntimeDone, RestoreStart, RuntimeDone, RuntimeDoneMetrics, Start, Status,
-    TelemetryEvent, TelemetrySubscription, Tracing, parse_batch, parse_rfc3339,
+    LogsDropped, MAX_CHILD_SPANS, MAX_REQUEST_ID_BYTES, PhaseMetrics, PlatformSpan, Report,
+    ReportMetrics, RestoreReport, RestoreRuntimeDone, RestoreStart, RuntimeDone,
+    RuntimeDoneMetrics, Start, Status, TelemetryEvent, TelemetrySubscription, Tracing, parse_batch,
+    parse_rfc3339,
 };
 use lambda_sidecar::records::{RemoteParent, TraceParent, parse_xray};
-use lambda_sidecar::token::claims::{ClaimError, SIDECAR_CLAIMS, TokenRequest, build};
+use lambda_sidecar::token::claims::{
+    ClaimError, MAX_CLAIM_BYTES, MAX_CLAIM_DEPTH, SIDECAR_CLAIMS, TokenRequest, build,
+};
 use opentelemetry::trace::{SpanId, TraceId};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -50,9 +53,9 @@ fn any_text(max: usize) -> impl Strategy<Value = String> {
     vec(any::<char>(), 0..max).prop_map(|chars| chars.into_iter().collect())
 }
 
-/// Printable text that no rule of the sidecar refuses, now or after the hardening: ASCII
-/// letters, digits, punctuation that JSON must escape (`"` and `\`), and a few non-ASCII
-/// letters (never control, bidi or zero-width characters).
+/// Printable text that no rule of the sidecar refuses: ASCII letters, digits, punctuation
+/// that JSON must escape (`"` and `\`), and a few non-ASCII letters (never control, bidi
+/// or zero-width characters).
 fn safe_text(min: usize, max: usize) -> impl Strategy<Value = String> {
     "[a-zA-Z0-9 _.:/@$\"\\\\éß日本🦀-]*"
         .prop_filter("length", move |s| (min..=max).contains(&s.chars().count()))
@@ -555,13 +558,23 @@ fn element() -> impl Strategy<Value = (Value, Expect)> {
             }
             (e, Expect::Malformed)
         }),
-        // Not an object at all. Not a 3-element array either: serde's derived Deserialize
-        // reads a struct from a sequence too, so `[time, type, record]` is parsed as an
-        // envelope (and `[requestId, version, tracing]` as a platform.start record): a
-        // leniency the module documentation does not state, reported with issue 10.
+        // Not an object at all.
         1 => any_json()
-            .prop_filter("an object", |v| !v.is_object() && v.as_array().is_none_or(|a| a.len() != 3))
+            .prop_filter("an object", |v| !v.is_object())
             .prop_map(|v| (v, Expect::Malformed)),
+        // A well-formed event written as an array, or with its record written as one: serde's
+        // derived Deserialize would read `[time, type, record]` as an envelope and a record's
+        // field values in order as the record.
+        1 => (timestamp(), record()).prop_map(|((time, _), (kind, record, _))| {
+            (json!([time, kind, record]), Expect::Malformed)
+        }),
+        1 => (timestamp(), record()).prop_map(|((time, _), (kind, record, _))| {
+            let values = match record {
+                Value::Object(fields) => fields.into_iter().map(|(_, v)| v).collect(),
+                other => vec![other],
+            };
+            (json!({"time": time, "type": kind, "record": values}), Expect::Malformed)
+        }),
     ]
 }
 
@@ -655,6 +668,67 @@ proptest! {
         prop_assert_eq!(batch.unknown, count(&Expect::Unknown));
         prop_assert_eq!(batch.malformed, count(&Expect::Malformed));
     }
+
+    /// A request id is bounded in bytes, not characters: up to [`MAX_REQUEST_ID_BYTES`] it
+    /// is kept whole by every event that carries one, one byte more makes the element
+    /// malformed.
+    #[test]
+    fn request_ids_are_bounded_in_bytes((id, kept) in request_id(), kind in 0..3usize) {
+        let (kind, mut record) = match kind {
+            0 => ("platform.start", json!({})),
+            1 => ("platform.runtimeDone", json!({"status": "success"})),
+            _ => ("platform.report", json!({"status": "success", "metrics": {
+                "durationMs": 1.0, "billedDurationMs": 1, "memorySizeMB": 128, "maxMemoryUsedMB": 64}})),
+        };
+        record["requestId"] = json!(id);
+        let body = json!([{"time": "2022-10-12T00:00:00Z", "type": kind, "record": record}]);
+        let batch = parse_batch(&serde_json::to_vec(&body).unwrap()).unwrap();
+        let ids: Vec<&str> = batch.events.iter().map(|e| match &e.kind {
+            EventKind::Start(start) => start.request_id.as_str(),
+            EventKind::RuntimeDone(done) => done.request_id.as_str(),
+            EventKind::Report(report) => report.request_id.as_str(),
+            other => panic!("{other:?}"),
+        }).collect();
+        if kept {
+            prop_assert_eq!((ids, batch.malformed), (vec![id.as_str()], 0), "{} bytes", id.len());
+        } else {
+            prop_assert_eq!((ids.len(), batch.malformed), (0, 1), "{} bytes", id.len());
+        }
+    }
+
+    /// A runtimeDone keeps its first [`MAX_CHILD_SPANS`] child spans, in order, and counts
+    /// the others.
+    #[test]
+    fn child_spans_are_bounded(count in 0..2 * MAX_CHILD_SPANS) {
+        let spans: Vec<Value> = (0..count)
+            .map(|i| json!({"name": format!("s{i}"), "start": "2022-10-12T00:00:00Z", "durationMs": 1.0}))
+            .collect();
+        let body = json!([{"time": "2022-10-12T00:00:00Z", "type": "platform.runtimeDone",
+            "record": {"requestId": "r1", "status": "success", "spans": spans}}]);
+        let batch = parse_batch(&serde_json::to_vec(&body).unwrap()).unwrap();
+        let [TelemetryEvent { kind: EventKind::RuntimeDone(done), .. }] = &batch.events[..] else {
+            return Err(TestCaseError::fail(format!("{:?}", batch.events)));
+        };
+        let names: Vec<String> = done.spans.kept.iter().map(|s| s.name.clone()).collect();
+        let want: Vec<String> = (0..count.min(MAX_CHILD_SPANS)).map(|i| format!("s{i}")).collect();
+        prop_assert_eq!(names, want);
+        prop_assert_eq!(done.spans.skipped, count.saturating_sub(MAX_CHILD_SPANS));
+    }
+}
+
+/// A request id and whether the parser must keep it: ASCII ids up to the byte bound and
+/// beyond it, and a two-byte character repeated to exactly the bound and one past it.
+fn request_id() -> impl Strategy<Value = (String, bool)> {
+    let ascii = |min: usize, max: usize| {
+        proptest::string::string_regex(&format!("[a-z0-9-]{{{min},{max}}}")).unwrap()
+    };
+    let half = MAX_REQUEST_ID_BYTES / 2;
+    prop_oneof![
+        ascii(1, MAX_REQUEST_ID_BYTES).prop_map(|id| (id, true)),
+        ascii(MAX_REQUEST_ID_BYTES + 1, 400).prop_map(|id| (id, false)),
+        Just(("é".repeat(half), true)),
+        Just(("é".repeat(half + 1), false)),
+    ]
 }
 
 // --- (b) the /token request and the claims builder ---
@@ -707,20 +781,17 @@ fn token_config() -> impl Strategy<Value = TokenConfig> {
         })
 }
 
-/// What the rules say of one request field: `Valid`; `Invalid` (refused now and after the
-/// hardening), with whether it is a reserved claim; or `Tightened`: accepted today, refused
-/// once the hardening's claim rules land (`aud: []`, a duplicated `aud`, bidi or zero-width
-/// characters in `sub` or in a claim string). Properties hold for both.
+/// What the rules say of one request field: `Valid`, `Invalid`, or `Reserved` (invalid
+/// because it names a claim only the sidecar sets, which the refusal must name).
 #[derive(Debug, Clone, PartialEq)]
 enum Verdict {
     Valid,
     Invalid,
     Reserved,
-    Tightened,
 }
 
-/// Characters the hardening refuses in `sub` and claim strings although they are not
-/// control characters: bidi overrides and isolates, zero-width characters, the BOM.
+/// Characters refused in `sub` and claim strings although they are not control
+/// characters: bidi overrides and isolates, zero-width characters, the BOM.
 const INVISIBLE: &[char] = &[
     '\u{200b}', '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}',
     '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{feff}',
@@ -730,6 +801,46 @@ fn with_invisible(text: String, at: prop::sample::Index, c: char) -> String {
     let mut chars: Vec<char> = text.chars().collect();
     chars.insert(at.index(chars.len() + 1), c);
     chars.into_iter().collect()
+}
+
+/// Every character a claim string may not hold that the generators use: [`INVISIBLE`]
+/// plus a C0 and a C1 control character.
+fn refused_chars() -> Vec<char> {
+    INVISIBLE.iter().copied().chain(['\n', '\u{85}']).collect()
+}
+
+/// `value` with one scalar leaf (chosen by `leaf`) turned into a string holding `c`: a
+/// string leaf gets `c` inserted, another scalar is replaced by `c` alone. A value with
+/// no scalar leaf (`[]`, `{}`) is replaced by the string itself.
+fn poison(mut value: Value, leaf: prop::sample::Index, at: prop::sample::Index, c: char) -> Value {
+    fn leaves<'a>(value: &'a mut Value, out: &mut Vec<&'a mut Value>) {
+        match value {
+            Value::Array(items) => items.iter_mut().for_each(|v| leaves(v, out)),
+            Value::Object(map) => map.values_mut().for_each(|v| leaves(v, out)),
+            scalar => out.push(scalar),
+        }
+    }
+    let mut found = Vec::new();
+    leaves(&mut value, &mut found);
+    if found.is_empty() {
+        return Value::from(with_invisible(String::new(), at, c));
+    }
+    let n = found.len();
+    let target = found.swap_remove(leaf.index(n));
+    let text = target.as_str().unwrap_or_default().to_string();
+    *target = Value::from(with_invisible(text, at, c));
+    value
+}
+
+/// `leaf` inside `depth` arrays or objects (bit `i` of `shapes` picks which at level `i`).
+fn nested(depth: usize, shapes: u64, leaf: Value) -> Value {
+    (0..depth).fold(leaf, |inner, level| {
+        if shapes >> level & 1 == 0 {
+            json!([inner])
+        } else {
+            json!({ "k": inner })
+        }
+    })
 }
 
 /// A small claim value that any size or depth limit lets through: depth at most 2,
@@ -750,6 +861,35 @@ fn small_claim_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A claim value on either side of a rule of the claim checks, and whether it passes:
+/// nesting up to [`MAX_CLAIM_DEPTH`] and one level more; a string whose JSON text (quotes
+/// and escapes included) is a few bytes under, at or over [`MAX_CLAIM_BYTES`]; a small
+/// value with a control or invisible character in one string at any depth.
+fn claim_near_a_limit() -> impl Strategy<Value = (Value, bool)> {
+    prop_oneof![
+        (0..=MAX_CLAIM_DEPTH + 1, any::<u64>(), safe_text(0, 8)).prop_map(
+            |(depth, shapes, leaf)| (
+                nested(depth, shapes, Value::from(leaf)),
+                depth <= MAX_CLAIM_DEPTH
+            )
+        ),
+        ("[a-z\"é]{0,8}", 0..6usize).prop_map(|(head, k)| {
+            let size = MAX_CLAIM_BYTES - 3 + k;
+            let pad = size - serde_json::to_string(&head).unwrap().len();
+            let value = Value::from(head + &"a".repeat(pad));
+            assert_eq!(serde_json::to_string(&value).unwrap().len(), size);
+            (value, size <= MAX_CLAIM_BYTES)
+        }),
+        (
+            small_claim_value(),
+            any::<prop::sample::Index>(),
+            any::<prop::sample::Index>(),
+            select(refused_chars()),
+        )
+            .prop_map(|(v, leaf, at, c)| (poison(v, leaf, at, c), false)),
+    ]
+}
+
 /// A `/token` request body for `config`: fields in random order, each valid or not, and
 /// the verdict on each.
 fn token_request(
@@ -763,7 +903,7 @@ fn token_request(
     let sub = prop_oneof![
         3 => safe_text(1, 40).prop_map(|s| (Value::from(s), Valid)),
         1 => (safe_text(0, 20), any::<prop::sample::Index>(), select(INVISIBLE.to_vec()))
-            .prop_map(|(s, at, c)| (Value::from(with_invisible(s, at, c)), Tightened)),
+            .prop_map(|(s, at, c)| (Value::from(with_invisible(s, at, c)), Invalid)),
         1 => prop_oneof![
             Just(Value::from("")),
             Just(Value::from("x".repeat(257))),
@@ -781,7 +921,7 @@ fn token_request(
             let many = subsequence(configured.clone(), 1..=configured.len())
                 .prop_shuffle()
                 .prop_map(|list| (Value::from(list), Valid));
-            let twice = select(configured.clone()).prop_map(|a| (json!([a.clone(), a]), Tightened));
+            let twice = select(configured.clone()).prop_map(|a| (json!([a.clone(), a]), Invalid));
             prop_oneof![one, many, twice].boxed()
         };
         let foreign = "[a-z]{1,8}"
@@ -799,7 +939,7 @@ fn token_request(
             .prop_map(|v| (v, Invalid));
         prop_oneof![
             4 => some_configured,
-            1 => Just((json!([]), Tightened)),
+            1 => Just((json!([]), Invalid)),
             1 => foreign,
             1 => prop_oneof![Just(json!(7)), Just(json!([7])), Just(json!({"aud": "api"}))]
                 .prop_map(|v| (v, Invalid)),
@@ -852,13 +992,8 @@ fn token_request(
                     .boxed(),
             );
             arms.push(
-                (
-                    names,
-                    safe_text(0, 10),
-                    any::<prop::sample::Index>(),
-                    select(INVISIBLE.to_vec()),
-                )
-                    .prop_map(|(n, s, at, c)| (n, Value::from(with_invisible(s, at, c)), Tightened))
+                (names, claim_near_a_limit())
+                    .prop_map(|(n, (v, ok))| (n, v, if ok { Valid } else { Invalid }))
                     .boxed(),
             );
         }
@@ -876,16 +1011,12 @@ fn token_request(
                         verdicts.push(verdict);
                     }
                 }
-                let reserved = verdicts.contains(&Reserved);
-                let verdict = if verdicts.contains(&Invalid)
-                    || (reserved && verdicts.contains(&Tightened))
-                {
-                    // Refused either way; which rule speaks first is not specified.
+                // With another fault beside a reserved name, which rule speaks first is not
+                // specified: the request is only known to be refused.
+                let verdict = if verdicts.contains(&Invalid) {
                     Invalid
-                } else if reserved {
+                } else if verdicts.contains(&Reserved) {
                     Reserved
-                } else if verdicts.contains(&Tightened) {
-                    Tightened
                 } else {
                     Valid
                 };
@@ -982,18 +1113,14 @@ proptest! {
         if verdicts.contains(&&Verdict::Invalid) {
             prop_assert!(result.is_err(), "accepted {}", shown);
         } else if verdicts.contains(&&Verdict::Reserved) {
-            if verdicts.contains(&&Verdict::Tightened) {
-                prop_assert!(result.is_err(), "accepted {}", shown);
-            } else {
-                match &result {
-                    Err(ClaimError::Reserved(name)) => prop_assert!(
-                        SIDECAR_CLAIMS.contains(&name.as_str()) && shown.contains(&format!("{name:?}:")),
-                        "{}: {}", shown, name
-                    ),
-                    other => prop_assert!(false, "{}: {:?}", shown, other),
-                }
+            match &result {
+                Err(ClaimError::Reserved(name)) => prop_assert!(
+                    SIDECAR_CLAIMS.contains(&name.as_str()) && shown.contains(&format!("{name:?}:")),
+                    "{}: {}", shown, name
+                ),
+                other => prop_assert!(false, "{}: {:?}", shown, other),
             }
-        } else if !verdicts.contains(&&Verdict::Tightened) {
+        } else {
             prop_assert!(result.is_ok(), "refused {}: {:?}", shown, result);
         }
         let Ok(claims) = result else { return Ok(()) };
@@ -1017,7 +1144,7 @@ proptest! {
         });
         match body.get("aud") {
             None => prop_assert!(
-                config.audiences.is_empty() || requested_aud == Some(vec![]),
+                config.audiences.is_empty(),
                 "no aud although JWT_AUDIENCE is set: {}", shown
             ),
             Some(aud) => {
@@ -1051,6 +1178,21 @@ proptest! {
         }
         let json = serde_json::to_vec(body).unwrap();
         prop_assert_eq!(&serde_json::from_slice::<Map<String, Value>>(&json).unwrap(), body);
+    }
+
+    /// An allowed claim is accepted exactly when it is within the depth and size limits and
+    /// free of control and invisible characters; the accepted value is carried unchanged.
+    #[test]
+    fn claim_limits_hold_on_both_sides(
+        config in token_config().prop_filter("allows role", |c| c.allowed_claims.contains("role")),
+        (value, ok) in claim_near_a_limit(),
+    ) {
+        let body = serde_json::to_vec(&json!({"claims": {"role": value}})).unwrap();
+        let result = TokenRequest::parse(&body).and_then(|r| build(r, &config, 1_700_000_000, "j".into()));
+        match result {
+            Ok(claims) => prop_assert!(ok && claims.body["role"] == value, "accepted {}", value),
+            Err(e) => prop_assert!(!ok, "refused {}: {:?}", value, e),
+        }
     }
 }
 

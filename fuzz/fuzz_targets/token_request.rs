@@ -54,9 +54,7 @@ fuzz_target!(|body: &[u8]| {
             .iter()
             .map(|a| a.as_str().unwrap().to_string())
             .collect(),
-        // `{"aud":[]}` drops the audience today (issue 10, finding 2): tolerated until the
-        // claim rules refuse it, then this arm must go.
-        None => Vec::new(),
+        // None included: with JWT_AUDIENCE set, every token names an audience.
         other => panic!("aud {other:?}"),
     };
     assert!(aud.iter().all(|a| config.audiences.contains(a)), "{aud:?}");

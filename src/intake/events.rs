@@ -4,8 +4,10 @@
 //! whole array when the answer is not a 2xx. A batch is therefore never rejected
 //! because of one element: an element of an unknown `type` is counted in
 //! [`Batch::unknown`], one whose `time` or `record` does not match the documented shape
-//! is counted in [`Batch::malformed`], and both are skipped. Only a body that is not a
-//! JSON array at all is an error ([`NotAnArray`]); the listener answers 400 to it.
+//! is counted in [`Batch::malformed`], and both are skipped (an element or a record
+//! written as a JSON array, which serde would read as a struct, is malformed too). Only
+//! a body that is not a JSON array at all is an error ([`NotAnArray`]); the listener
+//! answers 400 to it.
 //!
 //! Parsing is two-staged for speed: the array is split into envelopes whose `record`
 //! stays a borrowed [`RawValue`] (validated but not decoded), then only the records of
@@ -119,6 +121,11 @@ enum Element {
 }
 
 fn parse_element(element: &RawValue) -> Element {
+    // Only an object is an envelope: a derived struct would also read `[time, type,
+    // record]` (see [`record`]). A RawValue has no leading whitespace.
+    if !element.get().starts_with('{') {
+        return Element::Malformed;
+    }
     let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(element.get()) else {
         return Element::Malformed;
     };
@@ -132,7 +139,13 @@ fn parse_element(element: &RawValue) -> Element {
 }
 
 /// Decodes a record into its typed struct, `None` when it does not match the shape.
+/// An array is refused up front: serde's derived `Deserialize` would otherwise read a
+/// struct from its fields in declaration order (`["r1",null,null]` as a platform.start),
+/// a shape Lambda never sends. Records are objects (log lines also strings).
 fn record<T: DeserializeOwned>(raw: &RawValue) -> Option<T> {
+    if raw.get().starts_with('[') {
+        return None;
+    }
     serde_json::from_str(raw.get()).ok()
 }
 
@@ -775,6 +788,22 @@ unknown=0 malformed=1
 +3000 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r4", status: Unknown, error_type: None, metrics: None, spans: ChildSpans { kept: [], skipped: 0 }, tracing: None })
 unknown=1 malformed=4
 "#,
+        );
+    }
+
+    #[test]
+    fn elements_and_records_written_as_arrays_are_malformed() {
+        // serde's derived Deserialize also reads a struct from a sequence of its fields
+        // in order: none of these may become an event.
+        check(
+            r#"[
+              ["2022-10-12T00:00:00Z","platform.start",{"requestId":"r1"}],
+              {"time":"2022-10-12T00:00:00Z","type":"platform.start","record":["r2",null,null]},
+              {"time":"2022-10-12T00:00:00Z","type":"platform.report","record":["r3","success",null,[1.0,2.0,128,64,null,null],null]},
+              {"time":"2022-10-12T00:00:00Z","type":"function","record":["a log line"]},
+              {"time":"2022-10-12T00:00:00Z","type":"platform.restoreStart","record":[]}
+            ]"#,
+            "unknown=0 malformed=5\n",
         );
     }
 
