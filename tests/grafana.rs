@@ -249,16 +249,13 @@ fn metric_names(expr: &str) -> Vec<&str> {
 /// The family a selected name belongs to, if [`METRICS`] defines it (a histogram's
 /// `_bucket`, `_sum` and `_count` belong to it).
 fn defined_family(name: &str) -> Option<String> {
-    METRICS.iter().map(prometheus_name).find(|family| {
-        let def = METRICS
-            .iter()
-            .find(|d| prometheus_name(d) == *family)
-            .unwrap();
-        name == family
-            || (matches!(def.kind, MetricKind::Histogram { .. })
-                && ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .any(|suffix| name == format!("{family}{suffix}")))
+    METRICS.iter().find_map(|def| {
+        let family = prometheus_name(def);
+        let part = matches!(def.kind, MetricKind::Histogram { .. })
+            && ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|suffix| name == format!("{family}{suffix}"));
+        (name == family || part).then_some(family)
     })
 }
 
@@ -488,9 +485,28 @@ async fn every_panel_returns_data_from_a_real_prometheus() {
         assert_eq!(got, want, "{family}");
     }
 
+    // The `job` variable's query (`label_values(METRIC, job)`) offers the scrape job.
+    let dashboard = dashboard();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let job_variable = variables.iter().find(|v| v["name"] == "job").unwrap();
+    let definition = job_variable["definition"].as_str().unwrap();
+    let metric = definition
+        .strip_prefix("label_values(")
+        .and_then(|rest| rest.strip_suffix(", job)"))
+        .unwrap_or_else(|| panic!("not label_values(METRIC, job): {definition}"));
+    let offered = prometheus
+        .query(&format!("count by (job) ({metric})"), at)
+        .await
+        .unwrap();
+    let jobs: Vec<&str> = offered
+        .iter()
+        .filter_map(|s| s["metric"]["job"].as_str())
+        .collect();
+    assert_eq!(jobs, [FUNCTION], "$job offers {jobs:?}");
+
     // Every panel's every query, as Grafana sends it, returns data with a number in it.
     let mut empty = Vec::new();
-    for target in targets(&dashboard()) {
+    for target in targets(&dashboard) {
         let expr = substitute(&target.expr);
         let result = prometheus
             .query(&expr, at)
@@ -510,7 +526,7 @@ async fn every_panel_returns_data_from_a_real_prometheus() {
     );
 
     // One environment started, and the cold-start panel counts it once.
-    let targets = targets(&dashboard());
+    let targets = targets(&dashboard);
     let cold = targets.iter().find(|t| t.panel == "Cold starts").unwrap();
     assert_eq!(prometheus.sum(&substitute(&cold.expr), at).await, 1.0);
     eprintln!("wall time: {:.1} s", started.elapsed().as_secs_f64());
