@@ -22,6 +22,9 @@ APT_REQUIREMENTS=(
   npm:npm
   openssl:openssl
   promtool:prometheus
+  # The same package's server, which tests/grafana.rs runs; the pair is checked apart in
+  # case promtool came some other way.
+  prometheus:prometheus
 )
 # Extra pairs can come from the environment, e.g. APT_EXTRA="promtool:prometheus".
 read -r -a APT_EXTRA_LIST <<< "${APT_EXTRA:-}"
