@@ -9,12 +9,15 @@
 //! only `Authorization`), so it could not present `X-Sidecar-Token`. The header itself is
 //! tested by `tests/prometheus.rs`; what is tested here is the names and the queries.
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{random_hex, sidecar_bin};
 use lambda_env::{EnvConfig, InvokeStatus, free_port};
 use lambda_sidecar::signals::{METRICS, MetricKind, prometheus_name};
 use serde_json::Value;
@@ -32,18 +35,6 @@ const INTERVAL: &str = "1m";
 /// Child spans a `platform.runtimeDone` may carry past the parser's bound
 /// (`MAX_CHILD_SPANS`, 16): each is counted in `sidecar_export_dropped_items_total`.
 const EXTRA_SPANS: usize = 4;
-
-fn sidecar_bin() -> PathBuf {
-    std::env::var_os("LAMBDA_SIDECAR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).unwrap();
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn now() -> f64 {
     SystemTime::now()

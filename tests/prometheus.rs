@@ -3,26 +3,16 @@
 //! counters must equal what the run did, every family must carry HELP and TYPE, and
 //! `promtool check metrics` (Debian package `prometheus`) must find nothing.
 
+mod common;
+
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::{random_hex, sidecar_bin};
 use lambda_env::{EnvConfig, InvokeStatus, free_port};
 
 const FUNCTION: &str = "prom-orders";
-
-fn sidecar_bin() -> PathBuf {
-    std::env::var_os("LAMBDA_SIDECAR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lambda-sidecar")))
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).unwrap();
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
