@@ -457,6 +457,9 @@ pub struct Exporter {
     unsent_metrics: Option<ResourceMetrics>,
     source: Arc<MetricsSource>,
     signals: Arc<Metrics>,
+    /// The CloudWatch EMF output (`SIDECAR_EMF=on`), and the receipt of its last batch.
+    emf: Option<crate::emf::Writer>,
+    emf_written: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Exporter {
@@ -472,6 +475,22 @@ impl Exporter {
             unsent_metrics: None,
             source,
             signals,
+            emf: None,
+            emf_written: None,
+        }
+    }
+
+    /// Also writes the metrics as CloudWatch EMF lines at each flush.
+    pub fn with_emf(mut self, writer: crate::emf::Writer) -> Exporter {
+        self.emf = Some(writer);
+        self
+    }
+
+    /// Waits, at most `limit`, until the last flush's EMF lines are on stdout: before the
+    /// process exits, so the shutdown flush's lines are not lost in the writer's queue.
+    pub async fn emf_written(&mut self, limit: Duration) {
+        if let Some(written) = self.emf_written.take() {
+            let _ = tokio::time::timeout(limit, written).await;
         }
     }
 
@@ -575,6 +594,13 @@ impl Exporter {
         }
         self.buffer = pending;
         report.spans_pending = self.buffer.len();
+        // EMF last, so it carries this flush's export failures; it never waits on stdout.
+        if let Some(emf) = &self.emf {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.emf_written = emf.flush(now);
+        }
         report.duration = started.elapsed();
         report
     }

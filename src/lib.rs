@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod derive;
+pub mod emf;
 pub mod export;
 pub mod intake;
 pub mod lifecycle;

@@ -62,6 +62,10 @@ const DRAIN_WAIT: Duration = Duration::from_millis(200);
 /// in a minute, and holding on only delays the end of the environment.
 const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(1);
 
+/// The longest the shutdown waits for its last EMF lines to reach stdout (a pipe Lambda
+/// reads: microseconds, unless its reader is stuck).
+const EMF_WAIT: Duration = Duration::from_millis(100);
+
 /// Why start-up failed after register: each variant becomes an `init/error` error type.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -281,8 +285,18 @@ async fn start(
         .await
         .map_err(|e| StartupError::Internal(e.to_string()))??;
     let source = Arc::new(MetricsSource::with_temporality(resource, temporality));
-    let signals = Arc::new(Metrics::new(&source.meter()));
-    let exporter = Exporter::new(clients, source, signals.clone());
+    let signals = Arc::new(match config.emf_namespace {
+        Some(_) => Metrics::with_emf(&source.meter()),
+        None => Metrics::new(&source.meter()),
+    });
+    let mut exporter = Exporter::new(clients, source, signals.clone());
+    if let Some(namespace) = &config.emf_namespace {
+        exporter = exporter.with_emf(crate::emf::Writer::start(
+            namespace.clone(),
+            function.name.clone(),
+            signals.clone(),
+        ));
+    }
     let (pipeline, recorder) = Pipeline::start(Deriver::new(function, signals.clone()), signals);
 
     // Tokens first: the function's own init may ask for one as soon as we are registered.
@@ -521,6 +535,9 @@ impl Sidecar {
         let spans = self.pipeline.finish(SystemTime::now()).await;
         let budget = SHUTDOWN_FLUSH_MAX.min(deadline.saturating_duration_since(Instant::now()));
         let report = self.exporter.flush(spans, budget).await;
+        self.exporter
+            .emf_written(EMF_WAIT.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
         let _ = self.stop_intake.send(true);
         tracing::info!(
             spans_sent = report.spans_sent,
