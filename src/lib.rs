@@ -23,7 +23,6 @@
 
 pub mod config;
 pub mod derive;
-pub mod emf;
 pub mod export;
 pub mod intake;
 pub mod lifecycle;

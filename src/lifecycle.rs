@@ -291,7 +291,7 @@ async fn start(
     });
     let mut exporter = Exporter::new(clients, source, signals.clone());
     if let Some(namespace) = &config.emf_namespace {
-        exporter = exporter.with_emf(crate::emf::Writer::start(
+        exporter = exporter.with_emf(crate::export::emf::Writer::start(
             namespace.clone(),
             function.name.clone(),
             signals.clone(),

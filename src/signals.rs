@@ -6,7 +6,7 @@
 //! instrument (exported over OTLP) and the Prometheus family (served on `/metrics`, named
 //! by [`prometheus_name`]); every recording method feeds both through it, so the two
 //! outputs cannot disagree and no caller records anything twice. With `SIDECAR_EMF=on` the
-//! same methods also add their values to the `emf` module's pending set, the third output
+//! same methods also add their values to `export::emf`'s pending set, the third output
 //! (CloudWatch Embedded Metric Format, under the same dotted names). Names follow the OpenTelemetry FaaS
 //! semantic conventions where one exists (`faas.*`), `aws.lambda.*` for Lambda-specific
 //! figures and `sidecar.*` for the sidecar's own health.
@@ -22,7 +22,7 @@ use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Reg
 
 use std::sync::Arc;
 
-use crate::emf;
+use crate::export::emf;
 use crate::intake::events::Status;
 use crate::records::TokenRecord;
 
