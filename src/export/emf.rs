@@ -26,7 +26,6 @@
 //! 30 dimensions per set (ours have two or three), timestamps in epoch milliseconds.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -272,20 +271,29 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread. A write error (a closed stdout) is counted in
-    /// `sidecar.export.failures{signal="emf"}` and the rest of its batch skipped.
+    /// Starts the thread writing to stdout.
     pub fn start(namespace: String, function: String, signals: Arc<Metrics>) -> Writer {
+        Writer::with_output(std::io::stdout(), namespace, function, signals)
+    }
+
+    /// Starts the thread writing to `output`. A write error (a closed stdout) is counted in
+    /// `sidecar.export.failures{signal="emf"}` and the rest of its batch skipped.
+    fn with_output(
+        mut output: impl std::io::Write + Send + 'static,
+        namespace: String,
+        function: String,
+        signals: Arc<Metrics>,
+    ) -> Writer {
         let (queue, batches) = std::sync::mpsc::sync_channel::<Batch>(QUEUE);
         let thread_signals = signals.clone();
         let spawned = std::thread::Builder::new()
             .name("emf-writer".to_string())
             .spawn(move || {
                 for (lines, done) in batches {
-                    let mut stdout = std::io::stdout().lock();
                     let written = lines
                         .iter()
-                        .try_for_each(|line| writeln!(stdout, "{line}"))
-                        .and_then(|()| stdout.flush());
+                        .try_for_each(|line| writeln!(output, "{line}"))
+                        .and_then(|()| output.flush());
                     if written.is_err() {
                         thread_signals.export_failure(Signal::Emf);
                     }
@@ -480,6 +488,73 @@ mod tests {
         assert_eq!(docs[0]["faas.errors"], 1);
         assert!(docs[0].get("type").is_none());
         assert_eq!(directive(&docs[0])["Dimensions"], json!([["FunctionName"]]));
+    }
+
+    /// An output that fails every write, like a closed stdout (EPIPE).
+    struct Closed;
+
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// An output that blocks every write until the test ends, like a stdout nobody reads.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+
+    impl std::io::Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn writer(
+        output: impl std::io::Write + Send + 'static,
+    ) -> (Writer, crate::export::MetricsSource) {
+        let source =
+            crate::export::MetricsSource::new(opentelemetry_sdk::Resource::builder_empty().build());
+        let signals = Arc::new(Metrics::with_emf(&source.meter()));
+        signals.hold(0.001);
+        let writer = Writer::with_output(output, "NS".into(), "f".into(), signals);
+        (writer, source)
+    }
+
+    #[test]
+    fn a_closed_stdout_is_counted_and_the_flush_goes_on() {
+        let (writer, source) = writer(Closed);
+        for _ in 0..2 {
+            let written = writer.flush(1).expect("queued");
+            written.blocking_recv().expect("the writer answers");
+        }
+        let rendered = crate::signals::testing::render(&source);
+        assert!(
+            rendered.contains("sidecar.export.failures{signal=emf} = 2"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn a_stuck_stdout_never_holds_a_flush_and_what_cannot_queue_is_counted() {
+        let (release, stuck) = std::sync::mpsc::channel();
+        let (writer, source) = writer(Stuck(stuck));
+        // One batch in the writer's hands, QUEUE waiting: the rest is dropped at once.
+        let queued = (0..QUEUE + 5)
+            .filter_map(|i| writer.flush(i as u64))
+            .count();
+        assert!(queued <= QUEUE + 1, "{queued}");
+        let rendered = crate::signals::testing::render(&source);
+        assert!(
+            rendered.contains("sidecar.export.dropped_items{signal=emf}"),
+            "{rendered}"
+        );
+        drop(release);
     }
 
     #[test]
