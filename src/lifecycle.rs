@@ -57,7 +57,7 @@ const DRAIN_WAIT: Duration = Duration::from_millis(200);
 
 /// The longest the SHUTDOWN flush may take, whatever deadline arrives with the event. Lambda's
 /// shutdown phase is 2,000 ms with external extensions, and DRAIN_WAIT + REPORT_WAIT + this +
-/// SHUTDOWN_MARGIN (1,650 ms) fits in it. Emulators, and other platforms, may send a deadline
+/// EMF_WAIT + SHUTDOWN_MARGIN (1,750 ms) fits in it. Emulators, and other platforms, may send a deadline
 /// minutes away: a collector that has not taken the last batch in a second is not expected to
 /// in a minute, and holding on only delays the end of the environment.
 const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(1);
