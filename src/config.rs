@@ -28,7 +28,35 @@ pub const SIDECAR_VARIABLES: &[&str] = &[
     "SIDECAR_FLUSH_TIMEOUT_MS",
     "SIDECAR_TOKEN_AUTH",
     "SIDECAR_METRICS_ADDR",
+    "SIDECAR_EMF",
+    "SIDECAR_EMF_NAMESPACE",
 ];
+
+/// `SIDECAR_EMF_NAMESPACE`, default `LambdaSidecar`: CloudWatch accepts 1 to 255 characters
+/// from letters, digits and `.-_/#: ` (at least one not a space), and reserves the `AWS/`
+/// prefix for its own services. A namespace it refuses would drop every line silently.
+fn emf_namespace(raw: Option<String>) -> Result<String, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok("LambdaSidecar".to_string());
+    };
+    let valid = (1..=255).contains(&raw.chars().count())
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c))
+        && raw.chars().any(|c| c != ' ')
+        && !raw.starts_with("AWS/");
+    if valid {
+        Ok(raw)
+    } else {
+        Err(ConfigError::Invalid {
+            var: "SIDECAR_EMF_NAMESPACE",
+            value: raw,
+            expected: "1 to 255 characters from letters, digits, space and . - _ / # :, \
+                       not all spaces and not starting with AWS/"
+                .to_string(),
+        })
+    }
+}
 
 /// Ports another party already owns inside a Lambda execution environment: 9001 (Runtime
 /// API), 9002/9003 (the lambda-extension crate's listeners), 3000 (Lambda Insights), 2773
@@ -46,6 +74,10 @@ pub struct Config {
     /// `SIDECAR_METRICS_ADDR`: in `serve` mode only, a second listener serving `/metrics` alone,
     /// without the `X-Sidecar-Token` header, for a Prometheus outside the container.
     pub metrics_addr: Option<SocketAddr>,
+    /// `SIDECAR_EMF=on`: the CloudWatch namespace (`SIDECAR_EMF_NAMESPACE`) of the EMF lines
+    /// written to stdout. `None` (the default): no EMF, because every line is billed as log
+    /// ingestion and every metric × dimension set as a custom metric (README, "CloudWatch EMF").
+    pub emf_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +305,14 @@ impl Config {
                                 .to_string(),
                         })?,
                 ),
+            },
+            emf_namespace: match env.choice(
+                "SIDECAR_EMF",
+                &[("on", true), ("off", false)],
+                false,
+            )? {
+                false => None,
+                true => Some(emf_namespace(env.get("SIDECAR_EMF_NAMESPACE"))?),
             },
         })
     }
@@ -779,6 +819,41 @@ mod tests {
             &[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_TIMEOUT_MS", "-5")],
             Some(("SIDECAR_FLUSH_TIMEOUT_MS", "Config.InvalidValue")),
         );
+    }
+
+    /// `SIDECAR_EMF`: off unless asked for (each line is billed, README); the namespace is
+    /// checked against CloudWatch's rules, since CloudWatch drops lines it refuses silently.
+    #[test]
+    fn emf() {
+        let off = parse(&[("JWT_SECRET", SECRET)]).unwrap();
+        assert_eq!(off.emf_namespace, None);
+        let off = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_EMF", "off")]).unwrap();
+        assert_eq!(off.emf_namespace, None);
+        let on = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_EMF", "on")]).unwrap();
+        assert_eq!(on.emf_namespace.as_deref(), Some("LambdaSidecar"));
+        for good in ["Orders/Sidecar", "a", "my-app_1.2 #x:y", &"n".repeat(255)] {
+            let on = parse(&[
+                ("JWT_SECRET", SECRET),
+                ("SIDECAR_EMF", "ON"),
+                ("SIDECAR_EMF_NAMESPACE", good),
+            ])
+            .unwrap();
+            assert_eq!(on.emf_namespace.as_deref(), Some(good));
+        }
+        check(
+            &[("JWT_SECRET", SECRET), ("SIDECAR_EMF", "yes")],
+            Some(("SIDECAR_EMF", "Config.InvalidValue")),
+        );
+        for bad in ["", "   ", "AWS/Lambda", "a\"b", "émf", &"n".repeat(256)] {
+            check(
+                &[
+                    ("JWT_SECRET", SECRET),
+                    ("SIDECAR_EMF", "on"),
+                    ("SIDECAR_EMF_NAMESPACE", bad),
+                ],
+                Some(("SIDECAR_EMF_NAMESPACE", "Config.InvalidValue")),
+            );
+        }
     }
 
     /// `SIDECAR_METRICS_ADDR`: an IP and a non-zero port; accepted by `serve`, refused as a

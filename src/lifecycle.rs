@@ -57,10 +57,14 @@ const DRAIN_WAIT: Duration = Duration::from_millis(200);
 
 /// The longest the SHUTDOWN flush may take, whatever deadline arrives with the event. Lambda's
 /// shutdown phase is 2,000 ms with external extensions, and DRAIN_WAIT + REPORT_WAIT + this +
-/// SHUTDOWN_MARGIN (1,650 ms) fits in it. Emulators, and other platforms, may send a deadline
+/// EMF_WAIT + SHUTDOWN_MARGIN (1,750 ms) fits in it. Emulators, and other platforms, may send a deadline
 /// minutes away: a collector that has not taken the last batch in a second is not expected to
 /// in a minute, and holding on only delays the end of the environment.
 const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(1);
+
+/// The longest the shutdown waits for its last EMF lines to reach stdout (a pipe Lambda
+/// reads: microseconds, unless its reader is stuck).
+const EMF_WAIT: Duration = Duration::from_millis(100);
 
 /// Why start-up failed after register: each variant becomes an `init/error` error type.
 #[derive(Debug, thiserror::Error)]
@@ -281,8 +285,18 @@ async fn start(
         .await
         .map_err(|e| StartupError::Internal(e.to_string()))??;
     let source = Arc::new(MetricsSource::with_temporality(resource, temporality));
-    let signals = Arc::new(Metrics::new(&source.meter()));
-    let exporter = Exporter::new(clients, source, signals.clone());
+    let signals = Arc::new(match config.emf_namespace {
+        Some(_) => Metrics::with_emf(&source.meter()),
+        None => Metrics::new(&source.meter()),
+    });
+    let mut exporter = Exporter::new(clients, source, signals.clone());
+    if let Some(namespace) = &config.emf_namespace {
+        exporter = exporter.with_emf(crate::export::emf::Writer::start(
+            namespace.clone(),
+            function.name.clone(),
+            signals.clone(),
+        ));
+    }
     let (pipeline, recorder) = Pipeline::start(Deriver::new(function, signals.clone()), signals);
 
     // Tokens first: the function's own init may ask for one as soon as we are registered.
@@ -521,6 +535,9 @@ impl Sidecar {
         let spans = self.pipeline.finish(SystemTime::now()).await;
         let budget = SHUTDOWN_FLUSH_MAX.min(deadline.saturating_duration_since(Instant::now()));
         let report = self.exporter.flush(spans, budget).await;
+        self.exporter
+            .emf_written(EMF_WAIT.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
         let _ = self.stop_intake.send(true);
         tracing::info!(
             spans_sent = report.spans_sent,

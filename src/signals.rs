@@ -5,8 +5,9 @@
 //! each definition, one `Instrument` holding both live forms of the metric: the OTel
 //! instrument (exported over OTLP) and the Prometheus family (served on `/metrics`, named
 //! by [`prometheus_name`]); every recording method feeds both through it, so the two
-//! outputs cannot disagree and no caller records anything twice. (The CloudWatch EMF
-//! output is meant to be generated from the table too.) Names follow the OpenTelemetry FaaS
+//! outputs cannot disagree and no caller records anything twice. With `SIDECAR_EMF=on` the
+//! same methods also add their values to `export::emf`'s pending set, the third output
+//! (CloudWatch Embedded Metric Format, under the same dotted names). Names follow the OpenTelemetry FaaS
 //! semantic conventions where one exists (`faas.*`), `aws.lambda.*` for Lambda-specific
 //! figures and `sidecar.*` for the sidecar's own health.
 //!
@@ -19,6 +20,9 @@ use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
 use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
+use std::sync::Arc;
+
+use crate::export::emf;
 use crate::intake::events::Status;
 use crate::records::TokenRecord;
 
@@ -201,14 +205,14 @@ pub const EVICTED: MetricDef = MetricDef {
 pub const EXPORT_FAILURES: MetricDef = MetricDef {
     name: "sidecar.export.failures",
     unit: "{failure}",
-    description: "OTLP exports that failed or ran out of time, by signal",
+    description: "OTLP exports that failed or ran out of time, and EMF lines that could not be written, by signal",
     kind: MetricKind::Counter,
     labels: &[SIGNAL],
 };
 pub const EXPORT_DROPPED: MetricDef = MetricDef {
     name: "sidecar.export.dropped_items",
     unit: "{item}",
-    description: "Items dropped because a bounded buffer was full: spans, metric batches or records awaiting derivation",
+    description: "Items dropped because a bounded buffer was full: spans, metric batches, records awaiting derivation or EMF lines",
     kind: MetricKind::Counter,
     labels: &[SIGNAL],
 };
@@ -316,6 +320,8 @@ pub enum Signal {
     Metrics,
     /// Observations dropped before derivation (the pipeline's queue was full).
     Records,
+    /// CloudWatch EMF lines or observations (`SIDECAR_EMF=on`).
+    Emf,
 }
 
 impl Signal {
@@ -324,6 +330,7 @@ impl Signal {
             Signal::Traces => "traces",
             Signal::Metrics => "metrics",
             Signal::Records => "records",
+            Signal::Emf => "emf",
         }
     }
 }
@@ -373,19 +380,22 @@ struct Instrument<O, P> {
     def: &'static MetricDef,
     otel: O,
     prom: P,
+    /// The EMF output's pending values, when `SIDECAR_EMF=on`.
+    emf: Option<Arc<emf::Pending>>,
 }
 
 impl Instrument<Counter<u64>, IntCounterVec> {
-    fn counter(meter: &Meter, registry: &Registry, def: &'static MetricDef) -> Self {
+    fn counter(out: &Outputs, def: &'static MetricDef) -> Self {
         debug_assert!(matches!(def.kind, MetricKind::Counter), "{}", def.name);
-        let otel = meter
+        let otel = out
+            .meter
             .u64_counter(def.name)
             .with_unit(def.unit)
             .with_description(def.description)
             .build();
         let prom = IntCounterVec::new(Opts::new(prometheus_name(def), def.description), def.labels)
             .inspect(|family| zero_series(def, family));
-        Instrument::register(registry, def, otel, prom)
+        Instrument::register(out, def, otel, prom)
     }
 
     fn add<const N: usize>(&self, value: u64, values: [&'static str; N]) {
@@ -393,6 +403,7 @@ impl Instrument<Counter<u64>, IntCounterVec> {
         if let Ok(series) = self.prom.get_metric_with_label_values(&values) {
             series.inc_by(value);
         }
+        self.emf(value as f64, &values);
     }
 }
 
@@ -421,12 +432,13 @@ impl Refusal {
 }
 
 impl Instrument<Histogram<f64>, HistogramVec> {
-    fn histogram(meter: &Meter, registry: &Registry, def: &'static MetricDef) -> Self {
+    fn histogram(out: &Outputs, def: &'static MetricDef) -> Self {
         let buckets = match def.kind {
             MetricKind::Histogram { buckets } => buckets,
             other => unreachable!("{} is a {other:?}, not a histogram", def.name),
         };
-        let otel = meter
+        let otel = out
+            .meter
             .f64_histogram(def.name)
             .with_unit(def.unit)
             .with_description(def.description)
@@ -437,7 +449,7 @@ impl Instrument<Histogram<f64>, HistogramVec> {
             def.labels,
         )
         .inspect(|family| zero_series(def, family));
-        Instrument::register(registry, def, otel, prom)
+        Instrument::register(out, def, otel, prom)
     }
 
     fn record<const N: usize>(&self, value: f64, values: [&'static str; N]) {
@@ -445,19 +457,21 @@ impl Instrument<Histogram<f64>, HistogramVec> {
         if let Ok(series) = self.prom.get_metric_with_label_values(&values) {
             series.observe(value);
         }
+        self.emf(value, &values);
     }
 }
 
 impl Instrument<Gauge<f64>, GaugeVec> {
-    fn gauge(meter: &Meter, registry: &Registry, def: &'static MetricDef) -> Self {
+    fn gauge(out: &Outputs, def: &'static MetricDef) -> Self {
         debug_assert!(matches!(def.kind, MetricKind::Gauge), "{}", def.name);
-        let otel = meter
+        let otel = out
+            .meter
             .f64_gauge(def.name)
             .with_unit(def.unit)
             .with_description(def.description)
             .build();
         let prom = GaugeVec::new(Opts::new(prometheus_name(def), def.description), def.labels);
-        Instrument::register(registry, def, otel, prom)
+        Instrument::register(out, def, otel, prom)
     }
 
     fn set<const N: usize>(&self, value: f64, values: [&'static str; N]) {
@@ -465,6 +479,7 @@ impl Instrument<Gauge<f64>, GaugeVec> {
         if let Ok(series) = self.prom.get_metric_with_label_values(&values) {
             series.set(value);
         }
+        self.emf(value, &values);
     }
 }
 
@@ -486,15 +501,27 @@ where
     /// malformed or duplicate name or label key, which [`METRICS`] never has (the signals
     /// tests build every instrument): a static-definition bug, not a runtime condition.
     fn register(
-        registry: &Registry,
+        out: &Outputs,
         def: &'static MetricDef,
         otel: O,
         prom: prometheus::Result<P>,
     ) -> Self {
         let prom = prom
-            .and_then(|prom| registry.register(Box::new(prom.clone())).map(|()| prom))
+            .and_then(|prom| out.registry.register(Box::new(prom.clone())).map(|()| prom))
             .unwrap_or_else(|e| panic!("{}: not a valid Prometheus family: {e}", def.name));
-        Instrument { def, otel, prom }
+        Instrument {
+            def,
+            otel,
+            prom,
+            emf: out.emf.clone(),
+        }
+    }
+
+    /// Hands the recorded value to the EMF output, when it is on.
+    fn emf(&self, value: f64, values: &[&'static str]) {
+        if let Some(pending) = &self.emf {
+            pending.record(self.def, values, value);
+        }
     }
 
     /// OTel attributes from the definition's label keys and the given values, so the keys
@@ -506,12 +533,21 @@ where
     }
 }
 
+/// Where the instruments being built write: the OTel meter, the Prometheus registry and, when
+/// EMF is on, its pending set.
+struct Outputs<'a> {
+    meter: &'a Meter,
+    registry: Registry,
+    emf: Option<Arc<emf::Pending>>,
+}
+
 /// Every metric of [`METRICS`] as an `Instrument`, with one typed recording method per
 /// metric so callers cannot mistype a label key. Cloning is cheap (instruments and the
 /// registry are handles), so the exporter and the deriver can each hold one.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    emf: Option<Arc<emf::Pending>>,
     invocations: Instrument<Counter<u64>, IntCounterVec>,
     errors: Instrument<Counter<u64>, IntCounterVec>,
     timeouts: Instrument<Counter<u64>, IntCounterVec>,
@@ -539,9 +575,23 @@ impl Metrics {
     /// Builds every instrument of [`METRICS`]: the OTel side on `meter`, the Prometheus side
     /// in a registry of its own, read by [`Metrics::prometheus_text`].
     pub fn new(meter: &Meter) -> Self {
-        let registry = Registry::new();
-        let counter = |def| Instrument::counter(meter, &registry, def);
-        let histogram = |def| Instrument::histogram(meter, &registry, def);
+        Metrics::build(meter, None)
+    }
+
+    /// As [`Metrics::new`], and every recording also feeds the EMF output, read by
+    /// [`Metrics::take_emf`].
+    pub fn with_emf(meter: &Meter) -> Self {
+        Metrics::build(meter, Some(Arc::default()))
+    }
+
+    fn build(meter: &Meter, emf: Option<Arc<emf::Pending>>) -> Self {
+        let out = Outputs {
+            meter,
+            registry: Registry::new(),
+            emf,
+        };
+        let counter = |def| Instrument::counter(&out, def);
+        let histogram = |def| Instrument::histogram(&out, def);
         Metrics {
             invocations: counter(&INVOCATIONS),
             errors: counter(&ERRORS),
@@ -551,7 +601,7 @@ impl Metrics {
             coldstarts: counter(&COLDSTARTS),
             mem_usage: histogram(&MEM_USAGE),
             billed_duration: histogram(&BILLED_DURATION),
-            memory_size: Instrument::gauge(meter, &registry, &MEMORY_SIZE),
+            memory_size: Instrument::gauge(&out, &MEMORY_SIZE),
             restore_duration: histogram(&RESTORE_DURATION),
             produced_bytes: counter(&PRODUCED_BYTES),
             telemetry_events: counter(&TELEMETRY_EVENTS),
@@ -564,8 +614,17 @@ impl Metrics {
             token_requests: counter(&TOKEN_REQUESTS),
             token_duration: histogram(&TOKEN_DURATION),
             connections_refused: counter(&CONNECTIONS_REFUSED),
-            registry,
+            registry: out.registry.clone(),
+            emf: out.emf.clone(),
         }
+    }
+
+    /// What every instrument recorded since the last call, for the EMF output (nothing when
+    /// it is off), and how many observations its bound dropped meanwhile.
+    pub fn take_emf(&self) -> (Vec<emf::Entry>, u64) {
+        self.emf
+            .as_ref()
+            .map_or_else(|| (Vec::new(), 0), |pending| pending.take())
     }
 
     /// Every metric in the Prometheus text format (version 0.0.4), each family with its HELP
@@ -979,6 +1038,63 @@ sidecar.export.failures{signal=traces} = 2"
         from_otel.sort();
         assert_eq!(prometheus_samples(&metrics), from_otel);
         assert!(from_otel.len() > METRICS.len(), "every metric recorded");
+    }
+
+    /// With EMF on, each recording method feeds EMF too, with the same values: per metric and
+    /// label set, the EMF sum equals the OTel sum, and the EMF observations have the OTel
+    /// histogram's count and sum.
+    #[test]
+    fn every_recording_reaches_emf_alike() {
+        let source =
+            crate::export::MetricsSource::new(opentelemetry_sdk::Resource::builder_empty().build());
+        let metrics = Metrics::with_emf(&source.meter());
+        metrics.invocation(Status::Success, Some(0.02));
+        metrics.invocation(Status::Error, Some(1.25));
+        metrics.invocation(Status::Timeout, None);
+        metrics.report(0.1, 64.0 * MIB, 128.0 * MIB);
+        metrics.init(0.3);
+        metrics.hold(0.001);
+        metrics.hold(0.002);
+        metrics.token(&TokenRecord {
+            start: std::time::SystemTime::UNIX_EPOCH,
+            duration: std::time::Duration::from_millis(2),
+            algorithm: "ES256",
+            outcome: TokenOutcome::Issued,
+            traceparent: None,
+        });
+        metrics.connection_refused(Listener::Token, Refusal::Evicted);
+        let (entries, overflow) = metrics.take_emf();
+        assert_eq!(overflow, 0);
+        let mut from_emf: Vec<String> = entries
+            .iter()
+            .map(|e| {
+                let mut labels: Vec<String> = e
+                    .def
+                    .labels
+                    .iter()
+                    .zip(&e.labels)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                labels.sort();
+                let labels = if labels.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{}}}", labels.join(","))
+                };
+                let value = match &e.value {
+                    emf::Recorded::Sum(sum) => format!("= {sum}"),
+                    emf::Recorded::Last(last) => format!("= {last}"),
+                    emf::Recorded::Values(values) => {
+                        format!("count={} sum={}", values.len(), round(values.iter().sum()))
+                    }
+                };
+                format!("{}{labels} {value}", e.def.name)
+            })
+            .collect();
+        from_emf.sort();
+        assert_eq!(from_emf.join("\n"), testing::render(&source));
+        assert!(metrics.take_emf().0.is_empty(), "taken once");
+        assert!(Metrics::new(&source.meter()).take_emf().0.is_empty());
     }
 
     /// Every family carries its definition's description as HELP and its kind as TYPE.

@@ -47,6 +47,10 @@ pub async fn run(config: Config) -> Result<(), StandaloneError> {
         tokio::spawn(serve_metrics(metrics_listener, metrics.clone()));
     }
     tracing::info!(%addr, algorithm = key.algorithm().name(), kid = key.kid(), "serving tokens");
+    if config.emf_namespace.is_some() {
+        // Outside Lambda nothing turns stdout into CloudWatch metrics; scrape /metrics.
+        tracing::warn!("SIDECAR_EMF=on is for extension mode: serve writes no EMF");
+    }
     let recorder = Recorder::metrics_only(metrics);
     let service = Arc::new(TokenService::new(config.token, key, Some(recorder), port));
     token::serve(listener, service, signal())

@@ -1,6 +1,6 @@
 //! The exporter end to end, in the lambda-env Lambda environment: gRPC over TLS with a
 //! private CA (`OTEL_EXPORTER_OTLP_CERTIFICATE`), and the SHUTDOWN flush cap against a
-//! collector that never answers in time. (Redirects are tested in `src/export.rs`.)
+//! collector that never answers in time. (Redirects are tested in `src/export/otlp.rs`.)
 
 mod common;
 

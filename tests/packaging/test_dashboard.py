@@ -58,9 +58,10 @@ def test_duration_percentiles_and_function_dimension():
     stats = {row[-1]["stat"] for row in rows if row[1] == "Duration"}
     assert {"p50", "p99"} <= stats
     for row in rows:
-        # [namespace, metric, "FunctionName", <the function>, {options}]
+        # [namespace, metric, "FunctionName", <the function>, (key, value)..., {options}]
         assert row[2:4] == ["FunctionName", "${ExampleFunction}"], row
-        assert isinstance(row[4], dict) and "stat" in row[4], row
+        assert isinstance(row[-1], dict) and "stat" in row[-1], row
+        assert all(isinstance(v, str) for v in row[4:-1]) and len(row[4:-1]) % 2 == 0, row
 
 
 def test_widgets_fit_the_grid_without_overlap():
