@@ -1095,7 +1095,7 @@ responseLatency Internal trace=5759e988bd862e3fe1be46a994272793 span=s5 parent=s
 responseDuration Internal trace=5759e988bd862e3fe1be46a994272793 span=s6 parent=s3 299..299.5
   []
 sidecar.token Server trace=t2 span=s7 parent=s8 1010..1013
-  [http.response.status_code=400 sidecar.token.algorithm=ES256 sidecar.token.outcome=rejected]
+  [http.response.status_code=400 sidecar.token.algorithm=ES256 sidecar.token.outcome=bad_request]
 orders Server trace=t2 span=s8 parent=- 1000..1300 Error { description: \"error: Runtime.Unhandled\" }
   [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 error.type=Runtime.Unhandled faas.coldstart=false faas.invocation_id=r2]
 ",
@@ -1125,8 +1125,8 @@ sidecar.telemetry.events{type=platform.start} = 2
 sidecar.telemetry.logs_dropped = 3
 sidecar.telemetry.unknown_events{reason=unknown_type} = 1
 sidecar.token.duration{algorithm=ES256} count=3 sum=0.006
-sidecar.token.requests{algorithm=ES256,outcome=issued} = 2
-sidecar.token.requests{algorithm=ES256,outcome=rejected} = 1",
+sidecar.token.requests{algorithm=ES256,outcome=bad_request} = 1
+sidecar.token.requests{algorithm=ES256,outcome=issued} = 2",
         );
     }
 
@@ -1154,7 +1154,7 @@ sidecar.token.requests{algorithm=ES256,outcome=rejected} = 1",
 orders Server trace=5759e988bd862e3fe1be46a994272793 span=s1 parent=53995c3f42cd8ad8 (remote) 100..150 Error { description: \"timeout\" }
   [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 error.type=timeout faas.coldstart=true faas.invocation_id=r1]
 sidecar.token Server trace=t1 span=s2 parent=- 160..161 Error { description: \"error: 503\" }
-  [error.type=503 http.response.status_code=503 sidecar.token.algorithm=ES256 sidecar.token.outcome=rejected]
+  [error.type=503 http.response.status_code=503 sidecar.token.algorithm=ES256 sidecar.token.outcome=error]
 orders Server trace=t2 span=s3 parent=- 200..900
   [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 faas.coldstart=false faas.invocation_id=r2 sidecar.incomplete=true]
 init Internal trace=t3 span=s4 parent=- 0..40 Error { description: \"error: Runtime.ExitError\" }
@@ -1168,7 +1168,7 @@ sidecar.telemetry.events{type=platform.initStart} = 1
 sidecar.telemetry.events{type=platform.runtimeDone} = 1
 sidecar.telemetry.events{type=platform.start} = 1
 sidecar.token.duration{algorithm=ES256} count=1 sum=0.001
-sidecar.token.requests{algorithm=ES256,outcome=rejected} = 1",
+sidecar.token.requests{algorithm=ES256,outcome=error} = 1",
         );
     }
 

@@ -64,11 +64,21 @@ pub enum TokenOutcome {
 }
 
 impl TokenOutcome {
-    /// The `outcome` metric label.
+    /// The `outcome` metric label: `issued`, or why the request was refused, from the small
+    /// closed set of statuses the token service answers with, so that an SRE can tell an
+    /// attack on the boundary (`unauthorized`, `bad_request`) from a misconfigured caller.
     pub fn as_str(self) -> &'static str {
         match self {
             TokenOutcome::Issued => "issued",
-            TokenOutcome::Rejected { .. } => "rejected",
+            TokenOutcome::Rejected { status } => match status {
+                400 => "bad_request",
+                401 => "unauthorized",
+                405 => "method_not_allowed",
+                413 => "too_large",
+                415 => "unsupported_media_type",
+                500..=599 => "error",
+                _ => "rejected",
+            },
         }
     }
 
@@ -257,10 +267,17 @@ mod tests {
             ),
             ("issued", 200)
         );
-        let rejected = TokenOutcome::Rejected { status: 400 };
-        assert_eq!(
-            (rejected.as_str(), rejected.http_status()),
-            ("rejected", 400)
-        );
+        for (status, label) in [
+            (400, "bad_request"),
+            (401, "unauthorized"),
+            (405, "method_not_allowed"),
+            (413, "too_large"),
+            (415, "unsupported_media_type"),
+            (500, "error"),
+            (404, "rejected"),
+        ] {
+            let rejected = TokenOutcome::Rejected { status };
+            assert_eq!((rejected.as_str(), rejected.http_status()), (label, status));
+        }
     }
 }

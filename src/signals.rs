@@ -228,7 +228,7 @@ pub const HOLD: MetricDef = MetricDef {
 pub const TOKEN_REQUESTS: MetricDef = MetricDef {
     name: "sidecar.token.requests",
     unit: "{request}",
-    description: "Token requests, by signing algorithm and outcome (issued or rejected)",
+    description: "Token requests, by signing algorithm and outcome (issued, or the reason it was refused: bad_request, unauthorized, method_not_allowed, too_large, unsupported_media_type, error)",
     kind: MetricKind::Counter,
     labels: &[ALGORITHM, OUTCOME],
 };

@@ -412,7 +412,7 @@ async fn every_panel_returns_data_from_a_real_prometheus() {
             prometheus.sum(&issued_query, t).await,
             prometheus
                 .sum(
-                    &format!("sum(sidecar_token_requests_total{{{job},outcome=\"rejected\"}})"),
+                    &format!("sum(sidecar_token_requests_total{{{job},outcome=\"bad_request\"}})"),
                     t,
                 )
                 .await,
@@ -457,7 +457,7 @@ async fn every_panel_returns_data_from_a_real_prometheus() {
     assert_eq!(
         prometheus
             .sum(
-                &format!("sum(sidecar_token_requests_total{{{job},outcome=\"rejected\"}})"),
+                &format!("sum(sidecar_token_requests_total{{{job},outcome=\"bad_request\"}})"),
                 at
             )
             .await,

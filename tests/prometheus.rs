@@ -213,7 +213,7 @@ async fn a_scrape_in_lambda_counts_what_the_run_did() {
         value(
             &text,
             "sidecar_token_requests_total",
-            &[&labels("rejected")]
+            &[&labels("unauthorized")]
         ),
         refused
     );
@@ -316,7 +316,7 @@ async fn serve_mode_serves_metrics_alone_on_the_metrics_address() {
         value(
             &text,
             "sidecar_token_requests_total",
-            &["outcome=\"rejected\""]
+            &["outcome=\"unauthorized\""]
         ),
         1.0
     );

@@ -409,7 +409,7 @@ mod tests {
         let pending = Pending::default();
         pending.record(&TOKEN_REQUESTS, &["ES256", "issued"], 1.0);
         pending.record(&TOKEN_REQUESTS, &["ES256", "issued"], 1.0);
-        pending.record(&TOKEN_REQUESTS, &["ES256", "rejected"], 1.0);
+        pending.record(&TOKEN_REQUESTS, &["ES256", "unauthorized"], 1.0);
         pending.record(&ERRORS, &[], 1.0);
         let (entries, overflow) = pending.take();
         assert_eq!(overflow, 0);
