@@ -308,6 +308,30 @@ async fn every_emf_line_obeys_the_spec_and_adds_up_to_the_run() {
         };
         for row in metrics {
             let row = row.as_array().unwrap();
+            // A search expression: `SEARCH('{Namespace,Dim,...} MetricName="..." ...')` must
+            // name a metric the output has under exactly that dimension set.
+            if let Some(expression) = row[0]["expression"].as_str() {
+                let schema = expression
+                    .split_once('{')
+                    .and_then(|(_, rest)| rest.split_once('}'))
+                    .map(|(schema, _)| schema.split(',').collect::<Vec<_>>())
+                    .unwrap();
+                let name = expression
+                    .split_once("MetricName=\"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(name, _)| name)
+                    .unwrap();
+                assert_eq!(schema[0], NAMESPACE, "{expression}");
+                let mut keys: Vec<&str> = schema[1..].to_vec();
+                keys.sort_unstable();
+                assert!(
+                    out.series.keys().any(|(n, dims)| n == name
+                        && dims.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>() == keys),
+                    "{expression}: no {name} under {keys:?} in the EMF output"
+                );
+                queried += 1;
+                continue;
+            }
             // [namespace, name, key, value, ..., {options}]; "." repeats the row above,
             // which this dashboard does not use.
             if row[0] != "LambdaSidecar" {

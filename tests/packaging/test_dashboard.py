@@ -30,9 +30,17 @@ def dashboard():
 
 
 def metric_rows(body):
+    """Every metric row; search-expression rows are in expressions()."""
     for w in body["widgets"]:
         if w["type"] == "metric":
-            yield from w["properties"]["metrics"]
+            yield from (row for row in w["properties"]["metrics"] if isinstance(row[0], str))
+
+
+def expressions(body):
+    for w in body["widgets"]:
+        if w["type"] == "metric":
+            yield from (row[0]["expression"] for row in w["properties"]["metrics"]
+                        if isinstance(row[0], dict))
 
 
 def test_template_body_is_the_dashboard_file(template):
@@ -83,3 +91,13 @@ def test_every_sidecar_metric_on_the_dashboard_is_defined_in_signals():
     shown = {row[1] for row in metric_rows(dashboard()) if row and row[0] == "LambdaSidecar"}
     assert SIDECAR_METRICS <= DEFINED_METRICS, SIDECAR_METRICS - DEFINED_METRICS
     assert shown <= DEFINED_METRICS, f"not defined in src/signals.rs: {shown - DEFINED_METRICS}"
+
+
+def test_search_expressions_name_a_defined_metric_of_the_function():
+    found = list(expressions(dashboard()))
+    assert found, "the token rejections widget searches by outcome"
+    for expression in found:
+        name = re.search(r'MetricName="([^"]+)"', expression).group(1)
+        assert name in DEFINED_METRICS, expression
+        assert expression.startswith("SEARCH('{LambdaSidecar,FunctionName"), expression
+        assert 'FunctionName="${ExampleFunction}"' in expression, expression
