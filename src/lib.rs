@@ -8,13 +8,15 @@
 //! - [`config`]: every environment variable, parsed once into a typed `Config`.
 //! - [`lifecycle`]: the Extensions API — register, event/next, init/error — and what happens
 //!   at INVOKE (record, flush within the cap) and SHUTDOWN (final flush, exit).
-//! - [`token`]: the localhost token service (`/token`, JWKS, `/health`) and its keys.
+//! - [`token`]: the localhost token service (`/token`, JWKS, `/health`, `/metrics`), its
+//!   boundary guard and its keys.
 //! - [`intake`]: the Telemetry API listener and the event model of schema 2022-12-13.
 //! - [`records`]: what the lifecycle, intake and token service observed, as plain data.
 //! - [`pipeline`]: the task that feeds records, in order, to the derivation.
 //! - [`derive`]: records → spans and metric updates (pure, no I/O).
-//! - [`signals`]: every metric, defined once (name, unit, description, labels).
-//! - [`export`]: OTLP export of spans and metrics under a time budget.
+//! - [`signals`]: every metric, defined once (name, unit, description, labels), and the
+//!   instruments that feed OTLP, Prometheus and EMF from that one definition.
+//! - [`export`]: OTLP export of spans and metrics, and CloudWatch EMF, under a time budget.
 //! - [`server`]: serving a router on a listener with a connection cap and timeouts.
 //! - [`standalone`]: the token service without Lambda.
 //! - [`logging`]: JSON or text logs; never a secret.
