@@ -138,3 +138,34 @@ async fn traceidratio_exports_its_share_decided_by_the_trace_id() {
         4.0 * sigma
     );
 }
+
+/// An unknown sampler or an out-of-range ratio stops start-up through `init/error`, naming
+/// the variable and what it accepts, instead of silently exporting everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_sampler_fails_init_naming_the_variable() {
+    let sink = Sink::start().await.unwrap();
+    for (vars, needle) in [
+        (
+            [
+                ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+                ("OTEL_TRACES_SAMPLER_ARG", ""),
+            ],
+            "OTEL_TRACES_SAMPLER=\"jaeger_remote\" is not valid: expected always_on",
+        ),
+        (
+            [
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "25%"),
+            ],
+            "OTEL_TRACES_SAMPLER_ARG=\"25%\" is not valid: expected a sampling probability",
+        ),
+    ] {
+        let vars: Vec<(&str, String)> = vars.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let report = lambda_env::run(environment(&sink, 1, &vars)).await.unwrap();
+        let error = report.init.error.as_ref().expect("init must fail");
+        let message = error.body["errorMessage"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{message}");
+        assert_eq!(error.exit_code, Some(1));
+        assert!(report.invokes.is_empty());
+    }
+}
