@@ -30,6 +30,7 @@ use crate::intake::events::{
     TelemetryEvent,
 };
 use crate::records::{InvokeRecord, Record, RemoteParent, TokenRecord, parse_xray};
+use crate::sampling::Sampler;
 use crate::signals::{Metrics, Signal, SkipReason};
 
 /// Invocations tracked at once. Lambda runs one invocation at a time per environment
@@ -132,6 +133,11 @@ struct Invocation {
     traced: bool,
     /// A token span already uses `trace_id`: it must no longer change.
     has_children: bool,
+    /// The sampling decision, made with the trace id (at first sight, or when X-Ray's
+    /// context is adopted, which only happens before anything used the trace id). An
+    /// unsampled invocation exports no span, its children and token spans included;
+    /// its metrics are counted all the same.
+    sampled: bool,
     coldstart: bool,
     invoked_arn: Option<String>,
     received: Option<SystemTime>,
@@ -144,8 +150,8 @@ struct Invocation {
 
 impl Invocation {
     /// Adopts an X-Ray context learnt after first sight, unless children already use
-    /// the random trace id.
-    fn learn_xray(&mut self, header: Option<&str>) {
+    /// the random trace id; its `Sampled` flag is the parent decision.
+    fn learn_xray(&mut self, header: Option<&str>, sampler: Sampler) {
         if self.traced || self.has_children {
             return;
         }
@@ -153,6 +159,7 @@ impl Invocation {
             self.trace_id = xray.trace_id;
             self.parent = xray.span_id;
             self.traced = true;
+            self.sampled = sampler.decide(xray.sampled, xray.trace_id);
         }
     }
 
@@ -230,6 +237,7 @@ pub struct Deriver {
     common: Vec<KeyValue>,
     scope: InstrumentationScope,
     ids: RandomIdGenerator,
+    sampler: Sampler,
     invocations: HashMap<String, Invocation>,
     next_seq: u64,
     /// Finished request ids, oldest first.
@@ -257,6 +265,7 @@ impl Deriver {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
             ids: RandomIdGenerator::default(),
+            sampler: Sampler::default(),
             invocations: HashMap::new(),
             next_seq: 0,
             recent: VecDeque::with_capacity(RECENT),
@@ -268,6 +277,12 @@ impl Deriver {
             restore_recorded: false,
             finished: Vec::new(),
         }
+    }
+
+    /// Samples with `sampler` instead of the default `parentbased_always_on`.
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
+        self
     }
 
     /// Applies one record. Never fails: what cannot be used is skipped (and counted
@@ -332,12 +347,13 @@ impl Deriver {
     }
 
     fn invoke(&mut self, invoke: InvokeRecord) {
+        let sampler = self.sampler;
         let Some(invocation) = self.invocation(&invoke.request_id) else {
             return;
         };
         invocation.received = Some(invoke.received);
         invocation.invoked_arn = Some(invoke.invoked_arn);
-        invocation.learn_xray(invoke.xray.as_deref());
+        invocation.learn_xray(invoke.xray.as_deref(), sampler);
         self.current = Some(invoke.request_id);
     }
 
@@ -381,11 +397,13 @@ impl Deriver {
             }
             EventKind::RestoreReport(report) => self.restore_report(time, report),
             EventKind::Start(start) => {
+                let sampler = self.sampler;
                 if let Some(invocation) = self.invocation(&start.request_id) {
                     if invocation.started.is_none() {
                         invocation.started = Some(time);
                     }
-                    invocation.learn_xray(start.tracing.as_ref().map(|t| t.value.as_str()));
+                    invocation
+                        .learn_xray(start.tracing.as_ref().map(|t| t.value.as_str()), sampler);
                 }
             }
             EventKind::RuntimeDone(done) => self.runtime_done(time, done),
@@ -399,13 +417,14 @@ impl Deriver {
     }
 
     fn runtime_done(&mut self, time: SystemTime, done: RuntimeDone) {
+        let sampler = self.sampler;
         let Some(invocation) = self.invocation(&done.request_id) else {
             return;
         };
         if invocation.runtime_done.is_some() {
             return; // re-delivered
         }
-        invocation.learn_xray(done.tracing.as_ref().map(|t| t.value.as_str()));
+        invocation.learn_xray(done.tracing.as_ref().map(|t| t.value.as_str()), sampler);
         invocation.runtime_done = Some(time);
         let resumed = invocation.resumed;
         let seconds = done
@@ -573,7 +592,8 @@ impl Deriver {
                 initialization_type,
             ));
         }
-        let context = self.context(self.ids.new_trace_id());
+        let trace_id = self.ids.new_trace_id();
+        let context = self.context(trace_id, self.sampler.decide(None, trace_id));
         let start = phase.start.unwrap_or(end);
         self.push_span(NewSpan {
             context,
@@ -607,7 +627,7 @@ impl Deriver {
         let context = SpanContext::new(
             invocation.trace_id,
             invocation.span_id,
-            TraceFlags::SAMPLED,
+            flags(invocation.sampled),
             false,
             TraceState::default(),
         );
@@ -626,7 +646,7 @@ impl Deriver {
             essential: true,
         });
         for child in children {
-            let context = self.context(invocation.trace_id);
+            let context = self.context(invocation.trace_id, invocation.sampled);
             let end = millis(child.duration_ms)
                 .and_then(|d| child.start.checked_add(d))
                 .unwrap_or(child.start);
@@ -650,18 +670,31 @@ impl Deriver {
         }
     }
 
-    /// A span per /token request, in the caller's trace (`traceparent`), else inside the
-    /// invocation that was running when the request started, else a trace of its own.
+    /// A span per /token request, in the caller's trace (`traceparent`, whose flags are
+    /// the parent decision), else inside the invocation that was running when the request
+    /// started (sampled as it is), else a trace of its own.
     fn token(&mut self, token: TokenRecord) {
         self.metrics.token(&token);
-        let (trace_id, parent) = match (token.traceparent, self.running_invocation(token.start)) {
-            (Some(caller), _) => caller_context(caller.0),
-            (None, Some(invocation)) => {
-                invocation.has_children = true;
-                (invocation.trace_id, Some((invocation.span_id, false)))
-            }
-            (None, None) => (self.ids.new_trace_id(), None),
-        };
+        let sampler = self.sampler;
+        let (trace_id, parent, sampled) =
+            match (token.traceparent, self.running_invocation(token.start)) {
+                (Some(caller), _) => {
+                    let (trace_id, parent) = caller_context(caller.0);
+                    (trace_id, parent, sampler.decide(caller.0.sampled, trace_id))
+                }
+                (None, Some(invocation)) => {
+                    invocation.has_children = true;
+                    (
+                        invocation.trace_id,
+                        Some((invocation.span_id, false)),
+                        invocation.sampled,
+                    )
+                }
+                (None, None) => {
+                    let trace_id = self.ids.new_trace_id();
+                    (trace_id, None, sampler.decide(None, trace_id))
+                }
+            };
         let status = token.outcome.http_status();
         let attributes = vec![
             KeyValue::new("sidecar.token.algorithm", token.algorithm),
@@ -680,7 +713,7 @@ impl Deriver {
             error_type: Some(&status_code),
             incomplete: false,
         };
-        let context = self.context(trace_id);
+        let context = self.context(trace_id, sampled);
         let end = token
             .start
             .checked_add(token.duration)
@@ -698,13 +731,12 @@ impl Deriver {
         });
     }
 
-    /// A new span's context in `trace_id`. Always sampled: the sidecar records every span
-    /// it derives (X-Ray marks untraced functions `Sampled=0`, which must not hide them).
-    fn context(&self, trace_id: TraceId) -> SpanContext {
+    /// A new span's context in `trace_id`, with the sampling decision made for it.
+    fn context(&self, trace_id: TraceId, sampled: bool) -> SpanContext {
         SpanContext::new(
             trace_id,
             self.ids.new_span_id(),
-            TraceFlags::SAMPLED,
+            flags(sampled),
             false,
             TraceState::default(),
         )
@@ -731,6 +763,10 @@ impl Deriver {
             outcome,
             essential,
         } = span;
+        // Not sampled: never exported, so not kept (and not a drop to count).
+        if !context.is_sampled() {
+            return;
+        }
         let room = if essential {
             MAX_FINISHED
         } else {
@@ -782,13 +818,15 @@ impl Deriver {
             if self.invocations.len() >= MAX_PENDING {
                 self.evict_oldest();
             }
+            let trace_id = self.ids.new_trace_id();
             let invocation = Invocation {
                 seq: self.next_seq,
                 span_id: self.ids.new_span_id(),
-                trace_id: self.ids.new_trace_id(),
+                trace_id,
                 parent: None,
                 traced: false,
                 has_children: false,
+                sampled: self.sampler.decide(None, trace_id),
                 coldstart: std::mem::take(&mut self.cold_pending),
                 invoked_arn: None,
                 received: None,
@@ -851,6 +889,11 @@ impl Deriver {
     }
 }
 
+/// A span context's flags: only the sampled flag is ever set, and an exported span has it.
+fn flags(sampled: bool) -> TraceFlags {
+    TraceFlags::default().with_sampled(sampled)
+}
+
 /// Trace id and remote parent of a span whose caller sent trace context.
 fn caller_context(caller: RemoteParent) -> (TraceId, Option<(SpanId, bool)>) {
     (
@@ -885,7 +928,7 @@ mod tests {
     use crate::records::{TokenOutcome, TraceParent};
     use crate::signals::testing;
 
-    const XRAY: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=0";
+    const XRAY: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     /// Ids that come from the inputs above and are printed as they are; random ones get
     /// stable aliases (`t1`, `s1`, ...) in order of appearance.
@@ -1317,5 +1360,134 @@ sidecar.telemetry.unknown_events{reason=malformed} = 1",
         // The invocation span and 16 children.
         assert_eq!(spans.len(), 17);
         assert_eq!(dropped_spans(&source), Some(30_000 - 16));
+    }
+
+    /// Runs `records` through a deriver with `sampler` (as `OTEL_TRACES_SAMPLER` names it):
+    /// the names of the spans kept, and every metric value.
+    fn sampled_run(sampler: &str, records: Vec<Record>) -> (Vec<String>, String) {
+        let sampler =
+            Sampler::parse(|k| (k == "OTEL_TRACES_SAMPLER").then(|| sampler.to_owned())).unwrap();
+        let (source, recorder) = testing::source();
+        let mut deriver = Deriver::new(function(), Arc::new(recorder)).with_sampler(sampler);
+        let mut names = Vec::new();
+        for record in records {
+            deriver.ingest(record);
+            for span in deriver.take_spans() {
+                assert!(span.span_context.is_sampled(), "{}", span.name);
+                names.push(span.name.into_owned());
+            }
+        }
+        (names, testing::render(&source))
+    }
+
+    /// One invocation whose INVOKE carries `sampled` as X-Ray's flag: a token fetched
+    /// during it, two Lambda child spans, and its report.
+    fn traced_invocation(sampled: &str) -> Vec<Record> {
+        let xray = format!(
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled={sampled}"
+        );
+        vec![
+            invoke("r1", 0, Some(&xray)),
+            token(10, 1, TokenOutcome::Issued, None),
+            runtime_done("r1", 100, 2),
+            telemetry(
+                r#"[{"time":"2022-10-12T00:00:00.101Z","type":"platform.report","record":{"requestId":"r1","status":"success","metrics":{"durationMs":100.0,"billedDurationMs":100,"memorySizeMB":128,"maxMemoryUsedMB":64}}}]"#,
+            ),
+        ]
+    }
+
+    #[test]
+    fn xray_sampled_flag_decides_for_the_invocation_and_its_children() {
+        let (kept, metrics) = sampled_run("parentbased_always_on", traced_invocation("1"));
+        assert_eq!(
+            kept,
+            [
+                "sidecar.token",
+                "orders",
+                "responseLatency",
+                "responseLatency"
+            ]
+        );
+        for (sampler, flag) in [
+            ("parentbased_always_on", "0"),
+            ("parentbased_always_off", "?"),
+            ("parentbased_always_off", "0"),
+            ("always_off", "1"),
+        ] {
+            let (spans, unsampled_metrics) = sampled_run(sampler, traced_invocation(flag));
+            assert_eq!(spans, Vec::<String>::new(), "{sampler} Sampled={flag}");
+            assert_eq!(unsampled_metrics, metrics, "{sampler} Sampled={flag}");
+            assert!(metrics.contains("faas.invocations{status=success} = 1"));
+        }
+        for (sampler, flag) in [
+            ("parentbased_always_on", "?"),
+            ("parentbased_always_off", "1"),
+            ("always_on", "0"),
+        ] {
+            let (spans, _) = sampled_run(sampler, traced_invocation(flag));
+            assert_eq!(spans.len(), 4, "{sampler} Sampled={flag}");
+        }
+        // Ratio 0 refuses every root; the parent-based form still follows Sampled=1.
+        let zero = |name: &str| {
+            Sampler::parse(|k| match k {
+                "OTEL_TRACES_SAMPLER" => Some(name.to_owned()),
+                _ => Some("0".to_owned()),
+            })
+        };
+        for (name, expected) in [("traceidratio", 0), ("parentbased_traceidratio", 4)] {
+            let (source, recorder) = testing::source();
+            let mut deriver =
+                Deriver::new(function(), Arc::new(recorder)).with_sampler(zero(name).unwrap());
+            traced_invocation("1")
+                .into_iter()
+                .for_each(|r| deriver.ingest(r));
+            assert_eq!(deriver.take_spans().len(), expected, "{name}");
+            assert_eq!(testing::render(&source), metrics, "{name}");
+        }
+    }
+
+    /// Decided at first sight: a later event's X-Ray flag does not revive an unsampled
+    /// invocation, and `platform.start` decides when it comes before the INVOKE.
+    #[test]
+    fn the_decision_is_made_at_first_sight() {
+        let start = |sampled: &str| {
+            telemetry(&format!(
+                r#"[{{"time":"2022-10-12T00:00:00.000Z","type":"platform.start","record":{{"requestId":"r1","tracing":{{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled={sampled}"}}}}}}]"#
+            ))
+        };
+        let mut records = traced_invocation("0");
+        records.insert(1, start("1"));
+        assert_eq!(
+            sampled_run("parentbased_always_on", records).0,
+            Vec::<String>::new()
+        );
+        let mut records = traced_invocation("1");
+        records.insert(0, start("0"));
+        assert_eq!(
+            sampled_run("parentbased_always_on", records).0,
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn traceparent_flags_decide_for_a_token_span_without_an_invocation() {
+        let call = |flags: &str| {
+            vec![token(
+                10,
+                1,
+                TokenOutcome::Issued,
+                Some(&format!(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
+                )),
+            )]
+        };
+        let (kept, metrics) = sampled_run("parentbased_always_on", call("01"));
+        assert_eq!(kept, ["sidecar.token"]);
+        let (none, unsampled_metrics) = sampled_run("parentbased_always_on", call("00"));
+        assert_eq!(none, Vec::<String>::new());
+        assert_eq!(unsampled_metrics, metrics);
+        assert!(metrics.contains("sidecar.token.requests{algorithm=ES256,outcome=issued} = 1"));
+        // always_on ignores the caller's decision.
+        assert_eq!(sampled_run("always_on", call("00")).0, ["sidecar.token"]);
     }
 }

@@ -31,6 +31,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod pipeline;
 pub mod records;
+pub mod sampling;
 pub mod server;
 pub mod signals;
 pub mod standalone;

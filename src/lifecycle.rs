@@ -33,6 +33,7 @@ use crate::derive::{Deriver, FunctionInfo};
 use crate::export::{ExportClients, ExportConfig, Exporter, MetricsSource};
 use crate::pipeline::{Pipeline, Recorder};
 use crate::records::{InvokeRecord, Record};
+use crate::sampling::Sampler;
 use crate::signals::Metrics;
 use crate::token::{TokenService, keys::SigningKey};
 use crate::{intake, token};
@@ -242,6 +243,7 @@ struct Prepared {
     function: FunctionInfo,
     resource: Resource,
     temporality: Temporality,
+    sampler: Sampler,
     heavy: tokio::task::JoinHandle<Result<(SigningKey, ExportClients), StartupError>>,
 }
 
@@ -254,6 +256,7 @@ fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError
     let token_config = config.token.clone();
     let export_resource = resource.clone();
     let temporality = export_config.temporality;
+    let sampler = export_config.sampler;
     let heavy = tokio::task::spawn_blocking(move || {
         let key = SigningKey::load(&token_config)?;
         let clients = ExportClients::build(&export_config, &export_resource)?;
@@ -264,6 +267,7 @@ fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError
         function,
         resource,
         temporality,
+        sampler,
         heavy,
     })
 }
@@ -279,6 +283,7 @@ async fn start(
         function,
         resource,
         temporality,
+        sampler,
         heavy,
     } = prepared?;
     let (key, clients) = heavy
@@ -297,7 +302,10 @@ async fn start(
             signals.clone(),
         ));
     }
-    let (pipeline, recorder) = Pipeline::start(Deriver::new(function, signals.clone()), signals);
+    let (pipeline, recorder) = Pipeline::start(
+        Deriver::new(function, signals.clone()).with_sampler(sampler),
+        signals,
+    );
 
     // Tokens first: the function's own init may ask for one as soon as we are registered.
     let token_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));

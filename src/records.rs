@@ -99,6 +99,10 @@ pub struct RemoteParent {
     /// `None` for an X-Ray header with a Root but no Parent: the span becomes a root of
     /// that trace.
     pub span_id: Option<SpanId>,
+    /// The caller's sampling decision, which a parent-based sampler follows: X-Ray's
+    /// `Sampled=1`/`Sampled=0`, or `traceparent`'s sampled flag. `None` when the caller
+    /// left it open (`Sampled=?`, or no `Sampled` field).
+    pub sampled: Option<bool>,
 }
 
 /// A W3C Trace Context `traceparent` header (version `00`).
@@ -109,8 +113,8 @@ impl TraceParent {
     /// Parses `00-{32 hex trace id}-{16 hex parent id}-{2 hex flags}`.
     ///
     /// Strict per the spec: lowercase hex only, exact length, all-zero ids refused
-    /// (they mean "invalid"), other versions refused. Sampling flags are validated but
-    /// not kept: the sidecar records every token span it derives.
+    /// (they mean "invalid"), other versions refused. Of the flags, only `sampled` (bit 0)
+    /// is defined in version 00; it is the parent decision for the token span.
     pub fn parse(header: &str) -> Option<TraceParent> {
         let mut parts = header.trim().split('-');
         let (version, trace, parent, flags) =
@@ -119,9 +123,11 @@ impl TraceParent {
         if parts.next().is_some() || version != "00" || !hex_of_len(flags, 2, lower_hex) {
             return None;
         }
+        let flags = u8::from_str_radix(flags, 16).ok()?;
         Some(TraceParent(RemoteParent {
             trace_id: trace_id(trace, lower_hex)?,
             span_id: Some(span_id(parent, lower_hex)?),
+            sampled: Some(flags & 1 == 1),
         }))
     }
 }
@@ -132,15 +138,24 @@ impl TraceParent {
 /// The Root `1-{8 hex epoch}-{24 hex}` becomes the W3C trace id by joining its two hex
 /// parts, which is how ADOT and X-Ray's OTLP endpoint map them, so derived spans join
 /// the same trace. `None` without a valid Root; an invalid or all-zero Parent is
-/// dropped rather than failing the whole header. `Sampled` is ignored on purpose:
-/// functions without active tracing get `Sampled=0`, and the sidecar still records them.
+/// dropped rather than failing the whole header. `Sampled=1`/`0` is kept as the parent
+/// decision; `Sampled=?` (X-Ray deferring the decision downstream) and any other value
+/// leave it open.
 pub fn parse_xray(header: &str) -> Option<RemoteParent> {
     let mut root = None;
     let mut parent = None;
+    let mut sampled = None;
     for field in header.split(';') {
         match field.trim().split_once('=') {
             Some(("Root", value)) => root = Some(value),
             Some(("Parent", value)) => parent = Some(value),
+            Some(("Sampled", value)) => {
+                sampled = match value.trim() {
+                    "1" => Some(true),
+                    "0" => Some(false),
+                    _ => None,
+                }
+            }
             _ => {}
         }
     }
@@ -153,6 +168,7 @@ pub fn parse_xray(header: &str) -> Option<RemoteParent> {
     Some(RemoteParent {
         trace_id: trace_id(&format!("{epoch}{unique}"), any_hex)?,
         span_id: parent.and_then(|p| span_id(p, any_hex)),
+        sampled,
     })
 }
 
@@ -176,18 +192,23 @@ fn span_id(text: &str, digit: impl Fn(u8) -> bool) -> Option<SpanId> {
 mod tests {
     use super::*;
 
+    /// `trace span sampled`, with `-` for no span id and `?` for an open decision.
     fn render(parent: Option<RemoteParent>) -> String {
-        match parent {
-            None => "none".to_owned(),
-            Some(RemoteParent {
-                trace_id,
-                span_id: Some(span),
-            }) => format!("{trace_id} {span}"),
-            Some(RemoteParent {
-                trace_id,
-                span_id: None,
-            }) => format!("{trace_id} -"),
-        }
+        let Some(RemoteParent {
+            trace_id,
+            span_id,
+            sampled,
+        }) = parent
+        else {
+            return "none".to_owned();
+        };
+        let span = span_id.map_or("-".to_owned(), |s| s.to_string());
+        let sampled = match sampled {
+            Some(true) => "1",
+            Some(false) => "0",
+            None => "?",
+        };
+        format!("{trace_id} {span} {sampled}")
     }
 
     fn check_traceparent(header: &str, expected: &str) {
@@ -206,11 +227,20 @@ mod tests {
     fn traceparent() {
         check_traceparent(
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7",
+            "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 1",
         );
         check_traceparent(
             " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00 ",
-            "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7",
+            "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 0",
+        );
+        // Only bit 0 is the sampled flag (bit 1 is level 2's "random").
+        check_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02",
+            "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 0",
+        );
+        check_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03",
+            "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 1",
         );
         for bad in [
             "",
@@ -232,19 +262,23 @@ mod tests {
     fn xray() {
         check_xray(
             "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
-            "5759e988bd862e3fe1be46a994272793 53995c3f42cd8ad8",
+            "5759e988bd862e3fe1be46a994272793 53995c3f42cd8ad8 1",
         );
         check_xray(
             "Sampled=0; Parent=53995c3f42cd8ad8 ;Root=1-5759e988-bd862e3fe1be46a994272793;Lineage=a:1",
-            "5759e988bd862e3fe1be46a994272793 53995c3f42cd8ad8",
+            "5759e988bd862e3fe1be46a994272793 53995c3f42cd8ad8 0",
+        );
+        check_xray(
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=?",
+            "5759e988bd862e3fe1be46a994272793 53995c3f42cd8ad8 ?",
         );
         check_xray(
             "Root=1-5759e988-bd862e3fe1be46a994272793",
-            "5759e988bd862e3fe1be46a994272793 -",
+            "5759e988bd862e3fe1be46a994272793 - ?",
         );
         check_xray(
-            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=0000000000000000",
-            "5759e988bd862e3fe1be46a994272793 -",
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=0000000000000000;Sampled=1",
+            "5759e988bd862e3fe1be46a994272793 - 1",
         );
         for bad in [
             "",

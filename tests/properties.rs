@@ -1210,10 +1210,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parent(trace: [u8; 16], span: Option<[u8; 8]>) -> RemoteParent {
+fn parent(trace: [u8; 16], span: Option<[u8; 8]>, sampled: Option<bool>) -> RemoteParent {
     RemoteParent {
         trace_id: TraceId::from_bytes(trace),
         span_id: span.map(SpanId::from_bytes),
+        sampled,
     }
 }
 
@@ -1235,7 +1236,7 @@ proptest! {
     #[test]
     fn traceparent_round_trips(trace in nonzero_trace_id(), span in nonzero_span_id(), flags in any::<u8>(), before in blank(), after in blank()) {
         let header = format!("{before}00-{}-{}-{flags:02x}{after}", hex(&trace), hex(&span));
-        prop_assert_eq!(TraceParent::parse(&header), Some(TraceParent(parent(trace, Some(span)))), "{}", header);
+        prop_assert_eq!(TraceParent::parse(&header), Some(TraceParent(parent(trace, Some(span), Some(flags & 1 == 1)))), "{}", header);
     }
 
     /// Uppercase hex, a field one or more characters too long or short, an all-zero id,
@@ -1309,7 +1310,7 @@ proptest! {
         if let Some(span) = span {
             fields.push(format!("Parent={}", case(hex(&span))));
         }
-        if let Some(s) = sampled {
+        if let Some(s) = &sampled {
             fields.push(format!("Sampled={s}"));
         }
         fields.extend(extra);
@@ -1321,7 +1322,12 @@ proptest! {
         }
         let header: Vec<String> = fields.iter().zip(blanks.chunks(2)).map(|(f, b)| format!("{}{f}{}", b[0], b[1])).collect();
         let header = header.join(";");
-        prop_assert_eq!(parse_xray(&header), Some(parent(trace, span)), "{}", header);
+        let decision = match sampled.as_deref() {
+            Some("1") => Some(true),
+            Some("0") => Some(false),
+            _ => None,
+        };
+        prop_assert_eq!(parse_xray(&header), Some(parent(trace, span, decision)), "{}", header);
     }
 
     /// A Root of another version, a wrong length, a non-hex digit or all zeros is refused;
@@ -1347,7 +1353,7 @@ proptest! {
         prop_assert_eq!(parse_xray(&header), None, "{}", header);
         for bad_parent in [format!("{}{junk}", hex(&span)), hex(&span)[1..].to_string(), "0".repeat(16), format!("{}x", &hex(&span)[1..])] {
             let header = format!("Root=1-{epoch}-{unique};Parent={bad_parent}");
-            prop_assert_eq!(parse_xray(&header), Some(parent(trace, None)), "{}", header);
+            prop_assert_eq!(parse_xray(&header), Some(parent(trace, None, None)), "{}", header);
         }
     }
 

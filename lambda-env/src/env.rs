@@ -90,6 +90,8 @@ pub struct EnvConfig {
     pub fail_invokes: Vec<usize>,
     /// 0-based invokes on which the function overruns its timeout.
     pub timeout_invokes: Vec<usize>,
+    /// 0-based invokes whose X-Ray header says `Sampled=0` (the rest say `Sampled=1`).
+    pub unsampled_invokes: Vec<usize>,
     /// Where the extension's stdout/stderr files go (default: a new temp dir).
     pub work_dir: Option<PathBuf>,
     /// Sample the extension's resident memory after init, every this many invokes (thawed,
@@ -125,6 +127,7 @@ impl Default for EnvConfig {
             refuse_telemetry: false,
             fail_invokes: Vec::new(),
             timeout_invokes: Vec::new(),
+            unsampled_invokes: Vec::new(),
             work_dir: None,
             rss_every: 0,
             inject_items: Vec::new(),
@@ -490,7 +493,7 @@ impl Environment {
 
     async fn invoke(&mut self, index: usize, init_ms: f64) -> InvokeReport {
         let request_id = uuid_v4();
-        let xray = XrayTrace::new();
+        let xray = XrayTrace::new(!self.cfg.unsampled_invokes.contains(&index));
         let span_id = random_hex(8);
         let timeout = Duration::from_millis(self.cfg.function_timeout_ms);
         let deadline_ms = epoch_ms() + self.cfg.function_timeout_ms;

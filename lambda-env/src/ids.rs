@@ -39,10 +39,10 @@ pub fn uuid_v4() -> String {
     )
 }
 
-/// An X-Ray trace header value for a new sampled trace, plus the W3C trace id it maps to.
+/// An X-Ray trace header value for a new trace, plus the W3C trace id it maps to.
 #[derive(Debug, Clone)]
 pub struct XrayTrace {
-    /// `Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;Sampled=1`
+    /// `Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;Sampled=1` (or `Sampled=0`)
     pub value: String,
     /// The 32-hex W3C trace id (the root's time and random parts joined).
     pub trace_id: String,
@@ -50,12 +50,14 @@ pub struct XrayTrace {
 
 impl Default for XrayTrace {
     fn default() -> Self {
-        Self::new()
+        Self::new(true)
     }
 }
 
 impl XrayTrace {
-    pub fn new() -> Self {
+    /// `sampled`: X-Ray's decision, `Sampled=1` or `Sampled=0` (what Lambda sends for a
+    /// request X-Ray's rules did not pick, or for a function without Active tracing).
+    pub fn new(sampled: bool) -> Self {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -64,7 +66,10 @@ impl XrayTrace {
         let random = random_hex(12);
         let parent = random_hex(8);
         XrayTrace {
-            value: format!("Root=1-{time_hex}-{random};Parent={parent};Sampled=1"),
+            value: format!(
+                "Root=1-{time_hex}-{random};Parent={parent};Sampled={}",
+                u8::from(sampled)
+            ),
             trace_id: format!("{time_hex}{random}"),
         }
     }
@@ -105,8 +110,10 @@ mod tests {
 
     #[test]
     fn xray_maps_to_w3c() {
-        let t = XrayTrace::new();
+        let t = XrayTrace::new(true);
         assert_eq!(w3c_trace_id(&t.value).as_deref(), Some(t.trace_id.as_str()));
+        assert!(t.value.ends_with(";Sampled=1"), "{}", t.value);
+        assert!(XrayTrace::new(false).value.ends_with(";Sampled=0"));
         assert_eq!(
             w3c_trace_id(
                 "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"

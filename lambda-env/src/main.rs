@@ -12,7 +12,7 @@ const USAGE: &str = "usage:
   lambda-env run --extension PATH [--function-name NAME] [--invokes N] [--tokens-per-invoke K] [--function-ms MS]
                  [--function-timeout-ms MS] [--gap-ms MS] [--no-freeze] [--shutdown-ms MS]
                  [--snapstart] [--inject-unknown] [--logs-dropped] [--fail-invoke I]...
-                 [--timeout-invoke I]... [--token-url URL] [--work-dir DIR] [--report FILE]
+                 [--timeout-invoke I]... [--unsampled-invoke I]... [--token-url URL] [--work-dir DIR] [--report FILE]
                  [--env KEY=VAL]...
   lambda-env sink --listen 127.0.0.1:PORT [--out FILE] [--mode ok|fail:STATUS|slow:MS]";
 
@@ -74,6 +74,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, CliError
             "--logs-dropped" => cfg.logs_dropped = true,
             "--fail-invoke" => cfg.fail_invokes.push(number(&mut args, &flag)?),
             "--timeout-invoke" => cfg.timeout_invokes.push(number(&mut args, &flag)?),
+            "--unsampled-invoke" => cfg.unsampled_invokes.push(number(&mut args, &flag)?),
             "--token-url" => cfg.token_url = value(&mut args, &flag)?,
             "--work-dir" => cfg.work_dir = Some(value(&mut args, &flag)?.into()),
             "--report" => report = Some(PathBuf::from(value(&mut args, &flag)?)),

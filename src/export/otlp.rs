@@ -23,6 +23,7 @@ use opentelemetry_sdk::trace::SpanExporter as _;
 
 use crate::config::ConfigError;
 use crate::derive::FunctionInfo;
+use crate::sampling::Sampler;
 
 /// The metrics side of the SDK: instruments are recorded into `provider`, read on demand.
 pub struct MetricsSource {
@@ -190,6 +191,8 @@ pub struct ExportConfig {
     /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: `cumulative` (default), `delta`
     /// or `lowmemory`, case-insensitive as the spec says.
     pub temporality: Temporality,
+    /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, handed to derivation.
+    pub sampler: Sampler,
 }
 
 impl ExportConfig {
@@ -248,6 +251,7 @@ impl ExportConfig {
             }
         };
         Ok(ExportConfig {
+            sampler: Sampler::parse(&lookup)?,
             traces: signal("traces")?,
             metrics: signal("metrics")?,
             certificate: lookup("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|p| !p.is_empty()),
@@ -555,6 +559,7 @@ mod tests {
             metrics: None,
             certificate: None,
             temporality: Temporality::Cumulative,
+            sampler: Sampler::default(),
         };
         assert_eq!(parse(&[]).unwrap(), none);
         let both = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();
