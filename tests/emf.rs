@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use common::{random_secret, sidecar_bin, stderr_of};
 use lambda_env::{EnvConfig, InvokeStatus, Report, Sink, free_port};
+use lambda_sidecar::export::emf::CLOUDWATCH_UNITS;
 use serde_json::Value;
 
 const FUNCTION: &str = "emf-orders";
@@ -17,37 +18,6 @@ const FUNCTION: &str = "emf-orders";
 const NAMESPACE: &str = "LambdaSidecar";
 const MEMORY_MB: u32 = 256;
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// CloudWatch's units (MetricDatum `Unit`), the only ones EMF accepts.
-const CLOUDWATCH_UNITS: &[&str] = &[
-    "Seconds",
-    "Microseconds",
-    "Milliseconds",
-    "Bytes",
-    "Kilobytes",
-    "Megabytes",
-    "Gigabytes",
-    "Terabytes",
-    "Bits",
-    "Kilobits",
-    "Megabits",
-    "Gigabits",
-    "Terabits",
-    "Percent",
-    "Count",
-    "Bytes/Second",
-    "Kilobytes/Second",
-    "Megabytes/Second",
-    "Gigabytes/Second",
-    "Terabytes/Second",
-    "Bits/Second",
-    "Kilobits/Second",
-    "Megabits/Second",
-    "Gigabits/Second",
-    "Terabits/Second",
-    "Count/Second",
-    "None",
-];
 
 /// A metric and one dimension set with its values (sorted by key).
 type Series = (String, Vec<(String, String)>);

@@ -154,6 +154,38 @@ pub fn zero_counters(entries: &mut Vec<Entry>) {
     }
 }
 
+/// CloudWatch's units (the MetricDatum `Unit` values), the only ones EMF accepts; [`unit`]
+/// returns one of them for every definition (tested here and in `tests/emf.rs`).
+pub const CLOUDWATCH_UNITS: &[&str] = &[
+    "Seconds",
+    "Microseconds",
+    "Milliseconds",
+    "Bytes",
+    "Kilobytes",
+    "Megabytes",
+    "Gigabytes",
+    "Terabytes",
+    "Bits",
+    "Kilobits",
+    "Megabits",
+    "Gigabits",
+    "Terabits",
+    "Percent",
+    "Count",
+    "Bytes/Second",
+    "Kilobytes/Second",
+    "Megabytes/Second",
+    "Gigabytes/Second",
+    "Terabytes/Second",
+    "Bits/Second",
+    "Kilobits/Second",
+    "Megabits/Second",
+    "Gigabits/Second",
+    "Terabits/Second",
+    "Count/Second",
+    "None",
+];
+
 /// CloudWatch's unit for a [`MetricDef`] unit (UCUM). A unit without a mapping here is a
 /// definition bug the tests catch; it falls back to `None`, which CloudWatch accepts.
 pub fn unit(ucum: &str) -> &'static str {
@@ -344,36 +376,6 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::signals::{ERRORS, HOLD, INVOCATIONS, METRICS, TOKEN_DURATION, TOKEN_REQUESTS};
-
-    const CLOUDWATCH_UNITS: &[&str] = &[
-        "Seconds",
-        "Microseconds",
-        "Milliseconds",
-        "Bytes",
-        "Kilobytes",
-        "Megabytes",
-        "Gigabytes",
-        "Terabytes",
-        "Bits",
-        "Kilobits",
-        "Megabits",
-        "Gigabits",
-        "Terabits",
-        "Percent",
-        "Count",
-        "Bytes/Second",
-        "Kilobytes/Second",
-        "Megabytes/Second",
-        "Gigabytes/Second",
-        "Terabytes/Second",
-        "Bits/Second",
-        "Kilobits/Second",
-        "Megabits/Second",
-        "Gigabits/Second",
-        "Terabits/Second",
-        "Count/Second",
-        "None",
-    ];
 
     fn directive(doc: &Value) -> &Value {
         &doc["_aws"]["CloudWatchMetrics"][0]
