@@ -1,0 +1,562 @@
+//! Derivation driven record by record, rendered as text and compared whole.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::intake::events::{parse_batch, parse_rfc3339};
+use crate::records::{TokenOutcome, TraceParent};
+use crate::signals::testing;
+
+const XRAY: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// Ids that come from the inputs above and are printed as they are; random ones get
+/// stable aliases (`t1`, `s1`, ...) in order of appearance.
+const LITERAL_IDS: &[&str] = &[
+    "5759e988bd862e3fe1be46a994272793",
+    "53995c3f42cd8ad8",
+    "4bf92f3577b34da6a3ce929d0e0e4736",
+    "00f067aa0ba902b7",
+];
+
+fn base() -> SystemTime {
+    parse_rfc3339("2022-10-12T00:00:00Z").unwrap()
+}
+
+fn at(ms: u64) -> SystemTime {
+    base() + Duration::from_millis(ms)
+}
+
+fn telemetry(json: &str) -> Record {
+    Record::Telemetry(parse_batch(json.as_bytes()).unwrap())
+}
+
+fn invoke(request_id: &str, ms: u64, xray: Option<&str>) -> Record {
+    Record::Invoke(InvokeRecord {
+        request_id: request_id.to_owned(),
+        deadline_ms: 0,
+        invoked_arn: format!("arn:aws:lambda:eu-west-1:123456789012:function:orders:{request_id}"),
+        xray: xray.map(str::to_owned),
+        received: at(ms),
+    })
+}
+
+fn token(ms: u64, duration_ms: u64, outcome: TokenOutcome, traceparent: Option<&str>) -> Record {
+    Record::Token(TokenRecord {
+        start: at(ms),
+        duration: Duration::from_millis(duration_ms),
+        algorithm: "ES256",
+        outcome,
+        traceparent: traceparent.and_then(TraceParent::parse),
+    })
+}
+
+fn resumed(request_id: &str, ms: u64) -> Record {
+    Record::Resumed {
+        request_id: request_id.to_owned(),
+        at: at(ms),
+    }
+}
+
+fn function() -> FunctionInfo {
+    let vars: HashMap<&str, &str> = [
+        ("AWS_LAMBDA_FUNCTION_NAME", "orders"),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", "2022/10/12/[$LATEST]abc"),
+    ]
+    .into();
+    FunctionInfo::from_vars(|key| vars.get(key).map(|v| (*v).to_owned()))
+}
+
+/// Renders spans one per line (plus an indented attribute line), with times in ms
+/// from [`base`] and random ids aliased.
+fn render_spans(spans: &[SpanData]) -> String {
+    let mut aliases: HashMap<String, String> = HashMap::new();
+    let mut alias = |id: String, prefix: &str| -> String {
+        if LITERAL_IDS.contains(&id.as_str()) {
+            return id;
+        }
+        let next = aliases.values().filter(|a| a.starts_with(prefix)).count() + 1;
+        aliases
+            .entry(id)
+            .or_insert_with(|| format!("{prefix}{next}"))
+            .clone()
+    };
+    let ms = |t: SystemTime| (t.duration_since(base()).unwrap().as_secs_f64() * 1e6).round() / 1e3;
+    let common: Vec<String> = function()
+        .attributes()
+        .iter()
+        .map(|kv| format!("{}={}", kv.key, kv.value))
+        .collect();
+    let mut out = String::new();
+    for span in spans {
+        let trace = alias(span.span_context.trace_id().to_string(), "t");
+        let id = alias(span.span_context.span_id().to_string(), "s");
+        let parent = match span.parent_span_id {
+            SpanId::INVALID => "-".to_owned(),
+            parent => {
+                alias(parent.to_string(), "s")
+                    + if span.parent_span_is_remote {
+                        " (remote)"
+                    } else {
+                        ""
+                    }
+            }
+        };
+        let status = match &span.status {
+            SpanStatus::Unset => String::new(),
+            other => format!(" {other:?}"),
+        };
+        let mut attributes: Vec<String> = span
+            .attributes
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, kv.value))
+            .collect();
+        // The function's own attributes are shown as one word, only when all are there.
+        if common.iter().all(|c| attributes.contains(c)) {
+            attributes.retain(|a| !common.contains(a));
+            attributes.push("+function".to_owned());
+        }
+        attributes.sort();
+        out += &format!(
+            "{} {:?} trace={trace} span={id} parent={parent} {}..{}{status}\n  [{}]\n",
+            span.name,
+            span.span_kind,
+            ms(span.start_time),
+            ms(span.end_time),
+            attributes.join(" ")
+        );
+        assert!(span.span_context.is_sampled());
+    }
+    out
+}
+
+/// Feeds `records` to a fresh deriver (then `finish_pending` at `shutdown_ms` when
+/// given) and compares every span emitted and every metric value.
+fn check(records: Vec<Record>, shutdown_ms: Option<u64>, spans: &str, metrics: &str) {
+    let (source, recorder) = testing::source();
+    let mut deriver = Deriver::new(function(), Arc::new(recorder));
+    let mut emitted = Vec::new();
+    for record in records {
+        deriver.ingest(record);
+        emitted.extend(deriver.take_spans());
+    }
+    if let Some(ms) = shutdown_ms {
+        deriver.finish_pending(at(ms));
+        emitted.extend(deriver.take_spans());
+    }
+    assert_eq!(render_spans(&emitted), spans);
+    assert_eq!(testing::render(&source), metrics);
+}
+
+#[test]
+fn cold_start_then_warm_invocation_with_tokens() {
+    check(
+        vec![
+            telemetry(
+                r#"[
+                {"time":"2022-10-12T00:00:00.000Z","type":"platform.initStart","record":{"initializationType":"on-demand","phase":"init"}},
+                {"time":"2022-10-12T00:00:00.120Z","type":"platform.initRuntimeDone","record":{"initializationType":"on-demand","phase":"init","status":"success"}},
+                {"time":"2022-10-12T00:00:00.121Z","type":"platform.initReport","record":{"initializationType":"on-demand","phase":"init","metrics":{"durationMs":125.5}}},
+                {"time":"2022-10-12T00:00:00.122Z","type":"platform.extension","record":{"name":"lambda-sidecar","state":"Ready","events":["INVOKE","SHUTDOWN"]}}
+            ]"#,
+            ),
+            invoke("r1", 200, Some(XRAY)),
+            resumed("r1", 205),
+            token(210, 2, TokenOutcome::Issued, None),
+            token(215, 1, TokenOutcome::Issued, Some(TRACEPARENT)),
+            telemetry(
+                r#"[
+                {"time":"2022-10-12T00:00:00.200Z","type":"platform.start","record":{"requestId":"r1","version":"$LATEST","tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=0"}}},
+                {"time":"2022-10-12T00:00:00.250Z","type":"function","record":"hello from orders"},
+                {"time":"2022-10-12T00:00:00.300Z","type":"platform.runtimeDone","record":{"requestId":"r1","status":"success","metrics":{"durationMs":99.5,"producedBytes":12},"spans":[{"name":"responseLatency","start":"2022-10-12T00:00:00.201Z","durationMs":98.0},{"name":"responseDuration","start":"2022-10-12T00:00:00.299Z","durationMs":0.5}]}}
+            ]"#,
+            ),
+            invoke("r2", 1000, None),
+            token(1010, 3, TokenOutcome::Rejected { status: 400 }, None),
+            telemetry(
+                r#"[
+                {"time":"2022-10-12T00:00:00.301Z","type":"platform.report","record":{"requestId":"r1","status":"success","metrics":{"durationMs":101.0,"billedDurationMs":102,"memorySizeMB":128,"maxMemoryUsedMB":64,"initDurationMs":125.5}}},
+                {"time":"2022-10-12T00:00:01.000Z","type":"platform.start","record":{"requestId":"r2"}}
+            ]"#,
+            ),
+            resumed("r2", 1320),
+            telemetry(
+                r#"[
+                {"time":"2022-10-12T00:00:01.300Z","type":"platform.runtimeDone","record":{"requestId":"r2","status":"error","errorType":"Runtime.Unhandled","metrics":{"durationMs":299.0}}},
+                {"time":"2022-10-12T00:00:01.301Z","type":"platform.report","record":{"requestId":"r2","status":"error","errorType":"Runtime.Unhandled","metrics":{"durationMs":300.0,"billedDurationMs":300,"memorySizeMB":128,"maxMemoryUsedMB":96}}},
+                {"time":"2022-10-12T00:00:01.302Z","type":"platform.logsDropped","record":{"reason":"Consumer seems to have fallen behind","droppedRecords":3,"droppedBytes":512}},
+                {"time":"2022-10-12T00:00:01.303Z","type":"platform.fromTheFuture","record":{}},
+                {"time":"2022-10-12T00:00:00.300Z","type":"platform.runtimeDone","record":{"requestId":"r1","status":"success","metrics":{"durationMs":99.5}}},
+                {"time":"2022-10-12T00:00:00.301Z","type":"platform.report","record":{"requestId":"r1","status":"success","metrics":{"durationMs":101.0,"billedDurationMs":102,"memorySizeMB":128,"maxMemoryUsedMB":64}}},
+                {"time":"2022-10-12T00:00:00.121Z","type":"platform.initReport","record":{"initializationType":"on-demand","phase":"init","metrics":{"durationMs":125.5}}}
+            ]"#,
+            ),
+        ],
+        Some(5000),
+        "\
+init Internal trace=t1 span=s1 parent=- 0..125.5
+  [+function aws.lambda.initialization_type=on-demand]
+sidecar.token Server trace=5759e988bd862e3fe1be46a994272793 span=s2 parent=s3 210..212
+  [http.response.status_code=200 sidecar.token.algorithm=ES256 sidecar.token.outcome=issued]
+sidecar.token Server trace=4bf92f3577b34da6a3ce929d0e0e4736 span=s4 parent=00f067aa0ba902b7 (remote) 215..216
+  [http.response.status_code=200 sidecar.token.algorithm=ES256 sidecar.token.outcome=issued]
+orders Server trace=5759e988bd862e3fe1be46a994272793 span=s3 parent=53995c3f42cd8ad8 (remote) 200..300
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 faas.coldstart=true faas.invocation_id=r1]
+responseLatency Internal trace=5759e988bd862e3fe1be46a994272793 span=s5 parent=s3 201..299
+  []
+responseDuration Internal trace=5759e988bd862e3fe1be46a994272793 span=s6 parent=s3 299..299.5
+  []
+sidecar.token Server trace=t2 span=s7 parent=s8 1010..1013
+  [http.response.status_code=400 sidecar.token.algorithm=ES256 sidecar.token.outcome=bad_request]
+orders Server trace=t2 span=s8 parent=- 1000..1300 Error { description: \"error: Runtime.Unhandled\" }
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 error.type=Runtime.Unhandled faas.coldstart=false faas.invocation_id=r2]
+",
+        // Re-delivered r1 events are counted as received but not derived twice; the
+        // report's initDurationMs does not count a second cold start.
+        "\
+aws.lambda.billed_duration count=2 sum=0.402
+aws.lambda.memory_size = 134217728
+aws.lambda.produced_bytes = 12
+faas.coldstarts = 1
+faas.errors = 1
+faas.init_duration count=1 sum=0.1255
+faas.invocations{status=error} = 1
+faas.invocations{status=success} = 1
+faas.invoke_duration count=2 sum=0.3985
+faas.mem_usage count=2 sum=167772160
+sidecar.hold count=2 sum=0.02
+sidecar.telemetry.events{type=function} = 1
+sidecar.telemetry.events{type=platform.extension} = 1
+sidecar.telemetry.events{type=platform.initReport} = 2
+sidecar.telemetry.events{type=platform.initRuntimeDone} = 1
+sidecar.telemetry.events{type=platform.initStart} = 1
+sidecar.telemetry.events{type=platform.logsDropped} = 1
+sidecar.telemetry.events{type=platform.report} = 3
+sidecar.telemetry.events{type=platform.runtimeDone} = 3
+sidecar.telemetry.events{type=platform.start} = 2
+sidecar.telemetry.logs_dropped = 3
+sidecar.telemetry.unknown_events{reason=unknown_type} = 1
+sidecar.token.duration{algorithm=ES256} count=3 sum=0.006
+sidecar.token.requests{algorithm=ES256,outcome=bad_request} = 1
+sidecar.token.requests{algorithm=ES256,outcome=issued} = 2",
+    );
+}
+
+#[test]
+fn shutdown_closes_what_never_completed() {
+    // A cold start whose init never reported and an invocation still running at
+    // SHUTDOWN; a token fetched after the first invocation finished is its own trace.
+    check(
+        vec![
+            telemetry(
+                r#"[{"time":"2022-10-12T00:00:00.000Z","type":"platform.initStart","record":{"initializationType":"provisioned-concurrency","phase":"init"}},
+                    {"time":"2022-10-12T00:00:00.040Z","type":"platform.initRuntimeDone","record":{"initializationType":"provisioned-concurrency","phase":"init","status":"error","errorType":"Runtime.ExitError"}}]"#,
+            ),
+            invoke("r1", 100, Some(XRAY)),
+            telemetry(
+                r#"[{"time":"2022-10-12T00:00:00.100Z","type":"platform.start","record":{"requestId":"r1"}},
+                    {"time":"2022-10-12T00:00:00.150Z","type":"platform.runtimeDone","record":{"requestId":"r1","status":"timeout"}}]"#,
+            ),
+            token(160, 1, TokenOutcome::Rejected { status: 503 }, None),
+            invoke("r2", 200, None),
+            resumed("r2", 201),
+        ],
+        Some(900),
+        "\
+orders Server trace=5759e988bd862e3fe1be46a994272793 span=s1 parent=53995c3f42cd8ad8 (remote) 100..150 Error { description: \"timeout\" }
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 error.type=timeout faas.coldstart=true faas.invocation_id=r1]
+sidecar.token Server trace=t1 span=s2 parent=- 160..161 Error { description: \"error: 503\" }
+  [error.type=503 http.response.status_code=503 sidecar.token.algorithm=ES256 sidecar.token.outcome=error]
+orders Server trace=t2 span=s3 parent=- 200..900
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 faas.coldstart=false faas.invocation_id=r2 sidecar.incomplete=true]
+init Internal trace=t3 span=s4 parent=- 0..40 Error { description: \"error: Runtime.ExitError\" }
+  [+function aws.lambda.initialization_type=provisioned-concurrency error.type=Runtime.ExitError sidecar.incomplete=true]
+",
+        "\
+faas.invocations{status=timeout} = 1
+faas.timeouts = 1
+sidecar.telemetry.events{type=platform.initRuntimeDone} = 1
+sidecar.telemetry.events{type=platform.initStart} = 1
+sidecar.telemetry.events{type=platform.runtimeDone} = 1
+sidecar.telemetry.events{type=platform.start} = 1
+sidecar.token.duration{algorithm=ES256} count=1 sum=0.001
+sidecar.token.requests{algorithm=ES256,outcome=error} = 1",
+    );
+}
+
+#[test]
+fn snapstart_restore_and_late_xray() {
+    // After a restore, the first invocation is the cold one; its trace id arrives only
+    // with platform.start (INVOKE had none) and is adopted since nothing used the old one.
+    // Without platform.runtimeDone, the report ends the span by its own duration.
+    check(
+        vec![
+            telemetry(
+                r#"[{"time":"2022-10-12T00:00:00.000Z","type":"platform.restoreStart","record":{"runtimeVersion":"java:21.v1"}},
+                    {"time":"2022-10-12T00:00:00.300Z","type":"platform.restoreRuntimeDone","record":{"status":"success"}},
+                    {"time":"2022-10-12T00:00:00.301Z","type":"platform.restoreReport","record":{"status":"success","metrics":{"durationMs":280.0}}}]"#,
+            ),
+            invoke("r1", 400, None),
+            telemetry(
+                r#"[{"time":"2022-10-12T00:00:00.401Z","type":"platform.start","record":{"requestId":"r1","tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"}}},
+                    {"time":"2022-10-12T00:00:00.420Z","type":"platform.report","record":{"requestId":"r1","status":"failure","metrics":{"durationMs":19.0,"billedDurationMs":20,"memorySizeMB":512,"maxMemoryUsedMB":200,"restoreDurationMs":280.0}}},
+                    "not an event"]"#,
+            ),
+        ],
+        None,
+        "\
+restore Internal trace=t1 span=s1 parent=- 0..280
+  [+function]
+orders Server trace=5759e988bd862e3fe1be46a994272793 span=s2 parent=- 401..420 Error { description: \"failure\" }
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 error.type=failure faas.coldstart=true faas.invocation_id=r1]
+",
+        "\
+aws.lambda.billed_duration count=1 sum=0.02
+aws.lambda.memory_size = 536870912
+aws.lambda.restore_duration count=1 sum=0.28
+faas.coldstarts = 1
+faas.mem_usage count=1 sum=209715200
+sidecar.telemetry.events{type=platform.report} = 1
+sidecar.telemetry.events{type=platform.restoreReport} = 1
+sidecar.telemetry.events{type=platform.restoreRuntimeDone} = 1
+sidecar.telemetry.events{type=platform.restoreStart} = 1
+sidecar.telemetry.events{type=platform.start} = 1
+sidecar.telemetry.unknown_events{reason=malformed} = 1",
+    );
+}
+
+#[test]
+fn state_is_bounded() {
+    let (source, recorder) = testing::source();
+    let mut deriver = Deriver::new(function(), Arc::new(recorder));
+    for n in 0..=MAX_PENDING as u64 {
+        deriver.ingest(invoke(&format!("r{n}"), n, None));
+    }
+    deriver.finish_pending(at(5_000_000));
+    let spans = deriver.take_spans();
+    assert_eq!(spans.len(), MAX_PENDING);
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.attributes.iter().all(|kv| kv.value.as_str() != "r0"))
+    );
+    assert_eq!(testing::render(&source), "sidecar.telemetry.evicted = 1");
+}
+
+#[test]
+fn function_info_from_vars() {
+    assert_eq!(
+        function(),
+        FunctionInfo {
+            name: "orders".to_owned(),
+            version: Some("$LATEST".to_owned()),
+            region: Some("eu-west-1".to_owned()),
+            memory_mb: Some(128),
+            log_stream: Some("2022/10/12/[$LATEST]abc".to_owned()),
+        }
+    );
+    let sparse: HashMap<&str, &str> = [
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_REGION", ""),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots"),
+    ]
+    .into();
+    let info = FunctionInfo::from_vars(|key| sparse.get(key).map(|v| (*v).to_owned()));
+    assert_eq!(
+        info,
+        FunctionInfo {
+            name: "unknown_function".to_owned(),
+            version: None,
+            region: Some("us-east-1".to_owned()),
+            memory_mb: None,
+            log_stream: None,
+        }
+    );
+    assert_eq!(info.max_memory_bytes(), None);
+}
+
+/// A runtimeDone for `request_id` at `ms` with `children` child spans.
+fn runtime_done(request_id: &str, ms: u64, children: usize) -> Record {
+    let span = r#"{"name":"responseLatency","start":"2022-10-12T00:00:00.001Z","durationMs":1.0}"#;
+    let spans = vec![span; children].join(",");
+    assert!(ms < 1000);
+    telemetry(&format!(
+        r#"[{{"time":"2022-10-12T00:00:00.{ms:03}Z","type":"platform.runtimeDone","record":{{"requestId":"{request_id}","status":"success","spans":[{spans}]}}}}]"#,
+    ))
+}
+
+/// `sidecar.export.dropped_items{signal=traces}`, if recorded.
+fn dropped_spans(source: &crate::export::MetricsSource) -> Option<u64> {
+    testing::render(source).lines().find_map(|line| {
+        line.strip_prefix("sidecar.export.dropped_items{signal=traces} = ")?
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn spans_awaiting_a_drain_are_bounded_and_the_invocation_span_kept() {
+    // 30,000 tokens in one invocation (no drain: no INVOKE in between), then its end.
+    let (source, recorder) = testing::source();
+    let mut deriver = Deriver::new(function(), Arc::new(recorder));
+    deriver.ingest(invoke("r1", 0, None));
+    for n in 0..30_000 {
+        deriver.ingest(token(1 + n / 100, 0, TokenOutcome::Issued, None));
+    }
+    deriver.ingest(runtime_done("r1", 400, 2));
+    let spans = deriver.take_spans();
+    // 4096 = export::SPAN_BUFFER_CAP, of which 256 are kept for invocation spans.
+    assert_eq!(spans.len(), 4096 - 256 + 1);
+    assert!(
+        spans.iter().any(|s| s.name == "orders"),
+        "invocation span lost"
+    );
+    let dropped = 30_000 - (4096 - 256) + 2;
+    assert_eq!(dropped_spans(&source), Some(dropped));
+    // A drain makes room again.
+    deriver.ingest(token(500, 0, TokenOutcome::Issued, None));
+    assert_eq!(deriver.take_spans().len(), 1);
+}
+
+#[test]
+fn child_spans_per_event_are_bounded() {
+    let (source, recorder) = testing::source();
+    let mut deriver = Deriver::new(function(), Arc::new(recorder));
+    deriver.ingest(invoke("r1", 0, None));
+    deriver.ingest(runtime_done("r1", 100, 30_000));
+    let spans = deriver.take_spans();
+    // The invocation span and 16 children.
+    assert_eq!(spans.len(), 17);
+    assert_eq!(dropped_spans(&source), Some(30_000 - 16));
+}
+
+/// Runs `records` through a deriver with `sampler` (as `OTEL_TRACES_SAMPLER` names it):
+/// the names of the spans kept, and every metric value.
+fn sampled_run(sampler: &str, records: Vec<Record>) -> (Vec<String>, String) {
+    let sampler =
+        Sampler::parse(|k| (k == "OTEL_TRACES_SAMPLER").then(|| sampler.to_owned())).unwrap();
+    let (source, recorder) = testing::source();
+    let mut deriver = Deriver::new(function(), Arc::new(recorder)).with_sampler(sampler);
+    let mut names = Vec::new();
+    for record in records {
+        deriver.ingest(record);
+        for span in deriver.take_spans() {
+            assert!(span.span_context.is_sampled(), "{}", span.name);
+            names.push(span.name.into_owned());
+        }
+    }
+    (names, testing::render(&source))
+}
+
+/// One invocation whose INVOKE carries `sampled` as X-Ray's flag: a token fetched
+/// during it, two Lambda child spans, and its report.
+fn traced_invocation(sampled: &str) -> Vec<Record> {
+    let xray = format!(
+        "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled={sampled}"
+    );
+    vec![
+        invoke("r1", 0, Some(&xray)),
+        token(10, 1, TokenOutcome::Issued, None),
+        runtime_done("r1", 100, 2),
+        telemetry(
+            r#"[{"time":"2022-10-12T00:00:00.101Z","type":"platform.report","record":{"requestId":"r1","status":"success","metrics":{"durationMs":100.0,"billedDurationMs":100,"memorySizeMB":128,"maxMemoryUsedMB":64}}}]"#,
+        ),
+    ]
+}
+
+#[test]
+fn xray_sampled_flag_decides_for_the_invocation_and_its_children() {
+    let (kept, metrics) = sampled_run("parentbased_always_on", traced_invocation("1"));
+    assert_eq!(
+        kept,
+        [
+            "sidecar.token",
+            "orders",
+            "responseLatency",
+            "responseLatency"
+        ]
+    );
+    for (sampler, flag) in [
+        ("parentbased_always_on", "0"),
+        ("parentbased_always_off", "?"),
+        ("parentbased_always_off", "0"),
+        ("always_off", "1"),
+    ] {
+        let (spans, unsampled_metrics) = sampled_run(sampler, traced_invocation(flag));
+        assert_eq!(spans, Vec::<String>::new(), "{sampler} Sampled={flag}");
+        assert_eq!(unsampled_metrics, metrics, "{sampler} Sampled={flag}");
+        assert!(metrics.contains("faas.invocations{status=success} = 1"));
+    }
+    for (sampler, flag) in [
+        ("parentbased_always_on", "?"),
+        ("parentbased_always_off", "1"),
+        ("always_on", "0"),
+    ] {
+        let (spans, _) = sampled_run(sampler, traced_invocation(flag));
+        assert_eq!(spans.len(), 4, "{sampler} Sampled={flag}");
+    }
+    // Ratio 0 refuses every root; the parent-based form still follows Sampled=1.
+    let zero = |name: &str| {
+        Sampler::parse(|k| match k {
+            "OTEL_TRACES_SAMPLER" => Some(name.to_owned()),
+            _ => Some("0".to_owned()),
+        })
+    };
+    for (name, expected) in [("traceidratio", 0), ("parentbased_traceidratio", 4)] {
+        let (source, recorder) = testing::source();
+        let mut deriver =
+            Deriver::new(function(), Arc::new(recorder)).with_sampler(zero(name).unwrap());
+        traced_invocation("1")
+            .into_iter()
+            .for_each(|r| deriver.ingest(r));
+        assert_eq!(deriver.take_spans().len(), expected, "{name}");
+        assert_eq!(testing::render(&source), metrics, "{name}");
+    }
+}
+
+/// Decided at first sight: a later event's X-Ray flag does not revive an unsampled
+/// invocation, and `platform.start` decides when it comes before the INVOKE.
+#[test]
+fn the_decision_is_made_at_first_sight() {
+    let start = |sampled: &str| {
+        telemetry(&format!(
+            r#"[{{"time":"2022-10-12T00:00:00.000Z","type":"platform.start","record":{{"requestId":"r1","tracing":{{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled={sampled}"}}}}}}]"#
+        ))
+    };
+    let mut records = traced_invocation("0");
+    records.insert(1, start("1"));
+    assert_eq!(
+        sampled_run("parentbased_always_on", records).0,
+        Vec::<String>::new()
+    );
+    let mut records = traced_invocation("1");
+    records.insert(0, start("0"));
+    assert_eq!(
+        sampled_run("parentbased_always_on", records).0,
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn traceparent_flags_decide_for_a_token_span_without_an_invocation() {
+    let call = |flags: &str| {
+        vec![token(
+            10,
+            1,
+            TokenOutcome::Issued,
+            Some(&format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
+            )),
+        )]
+    };
+    let (kept, metrics) = sampled_run("parentbased_always_on", call("01"));
+    assert_eq!(kept, ["sidecar.token"]);
+    let (none, unsampled_metrics) = sampled_run("parentbased_always_on", call("00"));
+    assert_eq!(none, Vec::<String>::new());
+    assert_eq!(unsampled_metrics, metrics);
+    assert!(metrics.contains("sidecar.token.requests{algorithm=ES256,outcome=issued} = 1"));
+    // always_on ignores the caller's decision.
+    assert_eq!(sampled_run("always_on", call("00")).0, ["sidecar.token"]);
+}
