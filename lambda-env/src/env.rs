@@ -101,6 +101,12 @@ pub struct EnvConfig {
     /// invoke of index `inject_at`, after its `platform.start`.
     pub inject_items: Vec<Value>,
     pub inject_at: usize,
+    /// The version the environment runs (`AWS_LAMBDA_FUNCTION_VERSION`, the log stream's
+    /// `[version]`, `platform.start`'s `version`): `$LATEST` or a published number.
+    pub function_version: String,
+    /// What the INVOKE's `invokedFunctionArn` ends with after the function name (an alias
+    /// such as `live`, or a version); `None`: the unqualified ARN.
+    pub invoked_qualifier: Option<String>,
 }
 
 impl Default for EnvConfig {
@@ -132,6 +138,8 @@ impl Default for EnvConfig {
             rss_every: 0,
             inject_items: Vec::new(),
             inject_at: 0,
+            function_version: "$LATEST".to_string(),
+            invoked_qualifier: None,
         }
     }
 }
@@ -287,11 +295,12 @@ impl Environment {
         let stdout_path = dir.join("extension.stdout");
         let stderr_path = dir.join("extension.stderr");
         let log_stream = format!(
-            "{}/[$LATEST]{}",
+            "{}/[{}]{}",
             rfc3339_ms(SystemTime::now())
                 .get(..10)
                 .unwrap_or("1970/01/01")
                 .replace('-', "/"),
+            self.cfg.function_version,
             random_hex(16)
         );
         let mut cmd = Command::new(&path);
@@ -304,7 +313,7 @@ impl Environment {
             .env("TZ", ":UTC")
             .env("AWS_LAMBDA_RUNTIME_API", self.runtime_api())
             .env("AWS_LAMBDA_FUNCTION_NAME", &self.cfg.function_name)
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", &self.cfg.function_version)
             .env(
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
                 self.cfg.memory_mb.to_string(),
@@ -498,10 +507,13 @@ impl Environment {
         let timeout = Duration::from_millis(self.cfg.function_timeout_ms);
         let deadline_ms = epoch_ms() + self.cfg.function_timeout_ms;
         let deadline = tokio::time::Instant::now() + timeout;
-        let arn = format!(
+        let mut arn = format!(
             "arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{}",
             self.cfg.function_name
         );
+        if let Some(qualifier) = &self.cfg.invoked_qualifier {
+            arn = format!("{arn}:{qualifier}");
+        }
         let tracing = json!({"spanId": span_id, "type": "X-Amzn-Trace-Id", "value": xray.value});
         let simulate = if self.cfg.fail_invokes.contains(&index) {
             SIMULATE_ERROR
@@ -519,7 +531,7 @@ impl Environment {
         });
         let start_wall = SystemTime::now();
         let t_start = Instant::now();
-        let mut start = json!({"requestId": request_id, "version": "$LATEST", "tracing": tracing});
+        let mut start = json!({"requestId": request_id, "version": self.cfg.function_version, "tracing": tracing});
         if self.cfg.inject_unknown {
             start["futureField"] = json!({"nested": [1, 2, 3]});
         }
