@@ -30,7 +30,13 @@ pub const SIDECAR_VARIABLES: &[&str] = &[
     "SIDECAR_METRICS_ADDR",
     "SIDECAR_EMF",
     "SIDECAR_EMF_NAMESPACE",
+    "SIDECAR_FAAS_TRIGGER",
 ];
+
+/// `faas.trigger`'s well-known values (OpenTelemetry semantic conventions, FaaS spans):
+/// what caused the invocations. The sidecar cannot see the event, so the user says which
+/// applies (`SIDECAR_FAAS_TRIGGER`, default `other`, "if none of the others apply").
+pub const FAAS_TRIGGERS: [&str; 5] = ["datasource", "http", "pubsub", "timer", "other"];
 
 /// `SIDECAR_EMF_NAMESPACE`, default `LambdaSidecar`: CloudWatch accepts 1 to 255 characters
 /// from letters, digits and `.-_/#: ` (at least one not a space), and reserves the `AWS/`
@@ -178,6 +184,9 @@ pub struct TelemetryConfig {
     /// The most an INVOKE flush may take (`SIDECAR_FLUSH_TIMEOUT_MS`); the SHUTDOWN flush
     /// has its own fixed cap (`lifecycle`).
     pub flush_timeout: Duration,
+    /// `faas.trigger` on every invocation span (`SIDECAR_FAAS_TRIGGER`): one of
+    /// [`FAAS_TRIGGERS`].
+    pub faas_trigger: &'static str,
 }
 
 /// A configuration value the sidecar refuses to start with.
@@ -569,6 +578,11 @@ fn telemetry_config(env: &Env<'_>) -> Result<TelemetryConfig, ConfigError> {
             1,
             60_000,
         )?),
+        faas_trigger: env.choice(
+            "SIDECAR_FAAS_TRIGGER",
+            &FAAS_TRIGGERS.map(|trigger| (trigger, trigger)),
+            "other",
+        )?,
     })
 }
 
@@ -852,6 +866,28 @@ mod tests {
                     ("SIDECAR_EMF_NAMESPACE", bad),
                 ],
                 Some(("SIDECAR_EMF_NAMESPACE", "Config.InvalidValue")),
+            );
+        }
+    }
+
+    /// `SIDECAR_FAAS_TRIGGER`: `other` unless set; exactly the semantic conventions'
+    /// well-known values, and an error that lists them.
+    #[test]
+    fn faas_trigger() {
+        let default = parse(&[("JWT_SECRET", SECRET)]).unwrap();
+        assert_eq!(default.telemetry.faas_trigger, "other");
+        for trigger in ["datasource", "http", "pubsub", "timer", "other"] {
+            let config = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_FAAS_TRIGGER", trigger)]);
+            assert_eq!(config.unwrap().telemetry.faas_trigger, trigger);
+        }
+        for bad in ["", "sqs", "https", "cron", "http,timer"] {
+            let error = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_FAAS_TRIGGER", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("SIDECAR_FAAS_TRIGGER")
+                    && error.contains("datasource, http, pubsub, timer, other"),
+                "{error}"
             );
         }
     }

@@ -48,9 +48,50 @@ pub struct TokenRecord {
     pub duration: Duration,
     /// The configured signing algorithm, e.g. `"ES256"` (a metric label: low cardinality).
     pub algorithm: &'static str,
+    /// The request's method: with the status, what the HTTP server span is named and
+    /// described by.
+    pub method: HttpMethod,
     pub outcome: TokenOutcome,
     /// The caller's W3C trace context, which makes the token span its child.
     pub traceparent: Option<TraceParent>,
+}
+
+/// The path of the token endpoint, which is also its route (`http.route`): the only path
+/// whose requests are recorded.
+pub const TOKEN_ROUTE: &str = "/token";
+
+/// A request method as the HTTP semantic conventions record it (`http.request.method`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// One of the methods the conventions call known: RFC 9110's and PATCH (RFC 5789).
+    Known(&'static str),
+    /// Any other method: recorded as `_OTHER`, with the original kept for
+    /// `http.request.method_original`, cut to [`HttpMethod::MAX_ORIGINAL`] bytes since it
+    /// comes from the caller.
+    Other(String),
+}
+
+impl HttpMethod {
+    /// The known methods, case-sensitive as the conventions require.
+    const KNOWN: [&'static str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    /// Longer than any registered method (`VERSION-CONTROL`, `BASELINE-CONTROL`: 16), so a
+    /// real one is kept whole; a 400 KB method name is not kept at all.
+    pub const MAX_ORIGINAL: usize = 32;
+
+    pub fn parse(method: &str) -> HttpMethod {
+        match Self::KNOWN.into_iter().find(|known| *known == method) {
+            Some(known) => HttpMethod::Known(known),
+            None => {
+                let mut end = method.len().min(Self::MAX_ORIGINAL);
+                while !method.is_char_boundary(end) {
+                    end -= 1;
+                }
+                HttpMethod::Other(method[..end].to_owned())
+            }
+        }
+    }
 }
 
 /// How a /token request ended.

@@ -133,7 +133,7 @@ pub const INIT_DURATION: MetricDef = MetricDef {
 pub const COLDSTARTS: MetricDef = MetricDef {
     name: "faas.coldstarts",
     unit: "{coldstart}",
-    description: "Execution environments initialised or restored from a SnapStart snapshot",
+    description: "Cold starts: execution environments initialised on demand (AWS_LAMBDA_INITIALIZATION_TYPE on-demand) or restored from a SnapStart snapshot; provisioned-concurrency, Managed Instances and snap-start (snapshot) inits are not counted",
     kind: MetricKind::Counter,
     labels: &[],
 };
@@ -661,9 +661,12 @@ impl Metrics {
         self.memory_size.set(memory_size_bytes, []);
     }
 
-    /// An environment finished its init phase: one cold start and its duration.
-    pub fn init(&self, seconds: f64) {
-        self.coldstarts.add(1, []);
+    /// An environment finished its init phase: its duration, and one cold start when the
+    /// init was one (on demand: [`crate::derive::FunctionInfo::init_is_cold_start`]).
+    pub fn init(&self, seconds: f64, cold_start: bool) {
+        if cold_start {
+            self.coldstarts.add(1, []);
+        }
         self.init_duration.record(seconds, []);
     }
 
@@ -801,7 +804,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::TokenOutcome;
+    use crate::records::{HttpMethod, TokenOutcome};
 
     #[test]
     fn exporter_health_metrics() {
@@ -989,6 +992,7 @@ sidecar.export.failures{signal=traces} = 2"
             start: std::time::SystemTime::UNIX_EPOCH,
             duration: std::time::Duration::from_millis(millis),
             algorithm: "ES256",
+            method: HttpMethod::Known("GET"),
             outcome,
             traceparent: None,
         };
@@ -998,7 +1002,7 @@ sidecar.export.failures{signal=traces} = 2"
         metrics.invocation(Status::Error, Some(1.25));
         metrics.produced_bytes(100);
         metrics.report(0.1, 64.0 * MIB, 128.0 * MIB);
-        metrics.init(0.3);
+        metrics.init(0.3, true);
         metrics.restore(Some(0.2));
         metrics.telemetry_event("platform.start");
         metrics.telemetry_event("platform.start");
@@ -1052,13 +1056,14 @@ sidecar.export.failures{signal=traces} = 2"
         metrics.invocation(Status::Error, Some(1.25));
         metrics.invocation(Status::Timeout, None);
         metrics.report(0.1, 64.0 * MIB, 128.0 * MIB);
-        metrics.init(0.3);
+        metrics.init(0.3, true);
         metrics.hold(0.001);
         metrics.hold(0.002);
         metrics.token(&TokenRecord {
             start: std::time::SystemTime::UNIX_EPOCH,
             duration: std::time::Duration::from_millis(2),
             algorithm: "ES256",
+            method: HttpMethod::Known("POST"),
             outcome: TokenOutcome::Issued,
             traceparent: None,
         });
@@ -1111,6 +1116,7 @@ sidecar.export.failures{signal=traces} = 2"
             start: std::time::SystemTime::UNIX_EPOCH,
             duration: std::time::Duration::from_millis(1),
             algorithm: "HS256",
+            method: HttpMethod::Known("POST"),
             outcome: TokenOutcome::Issued,
             traceparent: None,
         });

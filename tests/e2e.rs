@@ -130,6 +130,11 @@ fn invocation_spans(spans: &[SpanRecord]) -> Vec<&SpanRecord> {
     spans.iter().filter(|s| s.name == FUNCTION).collect()
 }
 
+/// Token spans are HTTP server spans named `{method} /token`.
+fn is_token_span(span: &SpanRecord) -> bool {
+    span.name.ends_with(" /token")
+}
+
 fn unique_traces(spans: &[SpanRecord], name: &str) -> HashSet<String> {
     spans
         .iter()
@@ -160,8 +165,7 @@ async fn every_invocation_and_token_arrives_through_a_real_collector() {
         .wait_for(
             |v| {
                 unique_traces(v.spans, FUNCTION).len() == invokes
-                    && v.spans.iter().filter(|s| s.name == "sidecar.token").count()
-                        >= invokes * tokens
+                    && v.spans.iter().filter(|s| is_token_span(s)).count() >= invokes * tokens
                     && counter(v.metrics, "sidecar.token.requests") >= (invokes * tokens) as f64
                     && counter(v.metrics, "faas.invocations") >= invokes as f64
             },
@@ -213,8 +217,7 @@ async fn every_invocation_and_token_arrives_through_a_real_collector() {
         assert_eq!(span.parent_span_id, parent);
     }
     // Every token span sits inside the invocation that asked for it.
-    let token_spans: Vec<&SpanRecord> =
-        spans.iter().filter(|s| s.name == "sidecar.token").collect();
+    let token_spans: Vec<&SpanRecord> = spans.iter().filter(|s| is_token_span(s)).collect();
     assert_eq!(
         token_spans
             .iter()
@@ -253,6 +256,96 @@ async fn every_invocation_and_token_arrives_through_a_real_collector() {
     assert_eq!(counter(&metrics, "faas.coldstarts"), 1.0);
     assert_eq!(counter(&metrics, "faas.errors"), 0.0);
     assert_eq!(counter(&metrics, "sidecar.telemetry.unknown_events"), 0.0);
+    drop(rotel);
+}
+
+/// The semantic-convention attributes, as a backend receives them through a collector,
+/// for a function invoked through an alias (`live`) of its published version 7: the
+/// resource id names the version, not the alias.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semantic_conventions_reach_the_collector() {
+    use lambda_env::env::{ACCOUNT_ID, REGION};
+    let sink = Sink::start().await.unwrap();
+    let rotel = rotel(&sink).await;
+    let (invokes, tokens) = (2, 2);
+    let mut config = environment(
+        invokes,
+        tokens,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{}", rotel.http),
+            ),
+            ("SIDECAR_FAAS_TRIGGER", "http".to_string()),
+        ],
+    );
+    config.function_version = "7".to_string();
+    config.invoked_qualifier = Some("live".to_string());
+    let report = lambda_env::run(config).await.unwrap();
+    assert_healthy_run(&report, tokens);
+    let delivered = sink
+        .wait_for(
+            |v| {
+                unique_traces(v.spans, FUNCTION).len() == invokes
+                    && v.spans.iter().filter(|s| is_token_span(s)).count() == invokes * tokens
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    let spans = sink.spans();
+    assert!(delivered, "{spans:?}\n{}", stderr_of(&report));
+
+    let function_arn = format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{FUNCTION}");
+    let invocations = invocation_spans(&spans);
+    assert_eq!(invocations.len(), invokes);
+    for (i, span) in invocations.iter().enumerate() {
+        let attributes = &span.attributes;
+        assert_eq!(attributes["faas.trigger"], "http", "{attributes:?}");
+        assert_eq!(attributes["cloud.account.id"], ACCOUNT_ID);
+        assert_eq!(
+            attributes["cloud.resource_id"],
+            format!("{function_arn}:7").as_str()
+        );
+        assert_eq!(
+            attributes["aws.lambda.invoked_arn"],
+            format!("{function_arn}:live").as_str()
+        );
+        assert_eq!(
+            attributes["aws.log.group.names"],
+            serde_json::json!([format!("/aws/lambda/{FUNCTION}")])
+        );
+        assert_eq!(attributes["faas.version"], "7");
+        assert_eq!(attributes["cloud.provider"], "aws");
+        assert_eq!(attributes["cloud.platform"], "aws_lambda");
+        assert_eq!(attributes["cloud.region"], REGION);
+        let first = report.invokes[0].request_id.as_str();
+        assert_eq!(
+            attributes["faas.coldstart"],
+            attributes["faas.invocation_id"] == first,
+            "on-demand: only the first invocation is cold (span {i})"
+        );
+    }
+
+    // lambda-env's function alternates GET and POST /token.
+    let token_spans: Vec<&SpanRecord> = spans.iter().filter(|s| is_token_span(s)).collect();
+    let mut names: Vec<&str> = token_spans.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["GET /token", "GET /token", "POST /token", "POST /token"]
+    );
+    for span in token_spans {
+        let attributes = &span.attributes;
+        let method = span.name.split(' ').next().unwrap();
+        assert_eq!(span.kind, 2, "server kind");
+        assert_eq!(attributes["http.request.method"], method, "{attributes:?}");
+        assert_eq!(attributes["http.route"], "/token");
+        assert_eq!(attributes["url.path"], "/token");
+        assert_eq!(attributes["url.scheme"], "http");
+        assert_eq!(attributes["http.response.status_code"], 200);
+        assert_eq!(span.status_code, 0, "a 200 leaves the status unset");
+        assert!(!attributes.contains_key("faas.trigger"));
+    }
     drop(rotel);
 }
 

@@ -584,7 +584,7 @@ async fn refused_token_requests_are_recorded_with_their_status() {
         .drain()
         .await
         .iter()
-        .filter(|s| s.name == "sidecar.token")
+        .filter(|s| s.name.ends_with(" /token"))
         .filter_map(|s| {
             s.attributes
                 .iter()

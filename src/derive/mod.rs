@@ -29,7 +29,9 @@ use crate::intake::events::{
     Batch, EventKind, InitReport, PlatformSpan, Report, RestoreReport, RuntimeDone, Status,
     TelemetryEvent,
 };
-use crate::records::{InvokeRecord, Record, RemoteParent, TokenRecord, parse_xray};
+use crate::records::{
+    HttpMethod, InvokeRecord, Record, RemoteParent, TOKEN_ROUTE, TokenRecord, parse_xray,
+};
 use crate::sampling::Sampler;
 use crate::signals::{Metrics, Signal, SkipReason};
 
@@ -153,6 +155,10 @@ struct Outcome<'a> {
     error_type: Option<&'a str>,
     /// Closed at SHUTDOWN or eviction without its end event.
     incomplete: bool,
+    /// An error status says why in its description; off where an attribute already says
+    /// it (HTTP spans: "don't set the description if the reason can be inferred from
+    /// `http.response.status_code`").
+    described: bool,
 }
 
 /// A finished span before it becomes [`SpanData`].
@@ -174,9 +180,11 @@ struct NewSpan<'a> {
 /// (the pipeline owns it and feeds it from a channel).
 pub struct Deriver {
     metrics: Arc<Metrics>,
-    function_name: String,
+    function: FunctionInfo,
     /// [`FunctionInfo::attributes`], computed once.
     common: Vec<KeyValue>,
+    /// `faas.trigger` of the invocation spans: one of `config::FAAS_TRIGGERS`.
+    trigger: &'static str,
     scope: InstrumentationScope,
     ids: RandomIdGenerator,
     sampler: Sampler,
@@ -202,7 +210,7 @@ impl Deriver {
         Deriver {
             metrics,
             common: function.attributes(),
-            function_name: function.name,
+            trigger: "other",
             scope: InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -212,18 +220,25 @@ impl Deriver {
             next_seq: 0,
             recent: VecDeque::with_capacity(RECENT),
             current: None,
-            cold_pending: true,
+            cold_pending: function.first_invocation_is_cold(),
             init: PhaseState::NotSeen,
             restore: PhaseState::NotSeen,
             init_recorded: false,
             restore_recorded: false,
             finished: Vec::new(),
+            function,
         }
     }
 
     /// Samples with `sampler` instead of the default `parentbased_always_on`.
     pub fn with_sampler(mut self, sampler: Sampler) -> Self {
         self.sampler = sampler;
+        self
+    }
+
+    /// Sets `faas.trigger` (`SIDECAR_FAAS_TRIGGER`) instead of the default `other`.
+    pub fn with_trigger(mut self, trigger: &'static str) -> Self {
+        self.trigger = trigger;
         self
     }
 
@@ -265,6 +280,7 @@ impl Deriver {
                 status: Status::Success,
                 error_type: None,
                 incomplete: true,
+                described: true,
             };
             self.invocation_span(&request_id, &invocation, now, &outcome, &[]);
             self.remember(request_id);
@@ -282,6 +298,7 @@ impl Deriver {
                     status,
                     error_type: error_type.as_deref(),
                     incomplete: true,
+                    described: true,
                 };
                 self.phase_span(kind, phase, end, &outcome);
             }
@@ -385,6 +402,7 @@ impl Deriver {
             status: done.status,
             error_type: done.error_type.as_deref(),
             incomplete: false,
+            described: true,
         };
         // Out of the map while the span is built (it needs `&mut self` for ids), then back:
         // the report still has to find it.
@@ -417,7 +435,8 @@ impl Deriver {
         );
         if let Some(ms) = metrics.init_duration_ms.filter(|_| !self.init_recorded) {
             self.init_recorded = true;
-            self.metrics.init(seconds(ms));
+            self.metrics
+                .init(seconds(ms), self.function.init_is_cold_start());
         }
         if let Some(ms) = metrics
             .restore_duration_ms
@@ -437,6 +456,7 @@ impl Deriver {
                     status: report.status,
                     error_type: report.error_type.as_deref(),
                     incomplete: false,
+                    described: true,
                 };
                 self.invocation_span(&report.request_id, &invocation, end, &outcome, &[]);
             }
@@ -448,7 +468,10 @@ impl Deriver {
         let duration = millis(report.metrics.duration_ms);
         if !self.init_recorded {
             self.init_recorded = true;
-            self.metrics.init(duration.map_or(0.0, |d| d.as_secs_f64()));
+            self.metrics.init(
+                duration.map_or(0.0, |d| d.as_secs_f64()),
+                self.function.init_is_cold_start(),
+            );
         }
         let Some(mut phase) = self.close_phase(PhaseKind::Init) else {
             return;
@@ -516,6 +539,7 @@ impl Deriver {
             status,
             error_type: error_type.as_deref(),
             incomplete: false,
+            described: true,
         };
         self.phase_span(kind, phase, end, &outcome);
     }
@@ -563,8 +587,12 @@ impl Deriver {
             KeyValue::new("faas.coldstart", invocation.coldstart),
         ];
         attributes.extend(self.common.iter().cloned());
+        attributes.push(KeyValue::new("faas.trigger", self.trigger));
+        // Known only from an INVOKE, so span attributes rather than resource ones (the
+        // FaaS span conventions allow this for cloud.account.id and cloud.resource_id).
         if let Some(arn) = &invocation.invoked_arn {
             attributes.push(KeyValue::new("aws.lambda.invoked_arn", arn.clone()));
+            attributes.extend(self.function.arn_attributes(arn));
         }
         let context = SpanContext::new(
             invocation.trace_id,
@@ -575,7 +603,7 @@ impl Deriver {
         );
         let parent = invocation.parent.map(|span_id| (span_id, true));
         let start = invocation.start().unwrap_or(end);
-        let name = Cow::Owned(self.function_name.clone());
+        let name = Cow::Owned(self.function.name.clone());
         self.push_span(NewSpan {
             context,
             parent,
@@ -596,6 +624,7 @@ impl Deriver {
                 status: Status::Success,
                 error_type: None,
                 incomplete: false,
+                described: true,
             };
             let name = Cow::Owned(child.name.clone());
             self.push_span(NewSpan {
@@ -637,14 +666,26 @@ impl Deriver {
                     (trace_id, None, sampler.decide(None, trace_id))
                 }
             };
+        // An HTTP server span (HTTP semantic conventions): named `{method} {http.route}`,
+        // `HTTP {http.route}` for a method they do not know; only 5xx is an error on a
+        // server, with the status code as error.type and no description.
         let status = token.outcome.http_status();
-        let attributes = vec![
+        let (method, name) = match &token.method {
+            HttpMethod::Known(method) => (*method, format!("{method} {TOKEN_ROUTE}")),
+            HttpMethod::Other(_) => ("_OTHER", format!("HTTP {TOKEN_ROUTE}")),
+        };
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("http.route", TOKEN_ROUTE),
+            KeyValue::new("url.path", TOKEN_ROUTE),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("http.response.status_code", i64::from(status)),
             KeyValue::new("sidecar.token.algorithm", token.algorithm),
             KeyValue::new("sidecar.token.outcome", token.outcome.as_str()),
-            KeyValue::new("http.response.status_code", i64::from(status)),
         ];
-        // Server spans mark only 5xx as errors, with the status code as error.type
-        // (HTTP semantic conventions).
+        if let HttpMethod::Other(original) = token.method {
+            attributes.push(KeyValue::new("http.request.method_original", original));
+        }
         let status_code = status.to_string();
         let outcome = Outcome {
             status: if status >= 500 {
@@ -654,6 +695,7 @@ impl Deriver {
             },
             error_type: Some(&status_code),
             incomplete: false,
+            described: false,
         };
         let context = self.context(trace_id, sampled);
         let end = token
@@ -664,7 +706,7 @@ impl Deriver {
             context,
             parent,
             kind: SpanKind::Server,
-            name: "sidecar.token".into(),
+            name: name.into(),
             start: token.start,
             end,
             attributes,
@@ -724,6 +766,7 @@ impl Deriver {
                 let error_type = outcome.error_type.unwrap_or(other.as_str()).to_owned();
                 attributes.push(KeyValue::new("error.type", error_type.clone()));
                 SpanStatus::error(match outcome.error_type {
+                    _ if !outcome.described => String::new(),
                     Some(_) => format!("{}: {error_type}", other.as_str()),
                     None => error_type,
                 })

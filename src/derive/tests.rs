@@ -41,10 +41,21 @@ fn invoke(request_id: &str, ms: u64, xray: Option<&str>) -> Record {
 }
 
 fn token(ms: u64, duration_ms: u64, outcome: TokenOutcome, traceparent: Option<&str>) -> Record {
+    token_with("GET", ms, duration_ms, outcome, traceparent)
+}
+
+fn token_with(
+    method: &str,
+    ms: u64,
+    duration_ms: u64,
+    outcome: TokenOutcome,
+    traceparent: Option<&str>,
+) -> Record {
     Record::Token(TokenRecord {
         start: at(ms),
         duration: Duration::from_millis(duration_ms),
         algorithm: "ES256",
+        method: HttpMethod::parse(method),
         outcome,
         traceparent: traceparent.and_then(TraceParent::parse),
     })
@@ -64,6 +75,7 @@ fn function() -> FunctionInfo {
         ("AWS_REGION", "eu-west-1"),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
         ("AWS_LAMBDA_LOG_STREAM_NAME", "2022/10/12/[$LATEST]abc"),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/orders"),
     ]
     .into();
     FunctionInfo::from_vars(|key| vars.get(key).map(|v| (*v).to_owned()))
@@ -198,20 +210,20 @@ fn cold_start_then_warm_invocation_with_tokens() {
         "\
 init Internal trace=t1 span=s1 parent=- 0..125.5
   [+function aws.lambda.initialization_type=on-demand]
-sidecar.token Server trace=5759e988bd862e3fe1be46a994272793 span=s2 parent=s3 210..212
-  [http.response.status_code=200 sidecar.token.algorithm=ES256 sidecar.token.outcome=issued]
-sidecar.token Server trace=4bf92f3577b34da6a3ce929d0e0e4736 span=s4 parent=00f067aa0ba902b7 (remote) 215..216
-  [http.response.status_code=200 sidecar.token.algorithm=ES256 sidecar.token.outcome=issued]
+GET /token Server trace=5759e988bd862e3fe1be46a994272793 span=s2 parent=s3 210..212
+  [http.request.method=GET http.response.status_code=200 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=issued url.path=/token url.scheme=http]
+GET /token Server trace=4bf92f3577b34da6a3ce929d0e0e4736 span=s4 parent=00f067aa0ba902b7 (remote) 215..216
+  [http.request.method=GET http.response.status_code=200 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=issued url.path=/token url.scheme=http]
 orders Server trace=5759e988bd862e3fe1be46a994272793 span=s3 parent=53995c3f42cd8ad8 (remote) 200..300
-  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 faas.coldstart=true faas.invocation_id=r1]
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 cloud.account.id=123456789012 cloud.resource_id=arn:aws:lambda:eu-west-1:123456789012:function:orders:$LATEST faas.coldstart=true faas.invocation_id=r1 faas.trigger=other]
 responseLatency Internal trace=5759e988bd862e3fe1be46a994272793 span=s5 parent=s3 201..299
   []
 responseDuration Internal trace=5759e988bd862e3fe1be46a994272793 span=s6 parent=s3 299..299.5
   []
-sidecar.token Server trace=t2 span=s7 parent=s8 1010..1013
-  [http.response.status_code=400 sidecar.token.algorithm=ES256 sidecar.token.outcome=bad_request]
+GET /token Server trace=t2 span=s7 parent=s8 1010..1013
+  [http.request.method=GET http.response.status_code=400 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=bad_request url.path=/token url.scheme=http]
 orders Server trace=t2 span=s8 parent=- 1000..1300 Error { description: \"error: Runtime.Unhandled\" }
-  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 error.type=Runtime.Unhandled faas.coldstart=false faas.invocation_id=r2]
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 cloud.account.id=123456789012 cloud.resource_id=arn:aws:lambda:eu-west-1:123456789012:function:orders:$LATEST error.type=Runtime.Unhandled faas.coldstart=false faas.invocation_id=r2 faas.trigger=other]
 ",
         // Re-delivered r1 events are counted as received but not derived twice; the
         // report's initDurationMs does not count a second cold start.
@@ -266,11 +278,11 @@ fn shutdown_closes_what_never_completed() {
         Some(900),
         "\
 orders Server trace=5759e988bd862e3fe1be46a994272793 span=s1 parent=53995c3f42cd8ad8 (remote) 100..150 Error { description: \"timeout\" }
-  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 error.type=timeout faas.coldstart=true faas.invocation_id=r1]
-sidecar.token Server trace=t1 span=s2 parent=- 160..161 Error { description: \"error: 503\" }
-  [error.type=503 http.response.status_code=503 sidecar.token.algorithm=ES256 sidecar.token.outcome=error]
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 cloud.account.id=123456789012 cloud.resource_id=arn:aws:lambda:eu-west-1:123456789012:function:orders:$LATEST error.type=timeout faas.coldstart=true faas.invocation_id=r1 faas.trigger=other]
+GET /token Server trace=t1 span=s2 parent=- 160..161 Error { description: \"\" }
+  [error.type=503 http.request.method=GET http.response.status_code=503 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=error url.path=/token url.scheme=http]
 orders Server trace=t2 span=s3 parent=- 200..900
-  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 faas.coldstart=false faas.invocation_id=r2 sidecar.incomplete=true]
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 cloud.account.id=123456789012 cloud.resource_id=arn:aws:lambda:eu-west-1:123456789012:function:orders:$LATEST faas.coldstart=false faas.invocation_id=r2 faas.trigger=other sidecar.incomplete=true]
 init Internal trace=t3 span=s4 parent=- 0..40 Error { description: \"error: Runtime.ExitError\" }
   [+function aws.lambda.initialization_type=provisioned-concurrency error.type=Runtime.ExitError sidecar.incomplete=true]
 ",
@@ -310,7 +322,7 @@ fn snapstart_restore_and_late_xray() {
 restore Internal trace=t1 span=s1 parent=- 0..280
   [+function]
 orders Server trace=5759e988bd862e3fe1be46a994272793 span=s2 parent=- 401..420 Error { description: \"failure\" }
-  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 error.type=failure faas.coldstart=true faas.invocation_id=r1]
+  [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 cloud.account.id=123456789012 cloud.resource_id=arn:aws:lambda:eu-west-1:123456789012:function:orders:$LATEST error.type=failure faas.coldstart=true faas.invocation_id=r1 faas.trigger=other]
 ",
         "\
 aws.lambda.billed_duration count=1 sum=0.02
@@ -355,12 +367,16 @@ fn function_info_from_vars() {
             region: Some("eu-west-1".to_owned()),
             memory_mb: Some(128),
             log_stream: Some("2022/10/12/[$LATEST]abc".to_owned()),
+            log_group: Some("/aws/lambda/orders".to_owned()),
+            initialization_type: None,
         }
     );
     let sparse: HashMap<&str, &str> = [
         ("AWS_DEFAULT_REGION", "us-east-1"),
         ("AWS_REGION", ""),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots"),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "provisioned-concurrency"),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", ""),
     ]
     .into();
     let info = FunctionInfo::from_vars(|key| sparse.get(key).map(|v| (*v).to_owned()));
@@ -372,6 +388,8 @@ fn function_info_from_vars() {
             region: Some("us-east-1".to_owned()),
             memory_mb: None,
             log_stream: None,
+            log_group: None,
+            initialization_type: Some("provisioned-concurrency".to_owned()),
         }
     );
     assert_eq!(info.max_memory_bytes(), None);
@@ -471,12 +489,7 @@ fn xray_sampled_flag_decides_for_the_invocation_and_its_children() {
     let (kept, metrics) = sampled_run("parentbased_always_on", traced_invocation("1"));
     assert_eq!(
         kept,
-        [
-            "sidecar.token",
-            "orders",
-            "responseLatency",
-            "responseLatency"
-        ]
+        ["GET /token", "orders", "responseLatency", "responseLatency"]
     );
     for (sampler, flag) in [
         ("parentbased_always_on", "0"),
@@ -552,11 +565,226 @@ fn traceparent_flags_decide_for_a_token_span_without_an_invocation() {
         )]
     };
     let (kept, metrics) = sampled_run("parentbased_always_on", call("01"));
-    assert_eq!(kept, ["sidecar.token"]);
+    assert_eq!(kept, ["GET /token"]);
     let (none, unsampled_metrics) = sampled_run("parentbased_always_on", call("00"));
     assert_eq!(none, Vec::<String>::new());
     assert_eq!(unsampled_metrics, metrics);
     assert!(metrics.contains("sidecar.token.requests{algorithm=ES256,outcome=issued} = 1"));
     // always_on ignores the caller's decision.
-    assert_eq!(sampled_run("always_on", call("00")).0, ["sidecar.token"]);
+    assert_eq!(sampled_run("always_on", call("00")).0, ["GET /token"]);
+}
+
+/// `faas.coldstarts` and `faas.coldstart` per `AWS_LAMBDA_INITIALIZATION_TYPE`: an
+/// on-demand init and a SnapStart restore are cold starts; a provisioned-concurrency,
+/// Managed Instances or snapshot (`snap-start`) init is not, and then no invocation is
+/// marked cold either.
+#[test]
+fn cold_starts_per_initialization_type() {
+    let init = |kind: &str| {
+        telemetry(&format!(
+            r#"[{{"time":"2022-10-12T00:00:00.000Z","type":"platform.initStart","record":{{"initializationType":"{kind}","phase":"init"}}}},
+                {{"time":"2022-10-12T00:00:00.050Z","type":"platform.initReport","record":{{"initializationType":"{kind}","phase":"init","metrics":{{"durationMs":50.0}}}}}}]"#
+        ))
+    };
+    let restore = || {
+        telemetry(
+            r#"[{"time":"2022-10-12T00:00:00.060Z","type":"platform.restoreStart","record":{}},
+                {"time":"2022-10-12T00:00:00.080Z","type":"platform.restoreReport","record":{"status":"success","metrics":{"durationMs":20.0}}}]"#,
+        )
+    };
+    // Without an initReport, the first platform.report's initDurationMs stands for it.
+    let report_with_init = || {
+        telemetry(
+            r#"[{"time":"2022-10-12T00:00:00.301Z","type":"platform.report","record":{"requestId":"r1","status":"success","metrics":{"durationMs":1.0,"billedDurationMs":1,"memorySizeMB":128,"maxMemoryUsedMB":64,"initDurationMs":50.0}}}]"#,
+        )
+    };
+    for (kind, with_init_report, cold) in [
+        ("on-demand", true, true),
+        ("on-demand", false, true),
+        ("provisioned-concurrency", true, false),
+        ("provisioned-concurrency", false, false),
+        ("lambda-managed-instances", true, false),
+        ("snap-start", true, true),
+    ] {
+        let vars: HashMap<&str, &str> = [
+            ("AWS_LAMBDA_FUNCTION_NAME", "orders"),
+            ("AWS_LAMBDA_INITIALIZATION_TYPE", kind),
+        ]
+        .into();
+        let function = FunctionInfo::from_vars(|key| vars.get(key).map(|v| (*v).to_owned()));
+        let (source, recorder) = testing::source();
+        let mut deriver = Deriver::new(function, Arc::new(recorder));
+        let mut records = Vec::new();
+        if with_init_report {
+            records.push(init(kind));
+        }
+        if kind == "snap-start" {
+            records.push(restore());
+        }
+        records.extend([
+            invoke("r1", 200, None),
+            runtime_done("r1", 300, 0),
+            report_with_init(),
+            invoke("r2", 400, None),
+            runtime_done("r2", 500, 0),
+        ]);
+        for record in records {
+            deriver.ingest(record);
+        }
+        let coldstart: Vec<String> = deriver
+            .take_spans()
+            .iter()
+            .filter(|span| span.name == "orders")
+            .flat_map(|span| &span.attributes)
+            .filter(|kv| kv.key.as_str() == "faas.coldstart")
+            .map(|kv| kv.value.to_string())
+            .collect();
+        let case = format!("{kind}, initReport: {with_init_report}");
+        assert_eq!(coldstart, [cold.to_string(), "false".into()], "{case}");
+        let metrics = testing::render(&source);
+        let counted = metrics.contains("faas.coldstarts = 1");
+        assert_eq!(counted, cold, "{case}\n{metrics}");
+        // The init duration is recorded whatever the kind of init.
+        assert!(
+            metrics.contains("faas.init_duration count=1"),
+            "{case}\n{metrics}"
+        );
+    }
+}
+
+/// `cloud.account.id` and `cloud.resource_id` from the invoked ARN: an alias is replaced
+/// by the version the environment runs, as the conventions require.
+#[test]
+fn cloud_ids_from_the_invoked_arn() {
+    let base = "arn:aws:lambda:eu-west-1:123456789012:function:orders";
+    let render = |version: Option<&str>, arn: &str| {
+        let function = FunctionInfo {
+            version: version.map(str::to_owned),
+            ..function()
+        };
+        function
+            .arn_attributes(arn)
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, kv.value))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let both =
+        |resource: &str| format!("cloud.account.id=123456789012 cloud.resource_id={resource}");
+    for (version, arn, expected) in [
+        (Some("7"), format!("{base}:live"), both(&format!("{base}:7"))),
+        (Some("7"), format!("{base}:7"), both(&format!("{base}:7"))),
+        (Some("7"), base.to_owned(), both(&format!("{base}:7"))),
+        (Some("$LATEST"), base.to_owned(), both(&format!("{base}:$LATEST"))),
+        (None, format!("{base}:12"), both(&format!("{base}:12"))),
+        (None, format!("{base}:$LATEST"), both(&format!("{base}:$LATEST"))),
+        (None, base.to_owned(), both(base)),
+        // An alias with no known version cannot be resolved: no resource id.
+        (None, format!("{base}:live"), "cloud.account.id=123456789012".to_owned()),
+        (
+            Some("3"),
+            "arn:aws-cn:lambda:cn-north-1:210987654321:function:f:prod".to_owned(),
+            "cloud.account.id=210987654321 cloud.resource_id=arn:aws-cn:lambda:cn-north-1:210987654321:function:f:3".to_owned(),
+        ),
+    ] {
+        assert_eq!(render(version, &arn), expected, "{version:?} {arn}");
+    }
+    for malformed in [
+        "",
+        "orders",
+        "arn:aws:lambda:eu-west-1:123456789012:function",
+        "arn:aws:lambda:eu-west-1::function:orders",
+        "arn:aws:lambda:eu-west-1:123456789012:function:orders:",
+        "arn:aws:lambda:eu-west-1:123456789012:function:orders:live:extra",
+        "arn:aws:lambda:eu-west-1:123456789012:layer:orders:1",
+        "arn:aws:s3:eu-west-1:123456789012:function:orders",
+    ] {
+        assert_eq!(render(Some("7"), malformed), "", "{malformed}");
+    }
+}
+
+/// `faas.trigger` is `other` unless configured; `aws.log.group.names` is a string array
+/// on every span (and the resource) from `AWS_LAMBDA_LOG_GROUP_NAME`.
+#[test]
+fn faas_trigger_and_log_group() {
+    let group = KeyValue::new(
+        "aws.log.group.names",
+        opentelemetry::Value::Array(opentelemetry::Array::String(vec![
+            "/aws/lambda/orders".into(),
+        ])),
+    );
+    assert!(function().attributes().contains(&group));
+    for (trigger, expected) in [
+        (None, "other"),
+        (Some("http"), "http"),
+        (Some("timer"), "timer"),
+    ] {
+        let (_, recorder) = testing::source();
+        let mut deriver = Deriver::new(function(), Arc::new(recorder));
+        if let Some(trigger) = trigger {
+            deriver = deriver.with_trigger(trigger);
+        }
+        deriver.ingest(invoke("r1", 0, None));
+        deriver.ingest(token(10, 1, TokenOutcome::Issued, None));
+        deriver.ingest(runtime_done("r1", 100, 0));
+        let spans = deriver.take_spans();
+        let invocation = spans.iter().find(|s| s.name == "orders").unwrap();
+        assert!(
+            invocation
+                .attributes
+                .contains(&KeyValue::new("faas.trigger", expected))
+        );
+        assert!(invocation.attributes.contains(&group));
+        // faas.trigger belongs to the invocation (FaaS server) span only.
+        let token = spans.iter().find(|s| s.name == "GET /token").unwrap();
+        assert!(
+            token
+                .attributes
+                .iter()
+                .all(|kv| kv.key.as_str() != "faas.trigger")
+        );
+    }
+}
+
+/// Token spans are HTTP server spans: `{method} /token`, `HTTP /token` for a method the
+/// conventions do not know (`_OTHER`, the original kept, cut to 32 bytes); 4xx leaves
+/// the status unset (server side), 5xx is an error with the code as error.type and no
+/// description.
+#[test]
+fn token_spans_follow_the_http_server_conventions() {
+    let long = "X".repeat(100);
+    check(
+        vec![
+            token_with("GET", 10, 1, TokenOutcome::Issued, None),
+            token_with("POST", 20, 1, TokenOutcome::Rejected { status: 400 }, None),
+            token_with("POST", 30, 1, TokenOutcome::Rejected { status: 500 }, None),
+            token_with("BREW", 40, 1, TokenOutcome::Rejected { status: 405 }, None),
+            token_with("get", 50, 1, TokenOutcome::Rejected { status: 405 }, None),
+            token_with(&long, 60, 1, TokenOutcome::Rejected { status: 405 }, None),
+        ],
+        None,
+        &format!(
+            "\
+GET /token Server trace=t1 span=s1 parent=- 10..11
+  [http.request.method=GET http.response.status_code=200 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=issued url.path=/token url.scheme=http]
+POST /token Server trace=t2 span=s2 parent=- 20..21
+  [http.request.method=POST http.response.status_code=400 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=bad_request url.path=/token url.scheme=http]
+POST /token Server trace=t3 span=s3 parent=- 30..31 Error {{ description: \"\" }}
+  [error.type=500 http.request.method=POST http.response.status_code=500 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=error url.path=/token url.scheme=http]
+HTTP /token Server trace=t4 span=s4 parent=- 40..41
+  [http.request.method=_OTHER http.request.method_original=BREW http.response.status_code=405 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=method_not_allowed url.path=/token url.scheme=http]
+HTTP /token Server trace=t5 span=s5 parent=- 50..51
+  [http.request.method=_OTHER http.request.method_original=get http.response.status_code=405 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=method_not_allowed url.path=/token url.scheme=http]
+HTTP /token Server trace=t6 span=s6 parent=- 60..61
+  [http.request.method=_OTHER http.request.method_original={} http.response.status_code=405 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=method_not_allowed url.path=/token url.scheme=http]
+",
+            "X".repeat(32)
+        ),
+        "\
+sidecar.token.duration{algorithm=ES256} count=6 sum=0.006
+sidecar.token.requests{algorithm=ES256,outcome=bad_request} = 1
+sidecar.token.requests{algorithm=ES256,outcome=error} = 1
+sidecar.token.requests{algorithm=ES256,outcome=issued} = 1
+sidecar.token.requests{algorithm=ES256,outcome=method_not_allowed} = 3",
+    );
 }

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{TokenAuth, TokenConfig};
 use crate::pipeline::Recorder;
-use crate::records::{Record, TokenOutcome, TokenRecord, TraceParent};
+use crate::records::{HttpMethod, Record, TokenOutcome, TokenRecord, TraceParent};
 use crate::server::Limits;
 use crate::signals::Listener;
 use crate::signals::Metrics;
@@ -176,6 +176,7 @@ impl TokenService {
         &self,
         start: SystemTime,
         timer: Instant,
+        method: HttpMethod,
         status: StatusCode,
         traceparent: Option<TraceParent>,
     ) {
@@ -184,6 +185,7 @@ impl TokenService {
                 start,
                 duration: timer.elapsed(),
                 algorithm: self.key.algorithm().name(),
+                method,
                 outcome: if status.is_success() {
                     TokenOutcome::Issued
                 } else {
@@ -252,6 +254,7 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse);
+    let method = HttpMethod::parse(request.method().as_str());
     let response = match service
         .check_boundary(&request)
         .and_then(|()| service.check_secret(request.headers()))
@@ -259,7 +262,7 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     };
-    service.record(start, timer, response.status(), traceparent);
+    service.record(start, timer, method, response.status(), traceparent);
     response
 }
 
