@@ -310,10 +310,9 @@ async fn semantic_conventions_reach_the_collector() {
             attributes["aws.lambda.invoked_arn"],
             format!("{function_arn}:live").as_str()
         );
-        assert_eq!(
-            attributes["aws.log.group.names"],
-            serde_json::json!([format!("/aws/lambda/{FUNCTION}")])
-        );
+        let log_groups = serde_json::json!([format!("/aws/lambda/{FUNCTION}")]);
+        assert_eq!(attributes["aws.log.group.names"], log_groups);
+        assert_eq!(span.resource["aws.log.group.names"], log_groups);
         assert_eq!(attributes["faas.version"], "7");
         assert_eq!(attributes["cloud.provider"], "aws");
         assert_eq!(attributes["cloud.platform"], "aws_lambda");

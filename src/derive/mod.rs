@@ -194,7 +194,8 @@ pub struct Deriver {
     recent: VecDeque<String>,
     /// The request id of the latest INVOKE: the parent of token spans without a traceparent.
     current: Option<String>,
-    /// The next new request id is this environment's first invocation.
+    /// The next new request id is this environment's first invocation, and it waited for
+    /// a cold start ([`FunctionInfo::first_invocation_is_cold`]).
     cold_pending: bool,
     init: PhaseState,
     restore: PhaseState,
