@@ -121,3 +121,25 @@ def test_jwks_publishing_is_optional_and_exposes_only_the_two_documents(template
     assert rule["Assertions"][0]["Assert"] == {
         "Fn::Not": [{"Fn::Contains": [["HS256", "HS384", "HS512"], {"Ref": "JwtAlgorithm"}]}]
     }
+
+
+def test_the_example_jwt_authorizer_trusts_the_published_issuer(template):
+    res = template["Resources"]
+    made = {name for name, r in res.items() if r.get("Condition") == "HasJwtProtectedApi"}
+    assert made == {
+        "JwtProtectedApi", "JwtAuthorizer", "JwtProtectedIntegration", "JwtProtectedRoute",
+        "JwtProtectedStage", "JwtProtectedApiPermission",
+    }
+    # Only with RS256 (API Gateway verifies RSA signatures only) and an audience.
+    cond = template["Conditions"]["HasJwtProtectedApi"]["Fn::And"]
+    assert {"Fn::Equals": [{"Ref": "JwtAlgorithm"}, "RS256"]} in cond
+    assert {"Condition": "HasAudience"} in cond and {"Condition": "PublishesJwks"} in cond
+    jwt = res["JwtAuthorizer"]["Properties"]
+    assert jwt["AuthorizerType"] == "JWT"
+    assert jwt["JwtConfiguration"]["Issuer"] == template["Outputs"]["JwtIssuerUrl"]["Value"]
+    assert jwt["JwtConfiguration"]["Audience"] == [
+        {"Fn::Select": [0, {"Fn::Split": [",", {"Ref": "JwtAudience"}]}]}
+    ]
+    route = res["JwtProtectedRoute"]["Properties"]
+    assert route["AuthorizationType"] == "JWT"
+    assert route["AuthorizerId"] == {"Ref": "JwtAuthorizer"}
