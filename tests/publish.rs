@@ -408,3 +408,23 @@ async fn a_relying_party_outside_verifies_through_the_published_jwks() {
         assert_eq!(results, expected, "{alg}");
     }
 }
+
+/// Inside Lambda, a `JWT_JWKS_URI` whose issuer is not an https URL stops init with
+/// `init/error` naming `JWT_ISSUER`: found at deploy, not when a relying party fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_configured_issuer_fails_init() {
+    let env = with(&publishing("ES256"), "JWT_ISSUER", "orders");
+    let mut config = common::environment("orders-fn", 1, 1, &env);
+    // environment() gives every run an HMAC secret; this one signs with the ES256 key.
+    config.env.retain(|(k, _)| k != "JWT_SECRET");
+    let report = lambda_env::run(config).await.unwrap();
+    let error = report.init.error.as_ref().expect("init must fail");
+    assert_eq!(error.error_type, "Config.InvalidValue");
+    let message = error.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("JWT_ISSUER") && message.contains("JWT_JWKS_URI"),
+        "{message}"
+    );
+    assert!(!message.contains("PRIVATE KEY"), "{message}");
+    assert_eq!(error.exit_code, Some(1));
+}
