@@ -53,20 +53,20 @@ pub fn openid_configuration(config: &TokenConfig) -> Option<Value> {
 ///
 /// An HMAC key is refused rather than printed as `{"keys":[]}`: a deploy step that published
 /// an empty set would succeed, and every relying party would then reject every token with
-/// nothing pointing at the cause.
+/// nothing pointing at the cause. It is refused from the algorithm alone, before the secret
+/// is read.
 pub fn published_jwks(config: &TokenConfig) -> Result<String, ConfigError> {
-    let key = SigningKey::load(config)?;
-    if key.public_jwk().is_none() {
+    if config.algorithm.is_hmac() {
         return Err(ConfigError::Invalid {
             var: "JWT_ALGORITHM",
-            value: key.algorithm().name().to_string(),
+            value: config.algorithm.name().to_string(),
             expected: "an asymmetric algorithm (ES256, ES384, RS256, PS256, EdDSA) for \
                        `lambda-sidecar jwks`: an HMAC secret is never published, so there is \
                        no public JWKS, and only holders of the secret can verify its tokens"
                 .to_string(),
         });
     }
-    Ok(jwks(&key).to_string())
+    Ok(jwks(&SigningKey::load(config)?).to_string())
 }
 
 /// `lambda-sidecar openid-configuration`: the discovery document, or why there is none.
