@@ -91,6 +91,7 @@ fuzz:
 #   make test-packaging             template lint (cfn-lint, sam validate), dashboard, zips, sam build, smoke runs of both zips
 #   make test-example               examples/nodejs-function: npm test against the real sidecar
 #   make deploy                     sam build + sam deploy (--guided the first time); needs AWS credentials
+#   make publish-jwks               after a deploy with PublishJwks=true: the JWKS and discovery document to its bucket
 .PHONY: build-arm64 build-x86_64 layer-arm64 layer-x86_64 layers packaging-deps test-packaging test-example smoke-arm64 smoke-x86_64 deploy
 
 build-arm64 build-x86_64: build-%:
@@ -118,3 +119,29 @@ smoke-arm64 smoke-x86_64: smoke-%: packaging-deps build layer-%
 
 deploy: layers
 	$(ROOT)/scripts/package/deploy.sh $(DEPLOY_ARGS)
+
+# After a deploy with PublishJwks=true: the JWKS and the OIDC discovery document of the key the
+# function signs with, written to the JwksBucket output's .well-known/, where API Gateway and
+# other relying parties fetch them (README, "Publishing the JWKS"). Run it with the function's
+# key configuration in the environment (JWT_ALGORITHM and its key), as the sidecar reads it;
+# JWT_ISSUER and JWT_JWKS_URI are set here from the bucket, as the template sets them for the
+# function. The JWKS goes first, so the discovery document never names a JWKS not there yet;
+# each command stops the target (exit 1) on a configuration it cannot publish from.
+#   make publish-jwks JWKS_BUCKET=<JwksBucketName output> AWS_REGION=<region>
+# JWKS_ISSUER must equal the stack's JwtIssuerUrl output (set it in partitions other than aws).
+JWKS_ISSUER ?= https://$(JWKS_BUCKET).s3.$(AWS_REGION).amazonaws.com
+.PHONY: publish-jwks
+publish-jwks:
+	@test -n "$(JWKS_BUCKET)" || { echo "JWKS_BUCKET=<bucket> is required: the stack's JwksBucketName output" >&2; exit 2; }
+	@test -n "$(AWS_REGION)" || { echo "AWS_REGION=<region> is required: the stack's region" >&2; exit 2; }
+	@test -x "$(LAMBDA_SIDECAR_BIN)" || { echo "$(LAMBDA_SIDECAR_BIN) not found: run make build" >&2; exit 2; }
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	issuer="$(JWKS_ISSUER)"; \
+	export JWT_ISSUER="$$issuer" JWT_JWKS_URI="$$issuer/.well-known/jwks.json"; \
+	"$(LAMBDA_SIDECAR_BIN)" jwks > "$$tmp/jwks.json"; \
+	"$(LAMBDA_SIDECAR_BIN)" openid-configuration > "$$tmp/openid-configuration"; \
+	for doc in jwks.json openid-configuration; do \
+		aws s3 cp "$$tmp/$$doc" "s3://$(JWKS_BUCKET)/.well-known/$$doc" \
+			--content-type application/json --cache-control max-age=300; \
+	done; \
+	echo "published: $$issuer/.well-known/openid-configuration"

@@ -121,6 +121,11 @@ pub struct TokenConfig {
     pub typ: String,
     /// Who may ask for a token (`SIDECAR_TOKEN_AUTH`).
     pub auth: TokenAuth,
+    /// `JWT_JWKS_URI`: the public https URL where the JWKS is published for relying parties
+    /// outside the sandbox. Set, it makes the OIDC discovery document buildable (see
+    /// `token::discovery`), which also needs `JWT_ISSUER` to be an https URL: both are
+    /// checked here, so a half-configured issuer fails at start, not at a relying party.
+    pub jwks_uri: Option<String>,
 }
 
 /// How `/token` tells the function from anything else that can reach 127.0.0.1, such as a
@@ -159,6 +164,7 @@ impl std::fmt::Debug for TokenConfig {
             .field("allowed_claims", &self.allowed_claims)
             .field("typ", &self.typ)
             .field("auth", &self.auth)
+            .field("jwks_uri", &self.jwks_uri)
             .finish()
     }
 }
@@ -347,11 +353,27 @@ impl Config {
     /// is refused first: `std::env::var` would report it as unset, and a default would
     /// silently take its place.
     pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_process_env(|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::from_env`] for the commands that print what relying parties need (`jwks`,
+    /// `openid-configuration`) and serve nothing: `/token`'s session token (and so
+    /// `SIDECAR_TOKEN_AUTH`) plays no part, and a deploy step has none to give. Everything
+    /// else, the key above all, is parsed and refused exactly as when serving.
+    pub fn from_env_to_publish() -> Result<Config, ConfigError> {
+        Config::from_process_env(|k| match k {
+            "SIDECAR_TOKEN_AUTH" => Some("off".to_string()),
+            _ => std::env::var(k).ok(),
+        })
+    }
+
+    /// The process environment's names, read through `lookup`.
+    fn from_process_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         check_utf8(std::env::vars_os())?;
         let names: Vec<String> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
             .collect();
-        Config::parse(|k| std::env::var(k).ok(), names.iter().map(String::as_str))
+        Config::parse(lookup, names.iter().map(String::as_str))
     }
 }
 
@@ -493,10 +515,12 @@ fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
                 .to_string(),
         });
     }
+    let jwks_uri = jwks_uri(env, algorithm, &issuer)?;
     Ok(TokenConfig {
         algorithm,
         key,
         key_id,
+        jwks_uri,
         issuer,
         audiences,
         default_subject,
@@ -506,6 +530,65 @@ fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
         typ,
         auth: token_auth(env)?,
     })
+}
+
+/// `JWT_JWKS_URI`, checked with what publishing needs around it. API Gateway's JWT
+/// authorizer (like any OIDC relying party) fetches `<JWT_ISSUER>/.well-known/openid-configuration`
+/// and follows its `jwks_uri`, so the issuer must be an https URL too; and an HMAC secret is
+/// never published, so there is nothing for the URL to point at.
+fn jwks_uri(
+    env: &Env<'_>,
+    algorithm: Algorithm,
+    issuer: &str,
+) -> Result<Option<String>, ConfigError> {
+    let Some(uri) = env.get("JWT_JWKS_URI") else {
+        return Ok(None);
+    };
+    if !is_https_url(&uri) {
+        return Err(ConfigError::Invalid {
+            var: "JWT_JWKS_URI",
+            value: uri,
+            expected: "an https URL without query or fragment, where relying parties fetch the \
+                       JWKS, such as https://<bucket>.s3.<region>.amazonaws.com/.well-known/jwks.json"
+                .to_string(),
+        });
+    }
+    if algorithm.is_hmac() {
+        return Err(ConfigError::Invalid {
+            var: "JWT_JWKS_URI",
+            value: uri,
+            expected: format!(
+                "unset with JWT_ALGORITHM={}: an HMAC secret is never published, so there is no \
+                 JWKS; relying parties outside the sandbox need an asymmetric algorithm \
+                 (ES256, ES384, RS256, PS256, EdDSA)",
+                algorithm.name()
+            ),
+        });
+    }
+    if !is_https_url(issuer) {
+        return Err(ConfigError::Invalid {
+            var: "JWT_ISSUER",
+            value: issuer.to_string(),
+            expected: "an https URL without query or fragment when JWT_JWKS_URI is set: relying \
+                       parties fetch <JWT_ISSUER>/.well-known/openid-configuration, e.g. \
+                       https://<bucket>.s3.<region>.amazonaws.com"
+                .to_string(),
+        });
+    }
+    Ok(Some(uri))
+}
+
+/// An absolute `https://host[:port][/path]` URL: no user info, query or fragment, which
+/// OIDC Discovery (section 3) forbids in an issuer and which have no place in a JWKS URL.
+pub fn is_https_url(raw: &str) -> bool {
+    let Ok(uri) = raw.parse::<http::Uri>() else {
+        return false;
+    };
+    uri.scheme_str() == Some("https")
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+        && uri.query().is_none()
+        && !raw.contains('#')
 }
 
 /// `SIDECAR_TOKEN_AUTH` and, when it asks for one, the `AWS_SESSION_TOKEN` callers must send.
@@ -1000,6 +1083,76 @@ mod tests {
             (c.token.auth, c.token.typ.as_str()),
             (TokenAuth::Off, "at+jwt")
         );
+    }
+
+    /// `JWT_JWKS_URI`: an https URL, only with an asymmetric key and an https `JWT_ISSUER`
+    /// (what a relying party's discovery needs); each refusal names the variable to fix.
+    #[test]
+    fn jwks_uri() {
+        const URI: &str = "https://keys.s3.eu-west-1.amazonaws.com/.well-known/jwks.json";
+        const ISSUER: &str = "https://keys.s3.eu-west-1.amazonaws.com";
+        let es256 = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = vec![("JWT_ALGORITHM", "ES256"), ("JWT_PRIVATE_KEY", "x")];
+            pairs.extend_from_slice(extra);
+            pairs
+        };
+        assert_eq!(parse(&es256(&[])).unwrap().token.jwks_uri, None);
+        let c = parse(&es256(&[("JWT_JWKS_URI", URI), ("JWT_ISSUER", ISSUER)])).unwrap();
+        assert_eq!(c.token.jwks_uri.as_deref(), Some(URI));
+        check(
+            &es256(&[
+                ("JWT_JWKS_URI", "https://idp.example:8443/keys"),
+                ("JWT_ISSUER", "https://idp.example/"),
+            ]),
+            None,
+        );
+        for bad in [
+            "http://keys.example/jwks.json",
+            "keys.example/jwks.json",
+            "https:///jwks.json",
+            "https://keys.example/jwks.json?v=1",
+            "https://keys.example/jwks.json#k",
+            "https://user@keys.example/jwks.json",
+            "https://keys.example/a b",
+            "",
+        ] {
+            check(
+                &es256(&[("JWT_JWKS_URI", bad), ("JWT_ISSUER", ISSUER)]),
+                Some(("JWT_JWKS_URI", "Config.InvalidValue")),
+            );
+        }
+        for issuer in [
+            "lambda-sidecar",
+            "http://issuer.example",
+            "https://issuer.example?x=1",
+        ] {
+            check(
+                &es256(&[("JWT_JWKS_URI", URI), ("JWT_ISSUER", issuer)]),
+                Some(("JWT_ISSUER", "Config.InvalidValue")),
+            );
+        }
+        // The default issuer is not a URL either.
+        let e = parse(&es256(&[("JWT_JWKS_URI", URI)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("JWT_ISSUER") && e.contains("JWT_JWKS_URI"),
+            "{e}"
+        );
+        // An HMAC secret is never published: a JWKS URL for it is a mistake.
+        let e = parse(&[
+            ("JWT_SECRET", SECRET),
+            ("JWT_JWKS_URI", URI),
+            ("JWT_ISSUER", ISSUER),
+        ])
+        .unwrap_err();
+        assert_eq!(e.error_type(), "Config.InvalidValue");
+        let message = e.to_string();
+        assert!(
+            message.contains("JWT_JWKS_URI") && message.contains("HMAC"),
+            "{message}"
+        );
+        assert!(!message.contains(SECRET), "{message}");
     }
 
     #[test]

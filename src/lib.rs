@@ -4,12 +4,13 @@
 //! Data flows one way: Lambda events → records → signals → exporters.
 //!
 //! - [`main`](../lambda_sidecar/index.html) (src/main.rs) picks the mode and calls
-//!   [`lifecycle::run`] (extension) or [`standalone::run`] (`serve`).
+//!   [`lifecycle::run`] (extension), [`standalone::run`] (`serve`), or prints a document of
+//!   [`token::discovery`] (`jwks`, `openid-configuration`).
 //! - [`config`]: every environment variable, parsed once into a typed `Config`.
 //! - [`lifecycle`]: the Extensions API — register, event/next, init/error — and what happens
 //!   at INVOKE (record, flush within the cap) and SHUTDOWN (final flush, exit).
-//! - [`token`]: the localhost token service (`/token`, JWKS, `/health`, `/metrics`), its
-//!   boundary guard and its keys.
+//! - [`token`]: the localhost token service (`/token`, JWKS, OIDC discovery, `/health`,
+//!   `/metrics`), its boundary guard, its keys, and the documents a deploy step publishes.
 //! - [`intake`]: the Telemetry API listener and the event model of schema 2022-12-13.
 //! - [`records`]: what the lifecycle, intake and token service observed, as plain data.
 //! - [`pipeline`]: the task that feeds records, in order, to the derivation.

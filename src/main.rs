@@ -1,8 +1,10 @@
 //! The `lambda-sidecar` binary: picks the mode, sets up logging, hands over to the library.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
-use lambda_sidecar::config::{Config, LogConfig, LogFormat};
+use lambda_sidecar::config::{Config, ConfigError, LogConfig, LogFormat, TokenConfig};
+use lambda_sidecar::token::discovery;
 use lambda_sidecar::{lifecycle, logging, standalone};
 
 const USAGE: &str = "\
@@ -11,6 +13,10 @@ lambda-sidecar: an AWS Lambda extension that issues JWTs on 127.0.0.1 and ships 
 Usage:
   lambda-sidecar          run as a Lambda extension (needs AWS_LAMBDA_RUNTIME_API, set by Lambda)
   lambda-sidecar serve    run the token service alone, for local development, until Ctrl-C
+  lambda-sidecar jwks     print the JWKS of the configured key, for a deploy step to publish
+  lambda-sidecar openid-configuration
+                          print the OIDC discovery document (needs JWT_ISSUER and JWT_JWKS_URI,
+                          both https URLs), for a deploy step to publish
   lambda-sidecar --version
 
 Configuration is read from environment variables; see README.md.";
@@ -25,6 +31,8 @@ fn main() -> ExitCode {
     {
         [] => false,
         ["serve"] => true,
+        ["jwks"] => return publish(discovery::published_jwks),
+        ["openid-configuration"] => return publish(discovery::published_openid_configuration),
         ["--version" | "-V"] => {
             println!("lambda-sidecar {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -96,6 +104,29 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "extension stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `jwks` and `openid-configuration`: the document on stdout and exit 0, or the configuration
+/// error on stderr and exit 1, so that a deploy step stops before publishing anything. No
+/// logging and no runtime: nothing is served.
+fn publish(document: fn(&TokenConfig) -> Result<String, ConfigError>) -> ExitCode {
+    match Config::from_env_to_publish().and_then(|config| document(&config.token)) {
+        // Not println!, which panics when stdout is closed.
+        Ok(text) => match writeln!(std::io::stdout().lock(), "{text}") {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lambda-sidecar: cannot write the document to stdout: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!(
+                "lambda-sidecar: configuration error ({}): {e}",
+                e.error_type()
+            );
             ExitCode::FAILURE
         }
     }

@@ -19,6 +19,7 @@ fn every_variable_and_metric_is_in_the_readme() {
             "JWT_PRIVATE_KEY_FILE",
             "JWT_KEY_ID",
             "JWT_ISSUER",
+            "JWT_JWKS_URI",
             "JWT_AUDIENCE",
             "JWT_DEFAULT_SUBJECT",
             "JWT_TTL_SECONDS",

@@ -5,10 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature as sig;
-use base64::Engine as _;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
 use lambda_sidecar::config::Config;
@@ -17,6 +13,9 @@ use lambda_sidecar::token::{self, TokenService, keys::SigningKey};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+
+mod common;
+use common::private_key;
 
 const SECRET: &str = "k7Qm2vXp9LrT4sWz8YbN3cFh6JdGa1Ue5KoP0iRt";
 
@@ -62,44 +61,6 @@ async fn start_recording(env: &[(&str, &str)], recorder: Option<Recorder>) -> Se
         stop,
         task,
     }
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
-
-/// A fresh PKCS#8 PEM private key for `alg`.
-fn private_key(alg: &str) -> String {
-    let rng = SystemRandom::new();
-    let der: Vec<u8> = match alg {
-        "ES256" => sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .unwrap()
-            .as_ref()
-            .to_vec(),
-        "ES384" => sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P384_SHA384_FIXED_SIGNING, &rng)
-            .unwrap()
-            .as_ref()
-            .to_vec(),
-        "EdDSA" => sig::Ed25519KeyPair::generate_pkcs8(&rng)
-            .unwrap()
-            .as_ref()
-            .to_vec(),
-        _ => {
-            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-            let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair).unwrap();
-            der.as_ref().to_vec()
-        }
-    };
-    pem("PRIVATE KEY", &der)
 }
 
 /// A GET as the function sends it, with `X-Sidecar-Token`.
@@ -479,6 +440,10 @@ async fn the_token_boundary_refuses_what_an_ssrf_can_send() {
             ("GET /.well-known/jwks.json HTTP/1.1\r\nHost: {host}\r\n", "", 200, "keys"),
             ("GET /health HTTP/1.1\r\nHost: {host}\r\nVia: 1.1 proxy\r\n", "", 400, "Via"),
             ("GET /.well-known/jwks.json HTTP/1.1\r\nHost: attacker.example\r\n", "", 400, "Host"),
+            // Public like the JWKS, under the same boundary; without JWT_JWKS_URI there is none.
+            ("GET /.well-known/openid-configuration HTTP/1.1\r\nHost: {host}\r\n", "", 404, "JWT_JWKS_URI"),
+            ("GET /.well-known/openid-configuration HTTP/1.1\r\nHost: attacker.example\r\n", "", 400, "Host"),
+            ("GET /.well-known/openid-configuration HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 10.0.0.1\r\n", "", 400, "X-Forwarded-For"),
         ],
     )
     .await;

@@ -341,6 +341,7 @@ mod tests {
             allowed_claims: ["role".to_string()].into(),
             typ: "JWT".into(),
             auth: TokenAuth::Off,
+            jwks_uri: None,
         }
     }
 

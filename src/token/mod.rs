@@ -1,5 +1,6 @@
-//! The token service: `GET/POST /token`, `/.well-known/jwks.json` and `/health` on
-//! 127.0.0.1, for the function beside us, and the sidecar's `GET /metrics` (Prometheus text).
+//! The token service: `GET/POST /token`, `/.well-known/jwks.json`,
+//! `/.well-known/openid-configuration` and `/health` on 127.0.0.1, for the function beside
+//! us, and the sidecar's `GET /metrics` (Prometheus text).
 //!
 //! The function is not the only thing that can reach 127.0.0.1: anything that makes the
 //! function fetch a URL (a webhook, a link preview, a headless browser) can too. So every
@@ -14,6 +15,7 @@
 //! token, secret or claim value into a log line or a telemetry record.
 
 pub mod claims;
+pub mod discovery;
 pub mod keys;
 
 use std::sync::Arc;
@@ -71,6 +73,8 @@ pub struct TokenService {
     header_b64: String,
     /// The JWKS document, serialized once.
     jwks: Bytes,
+    /// The OIDC discovery document, serialized once; `None` without `JWT_JWKS_URI`.
+    openid_configuration: Option<Bytes>,
     /// Where token records go for telemetry; `None` in standalone mode.
     recorder: Option<Recorder>,
     /// The `Host` values a direct request carries: `127.0.0.1:<port>` and `localhost:<port>`.
@@ -90,7 +94,9 @@ impl TokenService {
     ) -> TokenService {
         let header = json!({"alg": key.algorithm().name(), "typ": config.typ, "kid": key.kid()});
         let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
-        let jwks = json!({"keys": key.public_jwk().into_iter().collect::<Vec<_>>()});
+        let jwks = discovery::jwks(&key);
+        let openid_configuration =
+            discovery::openid_configuration(&config).map(|doc| Bytes::from(doc.to_string()));
         let session_token = match &config.auth {
             TokenAuth::SessionToken(token) => Some(token.as_bytes().into()),
             TokenAuth::Off => {
@@ -107,6 +113,7 @@ impl TokenService {
             key,
             header_b64,
             jwks: Bytes::from(jwks.to_string()),
+            openid_configuration,
             recorder,
             hosts: [format!("127.0.0.1:{port}"), format!("localhost:{port}")],
             session_token,
@@ -283,12 +290,17 @@ pub fn router(service: Arc<TokenService>) -> Router {
             get(get_token).post(post_token).head(method_not_allowed),
         )
         .route("/.well-known/jwks.json", get(jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; use /token, /.well-known/jwks.json, /health or /metrics",
+                "no such endpoint; use /token, /.well-known/jwks.json, \
+                 /.well-known/openid-configuration, /health or /metrics",
             )
         })
         .method_not_allowed_fallback(method_not_allowed)
@@ -370,6 +382,26 @@ async fn jwks(State(service): State<Arc<TokenService>>) -> Response {
         service.jwks.clone(),
     )
         .into_response()
+}
+
+/// Like the JWKS, public (no `X-Sidecar-Token`): it is what the deploy step publishes.
+async fn openid_configuration(State(service): State<Arc<TokenService>>) -> Response {
+    match &service.openid_configuration {
+        Some(document) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "max-age=300"),
+            ],
+            document.clone(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no OpenID discovery document: set JWT_JWKS_URI (the https URL where the JWKS is \
+             published) and JWT_ISSUER (an https URL)",
+        )
+        .into_response(),
+    }
 }
 
 async fn health() -> Response {

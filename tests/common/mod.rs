@@ -4,6 +4,12 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::Child;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature as sig;
+use base64::Engine as _;
 
 use lambda_env::{EnvConfig, MetricPoint, Report, free_port};
 
@@ -102,4 +108,53 @@ pub fn status_kb(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status: is the process running?"))
+}
+
+/// `der` as a PEM block labelled `label`.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A fresh PKCS#8 PEM private key for `alg`.
+pub fn private_key(alg: &str) -> String {
+    let rng = SystemRandom::new();
+    let der: Vec<u8> = match alg {
+        "ES256" => sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .unwrap()
+            .as_ref()
+            .to_vec(),
+        "ES384" => sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P384_SHA384_FIXED_SIGNING, &rng)
+            .unwrap()
+            .as_ref()
+            .to_vec(),
+        "EdDSA" => sig::Ed25519KeyPair::generate_pkcs8(&rng)
+            .unwrap()
+            .as_ref()
+            .to_vec(),
+        _ => {
+            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+            let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair).unwrap();
+            der.as_ref().to_vec()
+        }
+    };
+    pem("PRIVATE KEY", &der)
+}
+
+/// A process the test started, killed and reaped when the test ends, even on failure.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

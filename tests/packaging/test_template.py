@@ -88,3 +88,58 @@ def test_outputs_give_the_url_and_both_layer_arns(template):
     assert out["FunctionUrl"]["Value"] == {"Fn::GetAtt": "ExampleFunctionUrl.FunctionUrl"}
     assert out["SidecarLayerArm64Arn"]["Value"] == {"Ref": "SidecarLayerArm64"}
     assert out["SidecarLayerX8664Arn"]["Value"] == {"Ref": "SidecarLayerX8664"}
+
+
+def test_jwks_publishing_is_optional_and_exposes_only_the_two_documents(template):
+    res = template["Resources"]
+    assert template["Parameters"]["PublishJwks"]["Default"] == "false"
+    for name in ("JwksBucket", "JwksBucketPolicy"):
+        assert res[name]["Condition"] == "PublishesJwks", name
+    block = res["JwksBucket"]["Properties"]["PublicAccessBlockConfiguration"]
+    assert block["BlockPublicAcls"] and block["IgnorePublicAcls"]
+    allows = [
+        s for s in res["JwksBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Allow"
+    ]
+    assert len(allows) == 1 and allows[0]["Principal"] == "*"
+    assert allows[0]["Action"] == "s3:GetObject"
+    assert allows[0]["Resource"] == [
+        {"Fn::Sub": "${JwksBucket.Arn}/.well-known/jwks.json"},
+        {"Fn::Sub": "${JwksBucket.Arn}/.well-known/openid-configuration"},
+    ]
+    # The function's issuer is the URL API Gateway is given (<issuer>/.well-known/...), and
+    # its JWKS URL the object make publish-jwks writes.
+    env = res["ExampleFunction"]["Properties"]["Environment"]["Variables"]
+    issuer = template["Outputs"]["JwtIssuerUrl"]["Value"]
+    assert env["JWT_ISSUER"] == {"Fn::If": ["PublishesJwks", issuer, {"Ref": "JwtIssuer"}]}
+    jwks = template["Outputs"]["JwksUri"]["Value"]
+    assert jwks == {"Fn::Sub": issuer["Fn::Sub"] + "/.well-known/jwks.json"}
+    assert env["JWT_JWKS_URI"] == {"Fn::If": ["PublishesJwks", jwks, {"Ref": "AWS::NoValue"}]}
+    # An HMAC secret is never published: the parameters are refused before anything is made.
+    rule = template["Rules"]["PublishingNeedsAPublicKey"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "PublishJwks"}, "true"]}
+    assert rule["Assertions"][0]["Assert"] == {
+        "Fn::Not": [{"Fn::Contains": [["HS256", "HS384", "HS512"], {"Ref": "JwtAlgorithm"}]}]
+    }
+
+
+def test_the_example_jwt_authorizer_trusts_the_published_issuer(template):
+    res = template["Resources"]
+    made = {name for name, r in res.items() if r.get("Condition") == "HasJwtProtectedApi"}
+    assert made == {
+        "JwtProtectedApi", "JwtAuthorizer", "JwtProtectedIntegration", "JwtProtectedRoute",
+        "JwtProtectedStage", "JwtProtectedApiPermission",
+    }
+    # Only with RS256 (API Gateway verifies RSA signatures only) and an audience.
+    cond = template["Conditions"]["HasJwtProtectedApi"]["Fn::And"]
+    assert {"Fn::Equals": [{"Ref": "JwtAlgorithm"}, "RS256"]} in cond
+    assert {"Condition": "HasAudience"} in cond and {"Condition": "PublishesJwks"} in cond
+    jwt = res["JwtAuthorizer"]["Properties"]
+    assert jwt["AuthorizerType"] == "JWT"
+    assert jwt["JwtConfiguration"]["Issuer"] == template["Outputs"]["JwtIssuerUrl"]["Value"]
+    assert jwt["JwtConfiguration"]["Audience"] == [
+        {"Fn::Select": [0, {"Fn::Split": [",", {"Ref": "JwtAudience"}]}]}
+    ]
+    route = res["JwtProtectedRoute"]["Properties"]
+    assert route["AuthorizationType"] == "JWT"
+    assert route["AuthorizerId"] == {"Ref": "JwtAuthorizer"}
