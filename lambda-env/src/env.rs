@@ -101,7 +101,16 @@ pub struct EnvConfig {
     /// invoke of index `inject_at`, after its `platform.start`.
     pub inject_items: Vec<Value>,
     pub inject_at: usize,
+    /// The function logs, per invoke, one JSON line at each of [`MIXED_LOG_LEVELS`] (with
+    /// `requestId`, as Lambda's JSON log format writes it) and [`MIXED_TEXT_LINES`] text
+    /// lines, instead of its progress lines: a known set of `function` records.
+    pub mixed_logs: bool,
 }
+
+/// The levels of the JSON lines the function logs with `EnvConfig::mixed_logs`.
+pub const MIXED_LOG_LEVELS: [&str; 3] = ["INFO", "WARN", "ERROR"];
+/// The number of text lines the function logs with `EnvConfig::mixed_logs`.
+pub const MIXED_TEXT_LINES: usize = 2;
 
 impl Default for EnvConfig {
     fn default() -> Self {
@@ -132,6 +141,7 @@ impl Default for EnvConfig {
             rss_every: 0,
             inject_items: Vec::new(),
             inject_at: 0,
+            mixed_logs: false,
         }
     }
 }
@@ -386,6 +396,7 @@ impl Environment {
             token_mode: self.cfg.token_mode,
             function_ms: self.cfg.function_ms,
             session_token: self.credentials[2].1.clone(),
+            mixed_logs: self.cfg.mixed_logs,
         };
         if let Some(old) = self.function.take() {
             old.abort();
