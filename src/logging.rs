@@ -17,7 +17,10 @@ pub fn init(config: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
+        // Every line names its module (`lambda_sidecar::…`): Lambda hands the sidecar's own
+        // lines back as `extension` log records, and this is how it recognises and skips
+        // them instead of forwarding them (derive/logs.rs).
+        .with_target(true)
         .with_ansi(std::io::stderr().is_terminal());
     let result = match config.format {
         LogFormat::Json => builder

@@ -1,4 +1,5 @@
-//! The pipeline task: records in, in arrival order; spans out, when the lifecycle asks.
+//! The pipeline task: records in, in arrival order; spans and log records out, when the
+//! lifecycle asks.
 //!
 //! The listener, the token handler and the lifecycle each hold a [`Recorder`] and push
 //! [`Record`]s without waiting; one task owns the [`Deriver`] and applies them in order. The
@@ -13,7 +14,7 @@ use std::time::SystemTime;
 use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::derive::Deriver;
+use crate::derive::{Deriver, LogEntry};
 use crate::intake::events::EventKind;
 use crate::records::Record;
 use crate::signals::{Metrics, Signal};
@@ -35,16 +36,19 @@ const RECENT_REPORTS: usize = 16;
 enum Msg {
     /// A record and its weight in [`MAX_QUEUED_EVENTS`].
     Record(Record, usize),
-    Drain(oneshot::Sender<Vec<SpanData>>),
+    Drain(oneshot::Sender<Derived>),
     AwaitReport {
         request_id: String,
         reply: oneshot::Sender<()>,
     },
     Finish {
         now: SystemTime,
-        reply: oneshot::Sender<Vec<SpanData>>,
+        reply: oneshot::Sender<Derived>,
     },
 }
+
+/// What a drain hands the exporter: spans and log records finished since the last one.
+pub type Derived = (Vec<SpanData>, Vec<LogEntry>);
 
 /// A cheap handle for pushing records; never blocks.
 #[derive(Clone)]
@@ -113,8 +117,9 @@ impl Pipeline {
         (Pipeline { tx }, recorder)
     }
 
-    /// The spans finished since the last drain, after everything recorded before this call.
-    pub async fn drain(&self) -> Vec<SpanData> {
+    /// The spans and log records finished since the last drain, after everything recorded
+    /// before this call.
+    pub async fn drain(&self) -> Derived {
         self.ask(Msg::Drain).await.unwrap_or_default()
     }
 
@@ -132,8 +137,9 @@ impl Pipeline {
         }
     }
 
-    /// Closes what will never complete (at SHUTDOWN) and returns every span not yet drained.
-    pub async fn finish(&self, now: SystemTime) -> Vec<SpanData> {
+    /// Closes what will never complete (at SHUTDOWN) and returns every span and log record
+    /// not yet drained.
+    pub async fn finish(&self, now: SystemTime) -> Derived {
         self.ask(|reply| Msg::Finish { now, reply })
             .await
             .unwrap_or_default()
@@ -168,7 +174,7 @@ async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: A
                 // Dropping a satisfied waiter's sender wakes it.
             }
             Msg::Drain(reply) => {
-                let _ = reply.send(deriver.take_spans());
+                let _ = reply.send((deriver.take_spans(), deriver.take_logs()));
             }
             Msg::AwaitReport { request_id, reply } => {
                 if !recent_reports.contains(&request_id) {
@@ -177,7 +183,7 @@ async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: A
             }
             Msg::Finish { now, reply } => {
                 deriver.finish_pending(now);
-                let _ = reply.send(deriver.take_spans());
+                let _ = reply.send((deriver.take_spans(), deriver.take_logs()));
             }
         }
     }
