@@ -15,6 +15,8 @@
 //!
 //! The sidecar's own lines come back from Lambda as `extension` records; they are not
 //! forwarded ([`is_own`]), so nothing a flush logs becomes a record of the next flush.
+//! (Its EMF lines on stdout, with `SIDECAR_EMF=on`, are not marked: a fixed number per
+//! flush, forwarded like any extension's.)
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -234,22 +236,20 @@ fn any_value(value: Value, bytes: &mut usize) -> Option<AnyValue> {
     })
 }
 
-/// A line the sidecar wrote itself: every line it logs names its module as `target`
-/// (`lambda_sidecar::…`, see `logging.rs`), as a JSON field or, in the text format, after
-/// the level. Lambda does not say which extension wrote an `extension` record, so this is
-/// the only way to tell. Forwarding these would turn what a flush logs into records for the
-/// next flush, and, with `SIDECAR_LOG=debug`, each telemetry POST into another POST.
+/// A line the sidecar wrote itself: every line it logs, its dependencies' included, starts
+/// with its mark (`logging.rs`): a JSON field `"extension":"lambda-sidecar"`, or a text
+/// prefix. Lambda does not say which extension wrote an `extension` record, so this is the
+/// only way to tell. Forwarding these would turn what a flush logs (an HTTP client's
+/// `connecting to …` at debug level, a failed export's warning) into records for the next
+/// flush, and those into more lines.
 fn is_own(line: &LogLine) -> bool {
-    const CRATE: &str = "lambda_sidecar";
     match line {
-        LogLine::Json(fields) => fields
-            .get("target")
-            .and_then(Value::as_str)
-            .is_some_and(|target| target.split("::").next() == Some(CRATE)),
+        LogLine::Json(fields) => {
+            fields.get("extension").and_then(Value::as_str) == Some(crate::logging::MARK_NAME)
+        }
         LogLine::Text { text, .. } => {
-            text.contains("\"target\":\"lambda_sidecar")
-                || text.contains(" lambda_sidecar: ")
-                || text.contains(" lambda_sidecar::")
+            text.starts_with(crate::logging::MARK_JSON)
+                || text.starts_with(crate::logging::MARK_TEXT)
         }
     }
 }
@@ -297,7 +297,7 @@ mod tests {
             event(
                 17,
                 "extension",
-                json!("2022-10-12T00:00:00.017Z  INFO lambda_sidecar::lifecycle: received INVOKE")
+                json!("[lambda-sidecar] 2022-10-12T00:00:00.017Z  INFO received INVOKE")
             ),
             event(
                 20,
@@ -511,20 +511,19 @@ mod tests {
         };
         for own in [
             text(
-                r#"{"timestamp":"2026-11-28T11:00:00.000Z","level":"INFO","message":"received INVOKE","target":"lambda_sidecar::lifecycle"}"#,
+                r#"{"extension":"lambda-sidecar","timestamp":"2026-11-28T11:00:00.000Z","level":"DEBUG","message":"connecting to 127.0.0.1:4318","target":"hyper_util::client"}"#,
             ),
-            text("2026-11-28T11:00:00.000Z  INFO lambda_sidecar::lifecycle: received INVOKE"),
-            text("2026-11-28T11:00:00.000Z  WARN lambda_sidecar: shutting down"),
-            json_line(json!({"level": "INFO", "target": "lambda_sidecar::export"})),
-            json_line(json!({"level": "INFO", "target": "lambda_sidecar"})),
+            text("[lambda-sidecar] 2026-11-28T11:00:00.000Z  INFO received INVOKE"),
+            json_line(json!({"extension": "lambda-sidecar", "level": "INFO"})),
         ] {
             assert!(is_own(&own), "{own:?}");
         }
         for other in [
             text("[datadog] flushing 3 metrics"),
-            text("lambda_sidecar is great"),
-            json_line(json!({"level": "INFO", "target": "lambda_sidecar_fork::x"})),
-            json_line(json!({"level": "INFO", "message": "lambda_sidecar::lifecycle"})),
+            text("lambda-sidecar is great"),
+            text(r#"{"level":"INFO","extension":"lambda-sidecar"}"#),
+            json_line(json!({"level": "INFO", "extension": "datadog"})),
+            json_line(json!({"level": "INFO", "message": "lambda-sidecar"})),
         ] {
             assert!(!is_own(&other), "{other:?}");
         }
