@@ -23,12 +23,28 @@ use crate::signals::{Metrics, Signal};
 /// records are then dropped and counted rather than letting a handler wait.
 const QUEUE_CAPACITY: usize = 4096;
 
-/// Telemetry events queued ahead of the pipeline task, across batches. A message is one
-/// whole batch (up to 10,000 events, Lambda's largest `maxItems`), so [`QUEUE_CAPACITY`]
-/// alone would let thousands of batches wait; each event is bounded by the parser
-/// (`intake::events`), so this bounds the queue's memory. Two full batches fit; past it a
-/// batch is dropped and counted like any record.
+/// Telemetry events queued ahead of the pipeline task, across batches, by weight: 1 per
+/// event, plus 1 per started KiB of log text it carries. A message is one whole batch (up
+/// to 10,000 events, Lambda's largest `maxItems`), so [`QUEUE_CAPACITY`] alone would let
+/// thousands of batches wait; each platform event is bounded by the parser
+/// (`intake::events`) to a few hundred bytes, and log lines (up to 32 KiB each) weigh their
+/// size, so this bounds the queue's memory (~20 MiB of log text at most). Two full batches
+/// of platform events fit; past it a batch is dropped and counted like any record.
 const MAX_QUEUED_EVENTS: usize = 20_000;
+
+/// A batch's weight in [`MAX_QUEUED_EVENTS`].
+fn weight(batch: &crate::intake::events::Batch) -> usize {
+    batch
+        .events
+        .iter()
+        .map(|event| match &event.kind {
+            EventKind::Function(line) | EventKind::ExtensionLog(line) => {
+                1 + line.bytes().div_ceil(1024)
+            }
+            _ => 1,
+        })
+        .sum()
+}
 
 /// How many recent `platform.report` request ids are remembered for [`Pipeline::await_report`].
 const RECENT_REPORTS: usize = 16;
@@ -80,7 +96,7 @@ impl Recorder {
             return;
         };
         let events = match &record {
-            Record::Telemetry(batch) => batch.events.len(),
+            Record::Telemetry(batch) => weight(batch),
             _ => 0,
         };
         // Counted before sending, so the task never subtracts what was not added.
@@ -217,6 +233,21 @@ mod tests {
         assert!(
             rendered.contains("sidecar.telemetry.logs_dropped = 20000"),
             "{rendered}"
+        );
+        // Log lines weigh their size: of 20 batches of 64 lines of 20 KiB (1,344 each), 14 fit.
+        let line = format!(
+            r#"{{"time":"2022-10-12T00:00:00.000Z","type":"function","record":"{}"}}"#,
+            "x".repeat(20 * 1024)
+        );
+        let logs = format!("[{}]", vec![line; 64].join(","));
+        for _ in 0..20 {
+            recorder.record(Record::Telemetry(parse_batch(logs.as_bytes()).unwrap()));
+        }
+        pipeline.drain().await;
+        assert!(
+            testing::render(&source).contains("sidecar.export.dropped_items{signal=records} = 7"),
+            "{}",
+            testing::render(&source)
         );
         // Once the task has taken them, there is room again.
         recorder.record(Record::Telemetry(parse_batch(body.as_bytes()).unwrap()));

@@ -486,7 +486,11 @@ fn record() -> impl Strategy<Value = (&'static str, Value, EventKind)> {
                 )),
                 btree_map(any_text(8), any_json(), 0..4).prop_map(|fields| {
                     let map: Map<String, Value> = fields.into_iter().collect();
-                    (Value::Object(map.clone()), LogLine::Json(map))
+                    let bytes = serde_json::to_string(&map).unwrap().len();
+                    (
+                        Value::Object(map.clone()),
+                        LogLine::Json { fields: map, bytes },
+                    )
                 }),
             ],
         )

@@ -431,8 +431,25 @@ pub struct RestoreReport {
 /// object is no longer an object). Either is marked `truncated`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogLine {
-    Text { text: String, truncated: bool },
-    Json(serde_json::Map<String, serde_json::Value>),
+    Text {
+        text: String,
+        truncated: bool,
+    },
+    Json {
+        fields: serde_json::Map<String, serde_json::Value>,
+        /// The object's size as received: what it weighs in the queue and buffer bounds.
+        bytes: usize,
+    },
+}
+
+impl LogLine {
+    /// The line's size in bytes: its text, or its JSON encoding as received.
+    pub fn bytes(&self) -> usize {
+        match self {
+            LogLine::Text { text, .. } => text.len(),
+            LogLine::Json { bytes, .. } => *bytes,
+        }
+    }
 }
 
 /// Longest log line kept (its text, or its JSON encoding). 32 KiB holds a long stack
@@ -462,7 +479,10 @@ impl<'de> Deserialize<'de> for LogLine {
                 Ok(cut(&text))
             }
             Some(b'{') if json.len() <= MAX_LOG_LINE_BYTES => serde_json::from_str(json)
-                .map(LogLine::Json)
+                .map(|fields| LogLine::Json {
+                    fields,
+                    bytes: json.len(),
+                })
                 .map_err(D::Error::custom),
             Some(b'{') => Ok(cut(json)),
             _ => Err(D::Error::custom("a log line as a string or a JSON object")),
@@ -776,7 +796,7 @@ unknown=0 malformed=0
               {"time":"2022-10-12T00:00:02.003Z","type":"function","record":42}
             ]"#,
             r#"+2000 function Function(Text { text: "START hello\n", truncated: false })
-+2001 function Function(Json({"level": String("INFO"), "message": String("hi"), "requestId": String("r1")}))
++2001 function Function(Json { fields: {"level": String("INFO"), "message": String("hi"), "requestId": String("r1")}, bytes: 48 })
 +2002 extension ExtensionLog(Text { text: "ext says \"hi\"", truncated: false })
 unknown=0 malformed=1
 "#,
