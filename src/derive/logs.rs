@@ -21,8 +21,8 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
+use opentelemetry::Key;
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
-use opentelemetry::{InstrumentationScope, Key};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger, SdkLoggerProvider};
 use serde_json::{Map, Value};
@@ -67,7 +67,7 @@ impl Source {
 /// The log side of the deriver, present only when logs are exported.
 pub(super) struct Logs {
     /// The SDK's record factory: a provider with no processor, since records are exported
-    /// by the exporter at a flush, not by an SDK thread.
+    /// by the exporter at a flush, not by an SDK thread (the exporter also names the scope).
     logger: SdkLogger,
     pending: Vec<LogEntry>,
     pending_bytes: usize,
@@ -79,8 +79,7 @@ impl Logs {
             .with_resource(Resource::builder_empty().build())
             .build();
         Logs {
-            logger: provider
-                .logger_with_scope(InstrumentationScope::builder("lambda-sidecar").build()),
+            logger: provider.logger("lambda-sidecar"),
             pending: Vec::new(),
             pending_bytes: 0,
         }
@@ -184,7 +183,7 @@ fn invocation_at(
 /// per the data model's mapping: TRACE 1, DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21.
 /// Case-insensitive, with the spellings runtimes also use (`WARNING`, Python's `CRITICAL`).
 /// Anything else is left unspecified; the line's `level` stays in the body.
-pub(super) fn severity(level: &str) -> Option<(Severity, &'static str)> {
+fn severity(level: &str) -> Option<(Severity, &'static str)> {
     let severity = match level.trim().to_ascii_uppercase().as_str() {
         "TRACE" => Severity::Trace,
         "DEBUG" => Severity::Debug,

@@ -8,9 +8,9 @@
 //!
 //! Delivery is at-least-once: a span or log batch whose export failed or timed out goes back
 //! to the front of its buffer for the next flush (a timeout does not prove it was not
-//! received), and the oldest items are dropped, and counted, only when the buffer is full. With cumulative
-//! metrics (the default) a failed metrics export loses nothing: the next one carries the
-//! totals. With delta metrics (`OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`) a batch
+//! received), and the oldest items are dropped, and counted, only when the buffer is full.
+//! With cumulative metrics (the default) a failed metrics export loses nothing: the next one
+//! carries the totals. With delta metrics (`OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`) a batch
 //! holds the only copy of its counts, so an undelivered one is kept and sent again first;
 //! meanwhile nothing new is collected, the SDK keeps adding up in its own bounded state. As
 //! for spans, a timed-out batch is sent again, so a backend may see a delta twice.
