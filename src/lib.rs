@@ -14,13 +14,14 @@
 //! - [`intake`]: the Telemetry API listener and the event model of schema 2022-12-13.
 //! - [`records`]: what the lifecycle, intake and token service observed, as plain data.
 //! - [`pipeline`]: the task that feeds records, in order, to the derivation.
-//! - [`derive`]: records → spans and metric updates (pure, no I/O).
+//! - [`derive`]: records → spans, log records and metric updates (pure, no I/O).
 //! - [`signals`]: every metric, defined once (name, unit, description, labels), and the
 //!   instruments that feed OTLP, Prometheus and EMF from that one definition.
-//! - [`export`]: OTLP export of spans and metrics, and CloudWatch EMF, under a time budget.
+//! - [`export`]: OTLP export of spans, metrics and logs, and CloudWatch EMF, under a time
+//!   budget.
 //! - [`server`]: serving a router on a listener with a connection cap and timeouts.
 //! - [`standalone`]: the token service without Lambda.
-//! - [`logging`]: JSON or text logs; never a secret.
+//! - [`logging`]: JSON or text logs, each line marked as the sidecar's; never a secret.
 //!
 //! ARCHITECTURE.md at the repository root has the invariants.
 

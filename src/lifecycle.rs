@@ -244,6 +244,8 @@ struct Prepared {
     resource: Resource,
     temporality: Temporality,
     sampler: Sampler,
+    /// Logs are exported: derive them, and subscribe to the log streams.
+    logs: bool,
     heavy: tokio::task::JoinHandle<Result<(SigningKey, ExportClients), StartupError>>,
 }
 
@@ -257,6 +259,7 @@ fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError
     let export_resource = resource.clone();
     let temporality = export_config.temporality;
     let sampler = export_config.sampler;
+    let logs = export_config.logs.is_some();
     let heavy = tokio::task::spawn_blocking(move || {
         let key = SigningKey::load(&token_config)?;
         let clients = ExportClients::build(&export_config, &export_resource)?;
@@ -268,6 +271,7 @@ fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError
         resource,
         temporality,
         sampler,
+        logs,
         heavy,
     })
 }
@@ -284,6 +288,7 @@ async fn start(
         resource,
         temporality,
         sampler,
+        logs,
         heavy,
     } = prepared?;
     let (key, clients) = heavy
@@ -302,12 +307,13 @@ async fn start(
             signals.clone(),
         ));
     }
-    let (pipeline, recorder) = Pipeline::start(
-        Deriver::new(function, signals.clone())
-            .with_sampler(sampler)
-            .with_trigger(config.telemetry.faas_trigger),
-        signals,
-    );
+    let mut deriver = Deriver::new(function, signals.clone())
+        .with_sampler(sampler)
+        .with_trigger(config.telemetry.faas_trigger);
+    if logs {
+        deriver = deriver.with_logs();
+    }
+    let (pipeline, recorder) = Pipeline::start(deriver, signals);
 
     // Tokens first: the function's own init may ask for one as soon as we are registered.
     let token_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
@@ -350,14 +356,19 @@ async fn start(
         path,
         stopped(intake_stopped),
     ));
-    subscribe(
-        client,
-        extension_id,
-        &config,
-        &destination,
-        managed_instances,
-    )
-    .await?;
+    let types = subscribed_types(&config.telemetry.types, logs);
+    // Only log streams configured and logs off: nothing to subscribe to.
+    if !types.is_empty() {
+        subscribe(
+            client,
+            extension_id,
+            &config,
+            &types,
+            &destination,
+            managed_instances,
+        )
+        .await?;
+    }
     Ok(Sidecar {
         pipeline,
         recorder,
@@ -422,13 +433,14 @@ async fn subscribe(
     client: &Client,
     extension_id: &str,
     config: &Config,
+    types: &[&str],
     destination: &str,
     managed_instances: bool,
 ) -> Result<(), StartupError> {
     let body = serde_json::json!({
         "schemaVersion": if managed_instances { "2025-01-29" } else { "2022-12-13" },
         "destination": {"protocol": "HTTP", "URI": destination},
-        "types": config.telemetry.types,
+        "types": types,
         "buffering": {"maxItems": 1000, "maxBytes": 262_144, "timeoutMs": config.telemetry.buffer_ms},
     });
     let request = lambda_runtime_api_client::build_request()
@@ -453,6 +465,18 @@ async fn subscribe(
         .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
         .unwrap_or_default();
     Err(StartupError::Subscribe(format!("HTTP {status}: {body}")))
+}
+
+/// The Telemetry API types to subscribe to: those configured (`SIDECAR_TELEMETRY_TYPES`)
+/// that something uses. `platform` feeds spans and metrics; `function` and `extension` only
+/// log records, so without a logs exporter they are left out: Lambda would otherwise POST
+/// every line the function writes to a listener that throws it away.
+fn subscribed_types(configured: &[String], logs: bool) -> Vec<&str> {
+    configured
+        .iter()
+        .map(String::as_str)
+        .filter(|t| logs || *t == "platform")
+        .collect()
 }
 
 /// `POST /extension/init/error`. Best effort: the process exits non-zero either way.
@@ -507,7 +531,8 @@ impl Sidecar {
         } else {
             self.flush_timeout.min(to_deadline)
         };
-        let spans = self.pipeline.drain().await;
+        let (spans, logs) = self.pipeline.drain().await;
+        self.exporter.queue_logs(logs);
         let report = self.exporter.flush(spans, budget).await;
         tracing::debug!(?report, "flushed at INVOKE");
         self.recorder.record(Record::Resumed {
@@ -542,7 +567,8 @@ impl Sidecar {
                 tracing::warn!("the last platform.report did not arrive before the shutdown flush");
             }
         }
-        let spans = self.pipeline.finish(SystemTime::now()).await;
+        let (spans, logs) = self.pipeline.finish(SystemTime::now()).await;
+        self.exporter.queue_logs(logs);
         let budget = SHUTDOWN_FLUSH_MAX.min(deadline.saturating_duration_since(Instant::now()));
         let report = self.exporter.flush(spans, budget).await;
         self.exporter
@@ -552,6 +578,8 @@ impl Sidecar {
         tracing::info!(
             spans_sent = report.spans_sent,
             spans_pending = report.spans_pending,
+            logs_sent = report.logs_sent,
+            logs_pending = report.logs_pending,
             metrics_sent = report.metrics_sent,
             timed_out = report.timed_out,
             "shutdown flush done"
@@ -562,6 +590,17 @@ impl Sidecar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_streams_are_subscribed_only_when_logs_are_exported() {
+        let all = ["platform", "function", "extension"].map(String::from);
+        assert_eq!(subscribed_types(&all, true), all);
+        assert_eq!(subscribed_types(&all, false), ["platform"]);
+        assert_eq!(
+            subscribed_types(&["function".to_string()], true),
+            ["function"]
+        );
+    }
 
     #[tokio::test]
     async fn the_telemetry_listener_never_binds_the_wildcard_address() {

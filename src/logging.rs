@@ -1,13 +1,31 @@
 //! Logs: JSON lines inside Lambda (what CloudWatch Logs Insights queries), text on a terminal.
 //!
+//! Every line is marked as the sidecar's ([`MARK_JSON`], [`MARK_TEXT`]), its dependencies'
+//! lines (an HTTP client's `connecting to …` at debug level) included. Lambda hands an
+//! extension's stderr back to subscribers as `extension` records without saying which
+//! extension wrote it; the mark is how log forwarding (derive/logs.rs) skips the sidecar's own
+//! lines, so that nothing a flush logs becomes a record of the next flush.
+//!
 //! Invariant: no module logs a token, a secret or a claim value. Handlers log outcomes and
 //! sizes; key and config errors describe the problem without quoting the value.
 
+use std::fmt;
 use std::io::IsTerminal as _;
 
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{LogConfig, LogFormat};
+
+/// The name in the mark.
+pub const MARK_NAME: &str = "lambda-sidecar";
+/// How a JSON line starts: its first field, `extension`, is [`MARK_NAME`].
+pub const MARK_JSON: &str = r#"{"extension":"lambda-sidecar","#;
+/// How a text line starts.
+pub const MARK_TEXT: &str = "[lambda-sidecar] ";
 
 /// Installs the global subscriber. Logs go to stderr so that stdout stays free for
 /// machine-readable output (CloudWatch EMF lines).
@@ -24,10 +42,49 @@ pub fn init(config: &LogConfig) {
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .map_event_format(|inner| Marked { inner, json: true })
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .map_event_format(|inner| Marked { inner, json: false })
+            .try_init(),
     };
     if let Err(e) = result {
         eprintln!("lambda-sidecar: logging could not be initialised: {e}");
+    }
+}
+
+/// An event format that starts every line with the sidecar's mark.
+struct Marked<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for Marked<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if !self.json {
+            writer.write_str(MARK_TEXT)?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        // The mark goes inside the object, as its first field.
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => {
+                writer.write_str(MARK_JSON)?;
+                writer.write_str(rest)
+            }
+            None => writer.write_str(&line),
+        }
     }
 }

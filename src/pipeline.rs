@@ -1,4 +1,5 @@
-//! The pipeline task: records in, in arrival order; spans out, when the lifecycle asks.
+//! The pipeline task: records in, in arrival order; spans and log records out, when the
+//! lifecycle asks.
 //!
 //! The listener, the token handler and the lifecycle each hold a [`Recorder`] and push
 //! [`Record`]s without waiting; one task owns the [`Deriver`] and applies them in order. The
@@ -13,7 +14,7 @@ use std::time::SystemTime;
 use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::derive::Deriver;
+use crate::derive::{Deriver, LogEntry};
 use crate::intake::events::EventKind;
 use crate::records::Record;
 use crate::signals::{Metrics, Signal};
@@ -22,12 +23,28 @@ use crate::signals::{Metrics, Signal};
 /// records are then dropped and counted rather than letting a handler wait.
 const QUEUE_CAPACITY: usize = 4096;
 
-/// Telemetry events queued ahead of the pipeline task, across batches. A message is one
-/// whole batch (up to 10,000 events, Lambda's largest `maxItems`), so [`QUEUE_CAPACITY`]
-/// alone would let thousands of batches wait; each event is bounded by the parser
-/// (`intake::events`), so this bounds the queue's memory. Two full batches fit; past it a
-/// batch is dropped and counted like any record.
+/// Telemetry events queued ahead of the pipeline task, across batches, by weight: 1 per
+/// event, plus 1 per started KiB of log text it carries. A message is one whole batch (up
+/// to 10,000 events, Lambda's largest `maxItems`), so [`QUEUE_CAPACITY`] alone would let
+/// thousands of batches wait; each platform event is bounded by the parser
+/// (`intake::events`) to a few hundred bytes, and log lines (up to 32 KiB each) weigh their
+/// size, so this bounds the queue's memory (~20 MiB of log text at most). Two full batches
+/// of platform events fit; past it a batch is dropped and counted like any record.
 const MAX_QUEUED_EVENTS: usize = 20_000;
+
+/// A batch's weight in [`MAX_QUEUED_EVENTS`].
+fn weight(batch: &crate::intake::events::Batch) -> usize {
+    batch
+        .events
+        .iter()
+        .map(|event| match &event.kind {
+            EventKind::Function(line) | EventKind::ExtensionLog(line) => {
+                1 + line.bytes().div_ceil(1024)
+            }
+            _ => 1,
+        })
+        .sum()
+}
 
 /// How many recent `platform.report` request ids are remembered for [`Pipeline::await_report`].
 const RECENT_REPORTS: usize = 16;
@@ -35,16 +52,19 @@ const RECENT_REPORTS: usize = 16;
 enum Msg {
     /// A record and its weight in [`MAX_QUEUED_EVENTS`].
     Record(Record, usize),
-    Drain(oneshot::Sender<Vec<SpanData>>),
+    Drain(oneshot::Sender<Derived>),
     AwaitReport {
         request_id: String,
         reply: oneshot::Sender<()>,
     },
     Finish {
         now: SystemTime,
-        reply: oneshot::Sender<Vec<SpanData>>,
+        reply: oneshot::Sender<Derived>,
     },
 }
+
+/// What a drain hands the exporter: spans and log records finished since the last one.
+pub type Derived = (Vec<SpanData>, Vec<LogEntry>);
 
 /// A cheap handle for pushing records; never blocks.
 #[derive(Clone)]
@@ -76,7 +96,7 @@ impl Recorder {
             return;
         };
         let events = match &record {
-            Record::Telemetry(batch) => batch.events.len(),
+            Record::Telemetry(batch) => weight(batch),
             _ => 0,
         };
         // Counted before sending, so the task never subtracts what was not added.
@@ -113,8 +133,9 @@ impl Pipeline {
         (Pipeline { tx }, recorder)
     }
 
-    /// The spans finished since the last drain, after everything recorded before this call.
-    pub async fn drain(&self) -> Vec<SpanData> {
+    /// The spans and log records finished since the last drain, after everything recorded
+    /// before this call.
+    pub async fn drain(&self) -> Derived {
         self.ask(Msg::Drain).await.unwrap_or_default()
     }
 
@@ -132,8 +153,9 @@ impl Pipeline {
         }
     }
 
-    /// Closes what will never complete (at SHUTDOWN) and returns every span not yet drained.
-    pub async fn finish(&self, now: SystemTime) -> Vec<SpanData> {
+    /// Closes what will never complete (at SHUTDOWN) and returns every span and log record
+    /// not yet drained.
+    pub async fn finish(&self, now: SystemTime) -> Derived {
         self.ask(|reply| Msg::Finish { now, reply })
             .await
             .unwrap_or_default()
@@ -168,7 +190,7 @@ async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: A
                 // Dropping a satisfied waiter's sender wakes it.
             }
             Msg::Drain(reply) => {
-                let _ = reply.send(deriver.take_spans());
+                let _ = reply.send((deriver.take_spans(), deriver.take_logs()));
             }
             Msg::AwaitReport { request_id, reply } => {
                 if !recent_reports.contains(&request_id) {
@@ -177,7 +199,7 @@ async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: A
             }
             Msg::Finish { now, reply } => {
                 deriver.finish_pending(now);
-                let _ = reply.send(deriver.take_spans());
+                let _ = reply.send((deriver.take_spans(), deriver.take_logs()));
             }
         }
     }
@@ -211,6 +233,21 @@ mod tests {
         assert!(
             rendered.contains("sidecar.telemetry.logs_dropped = 20000"),
             "{rendered}"
+        );
+        // Log lines weigh their size: of 20 batches of 64 lines of 20 KiB (1,344 each), 14 fit.
+        let line = format!(
+            r#"{{"time":"2022-10-12T00:00:00.000Z","type":"function","record":"{}"}}"#,
+            "x".repeat(20 * 1024)
+        );
+        let logs = format!("[{}]", vec![line; 64].join(","));
+        for _ in 0..20 {
+            recorder.record(Record::Telemetry(parse_batch(logs.as_bytes()).unwrap()));
+        }
+        pipeline.drain().await;
+        assert!(
+            testing::render(&source).contains("sidecar.export.dropped_items{signal=records} = 7"),
+            "{}",
+            testing::render(&source)
         );
         // Once the task has taken them, there is room again.
         recorder.record(Record::Telemetry(parse_batch(body.as_bytes()).unwrap()));

@@ -205,14 +205,14 @@ pub const EVICTED: MetricDef = MetricDef {
 pub const EXPORT_FAILURES: MetricDef = MetricDef {
     name: "sidecar.export.failures",
     unit: "{failure}",
-    description: "OTLP exports that failed or ran out of time, and EMF lines that could not be written, by signal",
+    description: "OTLP exports (traces, metrics, logs) that failed or ran out of time, and EMF lines that could not be written, by signal",
     kind: MetricKind::Counter,
     labels: &[SIGNAL],
 };
 pub const EXPORT_DROPPED: MetricDef = MetricDef {
     name: "sidecar.export.dropped_items",
     unit: "{item}",
-    description: "Items dropped because a bounded buffer was full: spans, metric batches, records awaiting derivation or EMF lines",
+    description: "Items dropped because a bounded buffer was full: spans, metric batches, log records, records awaiting derivation or EMF lines",
     kind: MetricKind::Counter,
     labels: &[SIGNAL],
 };
@@ -318,6 +318,8 @@ fn unit_word(unit: &str) -> Option<&'static str> {
 pub enum Signal {
     Traces,
     Metrics,
+    /// Function and extension log records.
+    Logs,
     /// Observations dropped before derivation (the pipeline's queue was full).
     Records,
     /// CloudWatch EMF lines or observations (`SIDECAR_EMF=on`).
@@ -329,6 +331,7 @@ impl Signal {
         match self {
             Signal::Traces => "traces",
             Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
             Signal::Records => "records",
             Signal::Emf => "emf",
         }

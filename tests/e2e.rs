@@ -14,7 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{counter, stderr_of};
-use lambda_env::{EnvConfig, InvokeStatus, Report, Sink, SinkMode, SpanRecord, free_port};
+use lambda_env::{
+    EnvConfig, InvokeStatus, LogRecordView, MIXED_LOG_LEVELS, MIXED_TEXT_LINES, Report, Sink,
+    SinkMode, SpanRecord, free_port,
+};
 
 const FUNCTION: &str = "e2e-orders";
 /// The flush cap the tests configure (SIDECAR_FLUSH_TIMEOUT_MS).
@@ -53,7 +56,11 @@ fn rotel_binary() -> PathBuf {
 }
 
 async fn rotel(sink: &Sink) -> Rotel {
-    let (grpc, http) = (free_port().unwrap(), free_port().unwrap());
+    rotel_at(sink, free_port().unwrap(), free_port().unwrap()).await
+}
+
+/// A rotel collector on these ports (to start one again where a stopped one listened).
+async fn rotel_at(sink: &Sink, grpc: u16, http: u16) -> Rotel {
     let child = Command::new(rotel_binary())
         .args([
             "start",
@@ -514,4 +521,272 @@ async fn a_refused_telemetry_subscription_fails_init() {
     let message = error.body["errorMessage"].as_str().unwrap_or_default();
     assert!(message.contains("500"), "{message}");
     assert_eq!(error.exit_code, Some(1));
+}
+
+/// Log records per invocation with `EnvConfig::mixed_logs`: one JSON line per level, and the
+/// text lines.
+const LINES_PER_INVOKE: usize = MIXED_LOG_LEVELS.len() + MIXED_TEXT_LINES;
+
+/// `invokes` invocations whose function logs the mixed lines, exporting to `endpoint`.
+fn logging_environment(invokes: usize, endpoint: String, extra: &[(&str, String)]) -> EnvConfig {
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)];
+    env.extend_from_slice(extra);
+    EnvConfig {
+        mixed_logs: true,
+        ..environment(invokes, 0, &env)
+    }
+}
+
+fn invocation_id(log: &LogRecordView) -> &str {
+    log.attributes["faas.invocation_id"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// Each invocation's lines arrived once each, in its trace, with the invocation span as
+/// their span and its sampled flag (an unsampled invocation exports no span: its lines keep
+/// its X-Ray trace id with the flag off), and the severity and body the function wrote.
+fn assert_lines_of_each_invocation(report: &Report, logs: &[LogRecordView], spans: &[SpanRecord]) {
+    for (i, invoke) in report.invokes.iter().enumerate() {
+        let mine: Vec<&LogRecordView> = logs
+            .iter()
+            .filter(|l| invocation_id(l) == invoke.request_id)
+            .collect();
+        let sampled = !invoke.xray_value.contains("Sampled=0");
+        let span = invocation_spans(spans)
+            .into_iter()
+            .find(|s| s.trace_id == invoke.trace_id);
+        assert_eq!(span.is_some(), sampled, "invoke {i}: {}", invoke.xray_value);
+        for log in &mine {
+            assert_eq!(log.trace_id, invoke.trace_id, "{log:?}");
+            assert_eq!(log.span_id.len(), 16, "{log:?}");
+            if let Some(span) = span {
+                assert_eq!(log.span_id, span.span_id, "{log:?}");
+                assert!(log.time_unix_nanos >= span.start_unix_nanos, "{log:?}");
+            }
+            assert_eq!(log.flags & 1, u32::from(sampled), "sampled flag: {log:?}");
+            assert_eq!(log.attributes["sidecar.log.source"], "function");
+            assert_eq!(log.resource["service.name"], FUNCTION);
+        }
+        let mut got: Vec<(i32, String, serde_json::Value)> = mine
+            .iter()
+            .map(|l| (l.severity_number, l.severity_text.clone(), l.body.clone()))
+            .collect();
+        got.sort_by_key(|(number, _, body)| (*number, body.to_string()));
+        let mut want: Vec<(i32, String, serde_json::Value)> = (0..MIXED_TEXT_LINES)
+            .map(|k| {
+                (
+                    0,
+                    String::new(),
+                    format!("text line {k} of invoke {i}").into(),
+                )
+            })
+            .collect();
+        for (k, (level, number)) in MIXED_LOG_LEVELS.iter().zip([9, 13, 17]).enumerate() {
+            let body = mine
+                .iter()
+                .find(|l| l.severity_number == number)
+                .map(|l| l.body.clone())
+                .unwrap_or_default();
+            assert_eq!(
+                body["message"],
+                format!("json line {k} of invoke {i}"),
+                "{body}"
+            );
+            assert_eq!(body["requestId"], invoke.request_id.as_str());
+            assert_eq!(body["level"], *level);
+            want.push((number, level.to_string(), body));
+        }
+        want.sort_by_key(|(number, _, body)| (*number, body.to_string()));
+        assert_eq!(got, want, "invoke {i}");
+    }
+}
+
+/// N invocations that each log 3 JSON lines and 2 text lines arrive, through a real
+/// collector, as exactly 5N log records, each joined to its invocation's trace, the
+/// unsampled one's too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_logs_arrive_in_their_invocations_trace() {
+    let sink = Sink::start().await.unwrap();
+    let rotel = rotel(&sink).await;
+    let invokes = 4;
+    let mut config = logging_environment(invokes, format!("http://127.0.0.1:{}", rotel.http), &[]);
+    // X-Ray did not record invoke 2: no span, but its lines still arrive.
+    config.unsampled_invokes = vec![2];
+    let report = lambda_env::run(config).await.unwrap();
+    assert_healthy_run(&report, 0);
+    let all = invokes * LINES_PER_INVOKE;
+    let delivered = sink
+        .wait_for(
+            |v| v.logs.len() >= all && unique_traces(v.spans, FUNCTION).len() == invokes - 1,
+            Duration::from_secs(10),
+        )
+        .await;
+    let logs = sink.logs();
+    assert!(
+        delivered,
+        "{} of {all} log records\n{}",
+        logs.len(),
+        stderr_of(&report)
+    );
+    assert_eq!(logs.len(), all, "exactly one record per line: {logs:#?}");
+    assert_lines_of_each_invocation(&report, &logs, &sink.spans());
+    drop(rotel);
+}
+
+/// The collector goes away while the function logs, and comes back on the same port: every
+/// line arrives (the buffer's bound is far from reached, and nothing was dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_log_line_is_lost_to_a_collector_outage() {
+    let sink = Sink::start().await.unwrap();
+    let rotel = rotel(&sink).await;
+    let (grpc, http) = (rotel.grpc, rotel.http);
+    drop(rotel);
+    let invokes = 8;
+    let config = logging_environment(invokes, format!("http://127.0.0.1:{http}"), &[]);
+    let run = tokio::spawn(lambda_env::run(config));
+    // Let a few flushes fail, then bring the collector back while invocations go on.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let rotel = rotel_at(&sink, grpc, http).await;
+    let report = run.await.unwrap().unwrap();
+    assert_healthy_run(&report, 0);
+    let all = invokes * LINES_PER_INVOKE;
+    let unique = |logs: &[LogRecordView]| {
+        logs.iter()
+            .map(|l| (invocation_id(l).to_owned(), l.body.to_string()))
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    let delivered = sink
+        .wait_for(
+            |v| unique(v.logs) == all && unique_traces(v.spans, FUNCTION).len() == invokes,
+            Duration::from_secs(10),
+        )
+        .await;
+    let logs = sink.logs();
+    assert!(
+        delivered,
+        "{} of {all} lines delivered\n{}",
+        unique(&logs),
+        stderr_of(&report)
+    );
+    // At-least-once: a batch cut by the cap may come twice, never less than once.
+    let mut once: Vec<LogRecordView> = Vec::new();
+    for log in logs {
+        if !once
+            .iter()
+            .any(|l| invocation_id(l) == invocation_id(&log) && l.body == log.body)
+        {
+            once.push(log);
+        }
+    }
+    assert_lines_of_each_invocation(&report, &once, &sink.spans());
+    assert!(
+        counter(&sink.metrics(), "sidecar.export.failures") >= 1.0,
+        "the outage was not seen\n{}",
+        stderr_of(&report)
+    );
+    let dropped: f64 = sink
+        .metrics()
+        .iter()
+        .filter(|m| m.name == "sidecar.export.dropped_items" && m.attributes["signal"] == "logs")
+        .filter_map(|m| m.value)
+        .fold(0.0, f64::max);
+    assert_eq!(dropped, 0.0, "nothing dropped within the bound");
+    drop(rotel);
+}
+
+/// The sidecar's own lines come back from Lambda as `extension` records; with every stream
+/// subscribed and debug logging (a line per flush and per telemetry POST), none is
+/// forwarded, so a flush never makes records that make more records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecars_own_lines_are_not_fed_back() {
+    let sink = Sink::start().await.unwrap();
+    let invokes = 5;
+    let report = lambda_env::run(logging_environment(
+        invokes,
+        sink.endpoint(),
+        &[
+            (
+                "SIDECAR_TELEMETRY_TYPES",
+                "platform,function,extension".to_string(),
+            ),
+            ("SIDECAR_LOG", "debug".to_string()),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_healthy_run(&report, 0);
+    let types = &report.subscriptions[0]["types"];
+    assert_eq!(
+        types,
+        &serde_json::json!(["platform", "function", "extension"])
+    );
+    // It did write lines, which lambda-env delivered back as `extension` records.
+    let own_lines = stderr_of(&report).lines().count();
+    assert!(own_lines >= invokes, "{own_lines} lines written");
+    let all = invokes * LINES_PER_INVOKE;
+    let delivered = sink
+        .wait_for(|v| v.logs.len() >= all, Duration::from_secs(10))
+        .await;
+    let logs = sink.logs();
+    assert!(delivered, "{} of {all} records", logs.len());
+    let fed_back: Vec<&LogRecordView> = logs
+        .iter()
+        .filter(|l| l.attributes["sidecar.log.source"] != "function")
+        .collect();
+    assert!(
+        fed_back.is_empty(),
+        "{} of the sidecar's {own_lines} lines came back as records: {fed_back:#?}",
+        fed_back.len()
+    );
+    assert_eq!(logs.len(), all);
+}
+
+/// `function`/`extension` are subscribed only when logs are exported: not with
+/// `OTEL_LOGS_EXPORTER=none`, nor without a collector, even when configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_streams_are_not_subscribed_when_logs_are_off() {
+    let sink = Sink::start().await.unwrap();
+    let every_type = (
+        "SIDECAR_TELEMETRY_TYPES",
+        "platform,function,extension".to_string(),
+    );
+    for (case, extra) in [
+        (
+            "OTEL_LOGS_EXPORTER=none",
+            vec![
+                every_type.clone(),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+                ("OTEL_LOGS_EXPORTER", "none".to_string()),
+            ],
+        ),
+        ("no collector", vec![every_type.clone()]),
+        (
+            "logs on",
+            vec![
+                every_type.clone(),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+            ],
+        ),
+    ] {
+        let mut config = environment(1, 0, &extra);
+        config.mixed_logs = true;
+        let report = lambda_env::run(config).await.unwrap();
+        common::assert_clean_exit(&report);
+        assert_eq!(report.subscriptions.len(), 1, "{case}");
+        let want = if case == "logs on" {
+            serde_json::json!(["platform", "function", "extension"])
+        } else {
+            serde_json::json!(["platform"])
+        };
+        assert_eq!(report.subscriptions[0]["types"], want, "{case}");
+    }
+    // Only the run with logs on exported any.
+    assert!(
+        sink.wait_for(|v| v.logs.len() == LINES_PER_INVOKE, Duration::from_secs(5))
+            .await,
+        "{:?}",
+        sink.logs()
+    );
 }

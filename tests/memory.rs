@@ -290,3 +290,75 @@ async fn hostile_telemetry_leaves_memory_near_baseline() {
     let children = traces.spans().iter().filter(|s| s.name == "s").count();
     assert_eq!(children, 16);
 }
+
+/// Long log lines while the collector is down: each is cut to 32 KiB, at most 4 MiB wait
+/// for a drain and 4 MiB for the collector; the rest are dropped and counted, and memory
+/// stays near the baseline instead of holding the 70 MB the function wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_log_lines_to_a_dead_collector_leave_memory_bounded() {
+    let (traces, metrics) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let mut logs = Sink::start().await.unwrap();
+    let logs_endpoint = format!("{}/v1/logs", logs.endpoint());
+    logs.stop().await;
+    let now = "2022-10-12T00:00:00.000Z";
+    let text = "t".repeat(512 * 1024);
+    let message = "j".repeat(100 * 1024);
+    let items: Vec<Value> = (0..100)
+        .flat_map(|n| {
+            [
+                json!({"time": now, "type": "function", "record": format!("{n} {text}")}),
+                json!({"time": now, "type": "function", "record": {"level": "INFO", "message": message}}),
+            ]
+        })
+        .collect();
+    let mut cfg = EnvConfig {
+        invokes: 6,
+        function_ms: 100,
+        gap_ms: 100,
+        rss_every: 1,
+        // Invoke 0 is the baseline; the lines arrive during invoke 1.
+        inject_at: 1,
+        inject_items: items,
+        ..environment(free_port().unwrap(), None, &traces, &metrics)
+    };
+    cfg.env.push((
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT".to_string(),
+        logs_endpoint,
+    ));
+    let report = lambda_env::run(cfg).await.unwrap();
+    let log = stderr_of(&report);
+    assert_eq!(report.shutdown.exit_code, Some(0), "{log}");
+    assert_eq!(report.telemetry.dropped, 0, "{:?}", report.telemetry);
+    let samples = &report.rss_samples;
+    let baseline = samples.iter().find(|s| s.invokes == 1).unwrap().rss_kb;
+    let last = samples.iter().map(|s| s.invokes).max().unwrap();
+    let after = samples.iter().find(|s| s.invokes == last).unwrap();
+    eprintln!(
+        "long log lines: RSS {baseline} -> {} KiB, peak {} KiB; samples {:?}",
+        after.rss_kb,
+        after.peak_kb,
+        samples
+            .iter()
+            .map(|s| (s.invokes, s.rss_kb))
+            .collect::<Vec<_>>()
+    );
+    // Two 4 MiB buffers full, plus allocator slack.
+    assert!(
+        after.rss_kb < baseline + 16 * MIB_KB,
+        "RSS grew from {baseline} to {} KiB",
+        after.rss_kb
+    );
+    let dropped = metrics
+        .wait_for(
+            |v| {
+                v.metrics.iter().any(|m| {
+                    m.name == "sidecar.export.dropped_items"
+                        && m.attributes["signal"] == "logs"
+                        && m.value.is_some_and(|n| n > 0.0)
+                })
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(dropped, "no log record counted as dropped\n{log}");
+}

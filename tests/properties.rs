@@ -477,10 +477,20 @@ fn record() -> impl Strategy<Value = (&'static str, Value, EventKind)> {
         (
             any::<bool>(),
             prop_oneof![
-                any_text(40).prop_map(|s| (Value::from(s), LogLine::Text)),
+                any_text(40).prop_map(|s| (
+                    Value::from(s.clone()),
+                    LogLine::Text {
+                        text: s,
+                        truncated: false
+                    }
+                )),
                 btree_map(any_text(8), any_json(), 0..4).prop_map(|fields| {
                     let map: Map<String, Value> = fields.into_iter().collect();
-                    (Value::Object(map), LogLine::Json)
+                    let bytes = serde_json::to_string(&map).unwrap().len();
+                    (
+                        Value::Object(map.clone()),
+                        LogLine::Json { fields: map, bytes },
+                    )
                 }),
             ],
         )

@@ -548,6 +548,7 @@ async fn refused_token_requests_are_recorded_with_their_status() {
     let mut statuses: Vec<i64> = pipeline
         .drain()
         .await
+        .0
         .iter()
         .filter(|s| s.name.ends_with(" /token"))
         .filter_map(|s| {

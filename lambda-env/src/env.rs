@@ -107,7 +107,16 @@ pub struct EnvConfig {
     /// What the INVOKE's `invokedFunctionArn` ends with after the function name (an alias
     /// such as `live`, or a version); `None`: the unqualified ARN.
     pub invoked_qualifier: Option<String>,
+    /// The function logs, per invoke, one JSON line at each of [`MIXED_LOG_LEVELS`] (with
+    /// `requestId`, as Lambda's JSON log format writes it) and [`MIXED_TEXT_LINES`] text
+    /// lines, instead of its progress lines: a known set of `function` records.
+    pub mixed_logs: bool,
 }
+
+/// The levels of the JSON lines the function logs with `EnvConfig::mixed_logs`.
+pub const MIXED_LOG_LEVELS: [&str; 3] = ["INFO", "WARN", "ERROR"];
+/// The number of text lines the function logs with `EnvConfig::mixed_logs`.
+pub const MIXED_TEXT_LINES: usize = 2;
 
 impl Default for EnvConfig {
     fn default() -> Self {
@@ -140,6 +149,7 @@ impl Default for EnvConfig {
             inject_at: 0,
             function_version: "$LATEST".to_string(),
             invoked_qualifier: None,
+            mixed_logs: false,
         }
     }
 }
@@ -395,6 +405,7 @@ impl Environment {
             token_mode: self.cfg.token_mode,
             function_ms: self.cfg.function_ms,
             session_token: self.credentials[2].1.clone(),
+            mixed_logs: self.cfg.mixed_logs,
         };
         if let Some(old) = self.function.take() {
             old.abort();

@@ -40,6 +40,8 @@ pub(crate) struct FunctionConfig {
     pub function_ms: u64,
     /// `AWS_SESSION_TOKEN`, sent as `X-Sidecar-Token` as a real function would.
     pub session_token: String,
+    /// `EnvConfig::mixed_logs`.
+    pub mixed_logs: bool,
 }
 
 pub(crate) fn spawn(
@@ -84,8 +86,15 @@ async fn run(
             .and_then(Value::as_str)
             .unwrap_or("none");
 
-        let log = |line: String| shared.hub.emit("function", Value::String(line));
+        let log = |line: String| {
+            if !cfg.mixed_logs {
+                shared.hub.emit("function", Value::String(line));
+            }
+        };
         log(format!("handling request {request_id} (invoke {invoke})"));
+        if cfg.mixed_logs {
+            mixed_logs(shared, &request_id, invoke);
+        }
 
         let trace_id = w3c_trace_id(&xray).unwrap_or_else(|| random_hex(16));
         let mut calls = Vec::with_capacity(cfg.tokens_per_invoke);
@@ -127,6 +136,29 @@ async fn run(
                 .send()
                 .await?;
         }
+    }
+}
+
+/// One JSON line per level of [`crate::env::MIXED_LOG_LEVELS`], shaped as Lambda's JSON log
+/// format writes them, and [`crate::env::MIXED_TEXT_LINES`] text lines.
+fn mixed_logs(shared: &Shared, request_id: &str, invoke: usize) {
+    for (k, level) in crate::env::MIXED_LOG_LEVELS.iter().enumerate() {
+        shared.hub.emit(
+            "function",
+            json!({
+                "timestamp": crate::clock::rfc3339_ms(std::time::SystemTime::now()),
+                "level": level,
+                "requestId": request_id,
+                "message": format!("json line {k} of invoke {invoke}"),
+                "invoke": invoke,
+            }),
+        );
+    }
+    for k in 0..crate::env::MIXED_TEXT_LINES {
+        shared.hub.emit(
+            "function",
+            Value::String(format!("text line {k} of invoke {invoke}")),
+        );
     }
 }
 

@@ -14,7 +14,11 @@ pub mod report;
 pub mod sink;
 pub mod telemetry;
 
-pub use env::{EnvConfig, EnvError, Environment, free_port, run};
+pub use env::{
+    EnvConfig, EnvError, Environment, MIXED_LOG_LEVELS, MIXED_TEXT_LINES, free_port, run,
+};
 pub use function::TokenMode;
 pub use report::*;
-pub use sink::{MetricPoint, RequestCounts, Sink, SinkMode, SinkStore, SinkView, SpanRecord};
+pub use sink::{
+    LogRecordView, MetricPoint, RequestCounts, Sink, SinkMode, SinkStore, SinkView, SpanRecord,
+};

@@ -187,9 +187,10 @@ async fn sink_cmd(mut args: impl Iterator<Item = String>) -> Result<ExitCode, Cl
     sink.stop().await;
     let c = sink.counts();
     println!(
-        "sink: {} spans, {} metric points; requests ok {} failed {} slow {} rejected {}",
+        "sink: {} spans, {} metric points, {} log records; requests ok {} failed {} slow {} rejected {}",
         sink.spans().len(),
         sink.metrics().len(),
+        sink.logs().len(),
         c.ok,
         c.failed,
         c.slow,

@@ -1,4 +1,4 @@
-//! An OTLP/HTTP receiver for tests: decodes protobuf traces and metrics with the official
+//! An OTLP/HTTP receiver for tests: decodes protobuf traces, metrics and logs with the official
 //! generated types and keeps them in memory (optionally appending JSON lines to a file).
 //!
 //! Its answer is switchable at run time (healthy, failing, slow) and it can be stopped and
@@ -17,6 +17,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -83,6 +84,25 @@ pub struct MetricPoint {
     pub resource: Map<String, Value>,
 }
 
+/// One log record as received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecordView {
+    pub time_unix_nanos: u64,
+    pub observed_unix_nanos: u64,
+    /// OTLP SeverityNumber (0 unspecified, 9 INFO, 13 WARN, 17 ERROR, ...).
+    pub severity_number: i32,
+    pub severity_text: String,
+    /// A string body as a JSON string, a map body as a JSON object.
+    pub body: Value,
+    pub attributes: Map<String, Value>,
+    /// Empty when the record has none.
+    pub trace_id: String,
+    pub span_id: String,
+    pub flags: u32,
+    pub resource: Map<String, Value>,
+    pub scope: String,
+}
+
 /// Requests received, by how they were answered and by signal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestCounts {
@@ -93,12 +113,15 @@ pub struct RequestCounts {
     pub rejected: u64,
     pub traces: u64,
     pub metrics: u64,
+    #[serde(default)]
+    pub logs: u64,
 }
 
 #[derive(Default)]
 struct Data {
     spans: Vec<SpanRecord>,
     metrics: Vec<MetricPoint>,
+    logs: Vec<LogRecordView>,
     counts: RequestCounts,
 }
 
@@ -117,6 +140,7 @@ pub struct SinkStore(Arc<StoreInner>);
 pub struct SinkView<'a> {
     pub spans: &'a [SpanRecord],
     pub metrics: &'a [MetricPoint],
+    pub logs: &'a [LogRecordView],
     pub counts: RequestCounts,
 }
 
@@ -172,6 +196,10 @@ impl SinkStore {
         lock(&self.0.data).metrics.clone()
     }
 
+    pub fn logs(&self) -> Vec<LogRecordView> {
+        lock(&self.0.data).logs.clone()
+    }
+
     pub fn counts(&self) -> RequestCounts {
         lock(&self.0.data).counts
     }
@@ -198,6 +226,7 @@ impl SinkStore {
             pred(&SinkView {
                 spans: &d.spans,
                 metrics: &d.metrics,
+                logs: &d.logs,
                 counts: d.counts,
             })
         };
@@ -237,6 +266,14 @@ impl SinkStore {
         drop(d);
         self.0.tick.send_replace(());
     }
+
+    fn keep_logs(&self, logs: Vec<LogRecordView>) {
+        if let Some(file) = lock(&self.0.out).as_mut() {
+            let _ = append_lines(file, logs.iter().map(|l| serde_json::json!({"log": l})));
+        }
+        lock(&self.0.data).logs.extend(logs);
+        self.0.tick.send_replace(());
+    }
 }
 
 /// Serves OTLP/HTTP on `listener` until `shutdown` resolves (then finishes open requests).
@@ -248,6 +285,7 @@ pub async fn run(
     let app = Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
+        .route("/v1/logs", post(logs))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(store);
     axum::serve(listener, app)
@@ -360,6 +398,56 @@ async fn metrics(State(store): State<SinkStore>, headers: HeaderMap, body: Bytes
             r.into_response()
         }
     }
+}
+
+async fn logs(State(store): State<SinkStore>, headers: HeaderMap, body: Bytes) -> Response {
+    store.count(|c| c.logs += 1);
+    if let Some(r) = gate(&store).await {
+        return r;
+    }
+    let decoded = body_bytes(&headers, &body).and_then(|raw| {
+        ExportLogsServiceRequest::decode(raw.as_slice())
+            .map_err(|e| Reject(StatusCode::BAD_REQUEST, format!("bad protobuf: {e}")))
+    });
+    match decoded {
+        Ok(req) => {
+            store.keep_logs(logs_of(req));
+            protobuf_ok(Vec::new())
+        }
+        Err(r) => {
+            store.count(|c| c.rejected += 1);
+            r.into_response()
+        }
+    }
+}
+
+fn logs_of(req: ExportLogsServiceRequest) -> Vec<LogRecordView> {
+    let mut out = Vec::new();
+    for rl in req.resource_logs {
+        let resource = rl
+            .resource
+            .map(|r| attrs(&r.attributes))
+            .unwrap_or_default();
+        for sl in rl.scope_logs {
+            let scope = sl.scope.map(|s| s.name).unwrap_or_default();
+            for l in sl.log_records {
+                out.push(LogRecordView {
+                    time_unix_nanos: l.time_unix_nano,
+                    observed_unix_nanos: l.observed_time_unix_nano,
+                    severity_number: l.severity_number,
+                    severity_text: l.severity_text,
+                    body: l.body.as_ref().map(any_to_json).unwrap_or(Value::Null),
+                    attributes: attrs(&l.attributes),
+                    trace_id: hex(&l.trace_id),
+                    span_id: hex(&l.span_id),
+                    flags: l.flags,
+                    resource: resource.clone(),
+                    scope: scope.clone(),
+                });
+            }
+        }
+    }
+    out
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -580,6 +668,10 @@ impl Sink {
 
     pub fn metrics(&self) -> Vec<MetricPoint> {
         self.store.metrics()
+    }
+
+    pub fn logs(&self) -> Vec<LogRecordView> {
+        self.store.logs()
     }
 
     pub fn counts(&self) -> RequestCounts {

@@ -75,10 +75,12 @@ def main(argv):
     holds = sorted(inv.get("hold_ms", 0.0) for inv in report.get("invokes", []))
     tokens = sum(len(inv.get("tokens", [])) for inv in report.get("invokes", []))
     spans = sum(1 for line in sink_lines if "span" in line)
+    points = sum(1 for line in sink_lines if "metric" in line)
+    logs = sum(1 for line in sink_lines if "log" in line)
     print(
         f"smoke: {len(report.get('invokes', []))} invokes, {tokens} token requests, "
         f"{report.get('telemetry', {}).get('events_sent')} telemetry events delivered, "
-        f"{spans} spans and {len(sink_lines) - spans} metric points exported, "
+        f"{spans} spans, {points} metric points and {logs} log records exported, "
         f"hold max {holds[-1] if holds else 0:.1f} ms, init {report.get('init', {}).get('duration_ms', 0):.0f} ms, "
         f"shutdown exit code {report.get('shutdown', {}).get('exit_code')}"
     )

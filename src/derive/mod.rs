@@ -36,8 +36,10 @@ use crate::sampling::Sampler;
 use crate::signals::{Metrics, Signal, SkipReason};
 
 mod function;
+mod logs;
 
 pub use function::FunctionInfo;
+pub use logs::LogEntry;
 
 /// Invocations tracked at once. Lambda runs one invocation at a time per environment
 /// (a few dozen on Managed Instances), so reaching this means reports are being lost;
@@ -204,6 +206,8 @@ pub struct Deriver {
     init_recorded: bool,
     restore_recorded: bool,
     finished: Vec<SpanData>,
+    /// `function`/`extension` lines become log records only when logs are exported.
+    logs: Option<logs::Logs>,
 }
 
 impl Deriver {
@@ -228,7 +232,14 @@ impl Deriver {
             restore_recorded: false,
             finished: Vec::new(),
             function,
+            logs: None,
         }
+    }
+
+    /// Also turns `function` and `extension` log lines into log records ([`Self::take_logs`]).
+    pub fn with_logs(mut self) -> Self {
+        self.logs = Some(logs::Logs::new());
+        self
     }
 
     /// Samples with `sampler` instead of the default `parentbased_always_on`.
@@ -369,10 +380,9 @@ impl Deriver {
             EventKind::RuntimeDone(done) => self.runtime_done(time, done),
             EventKind::Report(report) => self.report(time, report),
             EventKind::LogsDropped(dropped) => self.metrics.logs_dropped(dropped.dropped_records),
-            EventKind::Extension(_)
-            | EventKind::TelemetrySubscription(_)
-            | EventKind::Function(_)
-            | EventKind::ExtensionLog(_) => {}
+            EventKind::Function(line) => self.log(time, logs::Source::Function, line),
+            EventKind::ExtensionLog(line) => self.log(time, logs::Source::Extension, line),
+            EventKind::Extension(_) | EventKind::TelemetrySubscription(_) => {}
         }
     }
 

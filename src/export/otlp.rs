@@ -9,11 +9,12 @@ use opentelemetry::metrics::Meter;
 use opentelemetry::{Key, KeyValue};
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
 use opentelemetry_otlp::{
-    MetricExporter, Protocol, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig,
-    WithTonicConfig,
+    LogExporter, MetricExporter, Protocol, RetryPolicy, SpanExporter, WithExportConfig,
+    WithHttpConfig, WithTonicConfig,
 };
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::LogExporter as _;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{
@@ -185,6 +186,11 @@ const TEMPORALITY_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
 pub struct ExportConfig {
     pub traces: Option<Protocol>,
     pub metrics: Option<Protocol>,
+    /// Function and extension logs. On by default like the other signals (the OTel spec's
+    /// `OTEL_LOGS_EXPORTER` default is `otlp`): the lines are already in CloudWatch Logs, so
+    /// a backend that also bills log ingestion bills them twice; `OTEL_LOGS_EXPORTER=none`
+    /// keeps them out (README, "Logs").
+    pub logs: Option<Protocol>,
     /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM file of CA certificates trusted besides the
     /// compiled-in Mozilla roots (for a collector behind a private CA).
     pub certificate: Option<String>,
@@ -202,18 +208,22 @@ impl ExportConfig {
     pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<ExportConfig, ConfigError> {
         let signal = |name: &'static str| -> Result<Option<Protocol>, ConfigError> {
             let upper = name.to_ascii_uppercase();
-            let exporter_var = format!("OTEL_{upper}_EXPORTER");
-            if let Some(v) = lookup(&exporter_var) {
+            // The names as `'static` strings, for the errors.
+            let (exporter_var, protocol_var) = match name {
+                "traces" => ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+                "metrics" => (
+                    "OTEL_METRICS_EXPORTER",
+                    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+                ),
+                _ => ("OTEL_LOGS_EXPORTER", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"),
+            };
+            if let Some(v) = lookup(exporter_var) {
                 match v.trim() {
                     "none" => return Ok(None),
                     "otlp" => {}
                     _ => {
                         return Err(ConfigError::Invalid {
-                            var: if name == "traces" {
-                                "OTEL_TRACES_EXPORTER"
-                            } else {
-                                "OTEL_METRICS_EXPORTER"
-                            },
+                            var: exporter_var,
                             value: v,
                             expected: "otlp or none".to_string(),
                         });
@@ -225,21 +235,13 @@ impl ExportConfig {
             if endpoint.is_none_or(|e| e.trim().is_empty()) {
                 return Ok(None);
             }
-            let (var, raw): (&'static str, _) =
-                match lookup(&format!("OTEL_EXPORTER_OTLP_{upper}_PROTOCOL")) {
-                    Some(v) => (
-                        if name == "traces" {
-                            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-                        } else {
-                            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"
-                        },
-                        Some(v),
-                    ),
-                    None => (
-                        "OTEL_EXPORTER_OTLP_PROTOCOL",
-                        lookup("OTEL_EXPORTER_OTLP_PROTOCOL"),
-                    ),
-                };
+            let (var, raw): (&'static str, _) = match lookup(protocol_var) {
+                Some(v) => (protocol_var, Some(v)),
+                None => (
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    lookup("OTEL_EXPORTER_OTLP_PROTOCOL"),
+                ),
+            };
             match raw.as_deref().map(str::trim) {
                 None | Some("http/protobuf") => Ok(Some(Protocol::HttpBinary)),
                 Some("grpc") => Ok(Some(Protocol::Grpc)),
@@ -254,6 +256,7 @@ impl ExportConfig {
             sampler: Sampler::parse(&lookup)?,
             traces: signal("traces")?,
             metrics: signal("metrics")?,
+            logs: signal("logs")?,
             certificate: lookup("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|p| !p.is_empty()),
             temporality: match lookup(TEMPORALITY_VAR) {
                 Some(v) if !v.trim().is_empty() => {
@@ -269,10 +272,12 @@ impl ExportConfig {
     }
 }
 
+/// The OTLP exporters, with their HTTP/gRPC clients: built once per process, on a
 /// blocking thread while it registers with the Extensions API.
 pub struct ExportClients {
     pub(super) spans: Option<SpanExporter>,
     pub(super) metrics: Option<MetricExporter>,
+    pub(super) logs: Option<LogExporter>,
 }
 
 impl ExportClients {
@@ -296,7 +301,7 @@ impl ExportClients {
             .transpose()?;
         let http = http_client(ca.as_ref())?;
         let grpc_tls = grpc_tls(ca.as_ref());
-        // The span and metric builders are different types with the same methods.
+        // The span, metric and log builders are different types with the same methods.
         macro_rules! exporter {
             ($builder:expr, $protocol:expr, $var:literal) => {
                 match $protocol {
@@ -331,10 +336,22 @@ impl ExportClients {
             config.metrics,
             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
         );
+        let mut logs = exporter!(
+            LogExporter::builder(),
+            config.logs,
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
+        );
         if let Some(exporter) = spans.as_mut() {
             exporter.set_resource(resource);
         }
-        Ok(ExportClients { spans, metrics })
+        if let Some(exporter) = logs.as_mut() {
+            exporter.set_resource(resource);
+        }
+        Ok(ExportClients {
+            spans,
+            metrics,
+            logs,
+        })
     }
 }
 
@@ -368,7 +385,7 @@ impl CustomCa {
     }
 }
 
-/// The HTTP client both OTLP/HTTP exporters share. It trusts the compiled-in Mozilla roots
+/// The HTTP client the OTLP/HTTP exporters share. It trusts the compiled-in Mozilla roots
 /// (webpki-roots) and the custom CAs, not the system store: reading the system store cost
 /// 4-21 ms per client at start-up, this costs microseconds.
 /// It follows no redirect: reqwest would resend the request, `OTEL_EXPORTER_OTLP_HEADERS`
@@ -496,6 +513,7 @@ mod tests {
         let clients = ExportClients {
             spans: None,
             metrics: Some(exporter),
+            logs: None,
         };
         let mut exporter = Exporter::new(clients, source, signals);
         let report = exporter.flush(Vec::new(), Duration::from_secs(5)).await;
@@ -557,6 +575,7 @@ mod tests {
         let none = ExportConfig {
             traces: None,
             metrics: None,
+            logs: None,
             certificate: None,
             temporality: Temporality::Cumulative,
             sampler: Sampler::default(),
@@ -565,6 +584,11 @@ mod tests {
         let both = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();
         assert_eq!(both.traces, Some(Protocol::HttpBinary));
         assert_eq!(both.metrics, Some(Protocol::HttpBinary));
+        assert_eq!(
+            both.logs,
+            Some(Protocol::HttpBinary),
+            "logs are on by default"
+        );
         let grpc = parse(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
@@ -596,6 +620,35 @@ mod tests {
         ));
         let ca = parse(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem")]).unwrap();
         assert_eq!(ca.certificate.as_deref(), Some("/etc/ca.pem"));
+        let logs_off = parse(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+            ("OTEL_LOGS_EXPORTER", "none"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (logs_off.traces.is_some(), logs_off.logs.is_some()),
+            (true, false)
+        );
+        let logs_only = parse(&[
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (logs_only.traces, logs_only.logs),
+            (None, Some(Protocol::Grpc))
+        );
+        for (var, value) in [
+            ("OTEL_LOGS_EXPORTER", "console"),
+            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/json"),
+        ] {
+            let err =
+                parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), (var, value)]).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { var: v, .. } if *v == var),
+                "{err}"
+            );
+        }
         let bad = parse(&[("OTEL_TRACES_EXPORTER", "zipkin")]);
         assert!(matches!(
             bad,

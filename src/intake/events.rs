@@ -25,7 +25,8 @@
 //! - lists: at most [`MAX_CHILD_SPANS`] child spans per event (the rest counted in
 //!   [`ChildSpans::skipped`]) and [`MAX_LIST_ITEMS`] names in a subscription or extension
 //!   record (the rest ignored);
-//! - `function` and `extension` log lines are not kept at all (see [`LogLine`]).
+//! - `function` and `extension` log lines are kept up to [`MAX_LOG_LINE_BYTES`], cut beyond
+//!   it and marked (see [`LogLine`]).
 //!
 //! Architecture invariant: this module does no I/O and knows nothing about spans or
 //! metrics; it only turns bytes into [`TelemetryEvent`]s.
@@ -424,38 +425,68 @@ pub struct RestoreReport {
 /// A `function` or `extension` record: the runtime emits a plain line for text logs and
 /// a JSON object when the function's log format is JSON.
 ///
-/// Only the format is kept, never the text: nothing forwards logs yet, and a line can be
-/// 256 KiB. Log forwarding belongs here, with its own byte bound (cut and counted) chosen
-/// then; until then an object's content is skipped without being built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A line is kept up to [`MAX_LOG_LINE_BYTES`]: Lambda allows 256 KiB, and a batch waits in
+/// the pipeline queue and its lines in the log buffer. A longer text line is cut at a
+/// character boundary; a longer JSON object is kept as its JSON text, cut likewise (a cut
+/// object is no longer an object). Either is marked `truncated`.
+#[derive(Debug, Clone, PartialEq)]
 pub enum LogLine {
-    Text,
-    Json,
+    Text {
+        text: String,
+        truncated: bool,
+    },
+    Json {
+        fields: serde_json::Map<String, serde_json::Value>,
+        /// The object's size as received: what it weighs in the queue and buffer bounds.
+        bytes: usize,
+    },
 }
+
+impl LogLine {
+    /// The line's size in bytes: its text, or its JSON encoding as received.
+    pub fn bytes(&self) -> usize {
+        match self {
+            LogLine::Text { text, .. } => text.len(),
+            LogLine::Json { bytes, .. } => *bytes,
+        }
+    }
+}
+
+/// Longest log line kept (its text, or its JSON encoding). 32 KiB holds a long stack
+/// trace; longer lines are cut and marked (see [`LogLine`]).
+pub const MAX_LOG_LINE_BYTES: usize = 32 * 1024;
 
 impl<'de> Deserialize<'de> for LogLine {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct LogLineVisitor;
-        impl<'de> serde::de::Visitor<'de> for LogLineVisitor {
-            type Value = LogLine;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a log line as a string or a JSON object")
+        use serde::de::Error as _;
+        // Raw first, so an oversized object is never built into a map.
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let json = raw.get();
+        let cut = |text: &str| {
+            let mut end = MAX_LOG_LINE_BYTES.min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
             }
-            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<LogLine, E> {
-                Ok(LogLine::Text)
+            LogLine::Text {
+                text: text[..end].to_owned(),
+                truncated: end < text.len(),
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<LogLine, A::Error> {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(LogLine::Json)
+        };
+        match json.as_bytes().first() {
+            Some(b'"') => {
+                let text: std::borrow::Cow<'_, str> =
+                    serde_json::from_str(json).map_err(D::Error::custom)?;
+                Ok(cut(&text))
             }
+            Some(b'{') if json.len() <= MAX_LOG_LINE_BYTES => serde_json::from_str(json)
+                .map(|fields| LogLine::Json {
+                    fields,
+                    bytes: json.len(),
+                })
+                .map_err(D::Error::custom),
+            Some(b'{') => Ok(cut(json)),
+            _ => Err(D::Error::custom("a log line as a string or a JSON object")),
         }
-        deserializer.deserialize_any(LogLineVisitor)
     }
 }
 
@@ -764,12 +795,47 @@ unknown=0 malformed=0
               {"time":"2022-10-12T00:00:02.002Z","type":"extension","record":"ext says \"hi\""},
               {"time":"2022-10-12T00:00:02.003Z","type":"function","record":42}
             ]"#,
-            r#"+2000 function Function(Text)
-+2001 function Function(Json)
-+2002 extension ExtensionLog(Text)
+            r#"+2000 function Function(Text { text: "START hello\n", truncated: false })
++2001 function Function(Json { fields: {"level": String("INFO"), "message": String("hi"), "requestId": String("r1")}, bytes: 48 })
++2002 extension ExtensionLog(Text { text: "ext says \"hi\"", truncated: false })
 unknown=0 malformed=1
 "#,
         );
+    }
+
+    #[test]
+    fn long_log_lines_are_cut_and_marked() {
+        // The `é` straddles the bound: the cut falls before it.
+        let text = format!("{}é", "a".repeat(MAX_LOG_LINE_BYTES - 1));
+        let object = format!(r#"{{"message":"{}"}}"#, "m".repeat(MAX_LOG_LINE_BYTES));
+        let fits = "f".repeat(MAX_LOG_LINE_BYTES);
+        let body = format!(
+            r#"[{{"time":"2022-10-12T00:00:02.000Z","type":"function","record":"{text}"}},
+                {{"time":"2022-10-12T00:00:02.000Z","type":"extension","record":{object}}},
+                {{"time":"2022-10-12T00:00:02.000Z","type":"function","record":"{fits}"}}]"#
+        );
+        let batch = parse_batch(body.as_bytes()).unwrap();
+        let lines: Vec<_> = batch.events.iter().map(|e| &e.kind).collect();
+        let [
+            EventKind::Function(LogLine::Text {
+                text: cut_text,
+                truncated: true,
+            }),
+            EventKind::ExtensionLog(LogLine::Text {
+                text: cut_object,
+                truncated: true,
+            }),
+            EventKind::Function(LogLine::Text {
+                text: kept,
+                truncated: false,
+            }),
+        ] = lines[..]
+        else {
+            panic!("{lines:?}");
+        };
+        assert_eq!(cut_text, &text[..MAX_LOG_LINE_BYTES - 1]);
+        assert_eq!(cut_object, &object[..MAX_LOG_LINE_BYTES]);
+        assert_eq!(kept, &fits);
     }
 
     #[test]
