@@ -798,31 +798,28 @@ impl Deriver {
             .invocations
             .values()
             .any(|invocation| invocation.started.is_none() && !invocation.started_by(at));
+        // No invocation started between the candidate's end (or the beginning) and `at`:
+        // every start up to `at` has arrived, or one after it has and no other is in doubt.
+        let gap = || {
+            known_up_to
+                || (!unsure
+                    && self
+                        .invocations
+                        .values()
+                        .any(|invocation| invocation.started.is_some_and(|start| start > at)))
+        };
         match candidate {
-            Some((request_id, invocation)) if invocation.ended.is_some() || known_up_to => {
-                if !invocation.ended_before(at) {
+            Some((request_id, invocation)) if !invocation.ended_before(at) => {
+                if invocation.ended.is_some() || known_up_to {
                     Placement::Invocation(request_id.clone())
-                } else if unsure && !known_up_to {
-                    Placement::Wait
                 } else {
-                    Placement::Alone(Unattributed::NoInvocation)
-                }
-            }
-            // Still running, or ended unseen: its runtimeDone (or its report) will tell.
-            Some(_) => Placement::Wait,
-            None if known_up_to => Placement::Alone(Unattributed::NoInvocation),
-            None => {
-                // Nothing started by `at` yet: a later start decides (a gap, e.g. init).
-                let later = self
-                    .invocations
-                    .values()
-                    .any(|invocation| invocation.started.is_some_and(|start| start > at));
-                if later && !unsure {
-                    Placement::Alone(Unattributed::NoInvocation)
-                } else {
+                    // Still running, or ended unseen: its runtimeDone (or report) will tell.
                     Placement::Wait
                 }
             }
+            // Ended before `at`, or nothing started by `at` (a gap, e.g. init).
+            _ if gap() => Placement::Alone(Unattributed::NoInvocation),
+            _ => Placement::Wait,
         }
     }
 

@@ -421,8 +421,9 @@ fn spans_awaiting_a_drain_are_bounded_and_the_invocation_span_kept() {
     );
     let dropped = 30_000 - (4096 - 256) + 2;
     assert_eq!(dropped_spans(&source), Some(dropped));
-    // A drain makes room again.
+    // A drain makes room again (for a token span after r1, placed at SHUTDOWN).
     deriver.ingest(token(500, 0, TokenOutcome::Issued, None));
+    deriver.finish_pending(at(600));
     assert_eq!(deriver.take_spans().len(), 1);
 }
 
@@ -701,8 +702,14 @@ fn a_token_span_without_traceparent_belongs_to_the_invocation_whose_window_holds
             ]),
             token(250, 1, TokenOutcome::Issued, None),
             platform(&[("runtimeDone", "r2", 300)]),
-            // After r2, before any other invocation: no window holds it.
-            token(400, 1, TokenOutcome::Issued, None),
+            // After r2, before r3 started: no window holds it (known once r3's start is).
+            token(310, 1, TokenOutcome::Issued, None),
+            // r3's, with r2's end known and r3 not seen at all yet.
+            token(410, 1, TokenOutcome::Issued, None),
+            invoke("r3", 420, None),
+            platform(&[("start", "r3", 400), ("runtimeDone", "r3", 500)]),
+            // After r3, before any other invocation: decided at SHUTDOWN.
+            token(600, 1, TokenOutcome::Issued, None),
         ],
         900,
     );
@@ -713,7 +720,9 @@ fn a_token_span_without_traceparent_belongs_to_the_invocation_whose_window_holds
             (150, "r2"),
             (151, "r2"),
             (250, "r2"),
-            (400, "root")
+            (310, "root"),
+            (410, "r3"),
+            (600, "root")
         ])
     );
     assert!(
