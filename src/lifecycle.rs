@@ -309,7 +309,8 @@ async fn start(
     }
     let mut deriver = Deriver::new(function, signals.clone())
         .with_sampler(sampler)
-        .with_trigger(config.telemetry.faas_trigger);
+        .with_trigger(config.telemetry.faas_trigger)
+        .with_overlapping_invocations(managed_instances);
     if logs {
         deriver = deriver.with_logs();
     }

@@ -17,7 +17,7 @@ pub mod telemetry;
 pub use env::{
     EnvConfig, EnvError, Environment, MIXED_LOG_LEVELS, MIXED_TEXT_LINES, free_port, run,
 };
-pub use function::TokenMode;
+pub use function::{TokenMode, Traceparent};
 pub use report::*;
 pub use sink::{
     LogRecordView, MetricPoint, RequestCounts, Sink, SinkMode, SinkStore, SinkView, SpanRecord,

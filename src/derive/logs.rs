@@ -27,7 +27,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger, SdkLoggerProvider};
 use serde_json::{Map, Value};
 
-use super::{Deriver, Invocation, flags};
+use super::{Deriver, flags, started_last_by};
 use crate::intake::events::{LogLine, MAX_REQUEST_ID_BYTES};
 use crate::signals::Signal;
 
@@ -106,7 +106,11 @@ impl Deriver {
         };
         let invocation = match &request_id {
             Some(id) => self.invocations.get_key_value(id.as_str()),
-            None => invocation_at(&self.invocations, time),
+            // A line after `platform.runtimeDone` (an extension's post-runtime work) still
+            // belongs to the invocation until the next one starts; on Managed Instances,
+            // where invocations overlap, only a request id tells.
+            None if self.overlapping => None,
+            None => started_last_by(&self.invocations, time),
         };
         let mut record = logs.logger.create_log_record();
         record.set_timestamp(time);
@@ -162,21 +166,6 @@ impl Deriver {
             None => Vec::new(),
         }
     }
-}
-
-/// The invocation running at `at`: of those tracked, the one that started last at or before
-/// it. A line after `platform.runtimeDone` (an extension's post-runtime work) still belongs to
-/// it until the next one starts.
-fn invocation_at(
-    invocations: &HashMap<String, Invocation>,
-    at: SystemTime,
-) -> Option<(&String, &Invocation)> {
-    invocations
-        .iter()
-        .filter_map(|(id, invocation)| Some((invocation.start()?, id, invocation)))
-        .filter(|(start, ..)| *start <= at)
-        .max_by_key(|(start, _, invocation)| (*start, invocation.seq))
-        .map(|(_, id, invocation)| (id, invocation))
 }
 
 /// Lambda's log levels (its JSON log format and `AWS_LAMBDA_LOG_LEVEL`) as OTel severities,

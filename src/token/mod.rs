@@ -36,7 +36,9 @@ use tokio::net::TcpListener;
 
 use crate::config::{TokenAuth, TokenConfig};
 use crate::pipeline::Recorder;
-use crate::records::{HttpMethod, Record, TokenOutcome, TokenRecord, TraceParent};
+use crate::records::{
+    HttpMethod, REQUEST_ID_HEADER, Record, TokenOutcome, TokenRecord, TraceParent, parse_request_id,
+};
 use crate::server::Limits;
 use crate::signals::Listener;
 use crate::signals::Metrics;
@@ -186,6 +188,7 @@ impl TokenService {
         method: HttpMethod,
         status: StatusCode,
         traceparent: Option<TraceParent>,
+        request_id: Option<String>,
     ) {
         if let Some(recorder) = &self.recorder {
             recorder.record(Record::Token(TokenRecord {
@@ -201,6 +204,7 @@ impl TokenService {
                     }
                 },
                 traceparent,
+                request_id,
             }));
         }
     }
@@ -262,6 +266,11 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse);
     let method = HttpMethod::parse(request.method().as_str());
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_request_id);
     let response = match service
         .check_boundary(&request)
         .and_then(|()| service.check_secret(request.headers()))
@@ -269,7 +278,14 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     };
-    service.record(start, timer, method, response.status(), traceparent);
+    service.record(
+        start,
+        timer,
+        method,
+        response.status(),
+        traceparent,
+        request_id,
+    );
     response
 }
 
