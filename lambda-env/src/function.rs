@@ -28,6 +28,9 @@ pub enum TokenMode {
 pub(crate) const SIMULATE_ERROR: &str = "error";
 pub(crate) const SIMULATE_TIMEOUT: &str = "timeout";
 
+/// The Runtime API's own name for the request id, which a caller of `/token` may send.
+pub const REQUEST_ID_HEADER: &str = "Lambda-Runtime-Aws-Request-Id";
+
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
@@ -40,6 +43,9 @@ pub(crate) struct FunctionConfig {
     pub function_ms: u64,
     /// `AWS_SESSION_TOKEN`, sent as `X-Sidecar-Token` as a real function would.
     pub session_token: String,
+    /// Name the invocation in `Lambda-Runtime-Aws-Request-Id` on token calls (Managed
+    /// Instances, where invocations overlap and the sidecar cannot tell them apart by time).
+    pub send_request_id: bool,
 }
 
 pub(crate) fn spawn(
@@ -91,7 +97,7 @@ async fn run(
         let mut calls = Vec::with_capacity(cfg.tokens_per_invoke);
         for k in 0..cfg.tokens_per_invoke {
             let n = invoke * cfg.tokens_per_invoke + k;
-            let call = token_call(cfg, client, &trace_id, k, n).await;
+            let call = token_call(cfg, client, &request_id, &trace_id, k, n).await;
             log(format!(
                 "token call {k}: {} {:?} in {:.1} ms",
                 call.method, call.http_status, call.latency_ms
@@ -133,6 +139,7 @@ async fn run(
 async fn token_call(
     cfg: &FunctionConfig,
     client: &reqwest::Client,
+    request_id: &str,
     trace_id: &str,
     k: usize,
     n: usize,
@@ -149,6 +156,11 @@ async fn token_call(
             .json(&json!({"sub": format!("user-{n}")}))
     } else {
         client.get(&cfg.token_url)
+    };
+    let req = if cfg.send_request_id {
+        req.header(REQUEST_ID_HEADER, request_id)
+    } else {
+        req
     };
     let started = Instant::now();
     let res = req
