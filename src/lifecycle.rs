@@ -11,8 +11,11 @@
 //! At INVOKE: record it, flush what earlier invocations left (bounded by the flush cap), then
 //! let the `lambda-extension` crate call event/next. The flush runs while the function runs,
 //! so it only costs the function time when it outlasts the function.
-//! At SHUTDOWN: wait briefly for the last `platform.report`, flush within the deadline and a
-//! fixed cap (`SHUTDOWN_FLUSH_MAX`), let in-flight token requests finish, exit 0.
+//! On Lambda Managed Instances there is no INVOKE (the sidecar registers for SHUTDOWN only):
+//! a timer flushes every `SIDECAR_FLUSH_INTERVAL_MS` instead, under the same cap.
+//! At SHUTDOWN: wait briefly for the `platform.report` of every invocation still in flight,
+//! flush within the deadline and a fixed cap (`SHUTDOWN_FLUSH_MAX`), let in-flight token
+//! requests finish, exit 0.
 //!
 //! Never: holds an invocation longer than `SIDECAR_FLUSH_TIMEOUT_MS`, or leaves a request in
 //! flight when it hands control back (a timed-out export future is dropped, which cancels it).
@@ -27,6 +30,7 @@ use lambda_extension::{Extension, LambdaEvent, NextEvent, service_fn};
 use lambda_runtime_api_client::Client;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::config::{Config, ConfigError};
 use crate::derive::{Deriver, FunctionInfo};
@@ -47,7 +51,8 @@ pub const EXTENSION_NAME: &str = "lambda-sidecar";
 /// a few milliseconds after the flush.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(150);
 
-/// The longest SHUTDOWN waits for the last invocation's `platform.report` before flushing.
+/// The longest SHUTDOWN waits for the `platform.report` of the invocations in flight before
+/// flushing.
 const REPORT_WAIT: Duration = Duration::from_millis(300);
 
 /// The longest `init/error` may take before the process exits anyway.
@@ -191,6 +196,19 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
         "ready"
     );
 
+    // Managed Instances send no INVOKE to flush at: a timer does. Not in the default model,
+    // where it would only do harm: a timer runs on through a freeze and fires at thaw (see
+    // `server`), so a flush it started could still be in flight when Lambda freezes the
+    // environment again, which the INVOKE flush never is; and at every INVOKE that flush
+    // already ships what the timer would.
+    let mut ticks = managed_instances.then(|| {
+        let first = tokio::time::Instant::now() + sidecar.flush_interval;
+        let mut ticks = tokio::time::interval_at(first, sidecar.flush_interval);
+        // A flush that outlasts the interval delays the next tick rather than queuing a
+        // burst of them: one flush at a time, at most one per interval.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticks
+    });
     let event_loop = registered.run();
     tokio::pin!(event_loop);
     loop {
@@ -202,6 +220,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
                     Err(e) => Err(LifecycleError::EventLoop(e)),
                 };
             }
+            () = tick(&mut ticks) => sidecar.on_tick().await,
             handoff = handoff_rx.recv() => {
                 let Some((event, done)) = handoff else { return Ok(()) };
                 match event {
@@ -219,19 +238,29 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
     }
 }
 
+/// The next tick of the periodic flush; never, without one.
+async fn tick(ticks: &mut Option<Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Everything running after a successful start.
 struct Sidecar {
     pipeline: Pipeline,
     recorder: Recorder,
     exporter: Exporter,
     flush_timeout: Duration,
+    flush_interval: Duration,
     token_addr: SocketAddr,
     telemetry_port: u16,
     /// Tells the token server to stop accepting and finish in-flight requests.
     stop_token: watch::Sender<bool>,
     token_server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop_intake: watch::Sender<bool>,
-    last_request_id: Option<String>,
 }
 
 /// Start-up work that needs no extension id. The CPU-heavy part (parsing the key, building
@@ -361,12 +390,12 @@ async fn start(
         recorder,
         exporter,
         flush_timeout: config.telemetry.flush_timeout,
+        flush_interval: config.telemetry.flush_interval,
         token_addr,
         telemetry_port,
         stop_token,
         token_server,
         stop_intake,
-        last_request_id: None,
     })
 }
 
@@ -489,7 +518,6 @@ impl Sidecar {
         let received = SystemTime::now();
         tracing::info!(request_id = %invoke.request_id, "received INVOKE");
         let xray = Some(invoke.tracing.value).filter(|v| !v.is_empty());
-        self.last_request_id = Some(invoke.request_id.clone());
         self.recorder.record(Record::Invoke(InvokeRecord {
             request_id: invoke.request_id.clone(),
             deadline_ms: invoke.deadline_ms,
@@ -514,6 +542,14 @@ impl Sidecar {
         });
     }
 
+    /// The periodic flush (Managed Instances): what finished since the last one, under the
+    /// same cap as an INVOKE flush; the span buffer's bound and its overflow count apply.
+    async fn on_tick(&mut self) {
+        let spans = self.pipeline.drain().await;
+        let report = self.exporter.flush(spans, self.flush_timeout).await;
+        tracing::debug!(?report, "periodic flush");
+    }
+
     async fn on_shutdown(mut self, shutdown: lambda_extension::ShutdownEvent) {
         let now = SystemTime::now();
         tracing::info!(reason = %shutdown.shutdown_reason, "received SHUTDOWN");
@@ -531,14 +567,14 @@ impl Sidecar {
             &mut self.token_server,
         )
         .await;
-        if let Some(request_id) = self.last_request_id.take() {
-            let wait = REPORT_WAIT.min(deadline.saturating_duration_since(Instant::now()) / 2);
-            if tokio::time::timeout(wait, self.pipeline.await_report(request_id))
-                .await
-                .is_err()
-            {
-                tracing::warn!("the last platform.report did not arrive before the shutdown flush");
-            }
+        // Every invocation still in flight, not only the last INVOKE's: on Managed Instances
+        // several run at once (and no INVOKE names them).
+        let wait = REPORT_WAIT.min(deadline.saturating_duration_since(Instant::now()) / 2);
+        if tokio::time::timeout(wait, self.pipeline.await_reports())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some platform.report did not arrive before the shutdown flush");
         }
         let spans = self.pipeline.finish(SystemTime::now()).await;
         let budget = SHUTDOWN_FLUSH_MAX.min(deadline.saturating_duration_since(Instant::now()));

@@ -5,7 +5,6 @@
 //! lifecycle's [`Pipeline::drain`] goes through the same queue, so a drain returns exactly the
 //! spans derived from everything recorded before it: the ordering is the queue's, no locks.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
@@ -14,7 +13,6 @@ use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::derive::Deriver;
-use crate::intake::events::EventKind;
 use crate::records::Record;
 use crate::signals::{Metrics, Signal};
 
@@ -29,17 +27,12 @@ const QUEUE_CAPACITY: usize = 4096;
 /// batch is dropped and counted like any record.
 const MAX_QUEUED_EVENTS: usize = 20_000;
 
-/// How many recent `platform.report` request ids are remembered for [`Pipeline::await_report`].
-const RECENT_REPORTS: usize = 16;
-
 enum Msg {
     /// A record and its weight in [`MAX_QUEUED_EVENTS`].
     Record(Record, usize),
     Drain(oneshot::Sender<Vec<SpanData>>),
-    AwaitReport {
-        request_id: String,
-        reply: oneshot::Sender<()>,
-    },
+    /// Answered once no invocation awaits its `platform.report`.
+    AwaitReports(oneshot::Sender<()>),
     Finish {
         now: SystemTime,
         reply: oneshot::Sender<Vec<SpanData>>,
@@ -118,18 +111,11 @@ impl Pipeline {
         self.ask(Msg::Drain).await.unwrap_or_default()
     }
 
-    /// Resolves once `platform.report` for `request_id` has been ingested (or the task ended).
-    /// The caller bounds the wait.
-    pub async fn await_report(&self, request_id: String) {
-        let (reply, wait) = oneshot::channel();
-        if self
-            .tx
-            .send(Msg::AwaitReport { request_id, reply })
-            .await
-            .is_ok()
-        {
-            let _ = wait.await;
-        }
+    /// Resolves once every invocation seen so far has had its `platform.report` ingested
+    /// (or the task ended): on Managed Instances several are in flight at once. The caller
+    /// bounds the wait.
+    pub async fn await_reports(&self) {
+        let _ = self.ask(Msg::AwaitReports).await;
     }
 
     /// Closes what will never complete (at SHUTDOWN) and returns every span not yet drained.
@@ -147,32 +133,26 @@ impl Pipeline {
 }
 
 async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: Arc<AtomicUsize>) {
-    let mut recent_reports: VecDeque<String> = VecDeque::with_capacity(RECENT_REPORTS);
-    let mut waiting: Vec<(String, oneshot::Sender<()>)> = Vec::new();
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Record(record, events) => {
                 queued_events.fetch_sub(events, Ordering::Relaxed);
-                if let Record::Telemetry(batch) = &record {
-                    for event in &batch.events {
-                        if let EventKind::Report(report) = &event.kind {
-                            if recent_reports.len() == RECENT_REPORTS {
-                                recent_reports.pop_front();
-                            }
-                            recent_reports.push_back(report.request_id.clone());
-                        }
+                deriver.ingest(record);
+                if deriver.in_flight() == 0 {
+                    for waiter in waiting.drain(..) {
+                        let _ = waiter.send(());
                     }
                 }
-                deriver.ingest(record);
-                waiting.retain(|(id, _)| !recent_reports.contains(id));
-                // Dropping a satisfied waiter's sender wakes it.
             }
             Msg::Drain(reply) => {
                 let _ = reply.send(deriver.take_spans());
             }
-            Msg::AwaitReport { request_id, reply } => {
-                if !recent_reports.contains(&request_id) {
-                    waiting.push((request_id, reply));
+            Msg::AwaitReports(reply) => {
+                if deriver.in_flight() == 0 {
+                    let _ = reply.send(());
+                } else {
+                    waiting.push(reply);
                 }
             }
             Msg::Finish { now, reply } => {
