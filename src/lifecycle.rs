@@ -255,6 +255,9 @@ struct Sidecar {
     exporter: Exporter,
     flush_timeout: Duration,
     flush_interval: Duration,
+    /// On Managed Instances, how long SHUTDOWN first lets buffered telemetry arrive: two
+    /// Telemetry API buffering periods (`SIDECAR_TELEMETRY_BUFFER_MS`). Zero otherwise.
+    settle: Duration,
     token_addr: SocketAddr,
     telemetry_port: u16,
     /// Tells the token server to stop accepting and finish in-flight requests.
@@ -391,6 +394,11 @@ async fn start(
         exporter,
         flush_timeout: config.telemetry.flush_timeout,
         flush_interval: config.telemetry.flush_interval,
+        settle: if managed_instances {
+            2 * Duration::from_millis(u64::from(config.telemetry.buffer_ms))
+        } else {
+            Duration::ZERO
+        },
         token_addr,
         telemetry_port,
         stop_token,
@@ -568,12 +576,15 @@ impl Sidecar {
         )
         .await;
         // Every invocation still in flight, not only the last INVOKE's: on Managed Instances
-        // several run at once (and no INVOKE names them).
+        // several run at once. No INVOKE names them there, so one that began just before
+        // SHUTDOWN is known only from its platform.start, which Lambda may still hold for a
+        // buffering period: `settle` lets it arrive before the wait counts what is in flight.
         let wait = REPORT_WAIT.min(deadline.saturating_duration_since(Instant::now()) / 2);
-        if tokio::time::timeout(wait, self.pipeline.await_reports())
-            .await
-            .is_err()
-        {
+        let reports = async {
+            tokio::time::sleep(self.settle).await;
+            self.pipeline.await_reports().await;
+        };
+        if tokio::time::timeout(wait, reports).await.is_err() {
             tracing::warn!("some platform.report did not arrive before the shutdown flush");
         }
         let spans = self.pipeline.finish(SystemTime::now()).await;
