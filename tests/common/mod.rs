@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use lambda_env::{EnvConfig, MetricPoint, Report, free_port};
+use lambda_env::{EnvConfig, MetricPoint, Report, Sink, free_port};
 
 /// The binary under test: `LAMBDA_SIDECAR_BIN` (the Makefile's one release build), else the
 /// debug build cargo made for this test.
@@ -102,4 +104,68 @@ pub fn status_kb(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status: is the process running?"))
+}
+
+/// A rotel collector receiving OTLP on gRPC and HTTP and forwarding over HTTP to `sink`.
+pub struct Rotel {
+    child: Child,
+    pub grpc: u16,
+    pub http: u16,
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rotel_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ROTEL_AGENT") {
+        return PathBuf::from(path);
+    }
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages/rotel/rotel-agent"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("rotel-agent not found: run `make deps` or set ROTEL_AGENT"))
+}
+
+pub async fn rotel(sink: &Sink) -> Rotel {
+    let (grpc, http) = (free_port().unwrap(), free_port().unwrap());
+    let child = Command::new(rotel_binary())
+        .args([
+            "start",
+            "--exporter",
+            "otlp",
+            "--otlp-exporter-protocol",
+            "http",
+        ])
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--otlp-exporter-endpoint", &sink.endpoint()])
+        .args(["--batch-timeout", "50ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rotel-agent starts");
+    let rotel = Rotel { child, grpc, http };
+    for port in [grpc, http] {
+        let ready = async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), ready)
+            .await
+            .expect("rotel listens");
+    }
+    rotel
 }
