@@ -335,7 +335,9 @@ async fn start(
         ));
     }
     let (pipeline, recorder) = Pipeline::start(
-        Deriver::new(function, signals.clone()).with_sampler(sampler),
+        Deriver::new(function, signals.clone())
+            .with_sampler(sampler)
+            .with_overlapping_invocations(managed_instances),
         signals,
     );
 

@@ -51,6 +51,26 @@ pub struct TokenRecord {
     pub outcome: TokenOutcome,
     /// The caller's W3C trace context, which makes the token span its child.
     pub traceparent: Option<TraceParent>,
+    /// The invocation the caller named ([`REQUEST_ID_HEADER`]), validated by
+    /// [`parse_request_id`]: it decides which invocation the token span belongs to.
+    pub request_id: Option<String>,
+}
+
+/// The header a `/token` caller names its invocation with: the Runtime API's own name for
+/// the request id, which the function already has (its context's `awsRequestId`).
+pub const REQUEST_ID_HEADER: &str = "Lambda-Runtime-Aws-Request-Id";
+
+/// Longest request id taken from a caller. Lambda's are 36-character UUIDs; the bound
+/// leaves room for other shapes while keeping what a caller can make the sidecar hold small.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// A request id from [`REQUEST_ID_HEADER`]: 1 to [`MAX_REQUEST_ID_LEN`] printable ASCII
+/// characters (no space or control character), surrounding blanks trimmed. Anything else
+/// is ignored, as if the header were absent: the span is then placed by time.
+pub fn parse_request_id(header: &str) -> Option<String> {
+    let id = header.trim();
+    (!id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| id.to_owned())
 }
 
 /// How a /token request ended.
@@ -289,6 +309,28 @@ mod tests {
             "Root=1-00000000-000000000000000000000000",
         ] {
             check_xray(bad, "none");
+        }
+    }
+
+    #[test]
+    fn request_id() {
+        let uuid = "8476a536-e9f4-11e8-9739-2dfe598c3fcd";
+        assert_eq!(parse_request_id(uuid).as_deref(), Some(uuid));
+        assert_eq!(
+            parse_request_id(&format!(" {uuid}\t")).as_deref(),
+            Some(uuid)
+        );
+        let longest = "r".repeat(MAX_REQUEST_ID_LEN);
+        assert_eq!(parse_request_id(&longest), Some(longest));
+        for bad in [
+            "",
+            "   ",
+            "two words",
+            "bell\u{7}",
+            "caf\u{e9}",
+            &"r".repeat(MAX_REQUEST_ID_LEN + 1),
+        ] {
+            assert_eq!(parse_request_id(bad), None, "{bad:?}");
         }
     }
 

@@ -241,6 +241,13 @@ pub const TOKEN_DURATION: MetricDef = MetricDef {
     },
     labels: &[ALGORITHM],
 };
+pub const TOKEN_UNATTRIBUTED: MetricDef = MetricDef {
+    name: "sidecar.token.unattributed",
+    unit: "{span}",
+    description: "Token spans left without an invocation (a root span in a trace of its own), by reason: no_invocation (no invocation's window holds it, or the one it names never came), concurrent (Managed Instances: neither a request id nor a traceparent), overflow (pushed out of the bounded hold before the telemetry that decides arrived)",
+    kind: MetricKind::Counter,
+    labels: &[REASON],
+};
 pub const CONNECTIONS_REFUSED: MetricDef = MetricDef {
     name: "sidecar.connections.refused",
     unit: "{connection}",
@@ -271,6 +278,7 @@ pub const METRICS: &[MetricDef] = &[
     HOLD,
     TOKEN_REQUESTS,
     TOKEN_DURATION,
+    TOKEN_UNATTRIBUTED,
     CONNECTIONS_REFUSED,
 ];
 
@@ -347,6 +355,29 @@ impl SkipReason {
         match self {
             SkipReason::UnknownType => "unknown_type",
             SkipReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// Why a token span was left without an invocation (the `reason` label of
+/// `sidecar.token.unattributed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unattributed {
+    /// No invocation's window holds the request, or the request id it names never came.
+    NoInvocation,
+    /// On Managed Instances, invocations overlap, and the caller sent neither a request id
+    /// nor a traceparent: time cannot tell which invocation asked.
+    Concurrent,
+    /// Pushed out of the bounded hold before the telemetry that decides arrived.
+    Overflow,
+}
+
+impl Unattributed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unattributed::NoInvocation => "no_invocation",
+            Unattributed::Concurrent => "concurrent",
+            Unattributed::Overflow => "overflow",
         }
     }
 }
@@ -568,6 +599,7 @@ pub struct Metrics {
     hold: Instrument<Histogram<f64>, HistogramVec>,
     token_requests: Instrument<Counter<u64>, IntCounterVec>,
     token_duration: Instrument<Histogram<f64>, HistogramVec>,
+    token_unattributed: Instrument<Counter<u64>, IntCounterVec>,
     connections_refused: Instrument<Counter<u64>, IntCounterVec>,
 }
 
@@ -613,6 +645,7 @@ impl Metrics {
             hold: histogram(&HOLD),
             token_requests: counter(&TOKEN_REQUESTS),
             token_duration: histogram(&TOKEN_DURATION),
+            token_unattributed: counter(&TOKEN_UNATTRIBUTED),
             connections_refused: counter(&CONNECTIONS_REFUSED),
             registry: out.registry.clone(),
             emf: out.emf.clone(),
@@ -733,6 +766,11 @@ impl Metrics {
             .add(1, [token.algorithm, token.outcome.as_str()]);
         self.token_duration
             .record(token.duration.as_secs_f64(), [token.algorithm]);
+    }
+
+    /// A token span was left without an invocation.
+    pub fn token_unattributed(&self, reason: Unattributed) {
+        self.token_unattributed.add(1, [reason.as_str()]);
     }
 
     /// A connection to `listener` was refused or closed by a limit.
@@ -917,6 +955,10 @@ sidecar.export.failures{signal=traces} = 2"
             ("sidecar.token.requests", "sidecar_token_requests_total"),
             ("sidecar.token.duration", "sidecar_token_duration_seconds"),
             (
+                "sidecar.token.unattributed",
+                "sidecar_token_unattributed_total",
+            ),
+            (
                 "sidecar.connections.refused",
                 "sidecar_connections_refused_total",
             ),
@@ -1003,6 +1045,7 @@ sidecar.export.failures{signal=traces} = 2"
             algorithm: "ES256",
             outcome,
             traceparent: None,
+            request_id: None,
         };
         metrics.invocation(Status::Success, Some(0.02));
         metrics.invocation(Status::Success, Some(0.5));
@@ -1073,6 +1116,7 @@ sidecar.export.failures{signal=traces} = 2"
             algorithm: "ES256",
             outcome: TokenOutcome::Issued,
             traceparent: None,
+            request_id: None,
         });
         metrics.connection_refused(Listener::Token, Refusal::Evicted);
         let (entries, overflow) = metrics.take_emf();
@@ -1125,7 +1169,9 @@ sidecar.export.failures{signal=traces} = 2"
             algorithm: "HS256",
             outcome: TokenOutcome::Issued,
             traceparent: None,
+            request_id: None,
         });
+        metrics.token_unattributed(Unattributed::Concurrent);
         metrics.connection_refused(Listener::Metrics, Refusal::OverCapacity);
         let text = metrics.prometheus_text().unwrap();
         for def in METRICS {

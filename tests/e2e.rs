@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{counter, rotel, stderr_of};
-use lambda_env::{EnvConfig, InvokeStatus, Report, Sink, SinkMode, SpanRecord};
+use lambda_env::{EnvConfig, InvokeStatus, Report, Sink, SinkMode, SpanRecord, Traceparent};
 
 const FUNCTION: &str = "e2e-orders";
 /// The flush cap the tests configure (SIDECAR_FLUSH_TIMEOUT_MS).
@@ -188,6 +188,98 @@ async fn every_invocation_and_token_arrives_through_a_real_collector() {
     assert_eq!(counter(&metrics, "faas.errors"), 0.0);
     assert_eq!(counter(&metrics, "sidecar.telemetry.unknown_events"), 0.0);
     drop(rotel);
+}
+
+/// Issue 11's race, made the rule: lambda-env hands every INVOKE to the function first, and
+/// to the sidecar only once the function has asked for its 2 tokens. 50 invocations through
+/// rotel: every token span is a child of its own invocation's span (same trace, parent =
+/// that span, starting inside it), and none is left without an invocation.
+async fn tokens_asked_before_the_sidecar_has_the_invoke(traceparent: Traceparent) {
+    let sink = Sink::start().await.unwrap();
+    let rotel = rotel(&sink).await;
+    let (invokes, tokens) = (50, 2);
+    let mut config = environment(
+        invokes,
+        tokens,
+        &[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", rotel.http),
+        )],
+    );
+    config.invoke_runtime_first = true;
+    config.traceparent = traceparent;
+    config.gap_ms = 20;
+    let report = lambda_env::run(config).await.unwrap();
+    assert_healthy_run(&report, tokens);
+    let is_token = |s: &SpanRecord| s.name.contains("token");
+    let delivered = sink
+        .wait_for(
+            |v| {
+                invocation_spans(v.spans).len() >= invokes
+                    && v.spans.iter().filter(|s| is_token(s)).count() >= invokes * tokens
+                    && counter(v.metrics, "sidecar.token.requests") >= (invokes * tokens) as f64
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    let spans = sink.spans();
+    assert!(
+        delivered,
+        "not everything arrived: {} spans\n{}",
+        spans.len(),
+        stderr_of(&report)
+    );
+    let token_spans: Vec<&SpanRecord> = spans.iter().filter(|s| is_token(s)).collect();
+    assert_eq!(token_spans.len(), invokes * tokens, "each token span once");
+    let by_request: HashMap<&str, &SpanRecord> = invocation_spans(&spans)
+        .into_iter()
+        .filter_map(|s| Some((s.attributes["faas.invocation_id"].as_str()?, s)))
+        .collect();
+    let mut misplaced = Vec::new();
+    for (i, invoke) in report.invokes.iter().enumerate() {
+        let invocation = by_request
+            .get(invoke.request_id.as_str())
+            .unwrap_or_else(|| panic!("no span for invoke {i}"));
+        assert_eq!(invocation.trace_id, invoke.trace_id, "invoke {i}");
+        let children: Vec<&&SpanRecord> = token_spans
+            .iter()
+            .filter(|t| t.parent_span_id == invocation.span_id)
+            .collect();
+        let inside = children.iter().all(|t| {
+            t.trace_id == invocation.trace_id
+                && invocation.start_unix_nanos <= t.start_unix_nanos
+                && t.start_unix_nanos <= invocation.end_unix_nanos
+        });
+        if children.len() != tokens || !inside {
+            misplaced.push((i, children.len(), inside));
+        }
+    }
+    let unparented = token_spans
+        .iter()
+        .filter(|t| t.parent_span_id.is_empty())
+        .count();
+    assert!(
+        misplaced.is_empty() && unparented == 0,
+        "{traceparent:?}: (invoke, token children, all inside) off: {misplaced:?}; {unparented} \
+         token spans without a parent\n{}",
+        stderr_of(&report)
+    );
+    assert_eq!(
+        counter(&sink.metrics(), "sidecar.token.unattributed"),
+        0.0,
+        "{traceparent:?}"
+    );
+    drop(rotel);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_without_traceparent_before_the_invoke_join_their_own_invocation() {
+    tokens_asked_before_the_sidecar_has_the_invoke(Traceparent::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_with_the_xray_parent_before_the_invoke_nest_under_their_invocation() {
+    tokens_asked_before_the_sidecar_has_the_invoke(Traceparent::XrayParent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -580,8 +580,10 @@ async fn refused_token_requests_are_recorded_with_their_status() {
     ] {
         raw(server.addr, &request(&head, body)).await;
     }
+    // Outside any invocation, token spans wait for telemetry that could place them: SHUTDOWN
+    // (`finish`) lets them go.
     let mut statuses: Vec<i64> = pipeline
-        .drain()
+        .finish(std::time::SystemTime::now())
         .await
         .iter()
         .filter(|s| s.name == "sidecar.token")

@@ -17,7 +17,9 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, Phase, Shared};
 use crate::clock::{epoch_ms, ms, rfc3339_ms};
-use crate::function::{self, FunctionConfig, SIMULATE_ERROR, SIMULATE_TIMEOUT, TokenMode};
+use crate::function::{
+    self, FunctionConfig, SIMULATE_ERROR, SIMULATE_TIMEOUT, TokenMode, Traceparent,
+};
 use crate::ids::{XrayTrace, random_hex, uuid_v4};
 use crate::report::{
     InitError, InitReport, InvokeReport, InvokeStatus, Report, RssSample, ShutdownReport,
@@ -30,6 +32,9 @@ pub const ACCOUNT_ID: &str = "123456789012";
 pub const REGION: &str = "us-east-1";
 const RUNTIME_VERSION: &str = "provided:al2023.v100";
 const RUNTIME_VERSION_ARN: &str = "arn:aws:lambda:us-east-1::runtime:0f1b3c5d7e9a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c";
+/// In `invoke_runtime_first` mode, the longest the extensions' INVOKE waits for the
+/// function's token calls.
+const RUNTIME_FIRST_MAX: Duration = Duration::from_secs(2);
 /// Bound on the API server's graceful stop once everything else is done.
 const SERVER_STOP: Duration = Duration::from_secs(1);
 
@@ -68,6 +73,15 @@ pub struct EnvConfig {
     pub tokens_per_invoke: usize,
     pub token_url: String,
     pub token_mode: TokenMode,
+    /// The `traceparent` the function sends with its token calls.
+    pub traceparent: Traceparent,
+    /// The function names its invocation to `/token` with the `Lambda-Runtime-Aws-Request-Id`
+    /// header.
+    pub send_request_id: bool,
+    /// Lambda hands the INVOKE to the runtime and to the extensions in no guaranteed order.
+    /// On: the worst order for an extension, fixed: the extensions' `event/next` returns the
+    /// INVOKE only once the function has made its token calls for it (at most 2 s later).
+    pub invoke_runtime_first: bool,
     /// How long the function works (after its token calls) before responding.
     pub function_ms: u64,
     /// Function timeout: deadlineMs = now + this.
@@ -129,6 +143,9 @@ impl Default for EnvConfig {
             tokens_per_invoke: 0,
             token_url: "http://127.0.0.1:3003/token".to_string(),
             token_mode: TokenMode::Alternate,
+            traceparent: Traceparent::default(),
+            send_request_id: false,
+            invoke_runtime_first: false,
             function_ms: 10,
             function_timeout_ms: 3_000,
             gap_ms: 100,
@@ -417,9 +434,12 @@ impl Environment {
             token_url: self.cfg.token_url.clone(),
             tokens_per_invoke: self.cfg.tokens_per_invoke,
             token_mode: self.cfg.token_mode,
+            traceparent: self.cfg.traceparent,
+            // On Managed Instances, where invocations overlap, always: time cannot tell them
+            // apart.
+            send_request_id: self.cfg.send_request_id || self.cfg.managed_instances,
             function_ms: self.cfg.function_ms,
             session_token: self.credentials[2].1.clone(),
-            send_request_id: self.cfg.managed_instances,
         }
     }
 
@@ -589,9 +609,15 @@ impl Environment {
                 }),
             );
         }
-        self.shared.update(|inner| {
+        let runtime_first = self.cfg.invoke_runtime_first;
+        let to_extensions = |inner: &mut api::Inner| {
             for ext in inner.extensions.iter_mut().filter(|e| e.wants("INVOKE")) {
                 ext.queue.push_back(event.clone());
+            }
+        };
+        self.shared.update(|inner| {
+            if !runtime_first {
+                to_extensions(inner);
             }
             inner.active_request = Some(request_id.clone());
             inner.runtime_queue.push_back(api::Invocation {
@@ -602,6 +628,17 @@ impl Environment {
                 payload: json!({"invoke": index, "simulate": simulate}),
             });
         });
+        if runtime_first {
+            let id = request_id.clone();
+            let by = deadline.min(tokio::time::Instant::now() + RUNTIME_FIRST_MAX);
+            self.shared
+                .wait_until(
+                    |inner| inner.token_calls.contains_key(&id) || inner.outcomes.contains_key(&id),
+                    Some(by),
+                )
+                .await;
+            self.shared.update(to_extensions);
+        }
 
         let id = request_id.clone();
         self.shared

@@ -1,9 +1,10 @@
 //! The built-in function: an in-process task that drives the Runtime API over HTTP like a
 //! real runtime (`invocation/next` -> work -> `response`/`error`).
 //!
-//! Its work is what the sidecar serves: per invoke it calls the token endpoint K times with
-//! a W3C `traceparent` derived from the invoke's X-Ray trace, so the sidecar's spans can be
-//! checked to join the Lambda trace.
+//! Its work is what the sidecar serves: per invoke, first thing, it calls the token endpoint
+//! K times, with a W3C `traceparent` derived from the invoke's X-Ray trace ([`Traceparent`])
+//! and optionally the request-id header, so the sidecar's spans can be checked to join the
+//! Lambda trace and the invocation that asked.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,12 +25,27 @@ pub enum TokenMode {
     Alternate,
 }
 
+/// The `traceparent` the function sends with each token call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Traceparent {
+    /// The invoke's X-Ray trace id with a new span id of the function's own (a function that
+    /// traces itself).
+    #[default]
+    OwnSpan,
+    /// X-Ray's `Root` and `Parent`, with `Sampled` as the flag: what the example function
+    /// sends (`examples/nodejs-function/src/traceparent.ts`).
+    XrayParent,
+    /// No `traceparent` header.
+    None,
+}
+
+/// The Runtime API's request-id header, which the function may send back to the sidecar's
+/// `/token` to name its invocation.
+pub const REQUEST_ID_HEADER: &str = "Lambda-Runtime-Aws-Request-Id";
+
 /// What the orchestrator asks of one invoke, carried in the event payload.
 pub(crate) const SIMULATE_ERROR: &str = "error";
 pub(crate) const SIMULATE_TIMEOUT: &str = "timeout";
-
-/// The Runtime API's own name for the request id, which a caller of `/token` may send.
-pub const REQUEST_ID_HEADER: &str = "Lambda-Runtime-Aws-Request-Id";
 
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -40,12 +56,12 @@ pub(crate) struct FunctionConfig {
     pub token_url: String,
     pub tokens_per_invoke: usize,
     pub token_mode: TokenMode,
+    pub traceparent: Traceparent,
+    /// Send [`REQUEST_ID_HEADER`] with each token call.
+    pub send_request_id: bool,
     pub function_ms: u64,
     /// `AWS_SESSION_TOKEN`, sent as `X-Sidecar-Token` as a real function would.
     pub session_token: String,
-    /// Name the invocation in `Lambda-Runtime-Aws-Request-Id` on token calls (Managed
-    /// Instances, where invocations overlap and the sidecar cannot tell them apart by time).
-    pub send_request_id: bool,
 }
 
 pub(crate) fn spawn(
@@ -93,11 +109,12 @@ async fn run(
         let log = |line: String| shared.hub.emit("function", Value::String(line));
         log(format!("handling request {request_id} (invoke {invoke})"));
 
-        let trace_id = w3c_trace_id(&xray).unwrap_or_else(|| random_hex(16));
+        let traceparent = traceparent(cfg.traceparent, &xray);
+        let request_id_header = cfg.send_request_id.then_some(request_id.as_str());
         let mut calls = Vec::with_capacity(cfg.tokens_per_invoke);
         for k in 0..cfg.tokens_per_invoke {
             let n = invoke * cfg.tokens_per_invoke + k;
-            let call = token_call(cfg, client, &request_id, &trace_id, k, n).await;
+            let call = token_call(cfg, client, &traceparent, request_id_header, k, n).await;
             log(format!(
                 "token call {k}: {} {:?} in {:.1} ms",
                 call.method, call.http_status, call.latency_ms
@@ -136,11 +153,36 @@ async fn run(
     }
 }
 
+/// Makes the `traceparent` of one token call (`traceparent(None)` for none) from the
+/// invoke's X-Ray header: a closure, since [`Traceparent::OwnSpan`] draws a new span id per
+/// call.
+fn traceparent(mode: Traceparent, xray: &str) -> impl Fn() -> Option<String> + use<> {
+    let trace_id = w3c_trace_id(xray).unwrap_or_else(|| random_hex(16));
+    let field = |name: &str| {
+        xray.split(';')
+            .find_map(|f| f.trim().strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let parent = field("Parent");
+    let flags = if field("Sampled").as_deref() == Some("1") {
+        "01"
+    } else {
+        "00"
+    };
+    move || match mode {
+        Traceparent::OwnSpan => Some(format!("00-{trace_id}-{}-01", random_hex(8))),
+        Traceparent::XrayParent => parent
+            .as_ref()
+            .map(|parent| format!("00-{trace_id}-{parent}-{flags}")),
+        Traceparent::None => None,
+    }
+}
+
 async fn token_call(
     cfg: &FunctionConfig,
     client: &reqwest::Client,
-    request_id: &str,
-    trace_id: &str,
+    traceparent: impl Fn() -> Option<String>,
+    request_id: Option<&str>,
     k: usize,
     n: usize,
 ) -> TokenCall {
@@ -149,22 +191,22 @@ async fn token_call(
         TokenMode::Post => true,
         TokenMode::Alternate => k % 2 == 1,
     };
-    let traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
-    let req = if post {
+    let traceparent = traceparent();
+    let mut req = if post {
         client
             .post(&cfg.token_url)
             .json(&json!({"sub": format!("user-{n}")}))
     } else {
         client.get(&cfg.token_url)
     };
-    let req = if cfg.send_request_id {
-        req.header(REQUEST_ID_HEADER, request_id)
-    } else {
-        req
-    };
+    if let Some(traceparent) = &traceparent {
+        req = req.header("traceparent", traceparent);
+    }
+    if let Some(request_id) = request_id {
+        req = req.header(REQUEST_ID_HEADER, request_id);
+    }
     let started = Instant::now();
     let res = req
-        .header("traceparent", &traceparent)
         .header("X-Sidecar-Token", &cfg.session_token)
         .timeout(TOKEN_TIMEOUT)
         .send()
@@ -189,7 +231,7 @@ async fn token_call(
         http_status,
         latency_ms: ms(started.elapsed()),
         body,
-        traceparent,
+        traceparent: traceparent.unwrap_or_default(),
         error,
     }
 }

@@ -15,6 +15,6 @@ pub mod sink;
 pub mod telemetry;
 
 pub use env::{EnvConfig, EnvError, Environment, free_port, run};
-pub use function::TokenMode;
+pub use function::{TokenMode, Traceparent};
 pub use report::*;
 pub use sink::{MetricPoint, RequestCounts, Sink, SinkMode, SinkStore, SinkView, SpanRecord};

@@ -117,7 +117,7 @@ pub struct TokenCall {
     pub latency_ms: f64,
     /// The JSON body (or the raw text as a JSON string when it was not JSON).
     pub body: Value,
-    /// The `traceparent` header sent with the call.
+    /// The `traceparent` header sent with the call (empty when none was).
     pub traceparent: String,
     /// Transport error text when `http_status` is None.
     pub error: Option<String>,

@@ -8,6 +8,15 @@
 //! invocation is usually delivered during a later one, because Lambda freezes the
 //! sidecar in between.
 //!
+//! Which invocation a token span belongs to is decided by the caller's request id
+//! ([`crate::records::REQUEST_ID_HEADER`]), else by its `traceparent` (nested under the
+//! invocation span when its parent is the invocation's X-Ray parent), else by time: the
+//! invocation whose `platform.start` … `platform.runtimeDone` window holds the request.
+//! Lambda hands the INVOKE to the runtime and to the extensions in no guaranteed order, and
+//! telemetry comes later still, so a token span waits in a bounded hold ([`MAX_HELD`])
+//! until the events that decide have arrived: it is exported at the next flush anyway. On
+//! Managed Instances invocations overlap and time cannot decide.
+//!
 //! Architecture invariants: no I/O and no clock reads (every time comes from a record,
 //! or from the caller of [`Deriver::finish_pending`]), so derivation is a pure function
 //! of its input and tests drive it directly; state is bounded ([`MAX_PENDING`]
@@ -31,7 +40,7 @@ use crate::intake::events::{
 };
 use crate::records::{InvokeRecord, Record, RemoteParent, TokenRecord, parse_xray};
 use crate::sampling::Sampler;
-use crate::signals::{Metrics, Signal, SkipReason};
+use crate::signals::{Metrics, Signal, SkipReason, Unattributed};
 
 mod function;
 
@@ -58,6 +67,20 @@ pub const MAX_FINISHED: usize = crate::export::SPAN_BUFFER_CAP;
 /// being kept before it. Between two drains there is normally one invocation span; at
 /// SHUTDOWN, every unfinished one.
 const RESERVED_FOR_INVOCATIONS: usize = 256;
+
+/// Token requests held until the telemetry that decides their invocation has arrived. A
+/// held span is on its way to the spans awaiting a drain, where at most this many token and
+/// child spans fit ([`MAX_FINISHED`] less [`RESERVED_FOR_INVOCATIONS`]): holding more could
+/// only move the drop later. One invocation's tokens are normally held until its
+/// `platform.runtimeDone` arrives, so this is also the most tokens per invocation whose spans
+/// can all be placed. Past it the oldest is let go without an invocation and counted
+/// (`sidecar.token.unattributed{reason="overflow"}`). About 150 bytes each: under 1 MB.
+pub const MAX_HELD: usize = MAX_FINISHED - RESERVED_FOR_INVOCATIONS;
+
+/// Lambda's event times have millisecond precision (truncated), and a token request can
+/// start within the millisecond `platform.runtimeDone` is stamped with: a window's end is
+/// widened by this much.
+const WINDOW_SLACK: Duration = Duration::from_millis(1);
 
 const MIB: u64 = 1024 * 1024;
 
@@ -86,6 +109,9 @@ struct Invocation {
     started: Option<SystemTime>,
     /// `platform.runtimeDone` time, once the span has been emitted.
     runtime_done: Option<SystemTime>,
+    /// Where its window ends: `platform.runtimeDone`'s time, else (lost) the end the
+    /// report gives. Token spans are placed against it.
+    ended: Option<SystemTime>,
     /// When the sidecar handed control back (the `Resumed` record).
     resumed: Option<SystemTime>,
 }
@@ -109,6 +135,37 @@ impl Invocation {
     fn start(&self) -> Option<SystemTime> {
         self.started.or(self.received)
     }
+
+    /// The invocation surely started by `at`: `platform.start` says so, or the INVOKE had
+    /// already arrived (Lambda sends it once the invocation has started).
+    fn started_by(&self, at: SystemTime) -> bool {
+        self.start().is_some_and(|start| start <= at)
+    }
+
+    /// Its window ended before `at`, as far as is known.
+    fn ended_before(&self, at: SystemTime) -> bool {
+        self.ended
+            .and_then(|end| end.checked_add(WINDOW_SLACK))
+            .is_some_and(|end| end < at)
+    }
+
+    /// A caller's trace context whose parent is this invocation's X-Ray parent: what a
+    /// function sends when it turns `_X_AMZN_TRACE_ID` into a `traceparent`.
+    fn is_xray_parent(&self, caller: RemoteParent) -> bool {
+        self.traced && caller.trace_id == self.trace_id && caller.span_id == self.parent
+    }
+}
+
+/// Where a token span goes.
+enum Placement {
+    /// Not yet known: held until more telemetry arrives.
+    Wait,
+    /// In this invocation (by request id).
+    Invocation(String),
+    /// In the caller's trace, under the caller's span.
+    Caller(RemoteParent),
+    /// A root span in a trace of its own, counted.
+    Alone(Unattributed),
 }
 
 /// The init or restore phase, from its start event to its report.
@@ -184,8 +241,15 @@ pub struct Deriver {
     next_seq: u64,
     /// Finished request ids, oldest first.
     recent: VecDeque<String>,
-    /// The request id of the latest INVOKE: the parent of token spans without a traceparent.
-    current: Option<String>,
+    /// Token requests whose invocation is not known yet, oldest first (at most [`MAX_HELD`]).
+    held: VecDeque<TokenRecord>,
+    /// The latest `platform.start`/`runtimeDone`/`report` time seen. Lambda delivers
+    /// telemetry in order, so every `platform.start` up to it has arrived: an invocation
+    /// that a token request before it could name or nest under is known by then.
+    watermark: Option<SystemTime>,
+    /// Lambda Managed Instances: invocations overlap, so time does not tell which one a
+    /// token request came from.
+    overlapping: bool,
     /// The next new request id is this environment's first invocation.
     cold_pending: bool,
     init: PhaseState,
@@ -211,7 +275,9 @@ impl Deriver {
             invocations: HashMap::new(),
             next_seq: 0,
             recent: VecDeque::with_capacity(RECENT),
-            current: None,
+            held: VecDeque::new(),
+            watermark: None,
+            overlapping: false,
             cold_pending: true,
             init: PhaseState::NotSeen,
             restore: PhaseState::NotSeen,
@@ -227,12 +293,26 @@ impl Deriver {
         self
     }
 
+    /// For Lambda Managed Instances (`AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances`),
+    /// where invocations overlap: a token span is placed by its request id or traceparent
+    /// only; one with neither is left alone and counted (`reason="concurrent"`).
+    pub fn with_overlapping_invocations(mut self, overlapping: bool) -> Self {
+        self.overlapping = overlapping;
+        self
+    }
+
     /// Applies one record. Never fails: what cannot be used is skipped (and counted
     /// where a metric exists for it).
     pub fn ingest(&mut self, record: Record) {
         match record {
-            Record::Invoke(invoke) => self.invoke(invoke),
-            Record::Telemetry(batch) => self.batch(batch),
+            Record::Invoke(invoke) => {
+                self.invoke(invoke);
+                self.settle(false);
+            }
+            Record::Telemetry(batch) => {
+                self.batch(batch);
+                self.settle(false);
+            }
             Record::Token(token) => self.token(token),
             Record::Resumed { request_id, at } => {
                 if let Some(invocation) = self.invocations.get_mut(&request_id) {
@@ -259,6 +339,8 @@ impl Deriver {
     /// `sidecar.incomplete=true`, and forgets all state (events for those request ids
     /// arriving later are ignored).
     pub fn finish_pending(&mut self, now: SystemTime) {
+        // Held token spans first, while every invocation they could belong to is known.
+        self.settle(true);
         let mut open: Vec<(String, Invocation)> = self.invocations.drain().collect();
         open.sort_by_key(|(_, invocation)| invocation.seq);
         for (request_id, invocation) in open {
@@ -301,7 +383,6 @@ impl Deriver {
         invocation.received = Some(invoke.received);
         invocation.invoked_arn = Some(invoke.invoked_arn);
         invocation.learn_xray(invoke.xray.as_deref(), sampler);
-        self.current = Some(invoke.request_id);
     }
 
     fn batch(&mut self, batch: Batch) {
@@ -316,6 +397,12 @@ impl Deriver {
     }
 
     fn event(&mut self, TelemetryEvent { time, kind }: TelemetryEvent) {
+        if matches!(
+            kind,
+            EventKind::Start(_) | EventKind::RuntimeDone(_) | EventKind::Report(_)
+        ) {
+            self.watermark = self.watermark.max(Some(time));
+        }
         match kind {
             EventKind::InitStart(start) => {
                 if let Some(phase) = self.open_phase(PhaseKind::Init) {
@@ -373,6 +460,7 @@ impl Deriver {
         }
         invocation.learn_xray(done.tracing.as_ref().map(|t| t.value.as_str()), sampler);
         invocation.runtime_done = Some(time);
+        invocation.ended = Some(time);
         let resumed = invocation.resumed;
         let seconds = done
             .metrics
@@ -432,20 +520,28 @@ impl Deriver {
             self.restore_recorded = true;
             self.metrics.restore(Some(seconds(ms)));
         }
-        if let Some(invocation) = self.invocations.remove(&report.request_id) {
-            // No runtimeDone (lost): end the span by the report's own duration.
-            if invocation.runtime_done.is_none() {
-                let end = invocation
-                    .start()
-                    .and_then(|start| start.checked_add(millis(metrics.duration_ms)?))
-                    .unwrap_or(time);
-                let outcome = Outcome {
-                    status: report.status,
-                    error_type: report.error_type.as_deref(),
-                    incomplete: false,
-                };
-                self.invocation_span(&report.request_id, &invocation, end, &outcome, &[]);
-            }
+        if let Some(invocation) = self.invocations.get_mut(&report.request_id)
+            && invocation.ended.is_none()
+        {
+            // No runtimeDone (lost): the report's own duration ends the window.
+            let end = invocation
+                .start()
+                .and_then(|start| start.checked_add(millis(metrics.duration_ms)?))
+                .unwrap_or(time);
+            invocation.ended = Some(end);
+        }
+        // Held token spans are placed before the invocation is forgotten.
+        self.settle(false);
+        if let Some(invocation) = self.invocations.remove(&report.request_id)
+            && invocation.runtime_done.is_none()
+        {
+            let end = invocation.ended.unwrap_or(time);
+            let outcome = Outcome {
+                status: report.status,
+                error_type: report.error_type.as_deref(),
+                incomplete: false,
+            };
+            self.invocation_span(&report.request_id, &invocation, end, &outcome, &[]);
         }
         self.remember(report.request_id);
     }
@@ -618,31 +714,156 @@ impl Deriver {
         }
     }
 
-    /// A span per /token request, in the caller's trace (`traceparent`, whose flags are
-    /// the parent decision), else inside the invocation that was running when the request
-    /// started (sampled as it is), else a trace of its own.
+    /// A span per /token request. It is placed at once when it can be, else held until
+    /// the telemetry that decides arrives ([`Deriver::settle`]).
     fn token(&mut self, token: TokenRecord) {
         self.metrics.token(&token);
-        let sampler = self.sampler;
-        let (trace_id, parent, sampled) =
-            match (token.traceparent, self.running_invocation(token.start)) {
-                (Some(caller), _) => {
-                    let (trace_id, parent) = caller_context(caller.0);
-                    (trace_id, parent, sampler.decide(caller.0.sampled, trace_id))
+        match self.place(&token, false) {
+            Placement::Wait => {
+                if self.held.len() >= MAX_HELD
+                    && let Some(oldest) = self.held.pop_front()
+                {
+                    self.token_span(oldest, Placement::Alone(Unattributed::Overflow));
                 }
-                (None, Some(invocation)) => {
-                    invocation.has_children = true;
-                    (
-                        invocation.trace_id,
-                        Some((invocation.span_id, false)),
-                        invocation.sampled,
-                    )
-                }
-                (None, None) => {
-                    let trace_id = self.ids.new_trace_id();
-                    (trace_id, None, sampler.decide(None, trace_id))
-                }
+                self.held.push_back(token);
+            }
+            placement => self.token_span(token, placement),
+        }
+    }
+
+    /// Places the held token spans that can now be placed; with `last_word` (SHUTDOWN),
+    /// every one, with what is known.
+    fn settle(&mut self, last_word: bool) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        for token in held {
+            match self.place(&token, last_word) {
+                Placement::Wait => self.held.push_back(token),
+                placement => self.token_span(token, placement),
+            }
+        }
+    }
+
+    /// Where `token`'s span goes: the invocation its request id names, else the invocation
+    /// whose X-Ray parent its traceparent names, else its caller's trace, else (without a
+    /// traceparent, and not on Managed Instances) the invocation whose window holds it.
+    /// `Wait` while the events that decide may still come; never with `last_word`.
+    fn place(&self, token: &TokenRecord, last_word: bool) -> Placement {
+        // Every invocation that started by the end of the request is known.
+        let passed = last_word
+            || self.watermark.is_some_and(|mark| {
+                mark >= token
+                    .start
+                    .checked_add(token.duration)
+                    .unwrap_or(token.start)
+            });
+        if let Some(request_id) = &token.request_id {
+            if self.invocations.contains_key(request_id) {
+                return Placement::Invocation(request_id.clone());
+            }
+            let gone = self.recent.contains(request_id);
+            if !(gone || passed) {
+                return Placement::Wait;
+            }
+        }
+        if let Some(caller) = token.traceparent {
+            let nested = self
+                .invocations
+                .iter()
+                .find(|(_, invocation)| invocation.is_xray_parent(caller.0));
+            return match nested {
+                Some((request_id, _)) => Placement::Invocation(request_id.clone()),
+                None if passed => Placement::Caller(caller.0),
+                None => Placement::Wait,
             };
+        }
+        if token.request_id.is_some() {
+            return Placement::Alone(Unattributed::NoInvocation);
+        }
+        if self.overlapping {
+            return Placement::Alone(Unattributed::Concurrent);
+        }
+        self.place_by_time(token.start, last_word || passed)
+    }
+
+    /// The invocation whose window holds `at`, when the events that decide have arrived.
+    /// Invocations take turns here (not on Managed Instances): the candidate is the one
+    /// that started last by `at`; it holds `at` unless it ended before. With `known_up_to`
+    /// (every `platform.start` up to `at` has arrived, or SHUTDOWN), decides with what is
+    /// known.
+    fn place_by_time(&self, at: SystemTime, known_up_to: bool) -> Placement {
+        let candidate = self
+            .invocations
+            .iter()
+            .filter(|(_, invocation)| invocation.started_by(at))
+            .max_by_key(|(_, invocation)| (invocation.start(), invocation.seq));
+        // Seen only by its INVOKE, after `at`: it may have started before.
+        let unsure = self
+            .invocations
+            .values()
+            .any(|invocation| invocation.started.is_none() && !invocation.started_by(at));
+        // No invocation started between the candidate's end (or the beginning) and `at`:
+        // every start up to `at` has arrived, or one after it has and no other is in doubt.
+        let gap = || {
+            known_up_to
+                || (!unsure
+                    && self
+                        .invocations
+                        .values()
+                        .any(|invocation| invocation.started.is_some_and(|start| start > at)))
+        };
+        match candidate {
+            Some((request_id, invocation)) if !invocation.ended_before(at) => {
+                if invocation.ended.is_some() || known_up_to {
+                    Placement::Invocation(request_id.clone())
+                } else {
+                    // Still running, or ended unseen: its runtimeDone (or report) will tell.
+                    Placement::Wait
+                }
+            }
+            // Ended before `at`, or nothing started by `at` (a gap, e.g. init).
+            _ if gap() => Placement::Alone(Unattributed::NoInvocation),
+            _ => Placement::Wait,
+        }
+    }
+
+    /// Derives the token span where `placement` says, in that trace and under its sampling
+    /// decision: the invocation's (a caller's traceparent inside the invocation's trace stays
+    /// the parent, unless it is the X-Ray parent), the caller's flags, or a new root.
+    fn token_span(&mut self, token: TokenRecord, placement: Placement) {
+        let sampler = self.sampler;
+        let invocation = match &placement {
+            Placement::Invocation(request_id) => self.invocations.get_mut(request_id),
+            _ => None,
+        };
+        let (trace_id, parent, sampled) = match (invocation, placement) {
+            (Some(invocation), _) => {
+                invocation.has_children = true;
+                let parent = match token.traceparent {
+                    Some(caller)
+                        if caller.0.trace_id == invocation.trace_id
+                            && !invocation.is_xray_parent(caller.0) =>
+                    {
+                        caller_context(caller.0).1
+                    }
+                    _ => Some((invocation.span_id, false)),
+                };
+                (invocation.trace_id, parent, invocation.sampled)
+            }
+            (None, Placement::Caller(caller)) => {
+                let (trace_id, parent) = caller_context(caller);
+                (trace_id, parent, sampler.decide(caller.sampled, trace_id))
+            }
+            (None, placement) => {
+                if let Placement::Alone(reason) = placement {
+                    self.metrics.token_unattributed(reason);
+                }
+                let trace_id = self.ids.new_trace_id();
+                (trace_id, None, sampler.decide(None, trace_id))
+            }
+        };
         let status = token.outcome.http_status();
         let attributes = vec![
             KeyValue::new("sidecar.token.algorithm", token.algorithm),
@@ -690,12 +911,19 @@ impl Deriver {
         )
     }
 
-    /// The latest INVOKE's invocation, if it had not finished by `at`.
-    fn running_invocation(&mut self, at: SystemTime) -> Option<&mut Invocation> {
-        let invocation = self.invocations.get_mut(self.current.as_deref()?)?;
-        match invocation.runtime_done {
-            Some(done) if done < at => None,
-            _ => Some(invocation),
+    /// The request id of the invocation that holds time `at`, as far as is known now: the
+    /// one that started last by `at`, unless it ended before. `None` on Managed Instances,
+    /// where invocations overlap and only a request id tells (`invocations[request_id]`).
+    pub fn invocation_at(&self, at: SystemTime) -> Option<&str> {
+        if self.overlapping {
+            return None;
+        }
+        match self.place_by_time(at, true) {
+            Placement::Invocation(request_id) => self
+                .invocations
+                .get_key_value(&request_id)
+                .map(|(id, _)| id.as_str()),
+            _ => None,
         }
     }
 
@@ -780,6 +1008,7 @@ impl Deriver {
                 received: None,
                 started: None,
                 runtime_done: None,
+                ended: None,
                 resumed: None,
             };
             self.next_seq += 1;

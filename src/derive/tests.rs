@@ -47,6 +47,7 @@ fn token(ms: u64, duration_ms: u64, outcome: TokenOutcome, traceparent: Option<&
         algorithm: "ES256",
         outcome,
         traceparent: traceparent.and_then(TraceParent::parse),
+        request_id: None,
     })
 }
 
@@ -152,6 +153,9 @@ fn check(records: Vec<Record>, shutdown_ms: Option<u64>, spans: &str, metrics: &
 
 #[test]
 fn cold_start_then_warm_invocation_with_tokens() {
+    // A token span without traceparent is derived once its invocation's runtimeDone shows
+    // that its window holds it; one with another caller's traceparent, once telemetry has
+    // passed it (no invocation has that X-Ray parent).
     check(
         vec![
             telemetry(
@@ -198,20 +202,20 @@ fn cold_start_then_warm_invocation_with_tokens() {
         "\
 init Internal trace=t1 span=s1 parent=- 0..125.5
   [+function aws.lambda.initialization_type=on-demand]
-sidecar.token Server trace=5759e988bd862e3fe1be46a994272793 span=s2 parent=s3 210..212
-  [http.response.status_code=200 sidecar.token.algorithm=ES256 sidecar.token.outcome=issued]
-sidecar.token Server trace=4bf92f3577b34da6a3ce929d0e0e4736 span=s4 parent=00f067aa0ba902b7 (remote) 215..216
-  [http.response.status_code=200 sidecar.token.algorithm=ES256 sidecar.token.outcome=issued]
-orders Server trace=5759e988bd862e3fe1be46a994272793 span=s3 parent=53995c3f42cd8ad8 (remote) 200..300
+orders Server trace=5759e988bd862e3fe1be46a994272793 span=s2 parent=53995c3f42cd8ad8 (remote) 200..300
   [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r1 faas.coldstart=true faas.invocation_id=r1]
-responseLatency Internal trace=5759e988bd862e3fe1be46a994272793 span=s5 parent=s3 201..299
+responseLatency Internal trace=5759e988bd862e3fe1be46a994272793 span=s3 parent=s2 201..299
   []
-responseDuration Internal trace=5759e988bd862e3fe1be46a994272793 span=s6 parent=s3 299..299.5
+responseDuration Internal trace=5759e988bd862e3fe1be46a994272793 span=s4 parent=s2 299..299.5
   []
-sidecar.token Server trace=t2 span=s7 parent=s8 1010..1013
-  [http.response.status_code=400 sidecar.token.algorithm=ES256 sidecar.token.outcome=bad_request]
-orders Server trace=t2 span=s8 parent=- 1000..1300 Error { description: \"error: Runtime.Unhandled\" }
+sidecar.token Server trace=5759e988bd862e3fe1be46a994272793 span=s5 parent=s2 210..212
+  [http.response.status_code=200 sidecar.token.algorithm=ES256 sidecar.token.outcome=issued]
+sidecar.token Server trace=4bf92f3577b34da6a3ce929d0e0e4736 span=s6 parent=00f067aa0ba902b7 (remote) 215..216
+  [http.response.status_code=200 sidecar.token.algorithm=ES256 sidecar.token.outcome=issued]
+orders Server trace=t2 span=s7 parent=- 1000..1300 Error { description: \"error: Runtime.Unhandled\" }
   [+function aws.lambda.invoked_arn=arn:aws:lambda:eu-west-1:123456789012:function:orders:r2 error.type=Runtime.Unhandled faas.coldstart=false faas.invocation_id=r2]
+sidecar.token Server trace=t2 span=s8 parent=s7 1010..1013
+  [http.response.status_code=400 sidecar.token.algorithm=ES256 sidecar.token.outcome=bad_request]
 ",
         // Re-delivered r1 events are counted as received but not derived twice; the
         // report's initDurationMs does not count a second cold start.
@@ -247,7 +251,8 @@ sidecar.token.requests{algorithm=ES256,outcome=issued} = 2",
 #[test]
 fn shutdown_closes_what_never_completed() {
     // A cold start whose init never reported and an invocation still running at
-    // SHUTDOWN; a token fetched after the first invocation finished is its own trace.
+    // SHUTDOWN; a token fetched after the first invocation finished is its own trace
+    // (decided at SHUTDOWN, when r2's start is still unknown, and counted).
     check(
         vec![
             telemetry(
@@ -282,7 +287,8 @@ sidecar.telemetry.events{type=platform.initStart} = 1
 sidecar.telemetry.events{type=platform.runtimeDone} = 1
 sidecar.telemetry.events{type=platform.start} = 1
 sidecar.token.duration{algorithm=ES256} count=1 sum=0.001
-sidecar.token.requests{algorithm=ES256,outcome=error} = 1",
+sidecar.token.requests{algorithm=ES256,outcome=error} = 1
+sidecar.token.unattributed{reason=no_invocation} = 1",
     );
 }
 
@@ -415,8 +421,9 @@ fn spans_awaiting_a_drain_are_bounded_and_the_invocation_span_kept() {
     );
     let dropped = 30_000 - (4096 - 256) + 2;
     assert_eq!(dropped_spans(&source), Some(dropped));
-    // A drain makes room again.
+    // A drain makes room again (for a token span after r1, placed at SHUTDOWN).
     deriver.ingest(token(500, 0, TokenOutcome::Issued, None));
+    deriver.finish_pending(at(600));
     assert_eq!(deriver.take_spans().len(), 1);
 }
 
@@ -440,13 +447,19 @@ fn sampled_run(sampler: &str, records: Vec<Record>) -> (Vec<String>, String) {
     let (source, recorder) = testing::source();
     let mut deriver = Deriver::new(function(), Arc::new(recorder)).with_sampler(sampler);
     let mut names = Vec::new();
-    for record in records {
-        deriver.ingest(record);
-        for span in deriver.take_spans() {
+    let mut keep = |spans: Vec<SpanData>| {
+        for span in spans {
             assert!(span.span_context.is_sampled(), "{}", span.name);
             names.push(span.name.into_owned());
         }
+    };
+    for record in records {
+        deriver.ingest(record);
+        keep(deriver.take_spans());
     }
+    // Held token spans are decided at the latest at SHUTDOWN.
+    deriver.finish_pending(at(5_000));
+    keep(deriver.take_spans());
     (names, testing::render(&source))
 }
 
@@ -472,10 +485,10 @@ fn xray_sampled_flag_decides_for_the_invocation_and_its_children() {
     assert_eq!(
         kept,
         [
-            "sidecar.token",
             "orders",
             "responseLatency",
-            "responseLatency"
+            "responseLatency",
+            "sidecar.token"
         ]
     );
     for (sampler, flag) in [
@@ -612,4 +625,308 @@ sidecar.telemetry.events{type=platform.report} = 3
 sidecar.telemetry.events{type=platform.runtimeDone} = 3
 sidecar.telemetry.events{type=platform.start} = 3"
     );
+}
+
+/// The `traceparent` the example function sends: X-Ray's Root and Parent as W3C ids.
+const XRAY_TRACEPARENT: &str = "00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01";
+
+/// Telemetry events given as `(type, request id, ms)`, in one batch.
+fn platform(events: &[(&str, &str, u64)]) -> Record {
+    let items: Vec<String> = events
+        .iter()
+        .map(|(kind, request_id, ms)| {
+            assert!(*ms < 1000);
+            let metrics = match *kind {
+                "report" => {
+                    r#","metrics":{"durationMs":1.0,"billedDurationMs":1,"memorySizeMB":128,"maxMemoryUsedMB":64}"#
+                }
+                _ => "",
+            };
+            format!(
+                r#"{{"time":"2022-10-12T00:00:00.{ms:03}Z","type":"platform.{kind}","record":{{"requestId":"{request_id}","status":"success"{metrics}}}}}"#
+            )
+        })
+        .collect();
+    telemetry(&format!("[{}]", items.join(",")))
+}
+
+/// Each token span (by start time in ms) and what it hangs from: the `faas.invocation_id`
+/// of the invocation span that is its parent in the same trace, `caller` for a remote
+/// parent, `root` for none.
+fn token_parents(spans: &[SpanData]) -> Vec<(u64, String)> {
+    let invocations: HashMap<SpanId, (TraceId, String)> = spans
+        .iter()
+        .filter_map(|s| {
+            let id = s
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "faas.invocation_id")?;
+            Some((
+                s.span_context.span_id(),
+                (s.span_context.trace_id(), id.value.to_string()),
+            ))
+        })
+        .collect();
+    let mut parents: Vec<(u64, String)> = spans
+        .iter()
+        .filter(|s| s.name.contains("token"))
+        .map(|s| {
+            let ms = s.start_time.duration_since(base()).unwrap().as_millis() as u64;
+            let parent = match invocations.get(&s.parent_span_id) {
+                Some((trace, id)) if *trace == s.span_context.trace_id() => id.clone(),
+                Some(_) => "another trace".to_owned(),
+                None if s.parent_span_is_remote => "caller".to_owned(),
+                None if s.parent_span_id == SpanId::INVALID => "root".to_owned(),
+                None => "unknown".to_owned(),
+            };
+            (ms, parent)
+        })
+        .collect();
+    parents.sort();
+    parents
+}
+
+/// Every span `records` derive, up to a SHUTDOWN at `shutdown_ms`, and the metrics.
+fn run(deriver: Deriver, records: Vec<Record>, shutdown_ms: u64) -> Vec<SpanData> {
+    let mut deriver = deriver;
+    let mut spans = Vec::new();
+    for record in records {
+        deriver.ingest(record);
+        spans.extend(deriver.take_spans());
+    }
+    deriver.finish_pending(at(shutdown_ms));
+    spans.extend(deriver.take_spans());
+    spans
+}
+
+fn owned(parents: &[(u64, &str)]) -> Vec<(u64, String)> {
+    parents
+        .iter()
+        .map(|(ms, p)| (*ms, (*p).to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_token_span_whose_parent_is_the_xray_parent_nests_under_the_invocation() {
+    // The example function's traceparent, once before the sidecar has the INVOKE (Lambda
+    // hands it to the runtime first) and once after.
+    let (_, recorder) = testing::source();
+    let spans = run(
+        Deriver::new(function(), Arc::new(recorder)),
+        vec![
+            token(5, 1, TokenOutcome::Issued, Some(XRAY_TRACEPARENT)),
+            invoke("r1", 8, Some(XRAY)),
+            token(20, 1, TokenOutcome::Issued, Some(XRAY_TRACEPARENT)),
+            // Another caller's context stays the parent.
+            token(30, 1, TokenOutcome::Issued, Some(TRACEPARENT)),
+            platform(&[("start", "r1", 0), ("runtimeDone", "r1", 100)]),
+        ],
+        900,
+    );
+    assert_eq!(
+        token_parents(&spans),
+        owned(&[(5, "r1"), (20, "r1"), (30, "caller")])
+    );
+    let nested = spans
+        .iter()
+        .filter(|s| s.name.contains("token"))
+        .filter(|s| s.span_context.trace_id().to_string() == LITERAL_IDS[0]);
+    assert_eq!(nested.count(), 2);
+}
+
+#[test]
+fn a_token_span_without_traceparent_belongs_to_the_invocation_whose_window_holds_it() {
+    // The race of issue 11: the function asks for tokens at the very start of r2, before
+    // the sidecar has r2's INVOKE, while r1's runtimeDone has not arrived either. Time
+    // decides, once platform.start and platform.runtimeDone are known.
+    let (source, recorder) = testing::source();
+    let spans = run(
+        Deriver::new(function(), Arc::new(recorder)),
+        vec![
+            invoke("r1", 2, None),
+            token(50, 1, TokenOutcome::Issued, None),
+            token(150, 1, TokenOutcome::Issued, None),
+            token(151, 1, TokenOutcome::Issued, None),
+            invoke("r2", 160, None),
+            platform(&[
+                ("start", "r1", 0),
+                ("runtimeDone", "r1", 100),
+                ("start", "r2", 140),
+            ]),
+            token(250, 1, TokenOutcome::Issued, None),
+            platform(&[("runtimeDone", "r2", 300)]),
+            // After r2, before r3 started: no window holds it (known once r3's start is).
+            token(310, 1, TokenOutcome::Issued, None),
+            // r3's, with r2's end known and r3 not seen at all yet.
+            token(410, 1, TokenOutcome::Issued, None),
+            invoke("r3", 420, None),
+            platform(&[("start", "r3", 400), ("runtimeDone", "r3", 500)]),
+            // After r3, before any other invocation: decided at SHUTDOWN.
+            token(600, 1, TokenOutcome::Issued, None),
+        ],
+        900,
+    );
+    assert_eq!(
+        token_parents(&spans),
+        owned(&[
+            (50, "r1"),
+            (150, "r2"),
+            (151, "r2"),
+            (250, "r2"),
+            (310, "root"),
+            (410, "r3"),
+            (600, "root")
+        ])
+    );
+    assert!(
+        testing::render(&source).contains("sidecar.token.unattributed"),
+        "{}",
+        testing::render(&source)
+    );
+}
+
+/// A token request at `ms` naming its invocation with the request-id header.
+fn token_for(ms: u64, request_id: &str, traceparent: Option<&str>) -> Record {
+    let Record::Token(mut record) = token(ms, 1, TokenOutcome::Issued, traceparent) else {
+        unreachable!()
+    };
+    record.request_id = crate::records::parse_request_id(request_id);
+    Record::Token(record)
+}
+
+#[test]
+fn the_request_id_header_decides() {
+    let (source, recorder) = testing::source();
+    let spans = run(
+        Deriver::new(function(), Arc::new(recorder)),
+        vec![
+            invoke("r1", 0, None),
+            // Named before the sidecar has seen r2 at all: held until it has.
+            token_for(50, "r2", None),
+            // Time says r1, the header says r2: the header wins.
+            token_for(60, "r2", None),
+            // The example's traceparent names r1's X-Ray parent; the header still decides.
+            token_for(70, "r2", Some(XRAY_TRACEPARENT)),
+            invoke("r2", 80, None),
+            // A request id that never comes.
+            token_for(90, "r9", None),
+            platform(&[
+                ("start", "r1", 0),
+                ("runtimeDone", "r1", 100),
+                ("start", "r2", 110),
+                ("runtimeDone", "r2", 200),
+                ("report", "r2", 201),
+            ]),
+            // After r2's report: its state is gone, the span is placed alone.
+            token_for(300, "r2", None),
+        ],
+        900,
+    );
+    assert_eq!(
+        token_parents(&spans),
+        owned(&[
+            (50, "r2"),
+            (60, "r2"),
+            (70, "r2"),
+            (90, "root"),
+            (300, "root")
+        ])
+    );
+    assert!(
+        testing::render(&source).contains("sidecar.token.unattributed{reason=no_invocation} = 2"),
+        "{}",
+        testing::render(&source)
+    );
+}
+
+#[test]
+fn on_managed_instances_time_does_not_decide() {
+    // r1 and r2 overlap: a token request with neither a request id nor a traceparent could
+    // be either's, so it is left alone and counted, not guessed.
+    let (source, recorder) = testing::source();
+    let deriver = Deriver::new(function(), Arc::new(recorder)).with_overlapping_invocations(true);
+    let spans = run(
+        deriver,
+        vec![
+            token(20, 1, TokenOutcome::Issued, None),
+            token_for(21, "r2", None),
+            token(22, 1, TokenOutcome::Issued, Some(XRAY_TRACEPARENT)),
+            token(23, 1, TokenOutcome::Issued, Some(TRACEPARENT)),
+            invoke("r1", 0, Some(XRAY)),
+            platform(&[
+                ("start", "r1", 0),
+                ("start", "r2", 10),
+                ("runtimeDone", "r1", 100),
+                ("runtimeDone", "r2", 110),
+            ]),
+        ],
+        900,
+    );
+    assert_eq!(
+        token_parents(&spans),
+        owned(&[(20, "root"), (21, "r2"), (22, "r1"), (23, "caller")])
+    );
+    let metrics = testing::render(&source);
+    assert!(
+        metrics.contains("sidecar.token.unattributed{reason=concurrent} = 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("no_invocation"), "{metrics}");
+}
+
+#[test]
+fn held_token_spans_are_bounded_and_the_overflow_counted() {
+    // Token spans wait for their invocation's runtimeDone; past MAX_HELD the oldest is let
+    // go without an invocation.
+    let (source, recorder) = testing::source();
+    let mut deriver = Deriver::new(function(), Arc::new(recorder));
+    deriver.ingest(invoke("r1", 0, None));
+    let over = 5;
+    for n in 0..(MAX_HELD + over) as u64 {
+        deriver.ingest(token(1 + n / 10, 0, TokenOutcome::Issued, None));
+    }
+    assert_eq!(deriver.held.len(), MAX_HELD);
+    let early = deriver.take_spans();
+    assert_eq!(token_parents(&early), owned(&[(1, "root"); 5]));
+    deriver.ingest(runtime_done("r1", 999, 0));
+    let spans = deriver.take_spans();
+    assert!(deriver.held.is_empty());
+    // They now share the bound of spans awaiting a drain, which the invocation span (derived
+    // first) also counts against: one token span more than fits is dropped there, counted.
+    assert_eq!(spans.len(), MAX_HELD);
+    assert_eq!(dropped_spans(&source), Some(1));
+    assert!(
+        token_parents(&spans)
+            .iter()
+            .all(|(_, parent)| parent == "r1")
+    );
+    let metrics = testing::render(&source);
+    assert!(
+        metrics.contains(&format!(
+            "sidecar.token.unattributed{{reason=overflow}} = {over}"
+        )),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn invocation_at_answers_which_invocation_holds_a_time() {
+    let (_, recorder) = testing::source();
+    let mut deriver = Deriver::new(function(), Arc::new(recorder));
+    deriver.ingest(invoke("r1", 2, None));
+    deriver.ingest(platform(&[
+        ("start", "r1", 0),
+        ("runtimeDone", "r1", 100),
+        ("start", "r2", 140),
+    ]));
+    let holder = |ms| deriver.invocation_at(at(ms)).map(str::to_owned);
+    assert_eq!(
+        [holder(50), holder(120), holder(150)],
+        [Some("r1".to_owned()), None, Some("r2".to_owned())]
+    );
+    let (_, recorder) = testing::source();
+    let mut overlapping =
+        Deriver::new(function(), Arc::new(recorder)).with_overlapping_invocations(true);
+    overlapping.ingest(platform(&[("start", "r1", 0)]));
+    assert_eq!(overlapping.invocation_at(at(50)), None);
 }

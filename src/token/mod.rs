@@ -34,7 +34,9 @@ use tokio::net::TcpListener;
 
 use crate::config::{TokenAuth, TokenConfig};
 use crate::pipeline::Recorder;
-use crate::records::{Record, TokenOutcome, TokenRecord, TraceParent};
+use crate::records::{
+    REQUEST_ID_HEADER, Record, TokenOutcome, TokenRecord, TraceParent, parse_request_id,
+};
 use crate::server::Limits;
 use crate::signals::Listener;
 use crate::signals::Metrics;
@@ -178,6 +180,7 @@ impl TokenService {
         timer: Instant,
         status: StatusCode,
         traceparent: Option<TraceParent>,
+        request_id: Option<String>,
     ) {
         if let Some(recorder) = &self.recorder {
             recorder.record(Record::Token(TokenRecord {
@@ -192,6 +195,7 @@ impl TokenService {
                     }
                 },
                 traceparent,
+                request_id,
             }));
         }
     }
@@ -252,6 +256,11 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse);
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_request_id);
     let response = match service
         .check_boundary(&request)
         .and_then(|()| service.check_secret(request.headers()))
@@ -259,7 +268,7 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     };
-    service.record(start, timer, response.status(), traceparent);
+    service.record(start, timer, response.status(), traceparent, request_id);
     response
 }
 
