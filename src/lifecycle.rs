@@ -554,8 +554,15 @@ impl Sidecar {
 
     /// The periodic flush (Managed Instances): what finished since the last one, under the
     /// same cap as an INVOKE flush; the span buffer's bound and its overflow count apply.
+    /// An environment left idle for hours sends nothing: without a new record and with
+    /// nothing kept from a failed flush, the tick is skipped (counts made outside records,
+    /// such as refused connections, go with the next flush).
     async fn on_tick(&mut self) {
-        let spans = self.pipeline.drain().await;
+        let spans = match self.pipeline.drain_if_changed().await {
+            Some(spans) => spans,
+            None if self.exporter.idle() => return,
+            None => Vec::new(),
+        };
         let report = self.exporter.flush(spans, self.flush_timeout).await;
         tracing::debug!(?report, "periodic flush");
     }

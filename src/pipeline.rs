@@ -31,6 +31,8 @@ enum Msg {
     /// A record and its weight in [`MAX_QUEUED_EVENTS`].
     Record(Record, usize),
     Drain(oneshot::Sender<Vec<SpanData>>),
+    /// A drain answered `None` when no record came since the last one.
+    DrainIfChanged(oneshot::Sender<Option<Vec<SpanData>>>),
     /// Answered once no invocation awaits its `platform.report`.
     AwaitReports(oneshot::Sender<()>),
     Finish {
@@ -111,6 +113,12 @@ impl Pipeline {
         self.ask(Msg::Drain).await.unwrap_or_default()
     }
 
+    /// Like [`Pipeline::drain`], but `None` when no record arrived since the last drain:
+    /// the periodic flush of an idle environment then has nothing new to send.
+    pub async fn drain_if_changed(&self) -> Option<Vec<SpanData>> {
+        self.ask(Msg::DrainIfChanged).await.flatten()
+    }
+
     /// Resolves once every invocation seen so far has had its `platform.report` ingested
     /// (or the task ended): on Managed Instances several are in flight at once. The caller
     /// bounds the wait.
@@ -134,10 +142,13 @@ impl Pipeline {
 
 async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: Arc<AtomicUsize>) {
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    // A record arrived since the last drain.
+    let mut changed = false;
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Record(record, events) => {
                 queued_events.fetch_sub(events, Ordering::Relaxed);
+                changed = true;
                 deriver.ingest(record);
                 if deriver.in_flight() == 0 {
                     for waiter in waiting.drain(..) {
@@ -146,7 +157,11 @@ async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: A
                 }
             }
             Msg::Drain(reply) => {
+                changed = false;
                 let _ = reply.send(deriver.take_spans());
+            }
+            Msg::DrainIfChanged(reply) => {
+                let _ = reply.send(std::mem::take(&mut changed).then(|| deriver.take_spans()));
             }
             Msg::AwaitReports(reply) => {
                 if deriver.in_flight() == 0 {
@@ -169,6 +184,19 @@ mod tests {
     use crate::derive::FunctionInfo;
     use crate::intake::events::parse_batch;
     use crate::signals::testing;
+
+    #[tokio::test]
+    async fn a_drain_if_changed_is_none_until_a_record_arrives() {
+        let (_source, metrics) = testing::source();
+        let metrics = Arc::new(metrics);
+        let deriver = Deriver::new(FunctionInfo::from_vars(|_| None), Arc::clone(&metrics));
+        let (pipeline, recorder) = Pipeline::start(deriver, metrics);
+        assert!(pipeline.drain_if_changed().await.is_none());
+        let event = r#"[{"time":"2022-10-12T00:00:00.000Z","type":"platform.start","record":{"requestId":"r1"}}]"#;
+        recorder.record(Record::Telemetry(parse_batch(event.as_bytes()).unwrap()));
+        assert_eq!(pipeline.drain_if_changed().await.map(|s| s.len()), Some(0));
+        assert!(pipeline.drain_if_changed().await.is_none());
+    }
 
     #[tokio::test]
     async fn queued_telemetry_is_bounded_by_events() {
