@@ -68,6 +68,13 @@ const DRAIN_WAIT: Duration = Duration::from_millis(200);
 /// in a minute, and holding on only delays the end of the environment.
 const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(1);
 
+/// The longest a periodic flush (Managed Instances) may take, whatever
+/// `SIDECAR_FLUSH_TIMEOUT_MS` allows. SHUTDOWN can arrive in the middle of one there (at an
+/// INVOKE it cannot: event/next waits until the flush is done), and is handled once it
+/// ends; its own steps shrink to the time left, so 1 s of Lambda's 2 s shutdown phase
+/// still leaves room to wait for reports, flush and exit before the deadline.
+const PERIODIC_FLUSH_MAX: Duration = Duration::from_secs(1);
+
 /// The longest the shutdown waits for its last EMF lines to reach stdout (a pipe Lambda
 /// reads: microseconds, unless its reader is stuck).
 const EMF_WAIT: Duration = Duration::from_millis(100);
@@ -205,7 +212,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
         let first = tokio::time::Instant::now() + sidecar.flush_interval;
         let mut ticks = tokio::time::interval_at(first, sidecar.flush_interval);
         // A flush that outlasts the interval delays the next tick rather than queuing a
-        // burst of them: one flush at a time, at most one per interval.
+        // burst of them: one flush at a time (the loop runs one), at most one per interval.
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ticks
     });
@@ -213,6 +220,9 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
     tokio::pin!(event_loop);
     loop {
         tokio::select! {
+            // SHUTDOWN before another tick: a tick due while a slow flush ran would
+            // otherwise win half the time and run a second flush into the deadline.
+            biased;
             result = &mut event_loop => {
                 // The crate's loop only ends on an error (event/next failed).
                 return match result {
@@ -220,7 +230,6 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
                     Err(e) => Err(LifecycleError::EventLoop(e)),
                 };
             }
-            () = tick(&mut ticks) => sidecar.on_tick().await,
             handoff = handoff_rx.recv() => {
                 let Some((event, done)) = handoff else { return Ok(()) };
                 match event {
@@ -232,6 +241,14 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
                         sidecar.on_shutdown(shutdown).await;
                         return Ok(());
                     }
+                }
+            }
+            () = tick(&mut ticks) => {
+                sidecar.on_tick().await;
+                // The next tick a full interval after this flush ended, not at once: a
+                // slow collector gets a flush per interval, not back-to-back flushes.
+                if let Some(ticks) = ticks.as_mut() {
+                    ticks.reset();
                 }
             }
         }
@@ -553,7 +570,8 @@ impl Sidecar {
     }
 
     /// The periodic flush (Managed Instances): what finished since the last one, under the
-    /// same cap as an INVOKE flush; the span buffer's bound and its overflow count apply.
+    /// same cap as an INVOKE flush and at most [`PERIODIC_FLUSH_MAX`]; the span buffer's
+    /// bound and its overflow count apply.
     /// An environment left idle for hours sends nothing: without a new record and with
     /// nothing kept from a failed flush, the tick is skipped (counts made outside records,
     /// such as refused connections, go with the next flush).
@@ -563,7 +581,8 @@ impl Sidecar {
             None if self.exporter.idle() => return,
             None => Vec::new(),
         };
-        let report = self.exporter.flush(spans, self.flush_timeout).await;
+        let budget = self.flush_timeout.min(PERIODIC_FLUSH_MAX);
+        let report = self.exporter.flush(spans, budget).await;
         tracing::debug!(?report, "periodic flush");
     }
 
