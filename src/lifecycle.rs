@@ -12,7 +12,8 @@
 //! let the `lambda-extension` crate call event/next. The flush runs while the function runs,
 //! so it only costs the function time when it outlasts the function.
 //! On Lambda Managed Instances there is no INVOKE (the sidecar registers for SHUTDOWN only):
-//! a timer flushes every `SIDECAR_FLUSH_INTERVAL_MS` instead, under the same cap.
+//! a timer flushes every `SIDECAR_FLUSH_INTERVAL_MS` instead, under the same cap (and at
+//! most `PERIODIC_FLUSH_MAX`, since SHUTDOWN may arrive in the middle of one).
 //! At SHUTDOWN: wait briefly for the `platform.report` of every invocation still in flight,
 //! flush within the deadline and a fixed cap (`SHUTDOWN_FLUSH_MAX`), let in-flight token
 //! requests finish, exit 0.
