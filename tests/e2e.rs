@@ -193,8 +193,12 @@ async fn every_invocation_and_token_arrives_through_a_real_collector() {
 /// Issue 11's race, made the rule: lambda-env hands every INVOKE to the function first, and
 /// to the sidecar only once the function has asked for its 2 tokens. 50 invocations through
 /// rotel: every token span is a child of its own invocation's span (same trace, parent =
-/// that span, starting inside it), and none is left without an invocation.
-async fn tokens_asked_before_the_sidecar_has_the_invoke(traceparent: Traceparent) {
+/// that span, starting inside it), and none is left without an invocation. The function
+/// sends `traceparent`, and the request-id header with `send_request_id`.
+async fn tokens_asked_before_the_sidecar_has_the_invoke(
+    traceparent: Traceparent,
+    send_request_id: bool,
+) {
     let sink = Sink::start().await.unwrap();
     let rotel = rotel(&sink).await;
     let (invokes, tokens) = (50, 2);
@@ -208,6 +212,7 @@ async fn tokens_asked_before_the_sidecar_has_the_invoke(traceparent: Traceparent
     );
     config.invoke_runtime_first = true;
     config.traceparent = traceparent;
+    config.send_request_id = send_request_id;
     config.gap_ms = 20;
     let report = lambda_env::run(config).await.unwrap();
     assert_healthy_run(&report, tokens);
@@ -274,12 +279,17 @@ async fn tokens_asked_before_the_sidecar_has_the_invoke(traceparent: Traceparent
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_without_traceparent_before_the_invoke_join_their_own_invocation() {
-    tokens_asked_before_the_sidecar_has_the_invoke(Traceparent::None).await;
+    tokens_asked_before_the_sidecar_has_the_invoke(Traceparent::None, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_with_the_xray_parent_before_the_invoke_nest_under_their_invocation() {
-    tokens_asked_before_the_sidecar_has_the_invoke(Traceparent::XrayParent).await;
+    tokens_asked_before_the_sidecar_has_the_invoke(Traceparent::XrayParent, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_naming_their_request_id_before_the_invoke_join_their_own_invocation() {
+    tokens_asked_before_the_sidecar_has_the_invoke(Traceparent::None, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -600,3 +600,65 @@ async fn refused_token_requests_are_recorded_with_their_status() {
     statuses.sort();
     assert_eq!(statuses, [200, 400, 401, 405, 415]);
 }
+
+/// The `Lambda-Runtime-Aws-Request-Id` header reaches derivation and decides the token span's
+/// invocation over time: with two invocations started, the later one holds the request by
+/// time, but a request naming the earlier one is placed there; a malformed name is ignored.
+#[tokio::test]
+async fn the_request_id_header_names_the_invocation() {
+    use lambda_sidecar::derive::{Deriver, FunctionInfo};
+    use lambda_sidecar::export::MetricsSource;
+    use lambda_sidecar::records::{InvokeRecord, Record};
+    use lambda_sidecar::signals::Metrics;
+    use std::time::{Duration, SystemTime};
+    let source = MetricsSource::new(opentelemetry_sdk::Resource::builder_empty().build());
+    let signals = Arc::new(Metrics::new(&source.meter()));
+    let (pipeline, recorder) = Pipeline::start(
+        Deriver::new(FunctionInfo::from_vars(|_| None), signals.clone()),
+        signals,
+    );
+    let now = SystemTime::now();
+    for (request_id, ago) in [("r-early", 2), ("r-late", 1)] {
+        recorder.record(Record::Invoke(InvokeRecord {
+            request_id: request_id.to_owned(),
+            deadline_ms: 0,
+            invoked_arn: "arn:aws:lambda:us-east-1:123456789012:function:f".to_owned(),
+            xray: None,
+            received: now - Duration::from_secs(ago),
+        }));
+    }
+    let server = start_recording(&[("JWT_SECRET", SECRET)], Some(recorder)).await;
+    let url = format!("{}/token", server.base);
+    for request_id in [Some("r-early"), None, Some("r early")] {
+        let mut request = reqwest::Client::new()
+            .get(&url)
+            .header("X-Sidecar-Token", SESSION);
+        if let Some(request_id) = request_id {
+            request = request.header("Lambda-Runtime-Aws-Request-Id", request_id);
+        }
+        assert_eq!(request.send().await.unwrap().status().as_u16(), 200);
+    }
+    let spans = pipeline.finish(SystemTime::now()).await;
+    let invocation = |request_id: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.attributes.iter().any(|kv| {
+                    kv.key.as_str() == "faas.invocation_id" && kv.value.as_str() == request_id
+                })
+            })
+            .map(|s| s.span_context.span_id())
+            .unwrap()
+    };
+    let mut tokens: Vec<_> = spans.iter().filter(|s| s.name.contains("token")).collect();
+    tokens.sort_by_key(|s| s.start_time);
+    let parents: Vec<_> = tokens.iter().map(|s| s.parent_span_id).collect();
+    assert_eq!(
+        parents,
+        [
+            invocation("r-early"),
+            invocation("r-late"),
+            invocation("r-late")
+        ]
+    );
+}

@@ -153,9 +153,8 @@ async fn run(
     }
 }
 
-/// Makes the `traceparent` of one token call (`traceparent(None)` for none) from the
-/// invoke's X-Ray header: a closure, since [`Traceparent::OwnSpan`] draws a new span id per
-/// call.
+/// The `traceparent` of each token call (`None`: send none), made from the invoke's X-Ray
+/// header; a closure, since [`Traceparent::OwnSpan`] draws a new span id per call.
 fn traceparent(mode: Traceparent, xray: &str) -> impl Fn() -> Option<String> + use<> {
     let trace_id = w3c_trace_id(xray).unwrap_or_else(|| random_hex(16));
     let field = |name: &str| {

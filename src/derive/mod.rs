@@ -243,9 +243,11 @@ pub struct Deriver {
     recent: VecDeque<String>,
     /// Token requests whose invocation is not known yet, oldest first (at most [`MAX_HELD`]).
     held: VecDeque<TokenRecord>,
-    /// The latest `platform.start`/`runtimeDone`/`report` time seen. Lambda delivers
-    /// telemetry in order, so every `platform.start` up to it has arrived: an invocation
-    /// that a token request before it could name or nest under is known by then.
+    /// The latest `platform.start`/`runtimeDone`/`report` time seen. A subscriber's
+    /// telemetry comes from one buffer, batch after batch, in the order it happened (an
+    /// assumption: a batch Lambda gives up on breaks it, and the spans it would have placed
+    /// are then placed with what is known): every `platform.start` up to it has arrived, so
+    /// an invocation that a token request before it could name or nest under is known.
     watermark: Option<SystemTime>,
     /// Lambda Managed Instances: invocations overlap, so time does not tell which one a
     /// token request came from.

@@ -930,3 +930,28 @@ fn invocation_at_answers_which_invocation_holds_a_time() {
     overlapping.ingest(platform(&[("start", "r1", 0)]));
     assert_eq!(overlapping.invocation_at(at(50)), None);
 }
+
+#[test]
+fn without_runtime_done_the_report_closes_the_window_before_the_invocation_is_forgotten() {
+    let (source, recorder) = testing::source();
+    let spans = run(
+        Deriver::new(function(), Arc::new(recorder)),
+        vec![
+            invoke("r1", 0, None),
+            token(40, 1, TokenOutcome::Issued, None),
+            token(150, 1, TokenOutcome::Issued, None),
+            invoke("r2", 200, None),
+            // r1's runtimeDone is lost; its report says it lasted 1 ms from its start (40).
+            platform(&[
+                ("start", "r1", 40),
+                ("report", "r1", 120),
+                ("start", "r2", 200),
+            ]),
+        ],
+        900,
+    );
+    assert_eq!(token_parents(&spans), owned(&[(40, "r1"), (150, "root")]));
+    assert!(
+        testing::render(&source).contains("sidecar.token.unattributed{reason=no_invocation} = 1")
+    );
+}
