@@ -26,6 +26,7 @@ pub const SIDECAR_VARIABLES: &[&str] = &[
     "SIDECAR_TELEMETRY_BUFFER_MS",
     "SIDECAR_TELEMETRY_PORT",
     "SIDECAR_FLUSH_TIMEOUT_MS",
+    "SIDECAR_FLUSH_INTERVAL_MS",
     "SIDECAR_TOKEN_AUTH",
     "SIDECAR_METRICS_ADDR",
     "SIDECAR_EMF",
@@ -193,6 +194,9 @@ pub struct TelemetryConfig {
     /// `faas.trigger` on every invocation span (`SIDECAR_FAAS_TRIGGER`): one of
     /// [`FAAS_TRIGGERS`].
     pub faas_trigger: &'static str,
+    /// How often to flush when no INVOKE comes (`SIDECAR_FLUSH_INTERVAL_MS`): on Lambda
+    /// Managed Instances, where the sidecar registers for SHUTDOWN only.
+    pub flush_interval: Duration,
 }
 
 /// A configuration value the sidecar refuses to start with.
@@ -666,6 +670,16 @@ fn telemetry_config(env: &Env<'_>) -> Result<TelemetryConfig, ConfigError> {
             &FAAS_TRIGGERS.map(|trigger| (trigger, trigger)),
             "other",
         )?,
+        // 1 s: an invocation's spans and counts reach the collector about a second after it
+        // ends, like a busy function's in the default model (flushed at the next INVOKE), at
+        // the cost of one request per signal per second. Collectors batch every 1–10 s; more
+        // than a minute would leave metrics stale on dashboards that scrape every minute.
+        flush_interval: Duration::from_millis(env.number(
+            "SIDECAR_FLUSH_INTERVAL_MS",
+            1_000,
+            100,
+            60_000,
+        )?),
     })
 }
 
@@ -916,6 +930,12 @@ mod tests {
             &[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_TIMEOUT_MS", "-5")],
             Some(("SIDECAR_FLUSH_TIMEOUT_MS", "Config.InvalidValue")),
         );
+        for bad in ["0", "99", "60001", "1s"] {
+            check(
+                &[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_INTERVAL_MS", bad)],
+                Some(("SIDECAR_FLUSH_INTERVAL_MS", "Config.InvalidValue")),
+            );
+        }
     }
 
     /// `SIDECAR_EMF`: off unless asked for (each line is billed, README); the namespace is
@@ -1225,6 +1245,7 @@ mod tests {
         assert_eq!(c.telemetry.buffer_ms, 25);
         assert_eq!(c.telemetry.port, None);
         assert_eq!(c.telemetry.flush_timeout, Duration::from_millis(500));
+        assert_eq!(c.telemetry.flush_interval, Duration::from_secs(1));
         assert!(
             !format!("{c:?}").contains(SECRET),
             "Debug must not print the secret"

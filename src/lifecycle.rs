@@ -11,8 +11,12 @@
 //! At INVOKE: record it, flush what earlier invocations left (bounded by the flush cap), then
 //! let the `lambda-extension` crate call event/next. The flush runs while the function runs,
 //! so it only costs the function time when it outlasts the function.
-//! At SHUTDOWN: wait briefly for the last `platform.report`, flush within the deadline and a
-//! fixed cap (`SHUTDOWN_FLUSH_MAX`), let in-flight token requests finish, exit 0.
+//! On Lambda Managed Instances there is no INVOKE (the sidecar registers for SHUTDOWN only):
+//! a timer flushes every `SIDECAR_FLUSH_INTERVAL_MS` instead, under the same cap (and at
+//! most `PERIODIC_FLUSH_MAX`, since SHUTDOWN may arrive in the middle of one).
+//! At SHUTDOWN: wait briefly for the `platform.report` of every invocation still in flight,
+//! flush within the deadline and a fixed cap (`SHUTDOWN_FLUSH_MAX`), let in-flight token
+//! requests finish, exit 0.
 //!
 //! Never: holds an invocation longer than `SIDECAR_FLUSH_TIMEOUT_MS`, or leaves a request in
 //! flight when it hands control back (a timed-out export future is dropped, which cancels it).
@@ -27,6 +31,7 @@ use lambda_extension::{Extension, LambdaEvent, NextEvent, service_fn};
 use lambda_runtime_api_client::Client;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::config::{Config, ConfigError};
 use crate::derive::{Deriver, FunctionInfo};
@@ -47,7 +52,8 @@ pub const EXTENSION_NAME: &str = "lambda-sidecar";
 /// a few milliseconds after the flush.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(150);
 
-/// The longest SHUTDOWN waits for the last invocation's `platform.report` before flushing.
+/// The longest SHUTDOWN waits for the `platform.report` of the invocations in flight before
+/// flushing.
 const REPORT_WAIT: Duration = Duration::from_millis(300);
 
 /// The longest `init/error` may take before the process exits anyway.
@@ -62,6 +68,13 @@ const DRAIN_WAIT: Duration = Duration::from_millis(200);
 /// minutes away: a collector that has not taken the last batch in a second is not expected to
 /// in a minute, and holding on only delays the end of the environment.
 const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(1);
+
+/// The longest a periodic flush (Managed Instances) may take, whatever
+/// `SIDECAR_FLUSH_TIMEOUT_MS` allows. SHUTDOWN can arrive in the middle of one there (at an
+/// INVOKE it cannot: event/next waits until the flush is done), and is handled once it
+/// ends; its own steps shrink to the time left, so 1 s of Lambda's 2 s shutdown phase
+/// still leaves room to wait for reports, flush and exit before the deadline.
+const PERIODIC_FLUSH_MAX: Duration = Duration::from_secs(1);
 
 /// The longest the shutdown waits for its last EMF lines to reach stdout (a pipe Lambda
 /// reads: microseconds, unless its reader is stuck).
@@ -191,10 +204,26 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
         "ready"
     );
 
+    // Managed Instances send no INVOKE to flush at: a timer does. Not in the default model,
+    // where it would only do harm: a timer runs on through a freeze and fires at thaw (see
+    // `server`), so a flush it started could still be in flight when Lambda freezes the
+    // environment again, which the INVOKE flush never is; and at every INVOKE that flush
+    // already ships what the timer would.
+    let mut ticks = managed_instances.then(|| {
+        let first = tokio::time::Instant::now() + sidecar.flush_interval;
+        let mut ticks = tokio::time::interval_at(first, sidecar.flush_interval);
+        // A flush that outlasts the interval delays the next tick rather than queuing a
+        // burst of them: one flush at a time (the loop runs one), at most one per interval.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticks
+    });
     let event_loop = registered.run();
     tokio::pin!(event_loop);
     loop {
         tokio::select! {
+            // SHUTDOWN before another tick: a tick due while a slow flush ran would
+            // otherwise win half the time and run a second flush into the deadline.
+            biased;
             result = &mut event_loop => {
                 // The crate's loop only ends on an error (event/next failed).
                 return match result {
@@ -215,7 +244,25 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
                     }
                 }
             }
+            () = tick(&mut ticks) => {
+                sidecar.on_tick().await;
+                // The next tick a full interval after this flush ended, not at once: a
+                // slow collector gets a flush per interval, not back-to-back flushes.
+                if let Some(ticks) = ticks.as_mut() {
+                    ticks.reset();
+                }
+            }
         }
+    }
+}
+
+/// The next tick of the periodic flush; never, without one.
+async fn tick(ticks: &mut Option<Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -225,13 +272,16 @@ struct Sidecar {
     recorder: Recorder,
     exporter: Exporter,
     flush_timeout: Duration,
+    flush_interval: Duration,
+    /// On Managed Instances, how long SHUTDOWN first lets buffered telemetry arrive: two
+    /// Telemetry API buffering periods (`SIDECAR_TELEMETRY_BUFFER_MS`). Zero otherwise.
+    settle: Duration,
     token_addr: SocketAddr,
     telemetry_port: u16,
     /// Tells the token server to stop accepting and finish in-flight requests.
     stop_token: watch::Sender<bool>,
     token_server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop_intake: watch::Sender<bool>,
-    last_request_id: Option<String>,
 }
 
 /// Start-up work that needs no extension id. The CPU-heavy part (parsing the key, building
@@ -375,12 +425,17 @@ async fn start(
         recorder,
         exporter,
         flush_timeout: config.telemetry.flush_timeout,
+        flush_interval: config.telemetry.flush_interval,
+        settle: if managed_instances {
+            2 * Duration::from_millis(u64::from(config.telemetry.buffer_ms))
+        } else {
+            Duration::ZERO
+        },
         token_addr,
         telemetry_port,
         stop_token,
         token_server,
         stop_intake,
-        last_request_id: None,
     })
 }
 
@@ -516,7 +571,6 @@ impl Sidecar {
         let received = SystemTime::now();
         tracing::info!(request_id = %invoke.request_id, "received INVOKE");
         let xray = Some(invoke.tracing.value).filter(|v| !v.is_empty());
-        self.last_request_id = Some(invoke.request_id.clone());
         self.recorder.record(Record::Invoke(InvokeRecord {
             request_id: invoke.request_id.clone(),
             deadline_ms: invoke.deadline_ms,
@@ -542,6 +596,26 @@ impl Sidecar {
         });
     }
 
+    /// The periodic flush (Managed Instances): what finished since the last one, under the
+    /// same cap as an INVOKE flush and at most [`PERIODIC_FLUSH_MAX`]; the span buffer's
+    /// bound and its overflow count apply.
+    /// An environment left idle for hours sends nothing: without a new record and with
+    /// nothing kept from a failed flush, the tick is skipped (counts made outside records,
+    /// such as refused connections, go with the next flush).
+    async fn on_tick(&mut self) {
+        let spans = match self.pipeline.drain_if_changed().await {
+            Some((spans, logs)) => {
+                self.exporter.queue_logs(logs);
+                spans
+            }
+            None if self.exporter.idle() => return,
+            None => Vec::new(),
+        };
+        let budget = self.flush_timeout.min(PERIODIC_FLUSH_MAX);
+        let report = self.exporter.flush(spans, budget).await;
+        tracing::debug!(?report, "periodic flush");
+    }
+
     async fn on_shutdown(mut self, shutdown: lambda_extension::ShutdownEvent) {
         let now = SystemTime::now();
         tracing::info!(reason = %shutdown.shutdown_reason, "received SHUTDOWN");
@@ -559,14 +633,17 @@ impl Sidecar {
             &mut self.token_server,
         )
         .await;
-        if let Some(request_id) = self.last_request_id.take() {
-            let wait = REPORT_WAIT.min(deadline.saturating_duration_since(Instant::now()) / 2);
-            if tokio::time::timeout(wait, self.pipeline.await_report(request_id))
-                .await
-                .is_err()
-            {
-                tracing::warn!("the last platform.report did not arrive before the shutdown flush");
-            }
+        // Every invocation still in flight, not only the last INVOKE's: on Managed Instances
+        // several run at once. No INVOKE names them there, so one that began just before
+        // SHUTDOWN is known only from its platform.start, which Lambda may still hold for a
+        // buffering period: `settle` lets it arrive before the wait counts what is in flight.
+        let wait = REPORT_WAIT.min(deadline.saturating_duration_since(Instant::now()) / 2);
+        let reports = async {
+            tokio::time::sleep(self.settle).await;
+            self.pipeline.await_reports().await;
+        };
+        if tokio::time::timeout(wait, reports).await.is_err() {
+            tracing::warn!("some platform.report did not arrive before the shutdown flush");
         }
         let (spans, logs) = self.pipeline.finish(SystemTime::now()).await;
         self.exporter.queue_logs(logs);

@@ -6,7 +6,6 @@
 //! lifecycle's [`Pipeline::drain`] goes through the same queue, so a drain returns exactly the
 //! spans derived from everything recorded before it: the ordering is the queue's, no locks.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
@@ -46,17 +45,14 @@ fn weight(batch: &crate::intake::events::Batch) -> usize {
         .sum()
 }
 
-/// How many recent `platform.report` request ids are remembered for [`Pipeline::await_report`].
-const RECENT_REPORTS: usize = 16;
-
 enum Msg {
     /// A record and its weight in [`MAX_QUEUED_EVENTS`].
     Record(Record, usize),
     Drain(oneshot::Sender<Derived>),
-    AwaitReport {
-        request_id: String,
-        reply: oneshot::Sender<()>,
-    },
+    /// A drain answered `None` when no record came since the last one.
+    DrainIfChanged(oneshot::Sender<Option<Derived>>),
+    /// Answered once no invocation awaits its `platform.report`.
+    AwaitReports(oneshot::Sender<()>),
     Finish {
         now: SystemTime,
         reply: oneshot::Sender<Derived>,
@@ -139,18 +135,17 @@ impl Pipeline {
         self.ask(Msg::Drain).await.unwrap_or_default()
     }
 
-    /// Resolves once `platform.report` for `request_id` has been ingested (or the task ended).
-    /// The caller bounds the wait.
-    pub async fn await_report(&self, request_id: String) {
-        let (reply, wait) = oneshot::channel();
-        if self
-            .tx
-            .send(Msg::AwaitReport { request_id, reply })
-            .await
-            .is_ok()
-        {
-            let _ = wait.await;
-        }
+    /// Like [`Pipeline::drain`], but `None` when no record arrived since the last drain:
+    /// the periodic flush of an idle environment then has nothing new to send.
+    pub async fn drain_if_changed(&self) -> Option<Derived> {
+        self.ask(Msg::DrainIfChanged).await.flatten()
+    }
+
+    /// Resolves once every invocation seen so far has had its `platform.report` ingested
+    /// (or the task ended): on Managed Instances several are in flight at once. The caller
+    /// bounds the wait.
+    pub async fn await_reports(&self) {
+        let _ = self.ask(Msg::AwaitReports).await;
     }
 
     /// Closes what will never complete (at SHUTDOWN) and returns every span and log record
@@ -169,32 +164,36 @@ impl Pipeline {
 }
 
 async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: Arc<AtomicUsize>) {
-    let mut recent_reports: VecDeque<String> = VecDeque::with_capacity(RECENT_REPORTS);
-    let mut waiting: Vec<(String, oneshot::Sender<()>)> = Vec::new();
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    // A record arrived since the last drain.
+    let mut changed = false;
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Record(record, events) => {
                 queued_events.fetch_sub(events, Ordering::Relaxed);
-                if let Record::Telemetry(batch) = &record {
-                    for event in &batch.events {
-                        if let EventKind::Report(report) = &event.kind {
-                            if recent_reports.len() == RECENT_REPORTS {
-                                recent_reports.pop_front();
-                            }
-                            recent_reports.push_back(report.request_id.clone());
-                        }
+                changed = true;
+                deriver.ingest(record);
+                if deriver.in_flight() == 0 {
+                    for waiter in waiting.drain(..) {
+                        let _ = waiter.send(());
                     }
                 }
-                deriver.ingest(record);
-                waiting.retain(|(id, _)| !recent_reports.contains(id));
-                // Dropping a satisfied waiter's sender wakes it.
             }
             Msg::Drain(reply) => {
+                changed = false;
                 let _ = reply.send((deriver.take_spans(), deriver.take_logs()));
             }
-            Msg::AwaitReport { request_id, reply } => {
-                if !recent_reports.contains(&request_id) {
-                    waiting.push((request_id, reply));
+            Msg::DrainIfChanged(reply) => {
+                let _ = reply.send(
+                    std::mem::take(&mut changed)
+                        .then(|| (deriver.take_spans(), deriver.take_logs())),
+                );
+            }
+            Msg::AwaitReports(reply) => {
+                if deriver.in_flight() == 0 {
+                    let _ = reply.send(());
+                } else {
+                    waiting.push(reply);
                 }
             }
             Msg::Finish { now, reply } => {
@@ -211,6 +210,25 @@ mod tests {
     use crate::derive::FunctionInfo;
     use crate::intake::events::parse_batch;
     use crate::signals::testing;
+
+    #[tokio::test]
+    async fn a_drain_if_changed_is_none_until_a_record_arrives() {
+        let (_source, metrics) = testing::source();
+        let metrics = Arc::new(metrics);
+        let deriver = Deriver::new(FunctionInfo::from_vars(|_| None), Arc::clone(&metrics));
+        let (pipeline, recorder) = Pipeline::start(deriver, metrics);
+        assert!(pipeline.drain_if_changed().await.is_none());
+        let event = r#"[{"time":"2022-10-12T00:00:00.000Z","type":"platform.start","record":{"requestId":"r1"}}]"#;
+        recorder.record(Record::Telemetry(parse_batch(event.as_bytes()).unwrap()));
+        assert_eq!(
+            pipeline
+                .drain_if_changed()
+                .await
+                .map(|(spans, _)| spans.len()),
+            Some(0)
+        );
+        assert!(pipeline.drain_if_changed().await.is_none());
+    }
 
     #[tokio::test]
     async fn queued_telemetry_is_bounded_by_events() {

@@ -691,10 +691,22 @@ impl Metrics {
     }
 
     /// The platform.report figures of one invocation.
-    pub fn report(&self, billed_seconds: f64, max_memory_bytes: f64, memory_size_bytes: f64) {
-        self.billed_duration.record(billed_seconds, []);
-        self.mem_usage.record(max_memory_bytes, []);
-        self.memory_size.set(memory_size_bytes, []);
+    /// Each figure only when the report has it (Managed Instances may leave them out).
+    pub fn report(
+        &self,
+        billed_seconds: Option<f64>,
+        max_memory_bytes: Option<f64>,
+        memory_size_bytes: Option<f64>,
+    ) {
+        if let Some(seconds) = billed_seconds {
+            self.billed_duration.record(seconds, []);
+        }
+        if let Some(bytes) = max_memory_bytes {
+            self.mem_usage.record(bytes, []);
+        }
+        if let Some(bytes) = memory_size_bytes {
+            self.memory_size.set(bytes, []);
+        }
     }
 
     /// An environment finished its init phase: its duration, and one cold start when the
@@ -1047,7 +1059,7 @@ sidecar.export.failures{signal=traces} = 2"
         metrics.invocation(Status::Timeout, None);
         metrics.invocation(Status::Error, Some(1.25));
         metrics.produced_bytes(100);
-        metrics.report(0.1, 64.0 * MIB, 128.0 * MIB);
+        metrics.report(Some(0.1), Some(64.0 * MIB), Some(128.0 * MIB));
         metrics.init(0.3, true);
         metrics.restore(Some(0.2));
         metrics.telemetry_event("platform.start");
@@ -1101,7 +1113,7 @@ sidecar.export.failures{signal=traces} = 2"
         metrics.invocation(Status::Success, Some(0.02));
         metrics.invocation(Status::Error, Some(1.25));
         metrics.invocation(Status::Timeout, None);
-        metrics.report(0.1, 64.0 * MIB, 128.0 * MIB);
+        metrics.report(Some(0.1), Some(64.0 * MIB), Some(128.0 * MIB));
         metrics.init(0.3, true);
         metrics.hold(0.001);
         metrics.hold(0.002);
@@ -1153,7 +1165,7 @@ sidecar.export.failures{signal=traces} = 2"
     #[test]
     fn every_family_has_help_and_type_from_its_definition() {
         let (_, metrics) = testing::source();
-        metrics.report(0.1, 64.0 * MIB, 128.0 * MIB);
+        metrics.report(Some(0.1), Some(64.0 * MIB), Some(128.0 * MIB));
         metrics.telemetry_event("function");
         metrics.skipped_events(SkipReason::Malformed, 1);
         metrics.export_failure(Signal::Metrics);

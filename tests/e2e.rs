@@ -9,14 +9,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{counter, stderr_of};
+use common::{counter, rotel, rotel_at, stderr_of};
 use lambda_env::{
     EnvConfig, InvokeStatus, LogRecordView, MIXED_LOG_LEVELS, MIXED_TEXT_LINES, Report, Sink,
-    SinkMode, SpanRecord, Traceparent, free_port,
+    SinkMode, SpanRecord, Traceparent,
 };
 
 const FUNCTION: &str = "e2e-orders";
@@ -25,74 +23,6 @@ const CAP_MS: f64 = 300.0;
 /// Scheduling slack on top of the cap: the environment measures the hold from outside the
 /// process, on a shared 2-core machine.
 const SLACK_MS: f64 = 150.0;
-
-/// A rotel collector receiving OTLP on gRPC and HTTP and forwarding over HTTP to `sink`.
-struct Rotel {
-    child: Child,
-    grpc: u16,
-    http: u16,
-}
-
-impl Drop for Rotel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rotel_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ROTEL_AGENT") {
-        return PathBuf::from(path);
-    }
-    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
-    std::fs::read_dir(&lib)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|python| python.path().join("site-packages/rotel/rotel-agent"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("rotel-agent not found: run `make deps` or set ROTEL_AGENT"))
-}
-
-async fn rotel(sink: &Sink) -> Rotel {
-    rotel_at(sink, free_port().unwrap(), free_port().unwrap()).await
-}
-
-/// A rotel collector on these ports (to start one again where a stopped one listened).
-async fn rotel_at(sink: &Sink, grpc: u16, http: u16) -> Rotel {
-    let child = Command::new(rotel_binary())
-        .args([
-            "start",
-            "--exporter",
-            "otlp",
-            "--otlp-exporter-protocol",
-            "http",
-        ])
-        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-        .args(["--otlp-exporter-endpoint", &sink.endpoint()])
-        .args(["--batch-timeout", "50ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rotel-agent starts");
-    let rotel = Rotel { child, grpc, http };
-    for port in [grpc, http] {
-        let ready = async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), ready)
-            .await
-            .expect("rotel listens");
-    }
-    rotel
-}
 
 /// An environment running the sidecar with `extra` variables, `invokes` invocations that
 /// fetch `tokens` tokens each, flushing under the tests' cap.

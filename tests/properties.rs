@@ -391,9 +391,9 @@ fn record() -> impl Strategy<Value = (&'static str, Value, EventKind)> {
                         error_type: error.0,
                         metrics: ReportMetrics {
                             duration_ms: duration,
-                            billed_duration_ms: f64::from(billed),
-                            memory_size_mb: memory,
-                            max_memory_used_mb: used,
+                            billed_duration_ms: Some(f64::from(billed)),
+                            memory_size_mb: Some(memory),
+                            max_memory_used_mb: Some(used),
                             init_duration_ms: init.0,
                             restore_duration_ms: restore.0,
                         },

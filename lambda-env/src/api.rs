@@ -4,7 +4,7 @@
 //! `event/next` and `invocation/next` block on the caller's own queue, like Lambda's:
 //! an extension only ever sees events queued for it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -84,6 +84,10 @@ pub(crate) struct Inner {
     pub runtime_queue: VecDeque<Invocation>,
     /// The request the runtime may still answer.
     pub active_request: Option<String>,
+    /// Managed Instances: the requests the workers may still answer (several at once).
+    pub active_requests: HashSet<String>,
+    /// Managed Instances rules for registration and subscription (`EnvConfig`).
+    pub managed_instances: bool,
     pub outcomes: HashMap<String, Outcome>,
     pub token_calls: HashMap<String, Vec<TokenCall>>,
 }
@@ -112,6 +116,8 @@ impl Shared {
                 runtime_waiting: false,
                 runtime_queue: VecDeque::new(),
                 active_request: None,
+                active_requests: HashSet::new(),
+                managed_instances: false,
                 outcomes: HashMap::new(),
                 token_calls: HashMap::new(),
             }),
@@ -308,6 +314,15 @@ async fn register(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes)
             format!("invalid event type {bad}"),
         );
     }
+    // As on Lambda Managed Instances, where invocations overlap and no extension takes part
+    // in one: the event is refused, which fails init.
+    if s.lock().managed_instances && events.iter().any(|e| e == "INVOKE") {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Extension.InvalidEventType",
+            "INVOKE: extensions may register for SHUTDOWN only on Lambda Managed Instances",
+        );
+    }
     let id = uuid_v4();
     let result = s.update(|inner| {
         if inner.phase != Phase::Init {
@@ -482,7 +497,7 @@ async fn extension_exit_error(
 }
 
 async fn subscribe(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (id, name) = {
+    let (id, name, managed_instances) = {
         let inner = s.lock();
         let idx = match extension_index(&inner, &headers) {
             Ok(i) => i,
@@ -503,7 +518,7 @@ async fn subscribe(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             );
         }
         let reg = &inner.extensions[idx].reg;
-        (reg.id.clone(), reg.name.clone())
+        (reg.id.clone(), reg.name.clone(), inner.managed_instances)
     };
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return error(
@@ -516,6 +531,16 @@ async fn subscribe(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Ok(sub) => sub,
         Err(e) => return error(StatusCode::BAD_REQUEST, "ValidationError", e.0),
     };
+    if managed_instances && sub.schema_version != telemetry::MANAGED_INSTANCES_SCHEMA {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ValidationError",
+            format!(
+                "Lambda Managed Instances require schemaVersion {}",
+                telemetry::MANAGED_INSTANCES_SCHEMA
+            ),
+        );
+    }
     let types = sub.types.clone();
     s.hub.subscribe(&id, &name, sub);
     s.update(|inner| inner.subscriptions.push(request));
@@ -560,7 +585,9 @@ async fn invocation_next(State(s): State<Arc<Shared>>) -> Response {
 
 fn finish_invocation(s: &Shared, id: &str, outcome: Outcome) -> Response {
     let ok = s.update(|inner| {
-        if inner.active_request.as_deref() != Some(id) || inner.outcomes.contains_key(id) {
+        let active =
+            inner.active_request.as_deref() == Some(id) || inner.active_requests.contains(id);
+        if !active || inner.outcomes.contains_key(id) {
             return false;
         }
         inner.outcomes.insert(id.to_string(), outcome);

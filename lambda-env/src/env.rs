@@ -26,6 +26,8 @@ use crate::report::{
 };
 use crate::telemetry::Hub;
 
+mod managed;
+
 pub const ACCOUNT_ID: &str = "123456789012";
 pub const REGION: &str = "us-east-1";
 const RUNTIME_VERSION: &str = "provided:al2023.v100";
@@ -125,6 +127,18 @@ pub struct EnvConfig {
     /// `requestId`, as Lambda's JSON log format writes it) and [`MIXED_TEXT_LINES`] text
     /// lines, instead of its progress lines: a known set of `function` records.
     pub mixed_logs: bool,
+    /// Lambda Managed Instances: an extension may register for SHUTDOWN only (INVOKE is
+    /// refused with 403 `Extension.InvalidEventType`, which fails init), the Telemetry API
+    /// takes schema `2025-01-29` only, `workers` runtime workers take invocations at once,
+    /// nothing is frozen, and `AWS_LAMBDA_INITIALIZATION_TYPE` is `lambda-managed-instances`.
+    /// Invocations arrive `gap_ms` apart; the built-in function names its invocation in
+    /// the `Lambda-Runtime-Aws-Request-Id` header of its token calls.
+    pub managed_instances: bool,
+    /// Runtime workers (Managed Instances): how many invocations run at once.
+    pub workers: usize,
+    /// Managed Instances: send SHUTDOWN as soon as the last invocation is handed to a worker,
+    /// while invocations still run; they finish and report during the shutdown phase.
+    pub shutdown_in_flight: bool,
 }
 
 /// The levels of the JSON lines the function logs with `EnvConfig::mixed_logs`.
@@ -167,6 +181,9 @@ impl Default for EnvConfig {
             function_version: "$LATEST".to_string(),
             invoked_qualifier: None,
             mixed_logs: false,
+            managed_instances: false,
+            workers: 1,
+            shutdown_in_flight: false,
         }
     }
 }
@@ -185,6 +202,8 @@ pub struct Environment {
     child: Option<Child>,
     tasks: Vec<JoinHandle<()>>,
     function: Option<JoinHandle<()>>,
+    /// Managed Instances: the runtime workers besides `function`.
+    workers: Vec<JoinHandle<()>>,
     stdout_path: Option<PathBuf>,
     stderr_path: Option<PathBuf>,
     started: Instant,
@@ -236,7 +255,10 @@ impl Environment {
         let client = reqwest::Client::builder().no_proxy().build()?;
         let hub = Hub::new(client.clone());
         let shared = Shared::new(cfg.function_name.clone(), hub);
-        shared.update(|inner| inner.refuse_telemetry = cfg.refuse_telemetry);
+        shared.update(|inner| {
+            inner.refuse_telemetry = cfg.refuse_telemetry;
+            inner.managed_instances = cfg.managed_instances;
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(EnvError::Bind)?;
@@ -278,6 +300,7 @@ impl Environment {
             child: None,
             tasks: Vec::new(),
             function: None,
+            workers: Vec::new(),
             stdout_path: None,
             stderr_path: None,
             started,
@@ -287,6 +310,16 @@ impl Environment {
             env.spawn_extension(path).await?;
         }
         env.spawn_function();
+        if env.cfg.managed_instances {
+            for _ in 1..env.cfg.workers {
+                let worker = function::spawn(
+                    env.function_config(),
+                    env.client.clone(),
+                    Arc::clone(&env.shared),
+                );
+                env.workers.push(worker);
+            }
+        }
         Ok(env)
     }
 
@@ -414,18 +447,24 @@ impl Environment {
         Ok(())
     }
 
-    fn spawn_function(&mut self) {
-        let cfg = FunctionConfig {
+    fn function_config(&self) -> FunctionConfig {
+        FunctionConfig {
             runtime_base: format!("http://{}/2018-06-01/runtime", self.addr),
             token_url: self.cfg.token_url.clone(),
             tokens_per_invoke: self.cfg.tokens_per_invoke,
             token_mode: self.cfg.token_mode,
             traceparent: self.cfg.traceparent,
-            send_request_id: self.cfg.send_request_id,
+            // On Managed Instances, where invocations overlap, always: time cannot tell them
+            // apart.
+            send_request_id: self.cfg.send_request_id || self.cfg.managed_instances,
             function_ms: self.cfg.function_ms,
             session_token: self.credentials[2].1.clone(),
             mixed_logs: self.cfg.mixed_logs,
-        };
+        }
+    }
+
+    fn spawn_function(&mut self) {
+        let cfg = self.function_config();
         if let Some(old) = self.function.take() {
             old.abort();
         }
@@ -441,7 +480,13 @@ impl Environment {
         let init = self.init_phase().await;
         let mut invokes = Vec::new();
         let mut rss_samples = Vec::new();
-        let shutdown = if init.error.is_none() {
+        let shutdown = if init.error.is_some() {
+            self.failed_init_exit().await
+        } else if self.cfg.managed_instances {
+            let (done, shutdown) = self.run_concurrently(&mut rss_samples).await;
+            invokes = done;
+            shutdown
+        } else {
             for i in 0..self.cfg.invokes {
                 if self.cfg.rss_every > 0 && i % self.cfg.rss_every == 0 {
                     rss_samples.extend(self.rss_sample(i));
@@ -453,8 +498,6 @@ impl Environment {
                 rss_samples.extend(self.rss_sample(self.cfg.invokes));
             }
             self.shutdown_phase().await
-        } else {
-            self.failed_init_exit().await
         };
         let mut init = init;
         if let Some(err) = init.error.as_mut() {
@@ -646,19 +689,14 @@ impl Environment {
         }
         let function_ms = ms(t_resp.saturating_duration_since(t_start));
         let response_wall = start_wall + t_resp.saturating_duration_since(t_start);
-        let mut runtime_done = json!({
-            "requestId": request_id,
-            "status": status.as_str(),
-            "metrics": {"durationMs": round3(function_ms), "producedBytes": produced_bytes},
-            "spans": [
-                {"name": "responseLatency", "start": rfc3339_ms(start_wall), "durationMs": round3(function_ms)},
-                {"name": "responseDuration", "start": rfc3339_ms(response_wall), "durationMs": 0.0},
-            ],
-            "tracing": tracing,
-        });
-        if let Some(t) = &error_type {
-            runtime_done["errorType"] = json!(t);
-        }
+        let runtime_done = runtime_done_record(
+            &request_id,
+            status,
+            error_type.as_deref(),
+            (start_wall, response_wall, function_ms),
+            produced_bytes,
+            &tracing,
+        );
         self.shared.hub.emit("platform.runtimeDone", runtime_done);
 
         // The invoke ends when every INVOKE extension is back in event/next.
@@ -704,15 +742,13 @@ impl Environment {
             };
             metrics[key] = json!(round3(init_ms));
         }
-        let mut report = json!({
-            "requestId": request_id,
-            "status": status.as_str(),
-            "metrics": metrics,
-            "tracing": tracing,
-        });
-        if let Some(t) = &error_type {
-            report["errorType"] = json!(t);
-        }
+        let report = report_record(
+            &request_id,
+            status,
+            error_type.as_deref(),
+            metrics,
+            &tracing,
+        );
         self.shared.hub.emit("platform.report", report);
         let tokens = self
             .shared
@@ -754,12 +790,7 @@ impl Environment {
 
     /// A `/proc/PID/status` figure of the extension process in KiB, if it is running.
     fn memory_kb(&self, field: &str) -> Option<u64> {
-        let pid = self.extension_pid()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        proc_status_kb(self.extension_pid()?, field)
     }
 
     async fn freeze_gap(&mut self) {
@@ -911,6 +942,9 @@ impl Drop for Environment {
         if let Some(f) = self.function.take() {
             f.abort();
         }
+        for w in &self.workers {
+            w.abort();
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -919,6 +953,15 @@ impl Drop for Environment {
         }
         self.shared.hub.stop();
     }
+}
+
+/// A `kB` figure of `/proc/PID/status`, if the process is running.
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// kill(2) to the process group led by `pid` (our child, spawned with `process_group(0)`).
@@ -932,11 +975,58 @@ fn signal_group(pid: u32, sig: libc::c_int) {
 }
 
 fn init_type(cfg: &EnvConfig) -> &'static str {
-    if cfg.snapstart {
+    if cfg.managed_instances {
+        "lambda-managed-instances"
+    } else if cfg.snapstart {
         "snap-start"
     } else {
         "on-demand"
     }
+}
+
+/// A `platform.runtimeDone` record; `times` is (start, response, function ms).
+fn runtime_done_record(
+    request_id: &str,
+    status: InvokeStatus,
+    error_type: Option<&str>,
+    (start_wall, response_wall, function_ms): (SystemTime, SystemTime, f64),
+    produced_bytes: usize,
+    tracing: &Value,
+) -> Value {
+    let mut record = json!({
+        "requestId": request_id,
+        "status": status.as_str(),
+        "metrics": {"durationMs": round3(function_ms), "producedBytes": produced_bytes},
+        "spans": [
+            {"name": "responseLatency", "start": rfc3339_ms(start_wall), "durationMs": round3(function_ms)},
+            {"name": "responseDuration", "start": rfc3339_ms(response_wall), "durationMs": 0.0},
+        ],
+        "tracing": tracing,
+    });
+    if let Some(t) = error_type {
+        record["errorType"] = json!(t);
+    }
+    record
+}
+
+/// A `platform.report` record with the given `metrics` object.
+fn report_record(
+    request_id: &str,
+    status: InvokeStatus,
+    error_type: Option<&str>,
+    metrics: Value,
+    tracing: &Value,
+) -> Value {
+    let mut record = json!({
+        "requestId": request_id,
+        "status": status.as_str(),
+        "metrics": metrics,
+        "tracing": tracing,
+    });
+    if let Some(t) = error_type {
+        record["errorType"] = json!(t);
+    }
+    record
 }
 
 fn round3(v: f64) -> f64 {

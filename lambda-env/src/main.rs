@@ -13,6 +13,7 @@ const USAGE: &str = "usage:
                  [--function-timeout-ms MS] [--gap-ms MS] [--no-freeze] [--shutdown-ms MS]
                  [--snapstart] [--inject-unknown] [--logs-dropped] [--fail-invoke I]...
                  [--timeout-invoke I]... [--unsampled-invoke I]... [--token-url URL] [--work-dir DIR] [--report FILE]
+                 [--managed-instances [--workers N] [--shutdown-in-flight]]
                  [--env KEY=VAL]...
   lambda-env sink --listen 127.0.0.1:PORT [--out FILE] [--mode ok|fail:STATUS|slow:MS]";
 
@@ -70,6 +71,9 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, CliError
             "--no-freeze" => cfg.freeze = false,
             "--shutdown-ms" => cfg.shutdown_ms = number(&mut args, &flag)?,
             "--snapstart" => cfg.snapstart = true,
+            "--managed-instances" => cfg.managed_instances = true,
+            "--workers" => cfg.workers = number(&mut args, &flag)?,
+            "--shutdown-in-flight" => cfg.shutdown_in_flight = true,
             "--inject-unknown" => cfg.inject_unknown = true,
             "--logs-dropped" => cfg.logs_dropped = true,
             "--fail-invoke" => cfg.fail_invokes.push(number(&mut args, &flag)?),

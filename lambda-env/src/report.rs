@@ -45,7 +45,7 @@ pub struct Registration {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InitReport {
-    /// `on-demand` or `snap-start`.
+    /// `on-demand`, `snap-start` or `lambda-managed-instances`.
     pub initialization_type: String,
     pub duration_ms: f64,
     pub error: Option<InitError>,

@@ -19,6 +19,8 @@ use crate::report::{SubscriberStats, TelemetryReport};
 
 /// Schema versions Lambda accepts in a subscription.
 pub const SCHEMA_VERSIONS: [&str; 3] = ["2022-07-01", "2022-12-13", "2025-01-29"];
+/// The only schema Lambda Managed Instances accept (backward compatible elsewhere).
+pub const MANAGED_INSTANCES_SCHEMA: &str = "2025-01-29";
 /// Telemetry types an extension may subscribe to.
 pub const TYPES: [&str; 3] = ["platform", "function", "extension"];
 /// Lambda's own Runtime API port; a listener there is refused.

@@ -564,3 +564,120 @@ async fn snapstart_and_injected_events_are_delivered() {
     assert!(rep["record"]["metrics"]["restoreDurationMs"].is_number());
     assert!(rep["record"]["metrics"].get("initDurationMs").is_none());
 }
+
+/// Managed Instances: INVOKE registration refused as Lambda refuses it, SHUTDOWN-only
+/// accepted, only schema 2025-01-29 subscribed, 4 workers running invocations at once (their
+/// events interleaved in the stream), token calls naming their request id, no freeze.
+#[tokio::test]
+async fn managed_instances_overlap_invocations_for_a_shutdown_only_extension() {
+    let (port, received) = telemetry_listener(0).await;
+    let (token_url, _) = token_server().await;
+    let env = Environment::start(EnvConfig {
+        in_process_extensions: 1,
+        managed_instances: true,
+        workers: 4,
+        invokes: 12,
+        tokens_per_invoke: 1,
+        token_url,
+        function_ms: 100,
+        gap_ms: 0,
+        ..EnvConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://{}", env.runtime_api());
+    let refused = client
+        .post(format!("{base}/2020-01-01/extension/register"))
+        .header("Lambda-Extension-Name", "invoke-ext")
+        .json(&json!({"events": ["INVOKE", "SHUTDOWN"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["errorType"], "Extension.InvalidEventType");
+
+    let (ext, _) = TestExtension::register(&env, "shutdown-ext", &["SHUTDOWN"]).await;
+    let (status, body) = ext.subscribe(subscription(port)).await;
+    assert_eq!(
+        (status, body["errorType"].as_str()),
+        (400, Some("ValidationError"))
+    );
+    let mut current = subscription(port);
+    current["schemaVersion"] = json!("2025-01-29");
+    assert_eq!(ext.subscribe(current).await.0, 200);
+    let extension = tokio::spawn(async move {
+        let ev = ext.next().await.unwrap();
+        let _ = ext.next().await;
+        ev
+    });
+    let report = env.run().await.unwrap();
+    assert_eq!(extension.await.unwrap()["eventType"], "SHUTDOWN");
+    assert_eq!(report.init.initialization_type, "lambda-managed-instances");
+    assert_eq!(report.invokes.len(), 12);
+    for invoke in &report.invokes {
+        assert_eq!(invoke.status, InvokeStatus::Success, "{invoke:?}");
+        assert_eq!(invoke.tokens.len(), 1);
+    }
+    // Starts of later invocations come before reports of earlier ones: overlap.
+    let events = received.events();
+    let first = report.invokes[0].request_id.as_str();
+    let second = report.invokes[1].request_id.as_str();
+    assert!(
+        position(&events, "platform.start", second) < position(&events, "platform.report", first)
+    );
+}
+
+/// The built-in function names its invocation in `Lambda-Runtime-Aws-Request-Id` on Managed
+/// Instances only.
+#[tokio::test]
+async fn token_calls_name_their_request_id_on_managed_instances() {
+    for managed_instances in [false, true] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let app = Router::new().route(
+            "/token",
+            get(move |headers: HeaderMap| {
+                let s = s.clone();
+                async move {
+                    let id = headers
+                        .get("lambda-runtime-aws-request-id")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    s.lock().unwrap().push(id);
+                    axum::Json(json!({"token": "t"}))
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let token_url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let env = Environment::start(EnvConfig {
+            in_process_extensions: 1,
+            managed_instances,
+            invokes: 2,
+            tokens_per_invoke: 1,
+            token_mode: lambda_env::TokenMode::Get,
+            token_url,
+            gap_ms: 0,
+            ..EnvConfig::default()
+        })
+        .await
+        .unwrap();
+        let events: &[&str] = if managed_instances {
+            &["SHUTDOWN"]
+        } else {
+            &["INVOKE", "SHUTDOWN"]
+        };
+        let (ext, _) = TestExtension::register(&env, "ext", events).await;
+        let extension = tokio::spawn(async move { while ext.next().await.is_some() {} });
+        let report = env.run().await.unwrap();
+        extension.abort();
+        let expected: Vec<Option<String>> = report
+            .invokes
+            .iter()
+            .map(|i| managed_instances.then(|| i.request_id.clone()))
+            .collect();
+        assert_eq!(*seen.lock().unwrap(), expected);
+    }
+}

@@ -354,6 +354,11 @@ impl Deriver {
         }
     }
 
+    /// Invocations seen and not yet reported (`platform.report`): what SHUTDOWN waits for.
+    pub fn in_flight(&self) -> usize {
+        self.invocations.len()
+    }
+
     /// The spans finished since the last call, oldest first.
     pub fn take_spans(&mut self) -> Vec<SpanData> {
         std::mem::take(&mut self.finished)
@@ -529,10 +534,11 @@ impl Deriver {
         }
         let metrics = &report.metrics;
         let seconds = |ms: f64| millis(ms).map_or(0.0, |d| d.as_secs_f64());
+        let bytes = |mb: u64| mb.saturating_mul(MIB) as f64;
         self.metrics.report(
-            seconds(metrics.billed_duration_ms),
-            (metrics.max_memory_used_mb.saturating_mul(MIB)) as f64,
-            (metrics.memory_size_mb.saturating_mul(MIB)) as f64,
+            metrics.billed_duration_ms.map(seconds),
+            metrics.max_memory_used_mb.map(bytes),
+            metrics.memory_size_mb.map(bytes),
         );
         if let Some(ms) = metrics.init_duration_ms.filter(|_| !self.init_recorded) {
             self.init_recorded = true;

@@ -803,6 +803,59 @@ sidecar.token.unattributed{reason=no_invocation} = 6",
     );
 }
 
+/// Managed Instances: no INVOKE, three overlapping invocations whose events interleave in
+/// one batch; each becomes its own span, ended by its own runtimeDone, and a report without
+/// the billing and memory figures still closes its invocation and counts nothing false.
+#[test]
+fn overlapping_invocations_interleaved_in_one_batch() {
+    let (source, recorder) = testing::source();
+    let mut deriver = Deriver::new(function(), Arc::new(recorder));
+    deriver.ingest(telemetry(
+        r#"[
+          {"time":"2022-10-12T00:00:01.000Z","type":"platform.start","record":{"requestId":"r1"}},
+          {"time":"2022-10-12T00:00:01.001Z","type":"platform.start","record":{"requestId":"r2"}},
+          {"time":"2022-10-12T00:00:01.010Z","type":"platform.runtimeDone","record":{"requestId":"r2","status":"success","metrics":{"durationMs":9.0}}},
+          {"time":"2022-10-12T00:00:01.011Z","type":"platform.start","record":{"requestId":"r3"}},
+          {"time":"2022-10-12T00:00:01.012Z","type":"platform.report","record":{"requestId":"r2","status":"success","metrics":{"durationMs":11.0}}},
+          {"time":"2022-10-12T00:00:01.020Z","type":"platform.runtimeDone","record":{"requestId":"r1","status":"error","errorType":"E","metrics":{"durationMs":20.0}}},
+          {"time":"2022-10-12T00:00:01.021Z","type":"platform.runtimeDone","record":{"requestId":"r3","status":"success","metrics":{"durationMs":10.0}}},
+          {"time":"2022-10-12T00:00:01.022Z","type":"platform.report","record":{"requestId":"r3","status":"success","metrics":{"durationMs":11.0,"billedDurationMs":11,"memorySizeMB":2048,"maxMemoryUsedMB":90}}}
+        ]"#,
+    ));
+    // r1 has not reported yet: it is still in flight, and SHUTDOWN waits for it.
+    assert_eq!(deriver.in_flight(), 1);
+    deriver.ingest(telemetry(
+        r#"[{"time":"2022-10-12T00:00:01.023Z","type":"platform.report","record":{"requestId":"r1","status":"error","errorType":"E","metrics":{"durationMs":23.0}}}]"#,
+    ));
+    assert_eq!(deriver.in_flight(), 0);
+    assert_eq!(
+        render_spans(&deriver.take_spans()),
+        "\
+orders Server trace=t1 span=s1 parent=- 1001..1010
+  [+function faas.coldstart=false faas.invocation_id=r2 faas.trigger=other]
+orders Server trace=t2 span=s2 parent=- 1000..1020 Error { description: \"error: E\" }
+  [+function error.type=E faas.coldstart=true faas.invocation_id=r1 faas.trigger=other]
+orders Server trace=t3 span=s3 parent=- 1011..1021
+  [+function faas.coldstart=false faas.invocation_id=r3 faas.trigger=other]
+"
+    );
+    // Billing and memory come from r3's report only, not as zeros from the others.
+    assert_eq!(
+        testing::render(&source),
+        "\
+aws.lambda.billed_duration count=1 sum=0.011
+aws.lambda.memory_size = 2147483648
+faas.errors = 1
+faas.invocations{status=error} = 1
+faas.invocations{status=success} = 2
+faas.invoke_duration count=3 sum=0.039
+faas.mem_usage count=1 sum=94371840
+sidecar.telemetry.events{type=platform.report} = 3
+sidecar.telemetry.events{type=platform.runtimeDone} = 3
+sidecar.telemetry.events{type=platform.start} = 3"
+    );
+}
+
 /// The `traceparent` the example function sends: X-Ray's Root and Parent as W3C ids.
 const XRAY_TRACEPARENT: &str = "00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01";
 

@@ -155,6 +155,12 @@ impl Exporter {
         }
     }
 
+    /// Nothing waits to be sent again: no span or log record kept from a failed flush, no
+    /// delta metrics batch undelivered.
+    pub fn idle(&self) -> bool {
+        self.buffer.is_empty() && self.log_buffer.is_empty() && self.unsent_metrics.is_none()
+    }
+
     /// Queues `spans`, then sends what is queued (in batches) and the current metrics,
     /// giving up when `budget` runs out. Returns once nothing is in flight.
     pub async fn flush(&mut self, spans: Vec<SpanData>, budget: Duration) -> FlushReport {

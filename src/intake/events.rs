@@ -1,4 +1,12 @@
-//! The Telemetry API event model (schema `2022-12-13`) and a tolerant batch parser.
+//! The Telemetry API event model (schema `2022-12-13`, and `2025-01-29`, which Lambda
+//! Managed Instances require) and a tolerant batch parser.
+//!
+//! Schema `2025-01-29` is backward compatible: the same event types and records. What
+//! changes on Managed Instances is the stream: invocations overlap, so the `platform.start`,
+//! `platform.runtimeDone` and `platform.report` of several request ids interleave in one
+//! batch (each record names its own `requestId`, which is all the parser relies on), the
+//! init is of type `lambda-managed-instances`, and a report may come without the billing and
+//! memory figures of a per-invocation environment ([`ReportMetrics`]).
 //!
 //! Lambda POSTs a JSON array of `{"time", "type", "record"}` objects and resends the
 //! whole array when the answer is not a 2xx. A batch is therefore never rejected
@@ -356,11 +364,14 @@ pub struct Report {
 pub struct ReportMetrics {
     /// Whole invocation, extensions' post-runtime work included.
     pub duration_ms: f64,
-    pub billed_duration_ms: f64,
+    /// The billing and memory figures are optional: on Lambda Managed Instances an
+    /// invocation is not billed by its duration, and memory is the environment's, shared by
+    /// the invocations that overlap; a report without them keeps its invocation.
+    pub billed_duration_ms: Option<f64>,
     #[serde(rename = "memorySizeMB")]
-    pub memory_size_mb: u64,
+    pub memory_size_mb: Option<u64>,
     #[serde(rename = "maxMemoryUsedMB")]
-    pub max_memory_used_mb: u64,
+    pub max_memory_used_mb: Option<u64>,
     /// Present on the first invocation after an on-demand init.
     pub init_duration_ms: Option<f64>,
     /// Present on the first invocation after a SnapStart restore.
@@ -758,7 +769,41 @@ unknown=0 malformed=0
             ]"#,
             r#"+60000 platform.start Start(Start { request_id: "r1", version: Some("$LATEST"), tracing: Some(Tracing { value: "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1" }) })
 +60250 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r1", status: Timeout, error_type: Some("Sandbox.Timedout"), metrics: Some(RuntimeDoneMetrics { duration_ms: 250.5, produced_bytes: Some(42) }), spans: ChildSpans { kept: [PlatformSpan { name: "responseLatency", start: SystemTime { tv_sec: 1665532860, tv_nsec: 1000000 }, duration_ms: 23.0 }], skipped: 0 }, tracing: None })
-+60260 platform.report Report(Report { request_id: "r1", status: Success, error_type: None, metrics: ReportMetrics { duration_ms: 260.1, billed_duration_ms: 261.0, memory_size_mb: 128, max_memory_used_mb: 70, init_duration_ms: Some(125.3), restore_duration_ms: None }, tracing: None })
++60260 platform.report Report(Report { request_id: "r1", status: Success, error_type: None, metrics: ReportMetrics { duration_ms: 260.1, billed_duration_ms: Some(261.0), memory_size_mb: Some(128), max_memory_used_mb: Some(70), init_duration_ms: Some(125.3), restore_duration_ms: None }, tracing: None })
+unknown=0 malformed=0
+"#,
+        );
+    }
+
+    /// Managed Instances: three overlapping invocations in one batch, events interleaved as
+    /// they happen, one report without the billing and memory figures.
+    #[test]
+    fn interleaved_invocations_of_managed_instances() {
+        check(
+            r#"[
+              {"time":"2022-10-12T00:00:00.000Z","type":"platform.initStart","record":{"initializationType":"lambda-managed-instances","phase":"init"}},
+              {"time":"2022-10-12T00:00:01.000Z","type":"platform.start","record":{"requestId":"r1"}},
+              {"time":"2022-10-12T00:00:01.001Z","type":"platform.start","record":{"requestId":"r2"}},
+              {"time":"2022-10-12T00:00:01.002Z","type":"function","record":"r2 working"},
+              {"time":"2022-10-12T00:00:01.010Z","type":"platform.runtimeDone","record":{"requestId":"r2","status":"success","metrics":{"durationMs":9.0}}},
+              {"time":"2022-10-12T00:00:01.011Z","type":"platform.start","record":{"requestId":"r3"}},
+              {"time":"2022-10-12T00:00:01.012Z","type":"platform.report","record":{"requestId":"r2","status":"success","metrics":{"durationMs":11.0}}},
+              {"time":"2022-10-12T00:00:01.020Z","type":"platform.runtimeDone","record":{"requestId":"r1","status":"error","errorType":"E","metrics":{"durationMs":20.0}}},
+              {"time":"2022-10-12T00:00:01.021Z","type":"platform.runtimeDone","record":{"requestId":"r3","status":"success","metrics":{"durationMs":10.0}}},
+              {"time":"2022-10-12T00:00:01.022Z","type":"platform.report","record":{"requestId":"r3","status":"success","metrics":{"durationMs":11.0,"billedDurationMs":11,"memorySizeMB":2048,"maxMemoryUsedMB":90}}},
+              {"time":"2022-10-12T00:00:01.023Z","type":"platform.report","record":{"requestId":"r1","status":"error","errorType":"E","metrics":{"durationMs":23.0}}}
+            ]"#,
+            r#"+0 platform.initStart InitStart(InitStart { initialization_type: "lambda-managed-instances", phase: "init", runtime_version: None, runtime_version_arn: None })
++1000 platform.start Start(Start { request_id: "r1", version: None, tracing: None })
++1001 platform.start Start(Start { request_id: "r2", version: None, tracing: None })
++1002 function Function(Text { text: "r2 working", truncated: false })
++1010 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r2", status: Success, error_type: None, metrics: Some(RuntimeDoneMetrics { duration_ms: 9.0, produced_bytes: None }), spans: ChildSpans { kept: [], skipped: 0 }, tracing: None })
++1011 platform.start Start(Start { request_id: "r3", version: None, tracing: None })
++1012 platform.report Report(Report { request_id: "r2", status: Success, error_type: None, metrics: ReportMetrics { duration_ms: 11.0, billed_duration_ms: None, memory_size_mb: None, max_memory_used_mb: None, init_duration_ms: None, restore_duration_ms: None }, tracing: None })
++1020 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r1", status: Error, error_type: Some("E"), metrics: Some(RuntimeDoneMetrics { duration_ms: 20.0, produced_bytes: None }), spans: ChildSpans { kept: [], skipped: 0 }, tracing: None })
++1021 platform.runtimeDone RuntimeDone(RuntimeDone { request_id: "r3", status: Success, error_type: None, metrics: Some(RuntimeDoneMetrics { duration_ms: 10.0, produced_bytes: None }), spans: ChildSpans { kept: [], skipped: 0 }, tracing: None })
++1022 platform.report Report(Report { request_id: "r3", status: Success, error_type: None, metrics: ReportMetrics { duration_ms: 11.0, billed_duration_ms: Some(11.0), memory_size_mb: Some(2048), max_memory_used_mb: Some(90), init_duration_ms: None, restore_duration_ms: None }, tracing: None })
++1023 platform.report Report(Report { request_id: "r1", status: Error, error_type: Some("E"), metrics: ReportMetrics { duration_ms: 23.0, billed_duration_ms: None, memory_size_mb: None, max_memory_used_mb: None, init_duration_ms: None, restore_duration_ms: None }, tracing: None })
 unknown=0 malformed=0
 "#,
         );

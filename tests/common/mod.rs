@@ -4,14 +4,15 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature as sig;
 use base64::Engine as _;
 
-use lambda_env::{EnvConfig, MetricPoint, Report, free_port};
+use lambda_env::{EnvConfig, MetricPoint, Report, Sink, free_port};
 
 /// The binary under test: `LAMBDA_SIDECAR_BIN` (the Makefile's one release build), else the
 /// debug build cargo made for this test.
@@ -157,4 +158,72 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A rotel collector receiving OTLP on gRPC and HTTP and forwarding over HTTP to `sink`.
+pub struct Rotel {
+    child: Child,
+    pub grpc: u16,
+    pub http: u16,
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rotel_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ROTEL_AGENT") {
+        return PathBuf::from(path);
+    }
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages/rotel/rotel-agent"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("rotel-agent not found: run `make deps` or set ROTEL_AGENT"))
+}
+
+pub async fn rotel(sink: &Sink) -> Rotel {
+    rotel_at(sink, free_port().unwrap(), free_port().unwrap()).await
+}
+
+/// A rotel collector on these ports (to start one again where a stopped one listened).
+pub async fn rotel_at(sink: &Sink, grpc: u16, http: u16) -> Rotel {
+    let child = Command::new(rotel_binary())
+        .args([
+            "start",
+            "--exporter",
+            "otlp",
+            "--otlp-exporter-protocol",
+            "http",
+        ])
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--otlp-exporter-endpoint", &sink.endpoint()])
+        .args(["--batch-timeout", "50ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rotel-agent starts");
+    let rotel = Rotel { child, grpc, http };
+    for port in [grpc, http] {
+        let ready = async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), ready)
+            .await
+            .expect("rotel listens");
+    }
+    rotel
 }
