@@ -13,15 +13,16 @@ interleaved runs each; `/token` HS256 req/s in `serve` mode, server pinned to co
 loadgen to core 1, 5 interleaved rounds beside the minimal server (the shipped static musl
 x86_64 binary when `make layers` built it, else the host build, as the row says), and in the
 same rounds `/token` in extension mode inside lambda-env with telemetry on (tokens during one
-long invocation, then the flush); the arm64 binary and layer zip sizes; the post-runtime hold per invoke (20
-invokes, freezing) with a healthy, dead, slow and failing collector, peak RSS, the SHUTDOWN
-exit; GET /token latency per algorithm.
+long invocation, then the flush); the ratio is on requests per server CPU-second, wall req/s
+beside it. The arm64 binary and layer zip sizes; the post-runtime hold per invoke (20 invokes,
+freezing) with a healthy, dead, slow and failing collector, peak RSS, the SHUTDOWN exit;
+GET /token latency per algorithm.
 
 Prints one Markdown table (figure | candidate | reference | ratio | budget | met?).
 Exit code: 1 only if a hard budget is broken: the hold never exceeds the flush cap (plus
 scheduling slack), the sidecar always exits 0 before the deadline. The performance budgets of
-issue 9 (cold start, req/s, sizes, hold p50/p99, RSS) are known not to be met yet: a miss is
-printed as "not met" and does not fail the run.
+issue 9 (cold start, req/s, sizes, hold p50/p99, RSS) are soft, as some are known not to be
+met yet: a miss is printed as "not met" and does not fail the run.
 """
 import http.client
 import json
