@@ -4,7 +4,8 @@
 #               invokes fetch tokens, telemetry arrives; then a summary
 #   make test   install test dependencies, build once, run every test stage
 #   make lint   rustfmt and clippy, warnings as errors
-#   make bench  cold start and per-invoke hold figures, with their budgets
+#   make bench  cold start, /token req/s, sizes and per-invoke hold, beside references built from
+#               source (scripts/bench/refs), with their budgets
 #
 # Every stage after `build` uses the one release binary, found through LAMBDA_SIDECAR_BIN.
 

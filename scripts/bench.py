@@ -1,18 +1,34 @@
 #!/usr/bin/env python3
-"""`make bench`: measures the release binary in the lambda-env Lambda environment.
+"""`make bench`: the release binary measured in the lambda-env Lambda environment, side by side
+with references built from source, in one run (issue 9).
 
-Figures: cold start (process start -> every extension in event/next, median of 8), the
-post-runtime hold per invoke (p50/p99/max over 20 invokes, freezing between invokes) with a
-healthy, dead, slow and failing collector, spans delivered, and the SHUTDOWN exit time.
-Budgets are checked here, not in the tests: the hold never exceeds the flush cap (plus
-scheduling slack), the sidecar always exits 0 before the deadline.
+References (scripts/bench/refs/, built by `build_references` in a scratch copy with the
+repository's Cargo.lock, into the cached CARGO_TARGET_DIR target/bench-refs):
+- a minimal hyper + jsonwebtoken server that signs an HS256 token per `GET /token` (glibc);
+- the `lambda-extension` crate's `extension-telemetry-basic` example, at the locked version;
+- `loadgen`, the HTTP load generator (16 keep-alive connections; wrk is not installed).
 
-Prints a Markdown table; exits 1 if a budget is broken.
+Figures: cold start (process start -> every extension in event/next) beside the example, 9
+interleaved runs each; `/token` HS256 req/s in `serve` mode, server pinned to core 0 and
+loadgen to core 1, 5 interleaved rounds beside the minimal server (the shipped static musl
+x86_64 binary when `make layers` built it, else the host build, as the row says), and in the
+same rounds `/token` in extension mode inside lambda-env with telemetry on (tokens during one
+long invocation, then the flush); the ratio is on requests per server CPU-second, wall req/s
+beside it. The arm64 binary and layer zip sizes; the post-runtime hold per invoke (20 invokes,
+freezing) with a healthy, dead, slow and failing collector, peak RSS, the SHUTDOWN exit;
+GET /token latency per algorithm.
+
+Prints one Markdown table (figure | candidate | reference | ratio | budget | met?).
+Exit code: 1 only if a hard budget is broken: the hold never exceeds the flush cap (plus
+scheduling slack), the sidecar always exits 0 before the deadline. The performance budgets of
+issue 9 (cold start, req/s, sizes, hold p50/p99, RSS) are soft, as some are known not to be
+met yet: a miss is printed as "not met" and does not fail the run.
 """
 import http.client
 import json
 import os
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -24,15 +40,75 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 SIDECAR = os.environ.get("LAMBDA_SIDECAR_BIN", os.path.join(TARGET, "release", "lambda-sidecar"))
 LAMBDA_ENV = os.path.join(TARGET, "release", "lambda-env")
+REFS_SRC = os.path.join(ROOT, "scripts", "bench", "refs")
+REFS_TARGET = os.path.join(TARGET, "bench-refs")
+MUSL_X86 = os.path.join(TARGET, "x86_64-unknown-linux-musl", "release", "lambda-sidecar")
+ARM64_BIN = os.path.join(TARGET, "aarch64-unknown-linux-musl", "release", "lambda-sidecar")
+ARM64_ZIP = os.path.join(os.environ.get("DIST_DIR", os.path.join(ROOT, "dist")), "lambda-sidecar-arm64.zip")
 CAP_MS = 500
 SLACK_MS = 50
 INVOKES = 20
+COLD_RUNS = 9
+RPS_ROUNDS = 5
+RPS_SECONDS = 2.0
+CONNECTIONS = 16
+SHUTDOWN_MS = 2000  # lambda-env's default SHUTDOWN deadline
+SERVER_CORE, LOAD_CORE = "0", "1"
+MB = 1_000_000
+
+
+class Row:
+    """One line of the table; `hard` rows fail the run when not met."""
+
+    def __init__(self, figure, candidate, reference="—", ratio="—", budget="—", met=None, hard=False):
+        self.cells = [figure, candidate, reference, ratio, budget]
+        self.met, self.hard = met, hard
+
+    def line(self):
+        met = "—" if self.met is None else ("yes" if self.met else ("**BROKEN**" if self.hard else "not met"))
+        return "| " + " | ".join(self.cells + [met]) + " |"
 
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def build_references():
+    """Builds the references and loadgen from scripts/bench/refs in a scratch copy, with the
+    repository's Cargo.lock (same lambda-extension, hyper, jsonwebtoken versions as the
+    sidecar; --offline first, so nothing is fetched when the crates are already there). The
+    copy is refreshed each run at one fixed place under the cached target dir, not in a new
+    temporary directory: cargo keys a path crate's artefacts by its path, so a new directory
+    would rebuild (and re-link with LTO) all three every run. The example is built alone, so
+    that its dependencies' features are its own."""
+    src = os.path.join(REFS_TARGET, "src")
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(REFS_SRC, src)  # copy2: mtimes kept, so unchanged sources stay fresh
+    shutil.copy2(os.path.join(ROOT, "Cargo.lock"), src)
+    env = {**os.environ, "CARGO_TARGET_DIR": REFS_TARGET}
+    for packages in (["-p", "hs256-server", "-p", "loadgen"], ["-p", "extension-telemetry-basic"]):
+        for mode in (["--offline"], []):
+            done = subprocess.run(["cargo", "build", "--release", "--quiet", *mode, *packages],
+                                  cwd=src, env=env, check=False)
+            if done.returncode == 0:
+                break
+        else:
+            sys.exit(f"bench: cannot build the references {packages}")
+    release = os.path.join(REFS_TARGET, "release")
+    return {name: os.path.join(release, name) for name in ("hs256-server", "loadgen", "extension-telemetry-basic")}
 
 
 class Sink:
@@ -43,14 +119,7 @@ class Sink:
         self.proc = subprocess.Popen(
             [LAMBDA_ENV, "sink", "--listen", f"127.0.0.1:{self.port}", "--mode", mode],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("sink did not start")
+        wait_port(self.port)
 
     def stop(self):
         self.proc.terminate()
@@ -60,21 +129,250 @@ class Sink:
         return int(line.split()[1])
 
 
-def run_env(env, invokes=INVOKES, function_ms=20, tokens=2):
-    port = free_port()
+def env_args(work, port, env, extension=SIDECAR, invokes=INVOKES, function_ms=20, tokens=2, extra=()):
+    args = [LAMBDA_ENV, "run", "--extension", extension, "--invokes", str(invokes),
+            "--tokens-per-invoke", str(tokens), "--function-ms", str(function_ms),
+            "--token-url", f"http://127.0.0.1:{port}/token", "--report", os.path.join(work, "report.json"),
+            "--work-dir", work, *extra,
+            "--env", f"JWT_SECRET={secrets.token_urlsafe(48)}", "--env", f"SIDECAR_PORT={port}",
+            "--env", f"SIDECAR_FLUSH_TIMEOUT_MS={CAP_MS}"]
+    for key, value in env.items():
+        args += ["--env", f"{key}={value}"]
+    return args
+
+
+def run_env(env, **kwargs):
     with tempfile.TemporaryDirectory() as work:
-        report_path = os.path.join(work, "report.json")
-        args = [LAMBDA_ENV, "run", "--extension", SIDECAR, "--invokes", str(invokes),
-                "--tokens-per-invoke", str(tokens), "--function-ms", str(function_ms),
-                "--token-url", f"http://127.0.0.1:{port}/token", "--report", report_path,
-                "--work-dir", work,
-                "--env", f"JWT_SECRET={secrets.token_urlsafe(48)}", "--env", f"SIDECAR_PORT={port}",
-                "--env", f"SIDECAR_FLUSH_TIMEOUT_MS={CAP_MS}"]
-        for key, value in env.items():
-            args += ["--env", f"{key}={value}"]
-        subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=120)
-        with open(report_path) as f:
+        subprocess.run(env_args(work, free_port(), env, **kwargs), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False, timeout=120)
+        with open(os.path.join(work, "report.json")) as f:
             return json.load(f)
+
+
+def spread(values, unit, fmt="{:.1f}"):
+    return f"{fmt.format(statistics.median(values))} {unit} (min {fmt.format(min(values))}, max {fmt.format(max(values))})"
+
+
+def cold_start(example):
+    """Interleaved: sidecar, sidecar with OTLP export configured, the crate's example."""
+    kinds = {"sidecar": ({}, SIDECAR), "otlp": ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, SIDECAR),
+             "example": ({}, example)}
+    inits = {k: [] for k in kinds}
+    for run in range(COLD_RUNS):
+        order = list(kinds) if run % 2 == 0 else list(reversed(kinds))
+        for kind in order:
+            env, binary = kinds[kind]
+            report = run_env(env, extension=binary, invokes=1, tokens=0, extra=["--shutdown-ms", "300"])
+            if report["init"].get("error"):
+                sys.exit(f"bench: {kind} failed init in lambda-env: {report['init']['error']}")
+            inits[kind].append(report["init"]["duration_ms"])
+    ref = statistics.median(inits["example"])
+    ratio = statistics.median(inits["sidecar"]) / ref
+    return [
+        Row(f"cold start: process start -> event/next, lambda-env, {COLD_RUNS} interleaved runs each",
+            spread(inits["sidecar"], "ms"), spread(inits["example"], "ms") + " `extension-telemetry-basic`",
+            f"{ratio:.2f}×", "≤ 0.80×", ratio <= 0.8),
+        Row("cold start with OTLP/HTTP export configured", spread(inits["otlp"], "ms"),
+            f"{ref:.1f} ms (example)", f"{statistics.median(inits['otlp']) / ref:.2f}×"),
+    ]
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (/proc/PID/stat, fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sidecar_pid(env_pid):
+    """The sidecar lambda-env (process env_pid) spawned."""
+    with open(f"/proc/{env_pid}/task/{env_pid}/children") as f:
+        for pid in f.read().split():
+            if os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(SIDECAR):
+                return int(pid)
+    raise RuntimeError("lambda-env runs no sidecar")
+
+
+def load(loadgen, port, seconds, token, server_pid):
+    """loadgen on LOAD_CORE against 127.0.0.1:port/token: (req/s, requests per CPU-second of
+    the server). The second does not depend on how much of its core the server got: on this
+    shared machine other processes take a varying part of it, which moves the first."""
+    cpu = cpu_seconds(server_pid)
+    args = ["taskset", "-c", LOAD_CORE, loadgen, f"127.0.0.1:{port}", "/token", str(seconds), str(CONNECTIONS)]
+    out = subprocess.run(args + ([token] if token else []), capture_output=True, text=True, check=True,
+                         timeout=seconds + 30).stdout
+    fields = dict(kv.split("=") for kv in out.split())
+    if int(fields["non_2xx"]) or int(fields["errors"]):
+        raise RuntimeError(f"loadgen: {out.strip()}")
+    requests = int(fields["requests"])
+    return requests / float(fields["seconds"]), requests / max(cpu_seconds(server_pid) - cpu, 0.01)
+
+
+class Extension:
+    """The sidecar in extension mode inside lambda-env (pinned to SERVER_CORE, the sidecar with
+    it), telemetry to a healthy sink, one invocation long enough for a warm-up and one
+    measurement of `load`. The sidecar flushes at the next INVOKE or at SHUTDOWN: with one
+    invocation, the flush that follows it is the time from SHUTDOWN to the exit, which
+    `finish` returns with the post-runtime hold, whether it exited 0 before the deadline, and
+    the spans the sink received."""
+
+    def __init__(self, session):
+        self.sink = Sink("ok")
+        self.port = free_port()
+        self.work = tempfile.TemporaryDirectory()
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.sink.port}", "AWS_SESSION_TOKEN": session}
+        function_ms = int((RPS_SECONDS + 2) * 1000)
+        args = env_args(self.work.name, self.port, env, invokes=1, tokens=0, function_ms=function_ms,
+                        extra=["--function-timeout-ms", str(function_ms + 10_000)])
+        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *args], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        time.sleep(0.3)  # init done, the INVOKE delivered (the warm-up runs inside the invocation too)
+
+    def finish(self):
+        try:
+            self.proc.wait(timeout=60)
+            with open(os.path.join(self.work.name, "report.json")) as f:
+                report = json.load(f)
+            shutdown = report["shutdown"]
+            flush = SHUTDOWN_MS - (shutdown.get("exited_before_deadline_ms") or 0)
+            clean = shutdown["exit_code"] == 0 and not shutdown["killed"]
+            return report["invokes"][0]["hold_ms"], flush, clean, self.sink.stop()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.work.cleanup()
+
+    def stop(self):
+        """Ends an Extension whose load failed, without its report."""
+        self.proc.kill()
+        self.proc.wait()
+        self.sink.stop()
+        self.work.cleanup()
+
+
+def token_rps(refs):
+    """`/token` HS256 req/s, server or lambda-env on SERVER_CORE and loadgen on LOAD_CORE, in
+    interleaved rounds (the order rotates each round): the candidate in `serve` mode, the
+    minimal server, and the candidate in extension mode with telemetry on. On this shared
+    machine the load of other processes moves from round to round, so the ratio is taken on
+    requests per CPU-second of the server (what req/s is on a core of its own), with wall
+    req/s beside it; the noise is the spread of the per-round ratio (candidate / the reference
+    of the same round)."""
+    candidate, label = (MUSL_X86, "static musl x86_64 (shipped build)") if os.path.exists(MUSL_X86) \
+        else (SIDECAR, "host glibc build (musl not built: make layer-x86_64)")
+    secret = secrets.token_urlsafe(48)
+    session = secrets.token_hex(32)
+    servers = {
+        "serve": ([candidate, "serve"], {"JWT_SECRET": secret, "AWS_SESSION_TOKEN": session}, session),
+        "reference": ([refs["hs256-server"]], {"JWT_SECRET": secret}, None),
+    }
+    kinds = ["serve", "reference", "extension"]
+    rps = {k: [] for k in kinds}
+    holds_ms, flushes, clean, spans = [], [], [], []
+    for round_ in range(RPS_ROUNDS):
+        for kind in kinds[round_ % 3:] + kinds[:round_ % 3]:
+            if kind == "extension":
+                ext = Extension(session)
+                try:
+                    pid = sidecar_pid(ext.proc.pid)
+                    load(refs["loadgen"], ext.port, 0.5, session, pid)  # warm-up
+                    rps[kind].append(load(refs["loadgen"], ext.port, RPS_SECONDS, session, pid))
+                except BaseException:
+                    ext.stop()
+                    raise
+                hold, flush, exited, received = ext.finish()
+                holds_ms.append(hold)
+                flushes.append(flush)
+                clean.append(exited)
+                spans.append(received)
+                continue
+            argv, env, token = servers[kind]
+            port = free_port()
+            proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *argv], stderr=subprocess.DEVNULL,
+                                    env={"PATH": os.environ["PATH"], "SIDECAR_PORT": str(port),
+                                         "BENCH_PORT": str(port), **env})
+            try:
+                wait_port(port)
+                load(refs["loadgen"], port, 0.5, token, proc.pid)  # warm-up (taskset execs: same pid)
+                rps[kind].append(load(refs["loadgen"], port, RPS_SECONDS, token, proc.pid))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=5)
+    wall = {k: [r[0] for r in v] for k, v in rps.items()}
+    per_cpu = {k: [r[1] for r in v] for k, v in rps.items()}
+    reference = (spread(per_cpu["reference"], "req/CPU-s", "{:,.0f}") + "; wall "
+                 + spread(wall["reference"], "req/s", "{:,.0f}") + "; hyper + jsonwebtoken, `serve`")
+    rows = []
+    for kind, what in (("serve", f"`serve`: {label}"),
+                       ("extension", "extension mode in lambda-env, telemetry on, host build")):
+        ratios = [c / r for c, r in zip(per_cpu[kind], per_cpu["reference"])]
+        wall_ratios = [c / r for c, r in zip(wall[kind], wall["reference"])]
+        ratio = statistics.median(ratios)
+        rows.append(Row(f"GET /token HS256 req per server CPU-second (wall req/s beside), server pinned to 1 core,"
+                        f" {CONNECTIONS} conns, {RPS_ROUNDS} interleaved rounds, {what}",
+                        spread(per_cpu[kind], "req/CPU-s", "{:,.0f}") + "; wall " + spread(wall[kind], "req/s", "{:,.0f}"),
+                        reference, f"{ratio:.2f}× (per round {min(ratios):.2f}–{max(ratios):.2f}; wall"
+                        f" {statistics.median(wall_ratios):.2f}×, {min(wall_ratios):.2f}–{max(wall_ratios):.2f})",
+                        "≥ 1.00×", ratio >= 1.0))
+    rows.append(Row(f"flush after each extension-mode invocation ({RPS_SECONDS:.0f} s of /token): SHUTDOWN -> exit",
+                    spread(flushes, "ms") + f"; post-runtime hold max {max(holds_ms):.1f} ms;"
+                    f" spans received per invocation {min(spans):,}–{max(spans):,}",
+                    budget=f"exit 0 before the deadline ({SHUTDOWN_MS} ms); hold ≤ {CAP_MS} ms + {SLACK_MS} ms",
+                    met=all(clean) and max(holds_ms) <= CAP_MS + SLACK_MS, hard=True))
+    return rows
+
+
+def sizes():
+    rows = []
+    for label, path, budget, hint in (("arm64 stripped binary", ARM64_BIN, 6.0, "make layer-arm64"),
+                                      ("arm64 layer zip", ARM64_ZIP, 3.0, "make layer-arm64")):
+        if os.path.exists(path):
+            size = os.path.getsize(path)
+            rows.append(Row(label, f"{size / MB:.2f} MB ({size:,} bytes)", budget=f"≤ {budget:.1f} MB",
+                            met=size <= budget * MB))
+        else:
+            rows.append(Row(label, f"not built (run {hint})", budget=f"≤ {budget:.1f} MB"))
+    size = os.path.getsize(SIDECAR)
+    rows.append(Row("host release binary (glibc)", f"{size / MB:.2f} MB ({size:,} bytes)"))
+    return rows
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def holds():
+    rows = []
+    scenarios = [
+        ("healthy collector, 20 ms function", "ok", 20, 2),
+        ("healthy collector, 0 ms function without token requests", "ok", 0, 0),
+        ("collector down (connection refused)", None, 20, 2),
+        ("collector answering 503", "fail:503", 20, 2),
+        ("collector too slow (2 s per request)", "slow:2000", 20, 2),
+    ]
+    for i, (label, mode, function_ms, tokens) in enumerate(scenarios):
+        sink = Sink(mode) if mode else None
+        endpoint = f"http://127.0.0.1:{sink.port if sink else free_port()}"
+        report = run_env({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}, function_ms=function_ms, tokens=tokens)
+        spans = sink.stop() if sink else 0
+        hold = [inv["hold_ms"] for inv in report["invokes"]]
+        shutdown = report["shutdown"]
+        before = shutdown.get("exited_before_deadline_ms") or 0
+        rss = (shutdown.get("peak_rss_kb") or 0) / 1024
+        if i == 0:  # issue 9's soft budgets, on the healthy path
+            rows.append(Row(f"hold p50 / p99, {label}, {INVOKES} invokes", f"{pct(hold, 50):.2f} / {pct(hold, 99):.2f} ms",
+                            budget="≤ 1 / ≤ 5 ms", met=pct(hold, 50) <= 1 and pct(hold, 99) <= 5))
+            rows.append(Row(f"peak RSS, {label}", f"{rss:.1f} MiB", budget="≤ 16 MB", met=rss * 1024 * 1024 <= 16 * MB))
+        rows.append(Row(f"hold, {label}",
+                        f"p50 {pct(hold, 50):.2f} / p99 {pct(hold, 99):.2f} / max {max(hold):.2f} ms; spans received {spans};"
+                        f" peak RSS {rss:.1f} MiB", budget=f"max ≤ cap {CAP_MS} ms + {SLACK_MS} ms",
+                        met=max(hold) <= CAP_MS + SLACK_MS, hard=True))
+        rows.append(Row(f"shutdown, {label}", f"exit {shutdown['exit_code']} {SHUTDOWN_MS - before:.0f} ms after SHUTDOWN",
+                        budget="exit 0 before the deadline", met=shutdown["exit_code"] == 0 and not shutdown["killed"],
+                        hard=True))
+    return rows
 
 
 def token_latency():
@@ -97,15 +395,8 @@ def token_latency():
                                                          "AWS_SESSION_TOKEN": session_token, **env},
                                 stderr=subprocess.DEVNULL)
         try:
-            conn = None
-            for _ in range(100):
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port)
-                    conn.request("GET", "/health")
-                    conn.getresponse().read()
-                    break
-                except OSError:
-                    time.sleep(0.02)
+            wait_port(port)
+            conn = http.client.HTTPConnection("127.0.0.1", port)
             latencies = []
             for _ in range(2000):
                 start = time.perf_counter()
@@ -116,63 +407,37 @@ def token_latency():
                 if response.status != 200:
                     raise RuntimeError(f"{alg}: /token answered {response.status}")
             latencies = latencies[200:]  # warm-up
-            rows.append(f"| GET /token, {alg} | p50 {pct(latencies, 50):.0f} us / p99 {pct(latencies, 99):.0f} us (1,800 requests, keep-alive) |")
+            rows.append(Row(f"GET /token latency, {alg}, one keep-alive connection (Python client), host build",
+                            f"p50 {pct(latencies, 50):.0f} µs / p99 {pct(latencies, 99):.0f} µs"))
         finally:
             proc.terminate()
             proc.wait(timeout=5)
     return rows
 
 
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
 def main():
     for path in (SIDECAR, LAMBDA_ENV):
         if not os.path.exists(path):
             sys.exit(f"bench: {path} is missing; run `make build` first")
-    broken = []
-    rows = []
-
-    # Cold start: median of 8 starts, without and with OTLP export configured.
-    for label, env in (("no export", {}), ("OTLP/HTTP export", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})):
-        inits = [run_env(env, invokes=1, tokens=0)["init"]["duration_ms"] for _ in range(8)]
-        rows.append(f"| cold start, {label} | process start -> ready in event/next: median {statistics.median(inits):.1f} ms, min {min(inits):.1f} ms |")
-
-    scenarios = [
-        ("healthy collector, 20 ms function", "ok", 20, 2),
-        ("healthy collector, 0 ms function without token requests", "ok", 0, 0),
-        ("collector down (connection refused)", None, 20, 2),
-        ("collector answering 503", "fail:503", 20, 2),
-        ("collector too slow (2 s per request)", "slow:2000", 20, 2),
-    ]
-    for label, mode, function_ms, tokens in scenarios:
-        sink = Sink(mode) if mode else None
-        endpoint = f"http://127.0.0.1:{sink.port if sink else free_port()}"
-        report = run_env({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}, function_ms=function_ms, tokens=tokens)
-        spans = sink.stop() if sink else 0
-        holds = [i["hold_ms"] for i in report["invokes"]]
-        shutdown = report["shutdown"]
-        before = shutdown.get("exited_before_deadline_ms") or 0
-        rss = (shutdown.get("peak_rss_kb") or 0) / 1024
-        rows.append(
-            f"| {label} | hold p50 {pct(holds, 50):.2f} / p99 {pct(holds, 99):.2f} / max {max(holds):.2f} ms;"
-            f" spans received {spans}; peak RSS {rss:.1f} MiB; exit {shutdown['exit_code']} {2000 - before:.0f} ms after SHUTDOWN |")
-        if max(holds) > CAP_MS + SLACK_MS:
-            broken.append(f"{label}: hold {max(holds):.1f} ms > cap {CAP_MS} ms")
-        if shutdown["exit_code"] != 0 or shutdown["killed"]:
-            broken.append(f"{label}: shutdown {shutdown}")
-
+    if not shutil.which("taskset"):
+        sys.exit("bench: taskset (util-linux) is needed to pin the server and the load generator")
+    started = time.time()
+    refs = build_references()
+    rows = cold_start(refs["extension-telemetry-basic"])
+    rows += token_rps(refs)
+    rows += sizes()
+    rows += holds()
     rows += token_latency()
-    size = os.path.getsize(SIDECAR)
-    rows.append(f"| release binary (host, glibc) | {size:,} bytes |")
-    print(f"| lambda-env, {INVOKES} invokes, 2 tokens each, freezing between invokes, flush cap {CAP_MS} ms | figure |")
-    print("|---|---|")
-    print("\n".join(rows))
+    print(f"`make bench`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores,"
+          f" {time.time() - started:.0f} s; candidate {os.path.relpath(SIDECAR, ROOT)} unless the row says otherwise\n")
+    print("| figure | candidate | reference | ratio | budget | met? |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(row.line() for row in rows))
+    broken = [row.cells[0] for row in rows if row.hard and row.met is False]
     if broken:
-        print("\nbudgets broken:\n  " + "\n  ".join(broken))
+        print("\nhard budgets broken:\n  " + "\n  ".join(broken))
         sys.exit(1)
+    print("\n\"not met\": issue 9's performance budgets, reported but not failing the run (yet).")
 
 
 if __name__ == "__main__":
