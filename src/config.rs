@@ -7,14 +7,64 @@
 //! mode that error is reported to Lambda through `init/error`, with [`ConfigError::error_type`]
 //! as its `Lambda-Extension-Function-Error-Type`.
 //!
-//! This module only parses text. Keys are turned into signing keys by `token::keys`, whose
-//! errors are config errors too (they name `JWT_SECRET` or `JWT_PRIVATE_KEY`).
+//! This module only parses text into plain values, and imports nothing from `token`: keys are
+//! turned into signing keys by `token::keys`, whose errors
+//! name the variable or the key source too.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::token::keys::Algorithm;
+/// Claims only the sidecar sets. A request that names one is refused, never silently ignored
+/// (`token::claims`), and `JWT_ALLOWED_CLAIMS` may not name one. Defined here, as plain data,
+/// so that `config` depends on nothing in `token`.
+pub const SIDECAR_CLAIMS: &[&str] = &["iss", "exp", "iat", "nbf", "jti"];
+
+/// `JWT_ALGORITHM`, parsed: the algorithms the sidecar signs with. Plain data; `token::keys`
+/// turns it into a signer.
+/// `none` and anything else are not representable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    HS256,
+    HS384,
+    HS512,
+    ES256,
+    ES384,
+    RS256,
+    PS256,
+    EdDSA,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 8] = [
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::EdDSA,
+    ];
+
+    /// The JOSE `alg` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::RS256 => "RS256",
+            Algorithm::PS256 => "PS256",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+    }
+}
 
 /// Every `SIDECAR_*` variable the sidecar knows. Any other name with that prefix is refused:
 /// `SIDECAR_PROT=4000` is a typo, not a wish to keep the default port.
@@ -456,14 +506,14 @@ fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
     let allowed_claims: BTreeSet<String> = env.list("JWT_ALLOWED_CLAIMS").into_iter().collect();
     if let Some(c) = allowed_claims
         .iter()
-        .find(|c| crate::token::claims::SIDECAR_CLAIMS.contains(&c.as_str()))
+        .find(|c| SIDECAR_CLAIMS.contains(&c.as_str()))
     {
         return Err(ConfigError::Invalid {
             var: "JWT_ALLOWED_CLAIMS",
             value: c.clone(),
             expected: format!(
                 "claim names other than {} (the sidecar sets those itself)",
-                crate::token::claims::SIDECAR_CLAIMS.join(", ")
+                SIDECAR_CLAIMS.join(", ")
             ),
         });
     }

@@ -5,8 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::config::TokenConfig;
 
-/// Claims only the sidecar sets. A request that names one is refused, never silently ignored.
-pub const SIDECAR_CLAIMS: &[&str] = &["iss", "exp", "iat", "nbf", "jti"];
+pub use crate::config::SIDECAR_CLAIMS;
 
 /// Longest `sub` or `aud` value accepted: generous for ids and URLs, small enough to bound
 /// token size.

@@ -18,60 +18,19 @@ use jsonwebtoken::jwk::{
 
 use crate::config::{ConfigError, KeyMaterial, TokenConfig};
 
-/// The algorithms the sidecar signs with. `none` and anything else are not representable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    HS256,
-    HS384,
-    HS512,
-    ES256,
-    ES384,
-    RS256,
-    PS256,
-    EdDSA,
-}
+pub use crate::config::Algorithm;
 
-impl Algorithm {
-    pub const ALL: [Algorithm; 8] = [
-        Algorithm::HS256,
-        Algorithm::HS384,
-        Algorithm::HS512,
-        Algorithm::ES256,
-        Algorithm::ES384,
-        Algorithm::RS256,
-        Algorithm::PS256,
-        Algorithm::EdDSA,
-    ];
-
-    /// The JOSE `alg` name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::HS256 => "HS256",
-            Algorithm::HS384 => "HS384",
-            Algorithm::HS512 => "HS512",
-            Algorithm::ES256 => "ES256",
-            Algorithm::ES384 => "ES384",
-            Algorithm::RS256 => "RS256",
-            Algorithm::PS256 => "PS256",
-            Algorithm::EdDSA => "EdDSA",
-        }
-    }
-
-    pub fn is_hmac(self) -> bool {
-        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
-    }
-
-    fn jsonwebtoken(self) -> jsonwebtoken::Algorithm {
-        match self {
-            Algorithm::HS256 => jsonwebtoken::Algorithm::HS256,
-            Algorithm::HS384 => jsonwebtoken::Algorithm::HS384,
-            Algorithm::HS512 => jsonwebtoken::Algorithm::HS512,
-            Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
-            Algorithm::ES384 => jsonwebtoken::Algorithm::ES384,
-            Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
-            Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
-            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
-        }
+/// jsonwebtoken's name for `algorithm`, for the JWK it derives.
+fn jsonwebtoken_algorithm(algorithm: Algorithm) -> jsonwebtoken::Algorithm {
+    match algorithm {
+        Algorithm::HS256 => jsonwebtoken::Algorithm::HS256,
+        Algorithm::HS384 => jsonwebtoken::Algorithm::HS384,
+        Algorithm::HS512 => jsonwebtoken::Algorithm::HS512,
+        Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+        Algorithm::ES384 => jsonwebtoken::Algorithm::ES384,
+        Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+        Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
+        Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
     }
 }
 
@@ -317,13 +276,11 @@ impl SigningKey {
                 }),
             }),
             (Some(key), _) => {
-                let mut jwk =
-                    Jwk::from_encoding_key(key, algorithm.jsonwebtoken()).map_err(|e| {
-                        ConfigError::InvalidKey {
-                            var: "JWT_PRIVATE_KEY",
-                            algorithm: algorithm.name(),
-                            reason: format!("its public key could not be derived ({e})"),
-                        }
+                let mut jwk = Jwk::from_encoding_key(key, jsonwebtoken_algorithm(algorithm))
+                    .map_err(|e| ConfigError::InvalidKey {
+                        var: "JWT_PRIVATE_KEY",
+                        algorithm: algorithm.name(),
+                        reason: format!("its public key could not be derived ({e})"),
                     })?;
                 jwk.common.public_key_use = Some(PublicKeyUse::Signature);
                 Some(jwk)
