@@ -35,7 +35,8 @@ use crate::pipeline::{Pipeline, Recorder};
 use crate::records::{InvokeRecord, Record};
 use crate::sampling::Sampler;
 use crate::signals::Metrics;
-use crate::token::{TokenService, keys::SigningKey};
+use crate::token::TokenService;
+use crate::token::source::{self, KeySourceError, LoadError, Loaded, Refresher};
 use crate::{intake, token};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::Temporality;
@@ -72,6 +73,8 @@ const EMF_WAIT: Duration = Duration::from_millis(100);
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    KeySource(#[from] KeySourceError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -87,9 +90,19 @@ impl StartupError {
     pub fn error_type(&self) -> &'static str {
         match self {
             StartupError::Config(e) => e.error_type(),
+            StartupError::KeySource(e) => e.error_type(),
             StartupError::Bind { .. } => "Extension.PortUnavailable",
             StartupError::Subscribe(_) => "Extension.TelemetrySubscriptionFailed",
             StartupError::Internal(_) => "Extension.InternalError",
+        }
+    }
+}
+
+impl From<LoadError> for StartupError {
+    fn from(e: LoadError) -> StartupError {
+        match e {
+            LoadError::Config(e) => StartupError::Config(e),
+            LoadError::Source(e) => StartupError::KeySource(e),
         }
     }
 }
@@ -232,19 +245,22 @@ struct Sidecar {
     token_server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop_intake: watch::Sender<bool>,
     last_request_id: Option<String>,
+    /// Re-reads a Secrets Manager or SSM key at INVOKE.
+    refresher: Option<Refresher>,
 }
 
-/// Start-up work that needs no extension id. The CPU-heavy part (parsing the key, building
-/// the exporters' HTTP/TLS clients) runs on a blocking thread, so it overlaps with the
-/// register round-trip instead of adding to it; errors wait until there is an extension id
-/// to report them with.
+/// Start-up work that needs no extension id. Loading the key (parsing it on a blocking thread,
+/// or fetching it from AWS) and building the exporters' HTTP/TLS clients (on a blocking
+/// thread) overlap with the register round-trip instead of adding to it; errors wait until
+/// there is an extension id to report them with.
 struct Prepared {
     config: Config,
     function: FunctionInfo,
     resource: Resource,
     temporality: Temporality,
     sampler: Sampler,
-    heavy: tokio::task::JoinHandle<Result<(SigningKey, ExportClients), StartupError>>,
+    keys: tokio::task::JoinHandle<Result<Loaded, LoadError>>,
+    clients: tokio::task::JoinHandle<Result<ExportClients, ConfigError>>,
 }
 
 fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError> {
@@ -257,18 +273,17 @@ fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError
     let export_resource = resource.clone();
     let temporality = export_config.temporality;
     let sampler = export_config.sampler;
-    let heavy = tokio::task::spawn_blocking(move || {
-        let key = SigningKey::load(&token_config)?;
-        let clients = ExportClients::build(&export_config, &export_resource)?;
-        Ok((key, clients))
-    });
+    let keys = tokio::spawn(async move { source::load(&token_config).await });
+    let clients =
+        tokio::task::spawn_blocking(move || ExportClients::build(&export_config, &export_resource));
     Ok(Prepared {
         config,
         function,
         resource,
         temporality,
         sampler,
-        heavy,
+        keys,
+        clients,
     })
 }
 
@@ -284,9 +299,13 @@ async fn start(
         resource,
         temporality,
         sampler,
-        heavy,
+        keys,
+        clients,
     } = prepared?;
-    let (key, clients) = heavy
+    let Loaded { ring, refresher } = keys
+        .await
+        .map_err(|e| StartupError::Internal(e.to_string()))??;
+    let clients = clients
         .await
         .map_err(|e| StartupError::Internal(e.to_string()))??;
     let source = Arc::new(MetricsSource::with_temporality(resource, temporality));
@@ -319,7 +338,7 @@ async fn start(
         .port();
     let service = Arc::new(TokenService::new(
         config.token.clone(),
-        key,
+        ring,
         Some(recorder.clone()),
         token_port,
     ));
@@ -367,6 +386,7 @@ async fn start(
         token_server,
         stop_intake,
         last_request_id: None,
+        refresher,
     })
 }
 
@@ -506,7 +526,18 @@ impl Sidecar {
             self.flush_timeout.min(to_deadline)
         };
         let spans = self.pipeline.drain().await;
-        let report = self.exporter.flush(spans, budget).await;
+        // The key refresh shares the flush's bound and runs beside it: when the budget runs
+        // out its request is dropped (cancelled), so nothing is in flight at the freeze.
+        let refresh = async {
+            if let Some(refresher) = &mut self.refresher
+                && tokio::time::timeout(budget, refresher.on_invoke(Instant::now()))
+                    .await
+                    .is_err()
+            {
+                tracing::warn!("key refresh cut short by the flush budget");
+            }
+        };
+        let (report, ()) = tokio::join!(self.exporter.flush(spans, budget), refresh);
         tracing::debug!(?report, "flushed at INVOKE");
         self.recorder.record(Record::Resumed {
             request_id: invoke.request_id,

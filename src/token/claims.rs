@@ -323,14 +323,17 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{KeyMaterial, TokenAuth};
+    use crate::config::{KeyMaterial, KeySource, TokenAuth};
     use crate::token::keys::Algorithm;
     use serde_json::json;
 
     fn config() -> TokenConfig {
         TokenConfig {
             algorithm: Algorithm::HS256,
-            key: KeyMaterial::Secret(Vec::new()),
+            key: KeySource::Env(KeyMaterial::Secret(Vec::new())),
+            key_refresh: std::time::Duration::from_secs(300),
+            kms_verify_keys: Vec::new(),
+            aws: None,
             key_id: None,
             issuer: "https://issuer.example".into(),
             audiences: vec!["api".into(), "billing".into()],
