@@ -207,3 +207,213 @@ async fn es256_signed_by_kms() {
 async fn rs256_signed_by_kms() {
     kms_signs("RS256", "RSA_2048").await;
 }
+
+/// Start-up with `vars` fails: init/error carries `error_type` and names the source, the
+/// process exits 1, and none of `secrets` is in the init/error body, stdout or stderr.
+/// Returns the error message.
+async fn init_fails(
+    moto: &Moto,
+    vars: &[(&str, String)],
+    error_type: &str,
+    secrets: &[&str],
+) -> String {
+    let (config, _, _) = config(moto, 1, vars);
+    let report = lambda_env::run(config).await.unwrap();
+    let log = stderr_of(&report);
+    let error = report
+        .init
+        .error
+        .as_ref()
+        .unwrap_or_else(|| panic!("init must fail\n{log}"));
+    assert_eq!(error.error_type, error_type, "{:?}\n{log}", error.body);
+    let message = error.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("JWT_KEY_SOURCE="), "{message}");
+    assert_eq!(error.exit_code, Some(1), "{log}");
+    assert!(report.invokes.is_empty());
+    let stdout = report
+        .stdout_path
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    for secret in secrets {
+        for (what, text) in [
+            ("init/error", error.body.to_string()),
+            ("stderr", log.clone()),
+            ("stdout", stdout.clone()),
+        ] {
+            assert!(!text.contains(secret), "key material in {what}: {text}");
+        }
+    }
+    message.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_is_not_found() {
+    let moto = Moto::start(&[]);
+    init_fails(
+        &moto,
+        &[(
+            "JWT_KEY_SOURCE",
+            "secretsmanager:no-such-secret".to_string(),
+        )],
+        "KeySource.NotFound",
+        &[],
+    )
+    .await;
+}
+
+/// A secret of the wrong kind for the algorithm: an HMAC secret for ES256 (whose text must
+/// not be echoed), an RSA key for ES256, and a plain String parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_the_wrong_type_is_refused_without_echoing_it() {
+    let moto = Moto::start(&[]);
+    let secret = random_secret();
+    let rsa_pem = moto.python(&format!(
+        "p = pem('rsa')\n\
+         sm.create_secret(Name='hmac', SecretString='{secret}')\n\
+         sm.create_secret(Name='rsa', SecretString=p)\n\
+         ssm.put_parameter(Name='plain', Value=pem(ec.SECP256R1()), Type='String')\n\
+         print(p.splitlines()[1])"
+    ));
+    let es256 = ("JWT_ALGORITHM", "ES256".to_string());
+    for (source, material) in [
+        ("secretsmanager:hmac", secret.as_str()),
+        ("secretsmanager:rsa", rsa_pem.as_str()),
+        ("ssm:plain", "PRIVATE KEY"),
+    ] {
+        init_fails(
+            &moto,
+            &[("JWT_KEY_SOURCE", source.to_string()), es256.clone()],
+            "KeySource.WrongKeyType",
+            &[material],
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_kms_key_is_refused() {
+    let moto = Moto::start(&[]);
+    let id = moto.python(
+        "k = kms.create_key(KeyUsage='SIGN_VERIFY', KeySpec='ECC_NIST_P256')['KeyMetadata']['KeyId']\n\
+         kms.disable_key(KeyId=k)\n\
+         print(k)",
+    );
+    init_fails(
+        &moto,
+        &[
+            ("JWT_KEY_SOURCE", format!("kms:{id}")),
+            ("JWT_ALGORITHM", "ES256".to_string()),
+        ],
+        "KeySource.KeyDisabled",
+        &[],
+    )
+    .await;
+}
+
+/// moto enforcing IAM (after the setup's unauthenticated calls): the sidecar signs with the
+/// keys of a user whose policy denies secretsmanager:GetSecretValue. A user's keys come with
+/// no session token (moto refuses a made-up one as InvalidClientTokenId), so the variable is
+/// empty here and /token needs no header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_by_iam() {
+    // create_secret, create_user, put_user_policy, create_access_key.
+    let moto = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "4")]);
+    let secret = random_secret();
+    let keys = moto.python(&format!(
+        "sm.create_secret(Name='guarded', SecretString='{secret}')\n\
+         iam.create_user(UserName='fn')\n\
+         iam.put_user_policy(UserName='fn', PolicyName='deny', PolicyDocument=json.dumps({{\n\
+           'Version': '2012-10-17',\n\
+           'Statement': [{{'Effect': 'Deny', 'Action': 'secretsmanager:GetSecretValue', 'Resource': '*'}}]}}))\n\
+         k = iam.create_access_key(UserName='fn')['AccessKey']\n\
+         print(k['AccessKeyId'], k['SecretAccessKey'])"
+    ));
+    let (id, key) = keys.split_once(' ').unwrap();
+    let message = init_fails(
+        &moto,
+        &[
+            ("JWT_KEY_SOURCE", "secretsmanager:guarded".to_string()),
+            ("AWS_ACCESS_KEY_ID", id.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", key.to_string()),
+            ("AWS_SESSION_TOKEN", String::new()),
+            ("SIDECAR_TOKEN_AUTH", "off".to_string()),
+        ],
+        "KeySource.AccessDenied",
+        &[&secret, key],
+    )
+    .await;
+    // Refused by the policy, which means moto accepted the signature first.
+    assert!(
+        message.contains("is not authorized to perform"),
+        "{message}"
+    );
+}
+
+/// A new secret version put during a run: after the refresh, tokens carry the new kid; a
+/// token from before still verifies against the served JWKS (which holds both keys); once
+/// JWT_MAX_TTL_SECONDS have passed since the switch, the old key leaves the JWKS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_changes_the_kid_without_breaking_tokens() {
+    let moto = Moto::start(&[]);
+    moto.python("sm.create_secret(Name='jwt-es', SecretString=pem(ec.SECP256R1()))");
+    let (mut config, base, session) = config(
+        &moto,
+        100,
+        &[
+            ("JWT_KEY_SOURCE", "secretsmanager:jwt-es".to_string()),
+            ("JWT_ALGORITHM", "ES256".to_string()),
+            ("JWT_KEY_REFRESH_SECONDS", "1".to_string()),
+            ("JWT_MAX_TTL_SECONDS", "4".to_string()),
+        ],
+    );
+    config.gap_ms = 100;
+    let handle = tokio::spawn(async move { lambda_env::run(config).await.unwrap() });
+    let client = reqwest::Client::new();
+    let jwks_url = format!("{base}/.well-known/jwks.json");
+    let token_url = format!("{base}/token");
+    let token = |body: Option<Value>| body.unwrap()["token"].as_str().unwrap().to_string();
+
+    let first = wait_for(&client, &jwks_url, &session, &handle)
+        .await
+        .expect("the sidecar never served its JWKS");
+    let before = token(get(&client, &token_url, &session).await);
+    let old_kid = kid(&before);
+    assert_eq!(kids(&first), std::slice::from_ref(&old_kid));
+
+    moto.python("sm.put_secret_value(SecretId='jwt-es', SecretString=pem(ec.SECP256R1()))");
+    let rotated_at = Instant::now();
+    let deadline = rotated_at + Duration::from_secs(20);
+    let after = loop {
+        let t = token(get(&client, &token_url, &session).await);
+        if kid(&t) != old_kid {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the kid never changed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let new_kid = kid(&after);
+    let both = get(&client, &jwks_url, &session).await.unwrap();
+    assert_eq!(kids(&both), [new_kid.clone(), old_kid.clone()]);
+    verify_tokens("ES256", &[before.clone(), after.clone()], Some(&both), None).unwrap();
+
+    let gone = loop {
+        let jwks = get(&client, &jwks_url, &session).await.unwrap();
+        if kids(&jwks) == [new_kid.clone()] {
+            break jwks;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old key is still published: {jwks}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Not before JWT_MAX_TTL_SECONDS after the switch (which came after `rotated_at`).
+    assert!(rotated_at.elapsed() >= Duration::from_secs(4));
+    assert!(verify_tokens("ES256", &[before], Some(&gone), None).is_err());
+    let fresh = token(get(&client, &token_url, &session).await);
+    assert_eq!(kid(&fresh), new_kid);
+    verify_tokens("ES256", &[fresh], Some(&gone), None).unwrap();
+    let report = handle.await.unwrap();
+    common::assert_clean_exit(&report);
+}

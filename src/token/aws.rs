@@ -118,6 +118,11 @@ impl AwsClient {
                 .await
                 .map_err(|e| AwsError::Unreachable(error_chain(&e)))?;
             let status = response.status().as_u16();
+            let error_type = response
+                .headers()
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let mut bytes = Vec::new();
             let mut response = response;
             while let Some(chunk) = response
@@ -132,34 +137,62 @@ impl AwsClient {
                 }
                 bytes.extend_from_slice(&chunk);
             }
-            Ok((status, bytes))
+            Ok((status, error_type, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(timeout, exchange)
+        let (status, error_type, bytes) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| AwsError::Unreachable(format!("no answer within {timeout:?}")))??;
         let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if (200..300).contains(&status) {
             return Ok(json);
         }
-        let code = json
-            .get("__type")
-            .and_then(Value::as_str)
-            .map(|t| t.rsplit('#').next().unwrap_or(t))
-            .unwrap_or("UnknownError")
-            .to_string();
-        let message = json
-            .get("message")
-            .or_else(|| json.get("Message"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .chars()
-            .take(512)
-            .collect();
-        Err(AwsError::Service {
-            status,
-            code,
-            message,
+        Err(service_error(status, error_type.as_deref(), &json, &bytes))
+    }
+}
+
+/// The error code of a failed call: the `x-amzn-ErrorType` header, else the JSON `__type`,
+/// else an XML `<Code>` (what an IAM or signature refusal may come as), else from the status.
+/// Namespaces (`...#Code`) and suffixes (`Code:http://...`) are cut.
+fn service_error(status: u16, header: Option<&str>, json: &Value, body: &[u8]) -> AwsError {
+    let text = String::from_utf8_lossy(body);
+    let xml = |tag: &str| {
+        let open = format!("<{tag}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find('<')? + start;
+        Some(text[start..end].to_string())
+    };
+    let code = header
+        .map(str::to_string)
+        .or_else(|| {
+            json.get("__type")
+                .and_then(Value::as_str)
+                .map(str::to_string)
         })
+        .or_else(|| xml("Code"))
+        .map(|c| {
+            let c = c.split(':').next().unwrap_or_default();
+            c.rsplit('#').next().unwrap_or(c).to_string()
+        })
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| match status {
+            403 => "AccessDenied".to_string(),
+            404 => "NotFoundException".to_string(),
+            _ => "UnknownError".to_string(),
+        });
+    let message = json
+        .get("message")
+        .or_else(|| json.get("Message"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| xml("Message"))
+        .unwrap_or_default()
+        .chars()
+        .take(512)
+        .collect();
+    AwsError::Service {
+        status,
+        code,
+        message,
     }
 }
 

@@ -380,10 +380,26 @@ async fn kms_key_of(
     kid: Option<&str>,
 ) -> Result<SigningKey, KeySourceError> {
     let origin = format!("kms:{key}");
-    let answer = client
-        .call("GetPublicKey", &json!({ "KeyId": key }), FETCH_TIMEOUT)
-        .await
-        .map_err(|e| KeySourceError::from_aws(&origin, e))?;
+    // GetPublicKey answers for a disabled key too (moto does; and a key may be pending
+    // deletion): DescribeKey's state is checked, in parallel, so that init fails rather than
+    // every /token.
+    let body = json!({ "KeyId": key });
+    let (described, answer) = tokio::join!(
+        client.call("DescribeKey", &body, FETCH_TIMEOUT),
+        client.call("GetPublicKey", &body, FETCH_TIMEOUT),
+    );
+    let described = described.map_err(|e| KeySourceError::from_aws(&origin, e))?;
+    let state = described["KeyMetadata"]["KeyState"]
+        .as_str()
+        .unwrap_or("unknown");
+    if state != "Enabled" {
+        return Err(KeySourceError {
+            kind: KeySourceErrorKind::KeyDisabled,
+            origin,
+            detail: format!("the key's state is {state}, not Enabled"),
+        });
+    }
+    let answer = answer.map_err(|e| KeySourceError::from_aws(&origin, e))?;
     let usage = answer.get("KeyUsage").and_then(Value::as_str);
     if usage != Some("SIGN_VERIFY") {
         return Err(KeySourceError::wrong_type(
