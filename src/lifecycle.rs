@@ -1,8 +1,8 @@
 //! Lifecycle: the Extensions API (register, the event/next loop, init/error) and what the
 //! sidecar does at each event.
 //!
-//! Start-up order, all inside Lambda's init phase: the key is parsed and the OTLP clients
-//! built on a blocking thread *while* the extension registers; then the token server starts
+//! Start-up order, all inside Lambda's init phase: the key is loaded (parsed, or fetched from
+//! its AWS source) and the OTLP clients built *while* the extension registers; then the token server starts
 //! (the function's own init may already ask for a token), the telemetry listener binds, and
 //! the Telemetry API subscription is made. Any failure after register is reported through
 //! `init/error` with a typed error, then the process exits 1; before register there is no

@@ -211,6 +211,7 @@ pub struct Loaded {
 
 /// Loads the configured key: parses it (`env`), or fetches it (AWS sources).
 pub async fn load(config: &TokenConfig) -> Result<Loaded, LoadError> {
+    let started = Instant::now();
     let origin = config.key.describe();
     let client = match &config.aws {
         Some(settings) => Some(Arc::new(
@@ -266,7 +267,12 @@ pub async fn load(config: &TokenConfig) -> Result<Loaded, LoadError> {
             .into());
         }
     };
-    tracing::info!(source = %origin, kid = key.kid(), "signing key loaded");
+    tracing::info!(
+        source = %origin,
+        kid = key.kid(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "signing key loaded"
+    );
     let ring = Arc::new(KeyRing::new(key, &config.typ, also));
     let refresher = refresher.map(|mut r| {
         r.ring = Some(ring.clone());
