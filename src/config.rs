@@ -1358,4 +1358,113 @@ mod tests {
         assert!(c.token.allowed_claims.contains("tenant"));
         assert_eq!(c.token.algorithm, Algorithm::HS512);
     }
+
+    /// JWT_KEY_SOURCE and its companions: each refusal names its variable, none shows a key
+    /// or a credential; endpoints resolve as the AWS SDKs do.
+    #[test]
+    fn key_sources() {
+        const AWS: [(&str, &str); 3] = [
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = AWS.to_vec();
+            pairs.extend_from_slice(extra);
+            pairs
+        };
+        let invalid = "Config.InvalidValue";
+        for (pairs, expect) in [
+            (
+                with(&[("JWT_KEY_SOURCE", "vault:x")]),
+                Some(("JWT_KEY_SOURCE", invalid)),
+            ),
+            (
+                with(&[("JWT_KEY_SOURCE", "ssm:")]),
+                Some(("JWT_KEY_SOURCE", invalid)),
+            ),
+            (
+                with(&[("JWT_KEY_SOURCE", "ssm:a b")]),
+                Some(("JWT_KEY_SOURCE", invalid)),
+            ),
+            (
+                with(&[("JWT_KEY_SOURCE", "ssm:/k"), ("JWT_SECRET", SECRET)]),
+                Some(("JWT_SECRET", invalid)),
+            ),
+            (
+                with(&[("JWT_KEY_SOURCE", "kms:k")]),
+                Some(("JWT_ALGORITHM", invalid)),
+            ),
+            (
+                with(&[("JWT_KEY_SOURCE", "kms:k"), ("JWT_ALGORITHM", "EdDSA")]),
+                Some(("JWT_ALGORITHM", invalid)),
+            ),
+            (
+                vec![("JWT_KEY_SOURCE", "secretsmanager:k")],
+                Some(("AWS_REGION", "Config.MissingValue")),
+            ),
+            (
+                vec![
+                    ("JWT_KEY_SOURCE", "secretsmanager:k"),
+                    ("AWS_REGION", "eu-west-1"),
+                    ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ],
+                Some(("AWS_SECRET_ACCESS_KEY", "Config.MissingValue")),
+            ),
+            (
+                with(&[("JWT_SECRET", SECRET), ("JWT_KMS_VERIFY_KEYS", "k2")]),
+                Some(("JWT_KMS_VERIFY_KEYS", invalid)),
+            ),
+            (
+                with(&[
+                    ("JWT_KEY_SOURCE", "ssm:/k"),
+                    ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:5000/path"),
+                ]),
+                Some(("AWS_ENDPOINT_URL_SSM", invalid)),
+            ),
+            (
+                with(&[
+                    ("JWT_KEY_SOURCE", "ssm:/k"),
+                    ("JWT_KEY_REFRESH_SECONDS", "0"),
+                ]),
+                Some(("JWT_KEY_REFRESH_SECONDS", invalid)),
+            ),
+            (with(&[("JWT_KEY_SOURCE", "ssm:/k")]), None),
+            (
+                with(&[("JWT_KEY_SOURCE", "env"), ("JWT_SECRET", SECRET)]),
+                None,
+            ),
+        ] {
+            check(&pairs, expect);
+        }
+        let endpoint = |extra: &[(&'static str, &'static str)]| {
+            let c = parse(&with(extra)).unwrap();
+            c.token.aws.map(|a| a.endpoint)
+        };
+        assert_eq!(
+            endpoint(&[("JWT_KEY_SOURCE", "secretsmanager:k")]).as_deref(),
+            Some("https://secretsmanager.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(
+            endpoint(&[
+                ("JWT_KEY_SOURCE", "kms:alias/jwt"),
+                ("JWT_ALGORITHM", "ES256"),
+                ("AWS_ENDPOINT_URL", "http://localhost:4566/"),
+                ("AWS_ENDPOINT_URL_SSM", "http://ssm.local"),
+            ])
+            .as_deref(),
+            Some("http://localhost:4566")
+        );
+        assert_eq!(
+            endpoint(&[
+                ("JWT_KEY_SOURCE", "ssm:/k"),
+                ("AWS_ENDPOINT_URL", "http://localhost:4566"),
+                ("AWS_ENDPOINT_URL_SSM", "http://ssm.local"),
+            ])
+            .as_deref(),
+            Some("http://ssm.local")
+        );
+        let c = parse(&with(&[("JWT_KEY_SOURCE", "ssm:/k")])).unwrap();
+        assert!(!format!("{c:?}").contains(SECRET), "{c:?}");
+    }
 }

@@ -688,4 +688,45 @@ mod tests {
             assert!(check_secret(&bytes[..32], Algorithm::HS256).is_ok());
         }
     }
+
+    /// DER INTEGERs carry a leading zero when the top bit is set and drop leading zeros:
+    /// both come out as fixed-width big-endian halves.
+    #[test]
+    fn ecdsa_der_becomes_fixed_width_r_and_s() {
+        let r: Vec<u8> = std::iter::once(0x80).chain(1..32).collect();
+        let s: Vec<u8> = (1..31).collect();
+        let mut der = vec![0x30, (2 + 33 + 2 + 30) as u8, 0x02, 33, 0x00];
+        der.extend(&r);
+        der.extend([0x02, 30]);
+        der.extend(&s);
+        let jws = ecdsa_der_to_jws(&der, 32).unwrap();
+        assert_eq!(&jws[..32], &r[..]);
+        assert_eq!(&jws[32..34], &[0, 0]);
+        assert_eq!(&jws[34..], &s[..]);
+        assert_eq!(ecdsa_der_to_jws(&der[..der.len() - 1], 32), None);
+        assert_eq!(ecdsa_der_to_jws(&der, 16), None);
+    }
+
+    /// KMS's SPKI for a P-256 key gives the JWK of the same point; the wrong algorithm for
+    /// it is refused.
+    #[test]
+    fn kms_public_keys_become_jwks() {
+        use aws_lc_rs::encoding::AsDer as _;
+        let rng = SystemRandom::new();
+        let pkcs8 =
+            sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                .unwrap();
+        let point = sig::KeyPair::public_key(&pair).as_ref().to_vec();
+        let spki = sig::KeyPair::public_key(&pair).as_der().unwrap();
+        let jwk = jwk_from_spki(Algorithm::ES256, spki.as_ref()).unwrap();
+        let AlgorithmParameters::EllipticCurve(ec) = &jwk.algorithm else {
+            panic!("{jwk:?}")
+        };
+        assert_eq!(ec.x, URL_SAFE_NO_PAD.encode(&point[1..33]));
+        assert_eq!(ec.y, URL_SAFE_NO_PAD.encode(&point[33..]));
+        assert!(jwk_from_spki(Algorithm::ES384, spki.as_ref()).is_err());
+        assert!(jwk_from_spki(Algorithm::RS256, spki.as_ref()).is_err());
+    }
 }
