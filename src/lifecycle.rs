@@ -34,7 +34,7 @@ use crate::export::{ExportClients, ExportConfig, Exporter, MetricsSource};
 use crate::pipeline::{Pipeline, Recorder};
 use crate::records::{InvokeRecord, Record};
 use crate::sampling::Sampler;
-use crate::signals::Metrics;
+use crate::signals::{KeyOperation, Metrics};
 use crate::token::TokenService;
 use crate::token::source::{self, KeySourceError, LoadError, Loaded, Refresher};
 use crate::{intake, token};
@@ -528,14 +528,19 @@ impl Sidecar {
         let spans = self.pipeline.drain().await;
         // The key refresh shares the flush's bound and runs beside it: when the budget runs
         // out its request is dropped (cancelled), so nothing is in flight at the freeze.
+        let recorder = &self.recorder;
         let refresh = async {
-            if let Some(refresher) = &mut self.refresher
-                && tokio::time::timeout(budget, refresher.on_invoke(Instant::now()))
-                    .await
-                    .is_err()
-            {
-                tracing::warn!("key refresh cut short by the flush budget");
-            }
+            let Some(refresher) = &mut self.refresher else {
+                return;
+            };
+            let failure =
+                match tokio::time::timeout(budget, refresher.on_invoke(Instant::now())).await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => format!("{e} ({})", e.error_type()),
+                    Err(_) => "cut short by the flush budget".to_string(),
+                };
+            tracing::warn!(error = %failure, "key refresh failed; the current key keeps signing");
+            recorder.metrics().key_failure(KeyOperation::Refresh);
         };
         let (report, ()) = tokio::join!(self.exporter.flush(spans, budget), refresh);
         tracing::debug!(?report, "flushed at INVOKE");

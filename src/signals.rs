@@ -94,6 +94,8 @@ pub const OUTCOME: &str = "outcome";
 pub const SIGNAL: &str = "signal";
 /// Label key: which of the sidecar's HTTP listeners (`token`, `telemetry`).
 pub const LISTENER: &str = "listener";
+/// Label key: what a key source failed to do (`sign`, `refresh`).
+pub const OPERATION: &str = "operation";
 
 pub const INVOCATIONS: MetricDef = MetricDef {
     name: "faas.invocations",
@@ -249,6 +251,14 @@ pub const CONNECTIONS_REFUSED: MetricDef = MetricDef {
     labels: &[LISTENER, REASON],
 };
 
+pub const KEY_FAILURES: MetricDef = MetricDef {
+    name: "sidecar.keys.failures",
+    unit: "{failure}",
+    description: "Key source calls that failed after start, by operation: sign (a KMS Sign for /token, answered 503) or refresh (a rotating key not re-read at INVOKE)",
+    kind: MetricKind::Counter,
+    labels: &[OPERATION],
+};
+
 /// Every metric the sidecar emits.
 pub const METRICS: &[MetricDef] = &[
     INVOCATIONS,
@@ -272,6 +282,7 @@ pub const METRICS: &[MetricDef] = &[
     TOKEN_REQUESTS,
     TOKEN_DURATION,
     CONNECTIONS_REFUSED,
+    KEY_FAILURES,
 ];
 
 /// A metric's Prometheus name, exactly as Prometheus's own OTLP translation (otlptranslator,
@@ -358,6 +369,24 @@ pub enum Listener {
     Telemetry,
     /// `SIDECAR_METRICS_ADDR`, in `serve` mode only.
     Metrics,
+}
+
+/// What a key source failed to do after start (the `operation` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOperation {
+    /// KMS did not sign a token.
+    Sign,
+    /// A Secrets Manager or SSM key could not be re-read (or its new version parsed).
+    Refresh,
+}
+
+impl KeyOperation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyOperation::Sign => "sign",
+            KeyOperation::Refresh => "refresh",
+        }
+    }
 }
 
 impl Listener {
@@ -569,6 +598,7 @@ pub struct Metrics {
     token_requests: Instrument<Counter<u64>, IntCounterVec>,
     token_duration: Instrument<Histogram<f64>, HistogramVec>,
     connections_refused: Instrument<Counter<u64>, IntCounterVec>,
+    key_failures: Instrument<Counter<u64>, IntCounterVec>,
 }
 
 impl Metrics {
@@ -614,6 +644,7 @@ impl Metrics {
             token_requests: counter(&TOKEN_REQUESTS),
             token_duration: histogram(&TOKEN_DURATION),
             connections_refused: counter(&CONNECTIONS_REFUSED),
+            key_failures: counter(&KEY_FAILURES),
             registry: out.registry.clone(),
             emf: out.emf.clone(),
         }
@@ -721,6 +752,11 @@ impl Metrics {
             .add(1, [token.algorithm, token.outcome.as_str()]);
         self.token_duration
             .record(token.duration.as_secs_f64(), [token.algorithm]);
+    }
+
+    /// A key source call failed after start.
+    pub fn key_failure(&self, operation: KeyOperation) {
+        self.key_failures.add(1, [operation.as_str()]);
     }
 
     /// A connection to `listener` was refused or closed by a limit.
@@ -908,6 +944,7 @@ sidecar.export.failures{signal=traces} = 2"
                 "sidecar.connections.refused",
                 "sidecar_connections_refused_total",
             ),
+            ("sidecar.keys.failures", "sidecar_keys_failures_total"),
         ];
         let mut defined: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
         let mut listed: Vec<&str> = expected.iter().map(|(otel, _)| *otel).collect();
@@ -1115,6 +1152,7 @@ sidecar.export.failures{signal=traces} = 2"
             traceparent: None,
         });
         metrics.connection_refused(Listener::Metrics, Refusal::OverCapacity);
+        metrics.key_failure(KeyOperation::Refresh);
         let text = metrics.prometheus_text().unwrap();
         for def in METRICS {
             let name = prometheus_name(def);

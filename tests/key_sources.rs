@@ -417,3 +417,106 @@ async fn a_rotated_secret_changes_the_kid_without_breaking_tokens() {
     let report = handle.await.unwrap();
     common::assert_clean_exit(&report);
 }
+
+async fn metrics_text(client: &reqwest::Client, base: &str, session: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .header("X-Sidecar-Token", session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// KMS gone mid-run: /token answers 503 naming KMS (no unwrap, no hang), and the failure is
+/// counted in sidecar.keys.failures{operation="sign"}.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_unreachable_after_start_answers_503_and_is_counted() {
+    let moto = Moto::start(&[]);
+    let id = moto.python(
+        "print(kms.create_key(KeyUsage='SIGN_VERIFY', KeySpec='ECC_NIST_P256')['KeyMetadata']['KeyId'])",
+    );
+    let (config, base, session) = config(
+        &moto,
+        40,
+        &[
+            ("JWT_KEY_SOURCE", format!("kms:{id}")),
+            ("JWT_ALGORITHM", "ES256".to_string()),
+        ],
+    );
+    let handle = tokio::spawn(async move { lambda_env::run(config).await.unwrap() });
+    let client = reqwest::Client::new();
+    wait_for(&client, &format!("{base}/health"), &session, &handle)
+        .await
+        .expect("the sidecar never answered");
+    drop(moto);
+    let started = Instant::now();
+    let response = client
+        .get(format!("{base}/token"))
+        .header("X-Sidecar-Token", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("KMS"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let text = metrics_text(&client, &base, &session).await;
+    // At least ours; the function's own token calls fail the same way meanwhile.
+    let failures: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"sidecar_keys_failures_total{operation="sign"} "#))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sign failure counted: {text}"));
+    assert!(failures >= 1.0, "{text}");
+    handle.await.unwrap();
+}
+
+/// Secrets Manager gone mid-run: the refresh at INVOKE fails, is counted
+/// (sidecar.keys.failures{operation="refresh"}), and the current key keeps signing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_keeps_the_key_and_is_counted() {
+    let moto = Moto::start(&[]);
+    moto.python("sm.create_secret(Name='jwt-es', SecretString=pem(ec.SECP256R1()))");
+    let (mut config, base, session) = config(
+        &moto,
+        60,
+        &[
+            ("JWT_KEY_SOURCE", "secretsmanager:jwt-es".to_string()),
+            ("JWT_ALGORITHM", "ES256".to_string()),
+            ("JWT_KEY_REFRESH_SECONDS", "1".to_string()),
+        ],
+    );
+    config.gap_ms = 100;
+    let handle = tokio::spawn(async move { lambda_env::run(config).await.unwrap() });
+    let client = reqwest::Client::new();
+    let jwks = wait_for(
+        &client,
+        &format!("{base}/.well-known/jwks.json"),
+        &session,
+        &handle,
+    )
+    .await
+    .expect("the sidecar never served its JWKS");
+    drop(moto);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = metrics_text(&client, &base, &session).await;
+        if text.contains(r#"sidecar_keys_failures_total{operation="refresh"}"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refresh failure counted: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = get(&client, &format!("{base}/token"), &session)
+        .await
+        .expect("tokens still issued");
+    let token = token["token"].as_str().unwrap().to_string();
+    verify_tokens("ES256", &[token], Some(&jwks), None).unwrap();
+    common::assert_clean_exit(&handle.await.unwrap());
+}

@@ -39,7 +39,7 @@ use crate::pipeline::Recorder;
 use crate::records::{Record, TokenOutcome, TokenRecord, TraceParent};
 use crate::server::Limits;
 use crate::signals::Listener;
-use crate::signals::Metrics;
+use crate::signals::{KeyOperation, Metrics};
 use claims::{ClaimError, TokenRequest};
 use keys::SignError;
 use source::KeyRing;
@@ -210,6 +210,9 @@ impl TokenService {
                 // KMS unreachable, slow or refusing: not the caller's fault, and may pass.
                 SignError::Kms(_) => {
                     tracing::warn!(error = %e, "KMS signing failed");
+                    if let Some(recorder) = &self.recorder {
+                        recorder.metrics().key_failure(KeyOperation::Sign);
+                    }
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
                 }
             })?;

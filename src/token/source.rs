@@ -449,10 +449,11 @@ impl Refresher {
     /// Drops retired public keys whose tokens have all expired, and re-reads the key when
     /// `JWT_KEY_REFRESH_SECONDS` have passed since the last attempt. The caller bounds the
     /// time: dropping this future mid-fetch cancels the request and changes nothing. A failed
-    /// re-read keeps the current key (logged); the next attempt is one interval later.
-    pub async fn on_invoke(&mut self, now: Instant) {
+    /// re-read keeps the current key (logged; `Err` for the caller to count); the next attempt
+    /// is one interval later.
+    pub async fn on_invoke(&mut self, now: Instant) -> Result<(), KeySourceError> {
         let Some(ring) = self.ring.clone() else {
-            return;
+            return Ok(());
         };
         let before = self.retired.len();
         self.retired.retain(|(_, until)| *until > now);
@@ -460,26 +461,14 @@ impl Refresher {
             ring.publish(&self.published());
         }
         if now.duration_since(self.last_check) < self.config.key_refresh {
-            return;
+            return Ok(());
         }
         self.last_check = now;
-        let fetched = match fetch(&self.client, &self.config.key).await {
-            Ok(fetched) => fetched,
-            Err(e) => {
-                tracing::warn!(error = %e, error_type = e.error_type(), "key refresh failed; signing with the current key");
-                return;
-            }
-        };
+        let fetched = fetch(&self.client, &self.config.key).await?;
         if fetched.version == self.version {
-            return;
+            return Ok(());
         }
-        let key = match parse_fetched(&self.config, &fetched) {
-            Ok(key) => key,
-            Err(e) => {
-                tracing::warn!(error = %e, error_type = e.error_type(), "the new key version is not usable; signing with the current key");
-                return;
-            }
-        };
+        let key = parse_fetched(&self.config, &fetched)?;
         let old = ring.active();
         if let Some(jwk) = old.key.public_jwk() {
             self.retired
@@ -492,6 +481,7 @@ impl Refresher {
         );
         self.version = fetched.version;
         ring.install(key, &self.published());
+        Ok(())
     }
 
     fn published(&self) -> Vec<Jwk> {
