@@ -7,14 +7,64 @@
 //! mode that error is reported to Lambda through `init/error`, with [`ConfigError::error_type`]
 //! as its `Lambda-Extension-Function-Error-Type`.
 //!
-//! This module only parses text. Keys are turned into signing keys by `token::keys`, whose
-//! errors are config errors too (they name `JWT_SECRET` or `JWT_PRIVATE_KEY`).
+//! This module only parses text into plain values, and imports nothing from `token`: keys are
+//! turned into signing keys by `token::keys`, whose errors
+//! name the variable or the key source too.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::token::keys::Algorithm;
+/// Claims only the sidecar sets. A request that names one is refused, never silently ignored
+/// (`token::claims`), and `JWT_ALLOWED_CLAIMS` may not name one. Defined here, as plain data,
+/// so that `config` depends on nothing in `token`.
+pub const SIDECAR_CLAIMS: &[&str] = &["iss", "exp", "iat", "nbf", "jti"];
+
+/// `JWT_ALGORITHM`, parsed: the algorithms the sidecar signs with. Plain data; `token::keys`
+/// turns it into a signer.
+/// `none` and anything else are not representable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    HS256,
+    HS384,
+    HS512,
+    ES256,
+    ES384,
+    RS256,
+    PS256,
+    EdDSA,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 8] = [
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::EdDSA,
+    ];
+
+    /// The JOSE `alg` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::RS256 => "RS256",
+            Algorithm::PS256 => "PS256",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+    }
+}
 
 /// Every `SIDECAR_*` variable the sidecar knows. Any other name with that prefix is refused:
 /// `SIDECAR_PROT=4000` is a typo, not a wish to keep the default port.
@@ -107,7 +157,14 @@ pub enum LogFormat {
 #[derive(Clone)]
 pub struct TokenConfig {
     pub algorithm: Algorithm,
-    pub key: KeyMaterial,
+    /// `JWT_KEY_SOURCE`, with the key material itself for `env`.
+    pub key: KeySource,
+    /// `JWT_KEY_REFRESH_SECONDS`: how often a Secrets Manager or SSM key is re-read, at most.
+    pub key_refresh: Duration,
+    /// `JWT_KMS_VERIFY_KEYS`: more KMS keys whose public keys the JWKS publishes.
+    pub kms_verify_keys: Vec<String>,
+    /// Region, credentials and endpoints, for the AWS key sources only.
+    pub aws: Option<AwsSettings>,
     /// `JWT_KEY_ID`; when absent the kid is derived from the public key (RFC 7638).
     pub key_id: Option<String>,
     pub issuer: String,
@@ -155,7 +212,10 @@ impl std::fmt::Debug for TokenConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenConfig")
             .field("algorithm", &self.algorithm)
-            .field("key", &"<redacted>")
+            .field("key", &self.key.describe())
+            .field("key_refresh", &self.key_refresh)
+            .field("kms_verify_keys", &self.kms_verify_keys)
+            .field("aws", &self.aws)
             .field("key_id", &self.key_id)
             .field("issuer", &self.issuer)
             .field("audiences", &self.audiences)
@@ -167,6 +227,84 @@ impl std::fmt::Debug for TokenConfig {
             .field("auth", &self.auth)
             .field("jwks_uri", &self.jwks_uri)
             .finish()
+    }
+}
+
+/// `JWT_KEY_SOURCE`: where the signing key comes from. Only names here; `token::source`
+/// fetches.
+#[derive(Clone)]
+pub enum KeySource {
+    /// `env` (the default): `JWT_SECRET`, `JWT_PRIVATE_KEY` or `JWT_PRIVATE_KEY_FILE`.
+    Env(KeyMaterial),
+    /// `secretsmanager:<secret id or ARN>`: an HMAC secret or a PEM in `SecretString`.
+    SecretsManager(String),
+    /// `ssm:<parameter name>`: the same in a SecureString parameter.
+    Ssm(String),
+    /// `kms:<key id, ARN or alias>`: KMS signs; the private key never enters the sandbox.
+    Kms(String),
+}
+
+impl KeySource {
+    /// What errors and logs call it: `env`, or `kind:id` (an id is not secret).
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::Env(_) => "env".to_string(),
+            KeySource::SecretsManager(id) => format!("secretsmanager:{id}"),
+            KeySource::Ssm(name) => format!("ssm:{name}"),
+            KeySource::Kms(key) => format!("kms:{key}"),
+        }
+    }
+}
+
+/// Which AWS service an endpoint is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsService {
+    SecretsManager,
+    Ssm,
+    Kms,
+}
+
+impl AwsService {
+    /// The SigV4 signing name, which is also the first label of the default endpoint.
+    pub fn signing_name(self) -> &'static str {
+        match self {
+            AwsService::SecretsManager => "secretsmanager",
+            AwsService::Ssm => "ssm",
+            AwsService::Kms => "kms",
+        }
+    }
+
+    /// The service-specific endpoint variable, as the AWS SDKs name it.
+    fn endpoint_variable(self) -> &'static str {
+        match self {
+            AwsService::SecretsManager => "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+            AwsService::Ssm => "AWS_ENDPOINT_URL_SSM",
+            AwsService::Kms => "AWS_ENDPOINT_URL_KMS",
+        }
+    }
+}
+
+/// Region, credentials and endpoint of the one AWS service a key source talks to, from the
+/// variables Lambda gives every extension.
+#[derive(Clone)]
+pub struct AwsSettings {
+    pub service: AwsService,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    /// `AWS_ENDPOINT_URL_<SERVICE>`, else `AWS_ENDPOINT_URL`, else the public endpoint.
+    pub endpoint: String,
+}
+
+impl std::fmt::Debug for AwsSettings {
+    /// Written by hand so that the credentials never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSettings")
+            .field("service", &self.service)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -233,7 +371,12 @@ pub enum ConfigError {
 /// Variables whose value is, or may be, key material. [`ConfigError::Invalid`] never shows
 /// their value: a PEM pasted into `JWT_PRIVATE_KEY_FILE` by mistake would otherwise be echoed
 /// whole into the logs and the `init/error` body.
-pub const KEY_VARIABLES: &[&str] = &["JWT_SECRET", "JWT_PRIVATE_KEY", "JWT_PRIVATE_KEY_FILE"];
+pub const KEY_VARIABLES: &[&str] = &[
+    "JWT_SECRET",
+    "JWT_PRIVATE_KEY",
+    "JWT_PRIVATE_KEY_FILE",
+    "AWS_SECRET_ACCESS_KEY",
+];
 
 /// Name prefixes of every variable the sidecar, or the OpenTelemetry SDK inside it, reads.
 /// A value under one of these that is not UTF-8 is a config error rather than "unset".
@@ -399,13 +542,135 @@ fn check_utf8(
     Ok(())
 }
 
-fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
-    let algorithm = env.choice(
-        "JWT_ALGORITHM",
-        &Algorithm::ALL.map(|a| (a.name(), a)),
-        Algorithm::HS256,
-    )?;
-    let key = if algorithm.is_hmac() {
+/// `JWT_KEY_SOURCE`: `None` for `env` (the default), else the remote source, after checking
+/// that no local key is set beside it and that the algorithm fits it.
+fn key_source(env: &Env<'_>, algorithm: Algorithm) -> Result<Option<KeySource>, ConfigError> {
+    const EXPECTED: &str = "env, secretsmanager:<secret id or ARN>, ssm:<parameter name> or \
+                            kms:<key id, ARN or alias>";
+    let Some(raw) = env.get("JWT_KEY_SOURCE") else {
+        return Ok(None);
+    };
+    let invalid = |expected: String| ConfigError::Invalid {
+        var: "JWT_KEY_SOURCE",
+        value: raw.clone(),
+        expected,
+    };
+    let trimmed = raw.trim();
+    if trimmed.eq_ignore_ascii_case("env") {
+        return Ok(None);
+    }
+    let (kind, id) = trimmed
+        .split_once(':')
+        .ok_or_else(|| invalid(EXPECTED.to_string()))?;
+    if !valid_aws_id(id) {
+        return Err(invalid(format!(
+            "{EXPECTED}, with a non-empty id of printable characters without spaces"
+        )));
+    }
+    let source = match kind.to_ascii_lowercase().as_str() {
+        "secretsmanager" => KeySource::SecretsManager(id.to_string()),
+        "ssm" => KeySource::Ssm(id.to_string()),
+        "kms" => KeySource::Kms(id.to_string()),
+        _ => return Err(invalid(EXPECTED.to_string())),
+    };
+    if let Some(var) = ["JWT_SECRET", "JWT_PRIVATE_KEY", "JWT_PRIVATE_KEY_FILE"]
+        .into_iter()
+        .find(|v| env.get(v).is_some())
+    {
+        return Err(ConfigError::Invalid {
+            var,
+            value: "<set>".to_string(),
+            expected: format!(
+                "unset when JWT_KEY_SOURCE={} (the key comes from there)",
+                source.describe()
+            ),
+        });
+    }
+    if let KeySource::Kms(_) = source
+        && !matches!(
+            algorithm,
+            Algorithm::ES256 | Algorithm::ES384 | Algorithm::RS256 | Algorithm::PS256
+        )
+    {
+        return Err(ConfigError::Invalid {
+            var: "JWT_ALGORITHM",
+            value: algorithm.name().to_string(),
+            expected: "ES256, ES384, RS256 or PS256 with JWT_KEY_SOURCE=kms:<key> (what KMS \
+                       signs with)"
+                .to_string(),
+        });
+    }
+    Ok(Some(source))
+}
+
+/// An AWS resource name, id, ARN or alias: 1 to 2048 printable characters without spaces.
+fn valid_aws_id(id: &str) -> bool {
+    (1..=2048).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Region, credentials and endpoint for `service`, as the AWS SDKs read them.
+fn aws_settings(env: &Env<'_>, service: AwsService) -> Result<AwsSettings, ConfigError> {
+    const WHY: &str = "JWT_KEY_SOURCE names an AWS key source; Lambda sets it for every extension";
+    let required = |var: &'static str| {
+        env.get(var)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or(ConfigError::Missing { var, why: WHY })
+    };
+    let region = match env.get("AWS_REGION").filter(|r| !r.is_empty()) {
+        Some(region) => region,
+        None => required("AWS_DEFAULT_REGION").map_err(|_| ConfigError::Missing {
+            var: "AWS_REGION",
+            why: WHY,
+        })?,
+    };
+    if !region
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(ConfigError::Invalid {
+            var: "AWS_REGION",
+            value: region,
+            expected: "a region name such as eu-west-1".to_string(),
+        });
+    }
+    let (endpoint_var, endpoint) = match env.get(service.endpoint_variable()) {
+        Some(url) => (service.endpoint_variable(), url),
+        None => match env.get("AWS_ENDPOINT_URL") {
+            Some(url) => ("AWS_ENDPOINT_URL", url),
+            None => (
+                "AWS_ENDPOINT_URL",
+                format!("https://{}.{region}.amazonaws.com", service.signing_name()),
+            ),
+        },
+    };
+    let endpoint = endpoint.trim().trim_end_matches('/').to_string();
+    match endpoint.parse::<http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.host().is_some()
+                && uri.path_and_query().is_none_or(|p| p.as_str() == "/") => {}
+        _ => {
+            return Err(ConfigError::Invalid {
+                var: endpoint_var,
+                value: endpoint,
+                expected: "an http:// or https:// URL with a host and no path".to_string(),
+            });
+        }
+    }
+    Ok(AwsSettings {
+        service,
+        region,
+        access_key_id: required("AWS_ACCESS_KEY_ID")?,
+        secret_access_key: required("AWS_SECRET_ACCESS_KEY")?,
+        session_token: env.get("AWS_SESSION_TOKEN").filter(|t| !t.is_empty()),
+        endpoint,
+    })
+}
+
+/// The key of `JWT_KEY_SOURCE=env`: `JWT_SECRET` for HS*, else a PEM from `JWT_PRIVATE_KEY`
+/// or the file `JWT_PRIVATE_KEY_FILE` names.
+fn env_key(env: &Env<'_>, algorithm: Algorithm) -> Result<KeyMaterial, ConfigError> {
+    let material = if algorithm.is_hmac() {
         if env.get("JWT_PRIVATE_KEY").is_some() || env.get("JWT_PRIVATE_KEY_FILE").is_some() {
             return Err(ConfigError::Invalid {
                 var: "JWT_ALGORITHM",
@@ -467,6 +732,41 @@ fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
             }
         }
     };
+    Ok(material)
+}
+
+fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
+    let algorithm = env.choice(
+        "JWT_ALGORITHM",
+        &Algorithm::ALL.map(|a| (a.name(), a)),
+        Algorithm::HS256,
+    )?;
+    let key = match key_source(env, algorithm)? {
+        Some(remote) => remote,
+        None => KeySource::Env(env_key(env, algorithm)?),
+    };
+    let kms_verify_keys = env.list("JWT_KMS_VERIFY_KEYS");
+    if !kms_verify_keys.is_empty() && !matches!(key, KeySource::Kms(_)) {
+        return Err(ConfigError::Invalid {
+            var: "JWT_KMS_VERIFY_KEYS",
+            value: env.get("JWT_KMS_VERIFY_KEYS").unwrap_or_default(),
+            expected: "unset unless JWT_KEY_SOURCE=kms:<key>".to_string(),
+        });
+    }
+    if let Some(bad) = kms_verify_keys.iter().find(|k| !valid_aws_id(k)) {
+        return Err(ConfigError::Invalid {
+            var: "JWT_KMS_VERIFY_KEYS",
+            value: bad.clone(),
+            expected: "comma-separated KMS key ids, ARNs or aliases".to_string(),
+        });
+    }
+    let key_refresh = Duration::from_secs(env.number("JWT_KEY_REFRESH_SECONDS", 300, 1, 86_400)?);
+    let aws = match &key {
+        KeySource::Env(_) => None,
+        KeySource::SecretsManager(_) => Some(aws_settings(env, AwsService::SecretsManager)?),
+        KeySource::Ssm(_) => Some(aws_settings(env, AwsService::Ssm)?),
+        KeySource::Kms(_) => Some(aws_settings(env, AwsService::Kms)?),
+    };
     let key_id = env.get("JWT_KEY_ID");
     if let Some(kid) = &key_id
         && (kid.is_empty() || kid.len() > 128 || kid.chars().any(|c| c.is_control()))
@@ -491,14 +791,14 @@ fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
     let allowed_claims: BTreeSet<String> = env.list("JWT_ALLOWED_CLAIMS").into_iter().collect();
     if let Some(c) = allowed_claims
         .iter()
-        .find(|c| crate::token::claims::SIDECAR_CLAIMS.contains(&c.as_str()))
+        .find(|c| SIDECAR_CLAIMS.contains(&c.as_str()))
     {
         return Err(ConfigError::Invalid {
             var: "JWT_ALLOWED_CLAIMS",
             value: c.clone(),
             expected: format!(
                 "claim names other than {} (the sidecar sets those itself)",
-                crate::token::claims::SIDECAR_CLAIMS.join(", ")
+                SIDECAR_CLAIMS.join(", ")
             ),
         });
     }
@@ -523,6 +823,9 @@ fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
     Ok(TokenConfig {
         algorithm,
         key,
+        key_refresh,
+        kms_verify_keys,
+        aws,
         key_id,
         jwks_uri,
         issuer,
@@ -1264,5 +1567,114 @@ mod tests {
         assert_eq!(c.token.audiences, ["api", "billing"]);
         assert!(c.token.allowed_claims.contains("tenant"));
         assert_eq!(c.token.algorithm, Algorithm::HS512);
+    }
+
+    /// JWT_KEY_SOURCE and its companions: each refusal names its variable, none shows a key
+    /// or a credential; endpoints resolve as the AWS SDKs do.
+    #[test]
+    fn key_sources() {
+        const AWS: [(&str, &str); 3] = [
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = AWS.to_vec();
+            pairs.extend_from_slice(extra);
+            pairs
+        };
+        let invalid = "Config.InvalidValue";
+        for (pairs, expect) in [
+            (
+                with(&[("JWT_KEY_SOURCE", "vault:x")]),
+                Some(("JWT_KEY_SOURCE", invalid)),
+            ),
+            (
+                with(&[("JWT_KEY_SOURCE", "ssm:")]),
+                Some(("JWT_KEY_SOURCE", invalid)),
+            ),
+            (
+                with(&[("JWT_KEY_SOURCE", "ssm:a b")]),
+                Some(("JWT_KEY_SOURCE", invalid)),
+            ),
+            (
+                with(&[("JWT_KEY_SOURCE", "ssm:/k"), ("JWT_SECRET", SECRET)]),
+                Some(("JWT_SECRET", invalid)),
+            ),
+            (
+                with(&[("JWT_KEY_SOURCE", "kms:k")]),
+                Some(("JWT_ALGORITHM", invalid)),
+            ),
+            (
+                with(&[("JWT_KEY_SOURCE", "kms:k"), ("JWT_ALGORITHM", "EdDSA")]),
+                Some(("JWT_ALGORITHM", invalid)),
+            ),
+            (
+                vec![("JWT_KEY_SOURCE", "secretsmanager:k")],
+                Some(("AWS_REGION", "Config.MissingValue")),
+            ),
+            (
+                vec![
+                    ("JWT_KEY_SOURCE", "secretsmanager:k"),
+                    ("AWS_REGION", "eu-west-1"),
+                    ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ],
+                Some(("AWS_SECRET_ACCESS_KEY", "Config.MissingValue")),
+            ),
+            (
+                with(&[("JWT_SECRET", SECRET), ("JWT_KMS_VERIFY_KEYS", "k2")]),
+                Some(("JWT_KMS_VERIFY_KEYS", invalid)),
+            ),
+            (
+                with(&[
+                    ("JWT_KEY_SOURCE", "ssm:/k"),
+                    ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:5000/path"),
+                ]),
+                Some(("AWS_ENDPOINT_URL_SSM", invalid)),
+            ),
+            (
+                with(&[
+                    ("JWT_KEY_SOURCE", "ssm:/k"),
+                    ("JWT_KEY_REFRESH_SECONDS", "0"),
+                ]),
+                Some(("JWT_KEY_REFRESH_SECONDS", invalid)),
+            ),
+            (with(&[("JWT_KEY_SOURCE", "ssm:/k")]), None),
+            (
+                with(&[("JWT_KEY_SOURCE", "env"), ("JWT_SECRET", SECRET)]),
+                None,
+            ),
+        ] {
+            check(&pairs, expect);
+        }
+        let endpoint = |extra: &[(&'static str, &'static str)]| {
+            let c = parse(&with(extra)).unwrap();
+            c.token.aws.map(|a| a.endpoint)
+        };
+        assert_eq!(
+            endpoint(&[("JWT_KEY_SOURCE", "secretsmanager:k")]).as_deref(),
+            Some("https://secretsmanager.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(
+            endpoint(&[
+                ("JWT_KEY_SOURCE", "kms:alias/jwt"),
+                ("JWT_ALGORITHM", "ES256"),
+                ("AWS_ENDPOINT_URL", "http://localhost:4566/"),
+                ("AWS_ENDPOINT_URL_SSM", "http://ssm.local"),
+            ])
+            .as_deref(),
+            Some("http://localhost:4566")
+        );
+        assert_eq!(
+            endpoint(&[
+                ("JWT_KEY_SOURCE", "ssm:/k"),
+                ("AWS_ENDPOINT_URL", "http://localhost:4566"),
+                ("AWS_ENDPOINT_URL_SSM", "http://ssm.local"),
+            ])
+            .as_deref(),
+            Some("http://ssm.local")
+        );
+        let c = parse(&with(&[("JWT_KEY_SOURCE", "ssm:/k")])).unwrap();
+        assert!(!format!("{c:?}").contains(SECRET), "{c:?}");
     }
 }

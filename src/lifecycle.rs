@@ -1,8 +1,8 @@
 //! Lifecycle: the Extensions API (register, the event/next loop, init/error) and what the
 //! sidecar does at each event.
 //!
-//! Start-up order, all inside Lambda's init phase: the key is parsed and the OTLP clients
-//! built on a blocking thread *while* the extension registers; then the token server starts
+//! Start-up order, all inside Lambda's init phase: the key is loaded (parsed, or fetched from
+//! its AWS source) and the OTLP clients built *while* the extension registers; then the token server starts
 //! (the function's own init may already ask for a token), the telemetry listener binds, and
 //! the Telemetry API subscription is made. Any failure after register is reported through
 //! `init/error` with a typed error, then the process exits 1; before register there is no
@@ -39,8 +39,9 @@ use crate::export::{ExportClients, ExportConfig, Exporter, MetricsSource};
 use crate::pipeline::{Pipeline, Recorder};
 use crate::records::{InvokeRecord, Record};
 use crate::sampling::Sampler;
-use crate::signals::Metrics;
-use crate::token::{TokenService, keys::SigningKey};
+use crate::signals::{KeyOperation, Metrics};
+use crate::token::TokenService;
+use crate::token::source::{self, KeySourceError, LoadError, Loaded, Refresher};
 use crate::{intake, token};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::Temporality;
@@ -85,6 +86,8 @@ const EMF_WAIT: Duration = Duration::from_millis(100);
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    KeySource(#[from] KeySourceError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -100,9 +103,19 @@ impl StartupError {
     pub fn error_type(&self) -> &'static str {
         match self {
             StartupError::Config(e) => e.error_type(),
+            StartupError::KeySource(e) => e.error_type(),
             StartupError::Bind { .. } => "Extension.PortUnavailable",
             StartupError::Subscribe(_) => "Extension.TelemetrySubscriptionFailed",
             StartupError::Internal(_) => "Extension.InternalError",
+        }
+    }
+}
+
+impl From<LoadError> for StartupError {
+    fn from(e: LoadError) -> StartupError {
+        match e {
+            LoadError::Config(e) => StartupError::Config(e),
+            LoadError::Source(e) => StartupError::KeySource(e),
         }
     }
 }
@@ -282,12 +295,14 @@ struct Sidecar {
     stop_token: watch::Sender<bool>,
     token_server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop_intake: watch::Sender<bool>,
+    /// Re-reads a Secrets Manager or SSM key at INVOKE.
+    refresher: Option<Refresher>,
 }
 
-/// Start-up work that needs no extension id. The CPU-heavy part (parsing the key, building
-/// the exporters' HTTP/TLS clients) runs on a blocking thread, so it overlaps with the
-/// register round-trip instead of adding to it; errors wait until there is an extension id
-/// to report them with.
+/// Start-up work that needs no extension id. Loading the key (parsing it on a blocking thread,
+/// or fetching it from AWS) and building the exporters' HTTP/TLS clients (on a blocking
+/// thread) overlap with the register round-trip instead of adding to it; errors wait until
+/// there is an extension id to report them with.
 struct Prepared {
     config: Config,
     function: FunctionInfo,
@@ -296,7 +311,8 @@ struct Prepared {
     sampler: Sampler,
     /// Logs are exported: derive them, and subscribe to the log streams.
     logs: bool,
-    heavy: tokio::task::JoinHandle<Result<(SigningKey, ExportClients), StartupError>>,
+    keys: tokio::task::JoinHandle<Result<Loaded, LoadError>>,
+    clients: tokio::task::JoinHandle<Result<ExportClients, ConfigError>>,
 }
 
 fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError> {
@@ -310,11 +326,9 @@ fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError
     let temporality = export_config.temporality;
     let sampler = export_config.sampler;
     let logs = export_config.logs.is_some();
-    let heavy = tokio::task::spawn_blocking(move || {
-        let key = SigningKey::load(&token_config)?;
-        let clients = ExportClients::build(&export_config, &export_resource)?;
-        Ok((key, clients))
-    });
+    let keys = tokio::spawn(async move { source::load(&token_config).await });
+    let clients =
+        tokio::task::spawn_blocking(move || ExportClients::build(&export_config, &export_resource));
     Ok(Prepared {
         config,
         function,
@@ -322,7 +336,8 @@ fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError
         temporality,
         sampler,
         logs,
-        heavy,
+        keys,
+        clients,
     })
 }
 
@@ -339,9 +354,13 @@ async fn start(
         temporality,
         sampler,
         logs,
-        heavy,
+        keys,
+        clients,
     } = prepared?;
-    let (key, clients) = heavy
+    let Loaded { ring, refresher } = keys
+        .await
+        .map_err(|e| StartupError::Internal(e.to_string()))??;
+    let clients = clients
         .await
         .map_err(|e| StartupError::Internal(e.to_string()))??;
     let source = Arc::new(MetricsSource::with_temporality(resource, temporality));
@@ -378,7 +397,7 @@ async fn start(
         .port();
     let service = Arc::new(TokenService::new(
         config.token.clone(),
-        key,
+        ring,
         Some(recorder.clone()),
         token_port,
     ));
@@ -436,6 +455,7 @@ async fn start(
         stop_token,
         token_server,
         stop_intake,
+        refresher,
     })
 }
 
@@ -588,7 +608,23 @@ impl Sidecar {
         };
         let (spans, logs) = self.pipeline.drain().await;
         self.exporter.queue_logs(logs);
-        let report = self.exporter.flush(spans, budget).await;
+        // The key refresh shares the flush's bound and runs beside it: when the budget runs
+        // out its request is dropped (cancelled), so nothing is in flight at the freeze.
+        let recorder = &self.recorder;
+        let refresh = async {
+            let Some(refresher) = &mut self.refresher else {
+                return;
+            };
+            let failure =
+                match tokio::time::timeout(budget, refresher.on_invoke(Instant::now())).await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => format!("{e} ({})", e.error_type()),
+                    Err(_) => "cut short by the flush budget".to_string(),
+                };
+            tracing::warn!(error = %failure, "key refresh failed; the current key keeps signing");
+            recorder.metrics().key_failure(KeyOperation::Refresh);
+        };
+        let (report, ()) = tokio::join!(self.exporter.flush(spans, budget), refresh);
         tracing::debug!(?report, "flushed at INVOKE");
         self.recorder.record(Record::Resumed {
             request_id: invoke.request_id,

@@ -3,8 +3,9 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use lambda_sidecar::config::{Config, ConfigError, LogConfig, LogFormat, TokenConfig};
+use lambda_sidecar::config::{Config, LogConfig, LogFormat};
 use lambda_sidecar::token::discovery;
+use lambda_sidecar::token::source::LoadError;
 use lambda_sidecar::{lifecycle, logging, standalone};
 
 const USAGE: &str = "\
@@ -31,8 +32,8 @@ fn main() -> ExitCode {
     {
         [] => false,
         ["serve"] => true,
-        ["jwks"] => return publish(discovery::published_jwks),
-        ["openid-configuration"] => return publish(discovery::published_openid_configuration),
+        ["jwks"] => return publish(Document::Jwks),
+        ["openid-configuration"] => return publish(Document::OpenidConfiguration),
         ["--version" | "-V"] => {
             println!("lambda-sidecar {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -109,11 +110,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `publish` prints.
+enum Document {
+    Jwks,
+    OpenidConfiguration,
+}
+
 /// `jwks` and `openid-configuration`: the document on stdout and exit 0, or the configuration
-/// error on stderr and exit 1, so that a deploy step stops before publishing anything. No
-/// logging and no runtime: nothing is served.
-fn publish(document: fn(&TokenConfig) -> Result<String, ConfigError>) -> ExitCode {
-    match Config::from_env_to_publish().and_then(|config| document(&config.token)) {
+/// or key-source error on stderr and exit 1, so that a deploy step stops before publishing
+/// anything. No logging: nothing is served. The JWKS is built by loading the key as the
+/// extension does, which for an AWS key source is a network call, hence the runtime.
+fn publish(document: Document) -> ExitCode {
+    let config = match Config::from_env_to_publish() {
+        Ok(config) => config,
+        Err(e) => return publish_failed(&LoadError::from(e)),
+    };
+    let printed = match document {
+        Document::Jwks => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(discovery::published_jwks(&config.token)),
+            Err(e) => {
+                eprintln!("lambda-sidecar: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Document::OpenidConfiguration => {
+            discovery::published_openid_configuration(&config.token).map_err(LoadError::from)
+        }
+    };
+    match printed {
         // Not println!, which panics when stdout is closed.
         Ok(text) => match writeln!(std::io::stdout().lock(), "{text}") {
             Ok(()) => ExitCode::SUCCESS,
@@ -122,12 +149,14 @@ fn publish(document: fn(&TokenConfig) -> Result<String, ConfigError>) -> ExitCod
                 ExitCode::FAILURE
             }
         },
-        Err(e) => {
-            eprintln!(
-                "lambda-sidecar: configuration error ({}): {e}",
-                e.error_type()
-            );
-            ExitCode::FAILURE
-        }
+        Err(e) => publish_failed(&e),
     }
+}
+
+fn publish_failed(e: &LoadError) -> ExitCode {
+    eprintln!(
+        "lambda-sidecar: configuration error ({}): {e}",
+        e.error_type()
+    );
+    ExitCode::FAILURE
 }

@@ -94,6 +94,8 @@ pub const OUTCOME: &str = "outcome";
 pub const SIGNAL: &str = "signal";
 /// Label key: which of the sidecar's HTTP listeners (`token`, `telemetry`).
 pub const LISTENER: &str = "listener";
+/// Label key: what a key source failed to do (`sign`, `refresh`).
+pub const OPERATION: &str = "operation";
 
 pub const INVOCATIONS: MetricDef = MetricDef {
     name: "faas.invocations",
@@ -256,6 +258,14 @@ pub const CONNECTIONS_REFUSED: MetricDef = MetricDef {
     labels: &[LISTENER, REASON],
 };
 
+pub const KEY_FAILURES: MetricDef = MetricDef {
+    name: "sidecar.keys.failures",
+    unit: "{failure}",
+    description: "Key source calls that failed after start, by operation: sign (a KMS Sign for /token, answered 503) or refresh (a rotating key not re-read at INVOKE)",
+    kind: MetricKind::Counter,
+    labels: &[OPERATION],
+};
+
 /// Every metric the sidecar emits.
 pub const METRICS: &[MetricDef] = &[
     INVOCATIONS,
@@ -280,6 +290,7 @@ pub const METRICS: &[MetricDef] = &[
     TOKEN_DURATION,
     TOKEN_UNATTRIBUTED,
     CONNECTIONS_REFUSED,
+    KEY_FAILURES,
 ];
 
 /// A metric's Prometheus name, exactly as Prometheus's own OTLP translation (otlptranslator,
@@ -392,6 +403,24 @@ pub enum Listener {
     Telemetry,
     /// `SIDECAR_METRICS_ADDR`, in `serve` mode only.
     Metrics,
+}
+
+/// What a key source failed to do after start (the `operation` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOperation {
+    /// KMS did not sign a token.
+    Sign,
+    /// A Secrets Manager or SSM key could not be re-read (or its new version parsed).
+    Refresh,
+}
+
+impl KeyOperation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyOperation::Sign => "sign",
+            KeyOperation::Refresh => "refresh",
+        }
+    }
 }
 
 impl Listener {
@@ -604,6 +633,7 @@ pub struct Metrics {
     token_duration: Instrument<Histogram<f64>, HistogramVec>,
     token_unattributed: Instrument<Counter<u64>, IntCounterVec>,
     connections_refused: Instrument<Counter<u64>, IntCounterVec>,
+    key_failures: Instrument<Counter<u64>, IntCounterVec>,
 }
 
 impl Metrics {
@@ -650,6 +680,7 @@ impl Metrics {
             token_duration: histogram(&TOKEN_DURATION),
             token_unattributed: counter(&TOKEN_UNATTRIBUTED),
             connections_refused: counter(&CONNECTIONS_REFUSED),
+            key_failures: counter(&KEY_FAILURES),
             registry: out.registry.clone(),
             emf: out.emf.clone(),
         }
@@ -777,6 +808,11 @@ impl Metrics {
     /// A token span was left without an invocation.
     pub fn token_unattributed(&self, reason: Unattributed) {
         self.token_unattributed.add(1, [reason.as_str()]);
+    }
+
+    /// A key source call failed after start.
+    pub fn key_failure(&self, operation: KeyOperation) {
+        self.key_failures.add(1, [operation.as_str()]);
     }
 
     /// A connection to `listener` was refused or closed by a limit.
@@ -968,6 +1004,7 @@ sidecar.export.failures{signal=traces} = 2"
                 "sidecar.connections.refused",
                 "sidecar_connections_refused_total",
             ),
+            ("sidecar.keys.failures", "sidecar_keys_failures_total"),
         ];
         let mut defined: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
         let mut listed: Vec<&str> = expected.iter().map(|(otel, _)| *otel).collect();
@@ -1182,6 +1219,7 @@ sidecar.export.failures{signal=traces} = 2"
         });
         metrics.token_unattributed(Unattributed::Concurrent);
         metrics.connection_refused(Listener::Metrics, Refusal::OverCapacity);
+        metrics.key_failure(KeyOperation::Refresh);
         let text = metrics.prometheus_text().unwrap();
         for def in METRICS {
             let name = prometheus_name(def);

@@ -16,7 +16,7 @@ use crate::lifecycle::{StartupError, bind};
 use crate::pipeline::Recorder;
 use crate::server::{self, Limits};
 use crate::signals::{Listener, Metrics};
-use crate::token::{self, TokenService, keys::SigningKey};
+use crate::token::{self, TokenService, source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
@@ -29,7 +29,12 @@ pub enum StandaloneError {
 /// Serves tokens on 127.0.0.1:`SIDECAR_PORT`, and `/metrics` alone on `SIDECAR_METRICS_ADDR`
 /// when set, until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StandaloneError> {
-    let key = SigningKey::load(&config.token).map_err(StartupError::from)?;
+    // No INVOKE here, so nothing re-reads a rotating key: serve signs with the key it started
+    // with.
+    let keys = source::load(&config.token)
+        .await
+        .map_err(StartupError::from)?
+        .ring;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
     let listener = bind(addr).await?;
     let port = listener
@@ -46,13 +51,13 @@ pub async fn run(config: Config) -> Result<(), StandaloneError> {
         tracing::info!(addr = %metrics_addr, "serving /metrics");
         tokio::spawn(serve_metrics(metrics_listener, metrics.clone()));
     }
-    tracing::info!(%addr, algorithm = key.algorithm().name(), kid = key.kid(), "serving tokens");
+    tracing::info!(%addr, algorithm = config.token.algorithm.name(), kid = keys.active().key.kid(), "serving tokens");
     if config.emf_namespace.is_some() {
         // Outside Lambda nothing turns stdout into CloudWatch metrics; scrape /metrics.
         tracing::warn!("SIDECAR_EMF=on is for extension mode: serve writes no EMF");
     }
     let recorder = Recorder::metrics_only(metrics);
-    let service = Arc::new(TokenService::new(config.token, key, Some(recorder), port));
+    let service = Arc::new(TokenService::new(config.token, keys, Some(recorder), port));
     token::serve(listener, service, signal())
         .await
         .map_err(StandaloneError::Serve)

@@ -25,6 +25,12 @@ fn every_variable_and_metric_is_in_the_readme() {
             "JWT_TTL_SECONDS",
             "JWT_MAX_TTL_SECONDS",
             "JWT_ALLOWED_CLAIMS",
+            "JWT_KEY_SOURCE",
+            "JWT_KEY_REFRESH_SECONDS",
+            "JWT_KMS_VERIFY_KEYS",
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+            "AWS_ENDPOINT_URL_SSM",
+            "AWS_ENDPOINT_URL_KMS",
         ])
         .filter(|name| !README.contains(&format!("`{name}`")))
         .collect();

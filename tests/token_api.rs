@@ -9,7 +9,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
 use lambda_sidecar::config::Config;
 use lambda_sidecar::pipeline::{Pipeline, Recorder};
-use lambda_sidecar::token::{self, TokenService, keys::SigningKey};
+use lambda_sidecar::token::{self, TokenService, source};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -47,11 +47,11 @@ async fn start(env: &[(&str, &str)]) -> Server {
 /// [`start`], with token records going to `recorder`, as in extension mode.
 async fn start_recording(env: &[(&str, &str)], recorder: Option<Recorder>) -> Server {
     let config = config(env);
-    let key = SigningKey::load(&config.token).unwrap();
+    let keys = source::load(&config.token).await.unwrap().ring;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let service = Arc::new(TokenService::new(config.token, key, recorder, addr.port()));
+    let service = Arc::new(TokenService::new(config.token, keys, recorder, addr.port()));
     let task = tokio::spawn(token::serve(listener, service, async {
         let _ = stopped.await;
     }));
@@ -300,8 +300,8 @@ async fn every_error_status() {
     assert_eq!((status, body), (200, json!({"status": "ok"})));
 }
 
-#[test]
-fn bad_keys_are_refused_at_start() {
+#[tokio::test]
+async fn bad_keys_are_refused_at_start() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("JWT_SECRET", "super_secret")], "Config.InvalidSecret"),
         (
@@ -310,7 +310,8 @@ fn bad_keys_are_refused_at_start() {
         ),
     ];
     for (env, error_type) in cases {
-        let err = SigningKey::load(&config(env).token)
+        let err = source::load(&config(env).token)
+            .await
             .err()
             .expect("must be refused");
         assert_eq!(err.error_type(), *error_type);
@@ -322,7 +323,8 @@ fn bad_keys_are_refused_at_start() {
         ("JWT_ALGORITHM", "RS256"),
         ("JWT_PRIVATE_KEY", key.as_str()),
     ]);
-    let err = SigningKey::load(&config.token)
+    let err = source::load(&config.token)
+        .await
         .err()
         .expect("must be refused");
     assert!(err.to_string().contains("JWT_PRIVATE_KEY"), "{err}");

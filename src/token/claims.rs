@@ -5,8 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::config::TokenConfig;
 
-/// Claims only the sidecar sets. A request that names one is refused, never silently ignored.
-pub const SIDECAR_CLAIMS: &[&str] = &["iss", "exp", "iat", "nbf", "jti"];
+pub use crate::config::SIDECAR_CLAIMS;
 
 /// Longest `sub` or `aud` value accepted: generous for ids and URLs, small enough to bound
 /// token size.
@@ -324,14 +323,17 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{KeyMaterial, TokenAuth};
+    use crate::config::{KeyMaterial, KeySource, TokenAuth};
     use crate::token::keys::Algorithm;
     use serde_json::json;
 
     fn config() -> TokenConfig {
         TokenConfig {
             algorithm: Algorithm::HS256,
-            key: KeyMaterial::Secret(Vec::new()),
+            key: KeySource::Env(KeyMaterial::Secret(Vec::new())),
+            key_refresh: std::time::Duration::from_secs(300),
+            kms_verify_keys: Vec::new(),
+            aws: None,
             key_id: None,
             issuer: "https://issuer.example".into(),
             audiences: vec!["api".into(), "billing".into()],

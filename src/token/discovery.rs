@@ -12,14 +12,8 @@
 use serde_json::{Value, json};
 
 use super::claims::SIDECAR_CLAIMS;
-use super::keys::SigningKey;
+use super::source::{self, LoadError};
 use crate::config::{ConfigError, TokenConfig};
-
-/// The JWKS (RFC 7517 section 5): the public key of `key`; no key for HMAC, whose secret is
-/// never published.
-pub fn jwks(key: &SigningKey) -> Value {
-    json!({"keys": key.public_jwk().into_iter().collect::<Vec<_>>()})
-}
 
 /// The OIDC discovery document (OpenID Connect Discovery 1.0, section 3), when `JWT_JWKS_URI`
 /// is set (`config` has then checked that `JWT_ISSUER` is an https URL and the key is not
@@ -55,18 +49,19 @@ pub fn openid_configuration(config: &TokenConfig) -> Option<Value> {
 /// an empty set would succeed, and every relying party would then reject every token with
 /// nothing pointing at the cause. It is refused from the algorithm alone, before the secret
 /// is read.
-pub fn published_jwks(config: &TokenConfig) -> Result<String, ConfigError> {
+pub async fn published_jwks(config: &TokenConfig) -> Result<String, LoadError> {
     if config.algorithm.is_hmac() {
-        return Err(ConfigError::Invalid {
+        return Err(LoadError::Config(ConfigError::Invalid {
             var: "JWT_ALGORITHM",
             value: config.algorithm.name().to_string(),
             expected: "an asymmetric algorithm (ES256, ES384, RS256, PS256, EdDSA) for \
                        `lambda-sidecar jwks`: an HMAC secret is never published, so there is \
                        no public JWKS, and only holders of the secret can verify its tokens"
                 .to_string(),
-        });
+        }));
     }
-    Ok(jwks(&SigningKey::load(config)?).to_string())
+    let jwks = source::load(config).await?.ring.jwks();
+    Ok(String::from_utf8_lossy(&jwks).into_owned())
 }
 
 /// `lambda-sidecar openid-configuration`: the discovery document, or why there is none.
@@ -84,13 +79,15 @@ pub fn published_openid_configuration(config: &TokenConfig) -> Result<String, Co
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{KeyMaterial, TokenAuth};
-    use crate::token::keys::Algorithm;
+    use crate::config::{Algorithm, KeyMaterial, KeySource, TokenAuth};
 
     fn config(jwks_uri: Option<&str>) -> TokenConfig {
         TokenConfig {
             algorithm: Algorithm::ES256,
-            key: KeyMaterial::Secret(Vec::new()),
+            key: KeySource::Env(KeyMaterial::Secret(Vec::new())),
+            key_refresh: std::time::Duration::from_secs(300),
+            kms_verify_keys: Vec::new(),
+            aws: None,
             key_id: None,
             issuer: "https://issuer.example".into(),
             audiences: vec!["api".into()],

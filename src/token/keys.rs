@@ -16,62 +16,31 @@ use jsonwebtoken::jwk::{
     OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse, ThumbprintHash,
 };
 
-use crate::config::{ConfigError, KeyMaterial, TokenConfig};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// The algorithms the sidecar signs with. `none` and anything else are not representable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    HS256,
-    HS384,
-    HS512,
-    ES256,
-    ES384,
-    RS256,
-    PS256,
-    EdDSA,
-}
+use base64::engine::general_purpose::STANDARD;
+use jsonwebtoken::jwk::{
+    EllipticCurveKeyParameters, EllipticCurveKeyType, RSAKeyParameters, RSAKeyType,
+};
+use serde_json::json;
 
-impl Algorithm {
-    pub const ALL: [Algorithm; 8] = [
-        Algorithm::HS256,
-        Algorithm::HS384,
-        Algorithm::HS512,
-        Algorithm::ES256,
-        Algorithm::ES384,
-        Algorithm::RS256,
-        Algorithm::PS256,
-        Algorithm::EdDSA,
-    ];
+use super::aws::AwsClient;
+use crate::config::{ConfigError, KeyMaterial};
 
-    /// The JOSE `alg` name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::HS256 => "HS256",
-            Algorithm::HS384 => "HS384",
-            Algorithm::HS512 => "HS512",
-            Algorithm::ES256 => "ES256",
-            Algorithm::ES384 => "ES384",
-            Algorithm::RS256 => "RS256",
-            Algorithm::PS256 => "PS256",
-            Algorithm::EdDSA => "EdDSA",
-        }
-    }
+pub use crate::config::Algorithm;
 
-    pub fn is_hmac(self) -> bool {
-        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
-    }
-
-    fn jsonwebtoken(self) -> jsonwebtoken::Algorithm {
-        match self {
-            Algorithm::HS256 => jsonwebtoken::Algorithm::HS256,
-            Algorithm::HS384 => jsonwebtoken::Algorithm::HS384,
-            Algorithm::HS512 => jsonwebtoken::Algorithm::HS512,
-            Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
-            Algorithm::ES384 => jsonwebtoken::Algorithm::ES384,
-            Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
-            Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
-            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
-        }
+/// jsonwebtoken's name for `algorithm`, for the JWK it derives.
+fn jsonwebtoken_algorithm(algorithm: Algorithm) -> jsonwebtoken::Algorithm {
+    match algorithm {
+        Algorithm::HS256 => jsonwebtoken::Algorithm::HS256,
+        Algorithm::HS384 => jsonwebtoken::Algorithm::HS384,
+        Algorithm::HS512 => jsonwebtoken::Algorithm::HS512,
+        Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+        Algorithm::ES384 => jsonwebtoken::Algorithm::ES384,
+        Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+        Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
+        Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
     }
 }
 
@@ -222,7 +191,7 @@ fn estimated_bits(secret: &[u8]) -> f64 {
     cheapest[n]
 }
 
-/// The one private key of this process, ready to sign.
+/// The private key tokens are signed with, ready to sign (or, with KMS, the key KMS signs with).
 pub struct SigningKey {
     algorithm: Algorithm,
     kid: String,
@@ -238,13 +207,38 @@ enum Signer {
     Ecdsa(sig::EcdsaKeyPair),
     Rsa(sig::RsaKeyPair, &'static dyn sig::RsaEncoding),
     Ed25519(sig::Ed25519KeyPair),
+    /// KMS signs: the private key never enters the sandbox.
+    Kms(Box<KmsSigner>),
+}
+
+/// The longest one KMS `Sign` may take: the function is waiting for its token.
+pub const KMS_SIGN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// KMS signs a message of at most this many bytes as given (`MessageType=RAW`); a longer
+/// signing input (a token with large claims) is hashed here and sent as `DIGEST`, which is
+/// the same signature for KMS.
+const KMS_RAW_LIMIT: usize = 4096;
+
+/// A KMS key and how to turn its signatures into JWS ones.
+pub struct KmsSigner {
+    client: Arc<AwsClient>,
+    key_id: String,
+    /// KMS's `SigningAlgorithm` for the configured JOSE algorithm.
+    kms_algorithm: &'static str,
+    /// For ECDSA, the width of R and of S in the JWS form (32 for P-256, 48 for P-384).
+    ecdsa_width: Option<usize>,
+    /// The hash a `DIGEST` message is made with.
+    digest: &'static aws_lc_rs::digest::Algorithm,
 }
 
 impl SigningKey {
-    /// Parses the configured key. All key errors surface here, at start-up.
-    pub fn load(config: &TokenConfig) -> Result<SigningKey, ConfigError> {
-        let algorithm = config.algorithm;
-        let (signer, encoding_key) = match &config.key {
+    /// Parses a key: at start-up, or when a rotated key is fetched.
+    pub fn from_material(
+        algorithm: Algorithm,
+        material: &KeyMaterial,
+        key_id: Option<&str>,
+    ) -> Result<SigningKey, ConfigError> {
+        let (signer, encoding_key) = match material {
             KeyMaterial::Secret(secret) => {
                 check_secret(secret, algorithm)?;
                 let alg = match algorithm {
@@ -317,20 +311,18 @@ impl SigningKey {
                 }),
             }),
             (Some(key), _) => {
-                let mut jwk =
-                    Jwk::from_encoding_key(key, algorithm.jsonwebtoken()).map_err(|e| {
-                        ConfigError::InvalidKey {
-                            var: "JWT_PRIVATE_KEY",
-                            algorithm: algorithm.name(),
-                            reason: format!("its public key could not be derived ({e})"),
-                        }
+                let mut jwk = Jwk::from_encoding_key(key, jsonwebtoken_algorithm(algorithm))
+                    .map_err(|e| ConfigError::InvalidKey {
+                        var: "JWT_PRIVATE_KEY",
+                        algorithm: algorithm.name(),
+                        reason: format!("its public key could not be derived ({e})"),
                     })?;
                 jwk.common.public_key_use = Some(PublicKeyUse::Signature);
                 Some(jwk)
             }
         };
-        let kid = match (&config.key_id, &public_jwk) {
-            (Some(kid), _) => kid.clone(),
+        let kid = match (key_id, &public_jwk) {
+            (Some(kid), _) => kid.to_string(),
             (None, Some(jwk)) => thumbprint(jwk)?,
             // A fixed label: anything computed from the secret would leak a little of it.
             (None, None) => format!("{}-hmac", algorithm.name().to_ascii_lowercase()),
@@ -348,6 +340,47 @@ impl SigningKey {
         })
     }
 
+    /// A key KMS holds, whose public key `GetPublicKey` returned as `spki` (DER
+    /// SubjectPublicKeyInfo). `key_id` overrides the RFC 7638 kid, as `JWT_KEY_ID` does.
+    pub fn kms(
+        algorithm: Algorithm,
+        client: Arc<AwsClient>,
+        kms_key: &str,
+        spki: &[u8],
+        key_id: Option<&str>,
+    ) -> Result<SigningKey, String> {
+        let (kms_algorithm, ecdsa_width, digest) = match algorithm {
+            Algorithm::ES256 => ("ECDSA_SHA_256", Some(32), &aws_lc_rs::digest::SHA256),
+            Algorithm::ES384 => ("ECDSA_SHA_384", Some(48), &aws_lc_rs::digest::SHA384),
+            Algorithm::RS256 => (
+                "RSASSA_PKCS1_V1_5_SHA_256",
+                None,
+                &aws_lc_rs::digest::SHA256,
+            ),
+            Algorithm::PS256 => ("RSASSA_PSS_SHA_256", None, &aws_lc_rs::digest::SHA256),
+            other => return Err(format!("KMS does not sign {}", other.name())),
+        };
+        let mut jwk = jwk_from_spki(algorithm, spki)?;
+        let kid = match key_id {
+            Some(kid) => kid.to_string(),
+            None => thumbprint(&jwk).map_err(|e| e.to_string())?,
+        };
+        jwk.common.key_id = Some(kid.clone());
+        Ok(SigningKey {
+            algorithm,
+            kid,
+            signer: Signer::Kms(Box::new(KmsSigner {
+                client,
+                key_id: kms_key.to_string(),
+                kms_algorithm,
+                ecdsa_width,
+                digest,
+            })),
+            public_jwk: Some(jwk),
+            rng: SystemRandom::new(),
+        })
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
@@ -361,31 +394,199 @@ impl SigningKey {
         self.public_jwk.as_ref()
     }
 
-    /// Signs `message` (the JWS signing input) and returns the base64url signature.
-    pub fn sign(&self, message: &[u8]) -> Result<String, SignError> {
+    /// Signs `message` (the JWS signing input) and returns the base64url signature. Local keys
+    /// sign at once; a KMS key makes one `Sign` call, bounded by [`KMS_SIGN_TIMEOUT`].
+    pub async fn sign(&self, message: &[u8]) -> Result<String, SignError> {
         let signature = match &self.signer {
             Signer::Hmac(key) => hmac::sign(key, message).as_ref().to_vec(),
             Signer::Ecdsa(pair) => pair
                 .sign(&self.rng, message)
-                .map_err(|_| SignError)?
+                .map_err(|_| SignError::Local)?
                 .as_ref()
                 .to_vec(),
             Signer::Rsa(pair, encoding) => {
                 let mut out = vec![0; pair.public_modulus_len()];
                 pair.sign(*encoding, &self.rng, message, &mut out)
-                    .map_err(|_| SignError)?;
+                    .map_err(|_| SignError::Local)?;
                 out
             }
             Signer::Ed25519(pair) => pair.sign(message).as_ref().to_vec(),
+            Signer::Kms(kms) => kms.sign(message).await?,
         };
         Ok(URL_SAFE_NO_PAD.encode(signature))
     }
 }
 
-/// The crypto library refused to sign (it never should with a key it accepted at start).
+impl KmsSigner {
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        // RAW, not DIGEST, whenever KMS takes the message whole: moto's KMS verifies DIGEST
+        // messages unreliably (issue 8), and RAW is what real KMS documents for short ones.
+        let (message_type, payload) = if message.len() <= KMS_RAW_LIMIT {
+            ("RAW", STANDARD.encode(message))
+        } else {
+            let hash = aws_lc_rs::digest::digest(self.digest, message);
+            ("DIGEST", STANDARD.encode(hash.as_ref()))
+        };
+        let body = json!({
+            "KeyId": self.key_id,
+            "Message": payload,
+            "MessageType": message_type,
+            "SigningAlgorithm": self.kms_algorithm,
+        });
+        let answer = self
+            .client
+            .call("Sign", &body, KMS_SIGN_TIMEOUT)
+            .await
+            .map_err(|e| SignError::Kms(e.to_string()))?;
+        let der = answer
+            .get("Signature")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| STANDARD.decode(s).ok())
+            .ok_or_else(|| SignError::Kms("the answer has no Signature".to_string()))?;
+        match self.ecdsa_width {
+            Some(width) => ecdsa_der_to_jws(&der, width)
+                .ok_or_else(|| SignError::Kms("not a DER ECDSA signature".to_string())),
+            None => Ok(der),
+        }
+    }
+}
+
+/// Why a token could not be signed.
 #[derive(Debug, thiserror::Error)]
-#[error("the signing operation failed")]
-pub struct SignError;
+pub enum SignError {
+    /// The crypto library refused (it never should with a key it accepted at start).
+    #[error("the signing operation failed")]
+    Local,
+    /// KMS did not sign: unreachable, too slow, or refused (key disabled, access denied).
+    #[error("KMS did not sign the token: {0}")]
+    Kms(String),
+}
+
+/// One DER TLV: `(tag, contents, rest)`. Definite lengths of up to 4 bytes only, which covers
+/// every key and signature KMS returns.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, tail) = rest.split_at(count);
+        rest = tail;
+        bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b))
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// KMS's ECDSA signature (DER `SEQUENCE { INTEGER r, INTEGER s }`) in the JWS form RFC 7518
+/// §3.4 requires: R and S as unsigned big-endian, each left-padded to `width` bytes.
+fn ecdsa_der_to_jws(signature: &[u8], width: usize) -> Option<Vec<u8>> {
+    let (0x30, seq, []) = der(signature)? else {
+        return None;
+    };
+    let (0x02, r, rest) = der(seq)? else {
+        return None;
+    };
+    let (0x02, s, []) = der(rest)? else {
+        return None;
+    };
+    let mut out = vec![0u8; 2 * width];
+    for (i, int) in [r, s].into_iter().enumerate() {
+        let int = match int {
+            [0, tail @ ..] => tail,
+            _ => int,
+        };
+        if int.len() > width {
+            return None;
+        }
+        out[(i + 1) * width - int.len()..(i + 1) * width].copy_from_slice(int);
+    }
+    Some(out)
+}
+
+/// The public JWK of a DER SubjectPublicKeyInfo (what KMS `GetPublicKey` returns), checked
+/// against `algorithm`: a P-256 point for ES256, P-384 for ES384, RSA of 2048 bits or more
+/// for RS256 and PS256.
+fn jwk_from_spki(algorithm: Algorithm, spki: &[u8]) -> Result<Jwk, String> {
+    let wrong = |what: &str| Err(format!("the public key is not {what}"));
+    let parsed = der(spki)
+        .filter(|(tag, _, rest)| *tag == 0x30 && rest.is_empty())
+        .and_then(|(_, seq, _)| der(seq))
+        .filter(|(tag, _, _)| *tag == 0x30)
+        .and_then(|(_, _, rest)| der(rest))
+        .filter(|(tag, bits, _)| *tag == 0x03 && bits.first() == Some(&0));
+    let Some((_, bits, _)) = parsed else {
+        return wrong("a DER SubjectPublicKeyInfo");
+    };
+    let key = &bits[1..];
+    let (params, key_algorithm) = match algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => {
+            let (width, curve, name) = if algorithm == Algorithm::ES256 {
+                (32, EllipticCurve::P256, "a P-256 (ECC_NIST_P256) key")
+            } else {
+                (48, EllipticCurve::P384, "a P-384 (ECC_NIST_P384) key")
+            };
+            if key.len() != 1 + 2 * width || key[0] != 4 {
+                return wrong(name);
+            }
+            (
+                AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
+                    key_type: EllipticCurveKeyType::EC,
+                    curve,
+                    x: URL_SAFE_NO_PAD.encode(&key[1..=width]),
+                    y: URL_SAFE_NO_PAD.encode(&key[1 + width..]),
+                }),
+                if algorithm == Algorithm::ES256 {
+                    KeyAlgorithm::ES256
+                } else {
+                    KeyAlgorithm::ES384
+                },
+            )
+        }
+        _ => {
+            let rsa = der(key)
+                .filter(|(tag, _, rest)| *tag == 0x30 && rest.is_empty())
+                .and_then(|(_, seq, _)| der(seq))
+                .filter(|(tag, _, _)| *tag == 0x02)
+                .and_then(|(_, n, rest)| der(rest).map(|(tag, e, _)| (n, tag, e)))
+                .filter(|(_, tag, _)| *tag == 0x02);
+            let Some((n, _, e)) = rsa else {
+                return wrong("an RSA key");
+            };
+            let strip = |int: &[u8]| match int {
+                [0, tail @ ..] => tail.to_vec(),
+                _ => int.to_vec(),
+            };
+            let n = strip(n);
+            if n.len() < 256 {
+                return wrong("an RSA key of at least 2048 bits");
+            }
+            (
+                AlgorithmParameters::RSA(RSAKeyParameters {
+                    key_type: RSAKeyType::RSA,
+                    n: URL_SAFE_NO_PAD.encode(&n),
+                    e: URL_SAFE_NO_PAD.encode(strip(e)),
+                }),
+                if algorithm == Algorithm::RS256 {
+                    KeyAlgorithm::RS256
+                } else {
+                    KeyAlgorithm::PS256
+                },
+            )
+        }
+    };
+    Ok(Jwk {
+        common: CommonParameters {
+            key_algorithm: Some(key_algorithm),
+            public_key_use: Some(PublicKeyUse::Signature),
+            ..CommonParameters::default()
+        },
+        algorithm: params,
+    })
+}
 
 /// RFC 7638 thumbprint (SHA-256) of the public key.
 fn thumbprint(jwk: &Jwk) -> Result<String, ConfigError> {
@@ -486,5 +687,46 @@ mod tests {
             // Raw random bytes, as from a file, too.
             assert!(check_secret(&bytes[..32], Algorithm::HS256).is_ok());
         }
+    }
+
+    /// DER INTEGERs carry a leading zero when the top bit is set and drop leading zeros:
+    /// both come out as fixed-width big-endian halves.
+    #[test]
+    fn ecdsa_der_becomes_fixed_width_r_and_s() {
+        let r: Vec<u8> = std::iter::once(0x80).chain(1..32).collect();
+        let s: Vec<u8> = (1..31).collect();
+        let mut der = vec![0x30, (2 + 33 + 2 + 30) as u8, 0x02, 33, 0x00];
+        der.extend(&r);
+        der.extend([0x02, 30]);
+        der.extend(&s);
+        let jws = ecdsa_der_to_jws(&der, 32).unwrap();
+        assert_eq!(&jws[..32], &r[..]);
+        assert_eq!(&jws[32..34], &[0, 0]);
+        assert_eq!(&jws[34..], &s[..]);
+        assert_eq!(ecdsa_der_to_jws(&der[..der.len() - 1], 32), None);
+        assert_eq!(ecdsa_der_to_jws(&der, 16), None);
+    }
+
+    /// KMS's SPKI for a P-256 key gives the JWK of the same point; the wrong algorithm for
+    /// it is refused.
+    #[test]
+    fn kms_public_keys_become_jwks() {
+        use aws_lc_rs::encoding::AsDer as _;
+        let rng = SystemRandom::new();
+        let pkcs8 =
+            sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                .unwrap();
+        let point = sig::KeyPair::public_key(&pair).as_ref().to_vec();
+        let spki = sig::KeyPair::public_key(&pair).as_der().unwrap();
+        let jwk = jwk_from_spki(Algorithm::ES256, spki.as_ref()).unwrap();
+        let AlgorithmParameters::EllipticCurve(ec) = &jwk.algorithm else {
+            panic!("{jwk:?}")
+        };
+        assert_eq!(ec.x, URL_SAFE_NO_PAD.encode(&point[1..33]));
+        assert_eq!(ec.y, URL_SAFE_NO_PAD.encode(&point[33..]));
+        assert!(jwk_from_spki(Algorithm::ES384, spki.as_ref()).is_err());
+        assert!(jwk_from_spki(Algorithm::RS256, spki.as_ref()).is_err());
     }
 }

@@ -11,12 +11,14 @@
 //! cannot send cross-origin without asking first.
 //!
 //! Owns: the HTTP surface and its error format. Never: reads the environment (it is handed a
-//! parsed [`TokenConfig`] and a loaded [`SigningKey`]), parses keys per request, or writes a
+//! parsed [`TokenConfig`] and a loaded [`KeyRing`]), parses keys per request, or writes a
 //! token, secret or claim value into a log line or a telemetry record.
 
+pub mod aws;
 pub mod claims;
 pub mod discovery;
 pub mod keys;
+pub mod source;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -41,9 +43,10 @@ use crate::records::{
 };
 use crate::server::Limits;
 use crate::signals::Listener;
-use crate::signals::Metrics;
+use crate::signals::{KeyOperation, Metrics};
 use claims::{ClaimError, TokenRequest};
-use keys::SigningKey;
+use keys::SignError;
+use source::KeyRing;
 
 /// Largest `POST /token` body accepted. A token request is a few hundred bytes; anything
 /// near this is a mistake or an attack, and is answered 413 without being buffered further.
@@ -70,11 +73,8 @@ const UNAUTHORIZED: &str = "/token and /metrics need the X-Sidecar-Token header 
 /// Everything a request needs, built once at start.
 pub struct TokenService {
     config: TokenConfig,
-    key: SigningKey,
-    /// The base64url JOSE header: constant for the life of the process, so encoded once.
-    header_b64: String,
-    /// The JWKS document, serialized once.
-    jwks: Bytes,
+    /// The signing key and the JWKS; the key may rotate (`source::Refresher`).
+    keys: Arc<KeyRing>,
     /// The OIDC discovery document, serialized once; `None` without `JWT_JWKS_URI`.
     openid_configuration: Option<Bytes>,
     /// Where token records go for telemetry; `None` in standalone mode.
@@ -90,13 +90,10 @@ impl TokenService {
     /// direct request names in its `Host` header.
     pub fn new(
         config: TokenConfig,
-        key: SigningKey,
+        keys: Arc<KeyRing>,
         recorder: Option<Recorder>,
         port: u16,
     ) -> TokenService {
-        let header = json!({"alg": key.algorithm().name(), "typ": config.typ, "kid": key.kid()});
-        let header_b64 = URL_SAFE_NO_PAD.encode(header.to_string());
-        let jwks = discovery::jwks(&key);
         let openid_configuration =
             discovery::openid_configuration(&config).map(|doc| Bytes::from(doc.to_string()));
         let session_token = match &config.auth {
@@ -112,9 +109,7 @@ impl TokenService {
         };
         TokenService {
             config,
-            key,
-            header_b64,
-            jwks: Bytes::from(jwks.to_string()),
+            keys,
             openid_configuration,
             recorder,
             hosts: [format!("127.0.0.1:{port}"), format!("localhost:{port}")],
@@ -194,7 +189,7 @@ impl TokenService {
             recorder.record(Record::Token(TokenRecord {
                 start,
                 duration: timer.elapsed(),
-                algorithm: self.key.algorithm().name(),
+                algorithm: self.config.algorithm.name(),
                 method,
                 outcome: if status.is_success() {
                     TokenOutcome::Issued
@@ -209,32 +204,48 @@ impl TokenService {
         }
     }
 
-    /// Mints one token for `request`.
-    fn issue(&self, request: TokenRequest) -> Result<serde_json::Value, ApiError> {
+    /// Mints one token for `request`, with the key active when it starts.
+    async fn issue(&self, request: TokenRequest) -> Result<serde_json::Value, ApiError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| ApiError::internal("the system clock is before 1970"))?
             .as_secs();
         let claims = claims::build(request, &self.config, now, new_jti()?)?;
         let payload = URL_SAFE_NO_PAD.encode(serde_json::Value::Object(claims.body).to_string());
-        let signing_input = format!("{}.{payload}", self.header_b64);
-        let signature = self
+        let active = self.keys.active();
+        let signing_input = format!("{}.{payload}", active.header_b64);
+        let signature = active
             .key
             .sign(signing_input.as_bytes())
-            .map_err(|e| ApiError::internal(&e.to_string()))?;
+            .await
+            .map_err(|e| match e {
+                SignError::Local => ApiError::internal(&e.to_string()),
+                // KMS unreachable, slow or refusing: not the caller's fault, and may pass.
+                SignError::Kms(_) => {
+                    tracing::warn!(error = %e, "KMS signing failed");
+                    if let Some(recorder) = &self.recorder {
+                        recorder.metrics().key_failure(KeyOperation::Sign);
+                    }
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+                }
+            })?;
         Ok(json!({
             "token": format!("{signing_input}.{signature}"),
             "token_type": "Bearer",
             "expires_at": claims.expires_at,
             "expires_in": claims.ttl,
             "user_id": claims.sub,
-            "kid": self.key.kid(),
+            "kid": active.key.kid(),
         }))
     }
 
     /// Issues a token for a request that passed [`guard`], or answers why not.
-    fn respond(&self, request: Result<TokenRequest, ApiError>) -> Response {
-        match request.and_then(|r| self.issue(r)) {
+    async fn respond(&self, request: Result<TokenRequest, ApiError>) -> Response {
+        let issued = match request {
+            Ok(request) => self.issue(request).await,
+            Err(e) => Err(e),
+        };
+        match issued {
             Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
             Err(e) => e.into_response(),
         }
@@ -352,7 +363,7 @@ pub async fn serve(
 }
 
 async fn get_token(State(service): State<Arc<TokenService>>) -> Response {
-    service.respond(Ok(TokenRequest::default()))
+    service.respond(Ok(TokenRequest::default())).await
 }
 
 /// Only `application/json` (parameters such as `charset` allowed): `text/plain`, form and
@@ -386,7 +397,7 @@ async fn post_token(
             status => ApiError::new(status, &rejection.body_text()),
         })
         .and_then(|body| Ok(TokenRequest::parse(&body)?));
-    service.respond(request)
+    service.respond(request).await
 }
 
 async fn jwks(State(service): State<Arc<TokenService>>) -> Response {
@@ -395,7 +406,7 @@ async fn jwks(State(service): State<Arc<TokenService>>) -> Response {
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "max-age=300"),
         ],
-        service.jwks.clone(),
+        service.keys.jwks(),
     )
         .into_response()
 }

@@ -162,15 +162,101 @@ impl Drop for KillOnDrop {
 
 /// A rotel collector receiving OTLP on gRPC and HTTP and forwarding over HTTP to `sink`.
 pub struct Rotel {
-    child: Child,
+    _child: KillOnDrop,
     pub grpc: u16,
     pub http: u16,
 }
 
-impl Drop for Rotel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// The project's Python venv (`.venv`, made by scripts/install-deps.sh).
+pub fn venv_bin(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".venv/bin")
+        .join(name)
+}
+
+/// The credentials and region the tests give boto3 and the sidecar when moto does not
+/// enforce IAM (any key is accepted then).
+pub const MOTO_REGION: &str = "us-east-1";
+
+/// moto in server mode on a free loopback port (`.venv/bin/moto_server`), killed on drop.
+/// `env` goes to the server (e.g. `INITIAL_NO_AUTH_ACTION_COUNT` to enforce IAM).
+pub struct Moto {
+    _child: KillOnDrop,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start(env: &[(&str, &str)]) -> Moto {
+        let port = free_port().unwrap();
+        let child = std::process::Command::new(venv_bin("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server from .venv (scripts/install-deps.sh)");
+        let moto = Moto {
+            _child: KillOnDrop(child),
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not listen within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        moto
+    }
+
+    /// Runs `code` with boto3 against this server (clients `sm`, `ssm`, `kms`, `iam` ready,
+    /// and `pem(curve_or_rsa)` making a PKCS#8 PEM) and returns its stdout, trimmed.
+    /// `credentials` overrides the default test credentials.
+    pub fn python(&self, code: &str) -> String {
+        self.python_as(("testing", "testing"), code)
+    }
+
+    pub fn python_as(&self, credentials: (&str, &str), code: &str) -> String {
+        const PRELUDE: &str = "\
+import boto3, json, sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+sm = boto3.client('secretsmanager')
+ssm = boto3.client('ssm')
+kms = boto3.client('kms')
+iam = boto3.client('iam')
+def pem(kind):
+    key = rsa.generate_private_key(65537, 2048) if kind == 'rsa' else ec.generate_private_key(kind)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+";
+        let output = std::process::Command::new(venv_bin("python"))
+            .arg("-c")
+            .arg(format!("{PRELUDE}{code}"))
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_DEFAULT_REGION", MOTO_REGION)
+            .env("AWS_ACCESS_KEY_ID", credentials.0)
+            .env("AWS_SECRET_ACCESS_KEY", credentials.1)
+            .env_remove("AWS_SESSION_TOKEN")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "boto3 setup failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// The variables that point the sidecar at this server, as Lambda would give them.
+    pub fn sidecar_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", MOTO_REGION.to_string()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ]
     }
 }
 
@@ -211,7 +297,11 @@ pub async fn rotel_at(sink: &Sink, grpc: u16, http: u16) -> Rotel {
         .stderr(Stdio::null())
         .spawn()
         .expect("rotel-agent starts");
-    let rotel = Rotel { child, grpc, http };
+    let rotel = Rotel {
+        _child: KillOnDrop(child),
+        grpc,
+        http,
+    };
     for port in [grpc, http] {
         let ready = async {
             while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -226,4 +316,51 @@ pub async fn rotel_at(sink: &Sink, grpc: u16, http: u16) -> Rotel {
             .expect("rotel listens");
     }
     rotel
+}
+
+/// Verifies `tokens` with PyJWT and with jose (tests/verifiers/verify_jwks.*), each picking
+/// the key by kid from `jwks`, or with `secret` for HS*; `Err` names the verifier and why.
+pub fn verify_tokens(
+    alg: &str,
+    tokens: &[String],
+    jwks: Option<&serde_json::Value>,
+    secret: Option<&str>,
+) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut job = serde_json::json!({"alg": alg, "tokens": tokens});
+    if let Some(jwks) = jwks {
+        job["jwks"] = jwks.clone();
+    }
+    if let Some(secret) = secret {
+        job["secret"] = secret.into();
+    }
+    let verifiers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/verifiers");
+    for (program, script) in [
+        (venv_bin("python"), "verify_jwks.py"),
+        (PathBuf::from("node"), "verify_jwks.mjs"),
+    ] {
+        let mut child = std::process::Command::new(program)
+            .arg(verifiers.join(script))
+            .current_dir(&verifiers)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(job.to_string().as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        if !output.status.success() {
+            return Err(format!(
+                "{script}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,490 @@
+//! Where the signing key comes from (`JWT_KEY_SOURCE`), and the key ring that lets it change.
+//!
+//! `env` parses the configured key; `secretsmanager:` and `ssm:` fetch the key (an HMAC secret
+//! or a PEM) and parse it the same way; `kms:` fetches only the public key (`GetPublicKey`),
+//! and every token is then signed by KMS. All of it happens at start, inside Lambda's init,
+//! under [`FETCH_TIMEOUT`] per call; a failure is a typed [`KeySourceError`] for `init/error`.
+//!
+//! Rotation: the [`KeyRing`] holds the active key behind a lock that `/token` takes once, for
+//! a pointer copy. [`Refresher::on_invoke`] (called at INVOKE, under the flush's bound, never
+//! on the `/token` path) re-reads a Secrets Manager or SSM key at most every
+//! `JWT_KEY_REFRESH_SECONDS`; a new version becomes the signing key, and the previous public
+//! key stays in the JWKS for `JWT_MAX_TTL_SECONDS`, the longest any token it signed lives.
+//!
+//! Never: puts key material in an error, a log line or a metric.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::Jwk;
+use serde_json::{Value, json};
+
+use super::aws::{AwsClient, AwsError};
+use super::keys::SigningKey;
+use crate::config::{Algorithm, ConfigError, KeyMaterial, KeySource, TokenConfig};
+
+/// The longest one fetch at start (or at a refresh) may take. Lambda's init phase is 10 s.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What went wrong with a key source, as `init/error` reports it (`KeySource.<Kind>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySourceErrorKind {
+    NotFound,
+    AccessDenied,
+    /// The key is not one the algorithm can use (or not a SecureString, or not SIGN_VERIFY).
+    WrongKeyType,
+    KeyDisabled,
+    /// No answer in time: network, DNS, TLS or the timeout.
+    Unreachable,
+    /// Any other error the service answered.
+    ServiceError,
+}
+
+/// A key source that could not give a usable key. Names the source, never the key.
+#[derive(Debug, thiserror::Error)]
+#[error("JWT_KEY_SOURCE={origin}: {detail}")]
+pub struct KeySourceError {
+    pub kind: KeySourceErrorKind,
+    pub origin: String,
+    pub detail: String,
+}
+
+impl KeySourceError {
+    pub fn error_type(&self) -> &'static str {
+        match self.kind {
+            KeySourceErrorKind::NotFound => "KeySource.NotFound",
+            KeySourceErrorKind::AccessDenied => "KeySource.AccessDenied",
+            KeySourceErrorKind::WrongKeyType => "KeySource.WrongKeyType",
+            KeySourceErrorKind::KeyDisabled => "KeySource.KeyDisabled",
+            KeySourceErrorKind::Unreachable => "KeySource.Unreachable",
+            KeySourceErrorKind::ServiceError => "KeySource.ServiceError",
+        }
+    }
+
+    fn from_aws(origin: &str, error: AwsError) -> KeySourceError {
+        let kind = match &error {
+            AwsError::Unreachable(_) => KeySourceErrorKind::Unreachable,
+            AwsError::Service { code, .. } => match code.as_str() {
+                "ResourceNotFoundException" | "ParameterNotFound" | "NotFoundException" => {
+                    KeySourceErrorKind::NotFound
+                }
+                "AccessDeniedException"
+                | "AccessDenied"
+                | "UnrecognizedClientException"
+                | "InvalidClientTokenId"
+                | "ExpiredTokenException"
+                | "SignatureDoesNotMatch"
+                | "InvalidSignatureException" => KeySourceErrorKind::AccessDenied,
+                "DisabledException" | "KMSInvalidStateException" => KeySourceErrorKind::KeyDisabled,
+                "InvalidKeyUsageException" | "UnsupportedOperationException" => {
+                    KeySourceErrorKind::WrongKeyType
+                }
+                _ => KeySourceErrorKind::ServiceError,
+            },
+        };
+        KeySourceError {
+            kind,
+            origin: origin.to_string(),
+            detail: error.to_string(),
+        }
+    }
+
+    fn wrong_type(origin: &str, detail: String) -> KeySourceError {
+        KeySourceError {
+            kind: KeySourceErrorKind::WrongKeyType,
+            origin: origin.to_string(),
+            detail,
+        }
+    }
+}
+
+/// Why the key could not be loaded: a local key refused (as before key sources), or a source.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Source(#[from] KeySourceError),
+}
+
+impl LoadError {
+    /// The `init/error` type.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            LoadError::Config(e) => e.error_type(),
+            LoadError::Source(e) => e.error_type(),
+        }
+    }
+}
+
+/// The signing key in use, with its JOSE header.
+pub struct ActiveKey {
+    pub key: SigningKey,
+    /// The base64url JOSE header (`alg`, `typ`, `kid`), encoded once per key.
+    pub header_b64: String,
+}
+
+/// The active key and the JWKS, each swappable. `/token` reads the key once per request
+/// ([`KeyRing::active`]): a read lock held for an `Arc` clone, never across an await.
+pub struct KeyRing {
+    typ: String,
+    active: RwLock<Arc<ActiveKey>>,
+    /// The JWKS document, serialized once per change.
+    jwks: RwLock<Bytes>,
+    /// Published whatever the active key (`JWT_KMS_VERIFY_KEYS`).
+    verify_keys: Vec<Jwk>,
+}
+
+/// Reads a lock whose writers only ever replace the whole value: a poisoned one is still whole.
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    match lock.read() {
+        Ok(value) => value.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+fn write<T>(lock: &RwLock<T>, value: T) {
+    match lock.write() {
+        Ok(mut slot) => *slot = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
+    }
+}
+
+impl KeyRing {
+    /// `verify_keys` are public keys published beside the key's own (`JWT_KMS_VERIFY_KEYS`).
+    pub fn new(key: SigningKey, typ: &str, verify_keys: Vec<Jwk>) -> KeyRing {
+        let ring = KeyRing {
+            typ: typ.to_string(),
+            active: RwLock::new(Arc::new(active_key(key, typ))),
+            jwks: RwLock::new(Bytes::new()),
+            verify_keys,
+        };
+        ring.publish(&[]);
+        ring
+    }
+
+    pub fn active(&self) -> Arc<ActiveKey> {
+        read(&self.active)
+    }
+
+    pub fn jwks(&self) -> Bytes {
+        read(&self.jwks)
+    }
+
+    /// Makes `key` the signing key and publishes it with `retired`.
+    fn install(&self, key: SigningKey, retired: &[Jwk]) {
+        write(&self.active, Arc::new(active_key(key, &self.typ)));
+        self.publish(retired);
+    }
+
+    /// The JWKS: the active key's public JWK, then `retired`, then the verify keys.
+    fn publish(&self, retired: &[Jwk]) {
+        let active = self.active();
+        let keys: Vec<&Jwk> = active
+            .key
+            .public_jwk()
+            .into_iter()
+            .chain(retired)
+            .chain(&self.verify_keys)
+            .collect();
+        write(&self.jwks, Bytes::from(json!({ "keys": keys }).to_string()));
+    }
+}
+
+fn active_key(key: SigningKey, typ: &str) -> ActiveKey {
+    let header = json!({"alg": key.algorithm().name(), "typ": typ, "kid": key.kid()});
+    ActiveKey {
+        header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
+        key,
+    }
+}
+
+/// The key ring, and what re-reads the key when the source can change.
+pub struct Loaded {
+    pub ring: Arc<KeyRing>,
+    /// `Some` for Secrets Manager and SSM.
+    pub refresher: Option<Refresher>,
+}
+
+/// Loads the configured key: parses it (`env`), or fetches it (AWS sources).
+pub async fn load(config: &TokenConfig) -> Result<Loaded, LoadError> {
+    let started = Instant::now();
+    let origin = config.key.describe();
+    let client = match &config.aws {
+        Some(settings) => Some(Arc::new(
+            AwsClient::new(settings.clone()).map_err(|e| KeySourceError::from_aws(&origin, e))?,
+        )),
+        None => None,
+    };
+    let (key, also, refresher) = match (&config.key, client) {
+        (KeySource::Env(material), _) => {
+            let (algorithm, material, kid) =
+                (config.algorithm, material.clone(), config.key_id.clone());
+            // RSA parsing takes milliseconds: off the runtime thread, which is registering.
+            let key = tokio::task::spawn_blocking(move || {
+                SigningKey::from_material(algorithm, &material, kid.as_deref())
+            })
+            .await
+            .map_err(|e| ConfigError::InvalidKey {
+                var: "JWT_PRIVATE_KEY",
+                algorithm: config.algorithm.name(),
+                reason: format!("the parsing task failed ({e})"),
+            })??;
+            (key, Vec::new(), None)
+        }
+        (KeySource::Kms(kms_key), Some(client)) => {
+            let key =
+                kms_key_of(config.algorithm, &client, kms_key, config.key_id.as_deref()).await?;
+            let mut also = Vec::new();
+            for extra in &config.kms_verify_keys {
+                let key = kms_key_of(config.algorithm, &client, extra, None).await?;
+                also.extend(key.public_jwk().cloned());
+            }
+            (key, also, None)
+        }
+        (KeySource::SecretsManager(_) | KeySource::Ssm(_), Some(client)) => {
+            let fetched = fetch(&client, &config.key).await?;
+            let key = parse_fetched(config, &fetched)?;
+            let refresher = Refresher {
+                client,
+                config: config.clone(),
+                version: fetched.version,
+                last_check: Instant::now(),
+                retired: Vec::new(),
+                ring: None,
+            };
+            (key, Vec::new(), Some(refresher))
+        }
+        (_, None) => {
+            return Err(KeySourceError {
+                kind: KeySourceErrorKind::ServiceError,
+                origin,
+                detail: "no AWS settings".to_string(),
+            }
+            .into());
+        }
+    };
+    tracing::info!(
+        source = %origin,
+        kid = key.kid(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "signing key loaded"
+    );
+    let ring = Arc::new(KeyRing::new(key, &config.typ, also));
+    let refresher = refresher.map(|mut r| {
+        r.ring = Some(ring.clone());
+        r
+    });
+    Ok(Loaded { ring, refresher })
+}
+
+/// A key's text and version as Secrets Manager or SSM returned it.
+struct Fetched {
+    material: Vec<u8>,
+    version: String,
+}
+
+async fn fetch(client: &AwsClient, source: &KeySource) -> Result<Fetched, KeySourceError> {
+    let origin = source.describe();
+    let (action, body) = match source {
+        KeySource::SecretsManager(id) => ("GetSecretValue", json!({ "SecretId": id })),
+        KeySource::Ssm(name) => (
+            "GetParameter",
+            json!({ "Name": name, "WithDecryption": true }),
+        ),
+        _ => return Err(KeySourceError::wrong_type(&origin, "not fetchable".into())),
+    };
+    let answer = client
+        .call(action, &body, FETCH_TIMEOUT)
+        .await
+        .map_err(|e| KeySourceError::from_aws(&origin, e))?;
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let (material, version) = match source {
+        KeySource::SecretsManager(_) => {
+            let material = match (answer.get("SecretString"), answer.get("SecretBinary")) {
+                (Some(s), _) => text(s).map(String::into_bytes),
+                (None, Some(b)) => b.as_str().and_then(|b| STANDARD.decode(b).ok()),
+                (None, None) => None,
+            };
+            (material, answer.get("VersionId").and_then(text))
+        }
+        _ => {
+            let parameter = answer.get("Parameter").unwrap_or(&Value::Null);
+            let kind = parameter.get("Type").and_then(Value::as_str);
+            if kind != Some("SecureString") {
+                return Err(KeySourceError::wrong_type(
+                    &origin,
+                    format!(
+                        "the parameter is of type {}, not SecureString: a key must be stored \
+                         encrypted",
+                        kind.unwrap_or("unknown")
+                    ),
+                ));
+            }
+            (
+                parameter
+                    .get("Value")
+                    .and_then(text)
+                    .map(String::into_bytes),
+                parameter.get("Version").map(Value::to_string),
+            )
+        }
+    };
+    match (material, version) {
+        (Some(material), Some(version)) => Ok(Fetched { material, version }),
+        _ => Err(KeySourceError::wrong_type(
+            &origin,
+            "the answer holds no key text and version".into(),
+        )),
+    }
+}
+
+/// Parses a fetched key as `env` would parse the same text. The kid of an HMAC key names the
+/// version (not secret), so that a rotated secret shows in the tokens' `kid`.
+fn parse_fetched(config: &TokenConfig, fetched: &Fetched) -> Result<SigningKey, KeySourceError> {
+    let origin = config.key.describe();
+    let algorithm = config.algorithm;
+    let material = if algorithm.is_hmac() {
+        KeyMaterial::Secret(fetched.material.clone())
+    } else {
+        KeyMaterial::Pem {
+            pem: fetched.material.clone(),
+            source: "JWT_KEY_SOURCE",
+        }
+    };
+    let hmac_kid = format!(
+        "{}-hmac-{}",
+        algorithm.name().to_ascii_lowercase(),
+        fetched.version
+    );
+    let kid = match (&config.key_id, algorithm.is_hmac()) {
+        (Some(kid), _) => Some(kid.as_str()),
+        (None, true) => Some(hmac_kid.as_str()),
+        (None, false) => None,
+    };
+    SigningKey::from_material(algorithm, &material, kid).map_err(|e| {
+        let reason = match e {
+            ConfigError::WeakSecret { reason } | ConfigError::InvalidKey { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        KeySourceError::wrong_type(
+            &origin,
+            format!("not a usable key for {}: {reason}", algorithm.name()),
+        )
+    })
+}
+
+/// A KMS key as a [`SigningKey`]: its public key from `GetPublicKey`, checked to be a signing
+/// key that can sign with `algorithm`.
+async fn kms_key_of(
+    algorithm: Algorithm,
+    client: &Arc<AwsClient>,
+    key: &str,
+    kid: Option<&str>,
+) -> Result<SigningKey, KeySourceError> {
+    let origin = format!("kms:{key}");
+    // GetPublicKey answers for a disabled key too (moto does; and a key may be pending
+    // deletion): DescribeKey's state is checked, in parallel, so that init fails rather than
+    // every /token.
+    let body = json!({ "KeyId": key });
+    let (described, answer) = tokio::join!(
+        client.call("DescribeKey", &body, FETCH_TIMEOUT),
+        client.call("GetPublicKey", &body, FETCH_TIMEOUT),
+    );
+    let described = described.map_err(|e| KeySourceError::from_aws(&origin, e))?;
+    let state = described["KeyMetadata"]["KeyState"]
+        .as_str()
+        .unwrap_or("unknown");
+    if state != "Enabled" {
+        return Err(KeySourceError {
+            kind: KeySourceErrorKind::KeyDisabled,
+            origin,
+            detail: format!("the key's state is {state}, not Enabled"),
+        });
+    }
+    let answer = answer.map_err(|e| KeySourceError::from_aws(&origin, e))?;
+    let usage = answer.get("KeyUsage").and_then(Value::as_str);
+    if usage != Some("SIGN_VERIFY") {
+        return Err(KeySourceError::wrong_type(
+            &origin,
+            format!(
+                "its KeyUsage is {}, not SIGN_VERIFY",
+                usage.unwrap_or("unknown")
+            ),
+        ));
+    }
+    let spki = answer
+        .get("PublicKey")
+        .and_then(Value::as_str)
+        .and_then(|k| STANDARD.decode(k).ok())
+        .ok_or_else(|| KeySourceError::wrong_type(&origin, "no PublicKey in the answer".into()))?;
+    let spec = answer
+        .get("KeySpec")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
+    SigningKey::kms(algorithm, client.clone(), key, &spki, kid).map_err(|e| {
+        KeySourceError::wrong_type(
+            &origin,
+            format!("a {spec} key cannot sign {}: {e}", algorithm.name()),
+        )
+    })
+}
+
+/// Re-reads a Secrets Manager or SSM key, at INVOKE (see the module doc).
+pub struct Refresher {
+    client: Arc<AwsClient>,
+    config: TokenConfig,
+    /// The version signing now.
+    version: String,
+    last_check: Instant,
+    /// Public keys of earlier versions, each with the moment it leaves the JWKS.
+    retired: Vec<(Jwk, Instant)>,
+    ring: Option<Arc<KeyRing>>,
+}
+
+impl Refresher {
+    /// Drops retired public keys whose tokens have all expired, and re-reads the key when
+    /// `JWT_KEY_REFRESH_SECONDS` have passed since the last attempt. The caller bounds the
+    /// time: dropping this future mid-fetch cancels the request and changes nothing. A failed
+    /// re-read keeps the current key (logged; `Err` for the caller to count); the next attempt
+    /// is one interval later.
+    pub async fn on_invoke(&mut self, now: Instant) -> Result<(), KeySourceError> {
+        let Some(ring) = self.ring.clone() else {
+            return Ok(());
+        };
+        let before = self.retired.len();
+        self.retired.retain(|(_, until)| *until > now);
+        if self.retired.len() != before {
+            ring.publish(&self.published());
+        }
+        if now.duration_since(self.last_check) < self.config.key_refresh {
+            return Ok(());
+        }
+        self.last_check = now;
+        let fetched = fetch(&self.client, &self.config.key).await?;
+        if fetched.version == self.version {
+            return Ok(());
+        }
+        let key = parse_fetched(&self.config, &fetched)?;
+        let old = ring.active();
+        if let Some(jwk) = old.key.public_jwk() {
+            self.retired
+                .push((jwk.clone(), now + Duration::from_secs(self.config.max_ttl)));
+        }
+        tracing::info!(
+            old_kid = old.key.kid(),
+            new_kid = key.kid(),
+            "signing key rotated"
+        );
+        self.version = fetched.version;
+        ring.install(key, &self.published());
+        Ok(())
+    }
+
+    fn published(&self) -> Vec<Jwk> {
+        self.retired.iter().map(|(jwk, _)| jwk.clone()).collect()
+    }
+}
