@@ -9,15 +9,13 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{assert_clean_exit, counter, rotel, stderr_of};
-use lambda_env::{EnvConfig, InvokeStatus, RssSample, Sink, SpanRecord, Traceparent};
+use common::{assert_clean_exit, assert_rss_growth, count_until, counter, rotel, stderr_of};
+use lambda_env::{EnvConfig, InvokeStatus, Sink, SpanRecord, Traceparent};
 
 const FUNCTION: &str = "mi-orders";
 const WORKERS: usize = 4;
 /// The flush interval the tests configure: the default.
 const INTERVAL: Duration = Duration::from_secs(1);
-/// 1 MiB, in KiB.
-const MIB_KB: u64 = 1024;
 
 /// The sidecar on Managed Instances with [`WORKERS`] workers and `extra` variables on top:
 /// `invokes` invocations that fetch `tokens` tokens each, dispatched as workers free up.
@@ -212,22 +210,7 @@ async fn memory_stays_flat_over_five_thousand_overlapping_invocations() {
     const EVERY: usize = 250;
     const WARM: usize = 1_000;
     let (traces, metrics) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
-    // Keep only the latest count (counters are cumulative), not every point of every flush.
-    let invocations = {
-        let metrics = metrics.store().clone();
-        tokio::spawn(async move {
-            let mut latest = 0.0_f64;
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let points = metrics.metrics();
-                metrics.clear();
-                latest = latest.max(counter(&points, "faas.invocations"));
-                if latest >= INVOKES as f64 {
-                    return latest;
-                }
-            }
-        })
-    };
+    let invocations = count_until(&metrics, "faas.invocations", INVOKES as f64);
     let mut cfg = managed(
         INVOKES,
         1,
@@ -252,30 +235,9 @@ async fn memory_stays_flat_over_five_thousand_overlapping_invocations() {
     for invoke in &report.invokes {
         assert_eq!(invoke.status, InvokeStatus::Success, "{invoke:?}\n{log}");
     }
-    let samples: Vec<RssSample> = report.rss_samples.clone();
-    let rss_at = |n: usize| {
-        samples
-            .iter()
-            .find(|s| s.invokes == n)
-            .unwrap_or_else(|| panic!("no sample at {n}: {samples:?}"))
-            .rss_kb
-    };
     // Warm after 1,000: four workers' worth of concurrent state, the allocator's arenas and
     // the bounded maps (finished request ids, held token requests) fill up by then.
-    let (warm, last) = (rss_at(WARM), rss_at(INVOKES));
-    let peak = samples.iter().map(|s| s.peak_kb).max().unwrap();
-    eprintln!(
-        "managed instances soak: RSS after init {} KiB, at {WARM} invocations {warm} KiB, at {INVOKES} {last} KiB, peak {peak} KiB; samples (invocations, KiB): {:?}",
-        rss_at(0),
-        samples
-            .iter()
-            .map(|s| (s.invokes, s.rss_kb))
-            .collect::<Vec<_>>()
-    );
-    assert!(
-        last < warm + 2 * MIB_KB,
-        "RSS grew from {warm} KiB at {WARM} invocations to {last} KiB at {INVOKES}"
-    );
+    assert_rss_growth(&report, WARM, 2, "managed instances soak");
     let counted = tokio::time::timeout(Duration::from_secs(20), invocations)
         .await
         .expect("faas.invocations reaches 5,000")

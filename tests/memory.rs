@@ -10,8 +10,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{counter, random_hex, sidecar_bin, status_kb, stderr_of};
-use lambda_env::{EnvConfig, Environment, InvokeStatus, RssSample, Sink, free_port};
+use common::{
+    assert_rss_growth, count_until, counter, random_hex, sidecar_bin, status_kb, stderr_of,
+};
+use lambda_env::{EnvConfig, Environment, InvokeStatus, Sink, free_port};
 use serde_json::{Value, json};
 
 const FUNCTION: &str = "memory-orders";
@@ -135,23 +137,7 @@ async fn soak_five_thousand_invokes_with_flat_memory() {
     const INVOKES: usize = 5_000;
     const EVERY: usize = 250;
     let (traces, metrics) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
-    // The receiver would keep every metric point of 5,000 flushes: keep only the latest
-    // count (counters are cumulative).
-    let invocations = {
-        let metrics = metrics.store().clone();
-        tokio::spawn(async move {
-            let mut latest = 0.0_f64;
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let points = metrics.metrics();
-                metrics.clear();
-                latest = latest.max(counter(&points, "faas.invocations"));
-                if latest >= INVOKES as f64 {
-                    return latest;
-                }
-            }
-        })
-    };
+    let invocations = count_until(&metrics, "faas.invocations", INVOKES as f64);
     let cfg = EnvConfig {
         invokes: INVOKES,
         tokens_per_invoke: 1,
@@ -169,28 +155,7 @@ async fn soak_five_thousand_invokes_with_flat_memory() {
     }
     assert_eq!(report.shutdown.exit_code, Some(0), "{log}");
 
-    let samples: Vec<RssSample> = report.rss_samples.clone();
-    let rss_at = |n: usize| {
-        samples
-            .iter()
-            .find(|s| s.invokes == n)
-            .unwrap_or_else(|| panic!("no sample at {n}: {samples:?}"))
-            .rss_kb
-    };
-    let (warm, last) = (rss_at(500), rss_at(INVOKES));
-    let peak = samples.iter().map(|s| s.peak_kb).max().unwrap();
-    eprintln!(
-        "soak: RSS after init {} KiB, at 500 invokes {warm} KiB, at {INVOKES} {last} KiB, peak {peak} KiB; samples (invokes, KiB): {:?}",
-        rss_at(0),
-        samples
-            .iter()
-            .map(|s| (s.invokes, s.rss_kb))
-            .collect::<Vec<_>>()
-    );
-    assert!(
-        last < warm + 2 * MIB_KB,
-        "RSS grew from {warm} KiB at invoke 500 to {last} KiB at {INVOKES}"
-    );
+    assert_rss_growth(&report, 500, 2, "soak");
 
     // Every invocation span arrives (the last one flushed at SHUTDOWN), and the counter.
     let spans_arrived = traces
@@ -252,24 +217,7 @@ async fn hostile_telemetry_leaves_memory_near_baseline() {
     let log = stderr_of(&report);
     assert_eq!(report.shutdown.exit_code, Some(0), "{log}");
     assert_eq!(report.telemetry.dropped, 0, "{:?}", report.telemetry);
-    let samples = &report.rss_samples;
-    let baseline = samples.iter().find(|s| s.invokes == 1).unwrap().rss_kb;
-    let last = samples.iter().map(|s| s.invokes).max().unwrap();
-    let after = samples.iter().find(|s| s.invokes == last).unwrap();
-    eprintln!(
-        "hostile telemetry: RSS {baseline} -> {} KiB, peak {} KiB; samples {:?}",
-        after.rss_kb,
-        after.peak_kb,
-        samples
-            .iter()
-            .map(|s| (s.invokes, s.rss_kb))
-            .collect::<Vec<_>>()
-    );
-    assert!(
-        after.rss_kb < baseline + 8 * MIB_KB,
-        "RSS grew from {baseline} to {} KiB",
-        after.rss_kb
-    );
+    assert_rss_growth(&report, 1, 8, "hostile telemetry");
 
     // The 60 request ids were refused as malformed; 16 child spans of 30,000 were kept.
     let refused = metrics
@@ -329,25 +277,8 @@ async fn long_log_lines_to_a_dead_collector_leave_memory_bounded() {
     let log = stderr_of(&report);
     assert_eq!(report.shutdown.exit_code, Some(0), "{log}");
     assert_eq!(report.telemetry.dropped, 0, "{:?}", report.telemetry);
-    let samples = &report.rss_samples;
-    let baseline = samples.iter().find(|s| s.invokes == 1).unwrap().rss_kb;
-    let last = samples.iter().map(|s| s.invokes).max().unwrap();
-    let after = samples.iter().find(|s| s.invokes == last).unwrap();
-    eprintln!(
-        "long log lines: RSS {baseline} -> {} KiB, peak {} KiB; samples {:?}",
-        after.rss_kb,
-        after.peak_kb,
-        samples
-            .iter()
-            .map(|s| (s.invokes, s.rss_kb))
-            .collect::<Vec<_>>()
-    );
     // Two 4 MiB buffers full, plus allocator slack.
-    assert!(
-        after.rss_kb < baseline + 16 * MIB_KB,
-        "RSS grew from {baseline} to {} KiB",
-        after.rss_kb
-    );
+    assert_rss_growth(&report, 1, 16, "long log lines");
     let dropped = metrics
         .wait_for(
             |v| {

@@ -101,6 +101,58 @@ pub fn counter(metrics: &[MetricPoint], name: &str) -> f64 {
         .sum()
 }
 
+/// Follows the cumulative counter `name` in what `metrics` receives, keeping only its latest
+/// value (a soak's thousands of flushes would otherwise keep every point), until it reaches
+/// `target`; the task returns that value.
+pub fn count_until(
+    metrics: &Sink,
+    name: &'static str,
+    target: f64,
+) -> tokio::task::JoinHandle<f64> {
+    let metrics = metrics.store().clone();
+    tokio::spawn(async move {
+        let mut latest = 0.0_f64;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let points = metrics.metrics();
+            metrics.clear();
+            latest = latest.max(counter(&points, name));
+            if latest >= target {
+                return latest;
+            }
+        }
+    })
+}
+
+/// The sidecar's resident memory, sampled by lambda-env (`EnvConfig::rss_every`), grows by
+/// less than `limit_mib` from the sample after `warm` invocations to the last. Prints the
+/// samples.
+pub fn assert_rss_growth(report: &Report, warm: usize, limit_mib: u64, what: &str) {
+    let samples = &report.rss_samples;
+    let rss_at = |n: usize| {
+        samples
+            .iter()
+            .find(|s| s.invokes == n)
+            .unwrap_or_else(|| panic!("no sample at {n}: {samples:?}"))
+            .rss_kb
+    };
+    let end = samples.iter().map(|s| s.invokes).max().unwrap_or(0);
+    let (at_warm, last) = (rss_at(warm), rss_at(end));
+    let peak = samples.iter().map(|s| s.peak_kb).max().unwrap_or(0);
+    eprintln!(
+        "{what}: RSS after init {} KiB, at {warm} invocations {at_warm} KiB, at {end} {last} KiB, peak {peak} KiB; samples (invocations, KiB): {:?}",
+        rss_at(0),
+        samples
+            .iter()
+            .map(|s| (s.invokes, s.rss_kb))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        last < at_warm + limit_mib * 1024,
+        "{what}: RSS grew from {at_warm} KiB at {warm} invocations to {last} KiB at {end}"
+    );
+}
+
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`) of a running process.
 pub fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
