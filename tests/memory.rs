@@ -235,8 +235,15 @@ async fn hostile_telemetry_leaves_memory_near_baseline() {
             .map(|m| &m.name)
             .collect::<Vec<_>>()
     );
-    let children = traces.spans().iter().filter(|s| s.name == "s").count();
-    assert_eq!(children, 16);
+    // Distinct ids: delivery is at least once, so a flush the cap cut short after the
+    // collector had read it is sent again (seen on a loaded machine: each span twice).
+    let spans = traces.spans();
+    let children: std::collections::HashSet<&str> = spans
+        .iter()
+        .filter(|s| s.name == "s")
+        .map(|s| s.span_id.as_str())
+        .collect();
+    assert_eq!(children.len(), 16);
 }
 
 /// Long log lines while the collector is down: each is cut to 32 KiB, at most 4 MiB wait
