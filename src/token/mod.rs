@@ -301,9 +301,20 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
 }
 
 /// A 128-bit random token id, base64url: unique without coordination.
+///
+/// A relying party may keep the ids it has seen to refuse a replayed token, so a jti must
+/// never repeat, and must not be guessable (one could otherwise be burnt in advance). 128
+/// bits from a CSPRNG give both. They come from aws-lc's `RAND_bytes` (the crypto backend
+/// the keys already use), not a `getrandom` syscall per token: a thread-local NIST
+/// SP 800-90A CTR-DRBG (AES-256) seeded and periodically reseeded from the OS, so the
+/// bytes are as unpredictable as the kernel's while a token costs no syscall. Unlike a
+/// plain userspace generator (a ChaCha `ThreadRng`), it reseeds by itself when its state
+/// could have been duplicated: after a `fork` (`MADV_WIPEONFORK`) and after a VM snapshot
+/// restore where the kernel exposes one (sysgenid), so two copies of the process do not
+/// hand out the same ids.
 fn new_jti() -> Result<String, ApiError> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|_| ApiError::internal("no randomness available"))?;
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| ApiError::internal("no randomness available"))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
