@@ -24,6 +24,7 @@ scheduling slack), the sidecar always exits 0 before the deadline. The performan
 issue 9 (cold start, req/s, sizes, hold p50/p99, RSS) are soft, as some are known not to be
 met yet: a miss is printed as "not met" and does not fail the run.
 """
+import argparse
 import http.client
 import json
 import os
@@ -416,6 +417,11 @@ def token_latency():
 
 
 def main():
+    parser = argparse.ArgumentParser(description="issue 9's figures beside their references and budgets")
+    parser.add_argument("--only", choices=["token"],
+                        help="token: only the /token req/s rows (5 interleaved rounds, under a minute once"
+                             " the references are built), to measure a change to the token path")
+    only = parser.parse_args().only
     for path in (SIDECAR, LAMBDA_ENV):
         if not os.path.exists(path):
             sys.exit(f"bench: {path} is missing; run `make build` first")
@@ -423,11 +429,14 @@ def main():
         sys.exit("bench: taskset (util-linux) is needed to pin the server and the load generator")
     started = time.time()
     refs = build_references()
-    rows = cold_start(refs["extension-telemetry-basic"])
-    rows += token_rps(refs)
-    rows += sizes()
-    rows += holds()
-    rows += token_latency()
+    if only == "token":
+        rows = token_rps(refs)
+    else:
+        rows = cold_start(refs["extension-telemetry-basic"])
+        rows += token_rps(refs)
+        rows += sizes()
+        rows += holds()
+        rows += token_latency()
     print(f"`make bench`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores,"
           f" {time.time() - started:.0f} s; candidate {os.path.relpath(SIDECAR, ROOT)} unless the row says otherwise\n")
     print("| figure | candidate | reference | ratio | budget | met? |")

@@ -36,10 +36,11 @@ fuzz_target!(|body: &[u8]| {
         return;
     };
     let requested: Vec<String> = request.claims.keys().cloned().collect();
-    let Ok(claims) = build(request, config, NOW, "jti-fuzz".into()) else {
+    let Ok(claims) = build(request, config, NOW, "jti-fuzz") else {
         return;
     };
-    let b = &claims.body;
+    // What goes into the token: the claims as they serialize.
+    let b = serde_json::to_value(&claims).expect("claims serialize");
     assert_eq!(b["iss"], json!(config.issuer));
     assert_eq!(
         (b["iat"].clone(), b["nbf"].clone()),
@@ -61,5 +62,4 @@ fuzz_target!(|body: &[u8]| {
     for name in &requested {
         assert!(!SIDECAR_CLAIMS.contains(&name.as_str()) && config.allowed_claims.contains(name));
     }
-    serde_json::to_vec(b).expect("claims serialize");
 });

@@ -1,6 +1,9 @@
 //! What goes into a token: the caller's request checked against the configuration, and the
 //! claims the sidecar alone sets. Pure functions, no I/O: every rule is testable with data.
 
+use std::borrow::Cow;
+
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::TokenConfig;
@@ -231,23 +234,45 @@ impl std::io::Write for ByteCount {
     }
 }
 
-/// The claims of one token, ready to serialize.
-#[derive(Debug, PartialEq)]
-pub struct Claims {
-    pub body: Map<String, Value>,
-    pub sub: String,
-    pub expires_at: u64,
+/// The claims of one token, serialized as they are (a typed struct, not a `serde_json::Value`
+/// tree: no key strings, map nodes or value copies per token). The sidecar's values borrow
+/// from the configuration; only a requested `sub` or `aud` is owned.
+#[derive(Debug, PartialEq, Serialize)]
+pub struct Claims<'a> {
+    /// What the request asked for, within `JWT_ALLOWED_CLAIMS`; [`build`] has checked that
+    /// none is a name of the sidecar's own claims below, so the object has no duplicate key.
+    #[serde(flatten)]
+    pub requested: Map<String, Value>,
+    pub iss: &'a str,
+    pub sub: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience<'a>>,
+    pub iat: u64,
+    pub nbf: u64,
+    /// The expiry, epoch seconds.
+    pub exp: u64,
+    pub jti: &'a str,
+    /// The lifetime in seconds (the response's `expires_in`), not a claim.
+    #[serde(skip)]
     pub ttl: u64,
+}
+
+/// `aud`: a string for one audience (what most verifiers expect), an array for several.
+#[derive(Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Audience<'a> {
+    One(Cow<'a, str>),
+    Many(Vec<String>),
 }
 
 /// Builds the claim set: the request's choices within what `config` allows, and iss, iat,
 /// nbf, exp, jti from the sidecar. `now` is epoch seconds; `jti` must be unique.
-pub fn build(
+pub fn build<'a>(
     request: TokenRequest,
-    config: &TokenConfig,
+    config: &'a TokenConfig,
     now: u64,
-    jti: String,
-) -> Result<Claims, ClaimError> {
+    jti: &'a str,
+) -> Result<Claims<'a>, ClaimError> {
     let ttl = match request.ttl_seconds {
         None => config.ttl,
         Some(t) if (1..=config.max_ttl).contains(&t) => t,
@@ -260,9 +285,12 @@ pub fn build(
     // Checked here rather than in `parse` so that no TokenRequest, however built, can drop
     // the audience: with audiences configured, every token carries one.
     let aud = match request.aud {
-        None => config.audiences.first().map(|a| vec![a.clone()]),
+        None => config
+            .audiences
+            .first()
+            .map(|a| Audience::One(Cow::Borrowed(a))),
         Some(requested) if requested.is_empty() => return Err(ClaimError::EmptyAudience),
-        Some(requested) => {
+        Some(mut requested) => {
             if let Some(a) = requested.iter().find(|a| !config.audiences.contains(a)) {
                 return Err(ClaimError::Audience(a.clone()));
             }
@@ -273,49 +301,38 @@ pub fn build(
             {
                 return Err(ClaimError::DuplicateAudience(a.clone()));
             }
-            Some(requested)
+            Some(match requested.len() {
+                1 => Audience::One(Cow::Owned(requested.remove(0))),
+                _ => Audience::Many(requested),
+            })
         }
     };
     if request.claims.len() > MAX_CLAIMS {
         return Err(ClaimError::TooManyClaims);
     }
-    let mut body = Map::new();
-    for (name, value) in request.claims {
+    for (name, value) in &request.claims {
         if SIDECAR_CLAIMS.contains(&name.as_str()) {
-            return Err(ClaimError::Reserved(name));
+            return Err(ClaimError::Reserved(name.clone()));
         }
         if name == "sub" || name == "aud" {
-            return Err(ClaimError::TopLevelOnly(name));
+            return Err(ClaimError::TopLevelOnly(name.clone()));
         }
-        if !config.allowed_claims.contains(&name) {
-            return Err(ClaimError::NotAllowed(name));
+        if !config.allowed_claims.contains(name) {
+            return Err(ClaimError::NotAllowed(name.clone()));
         }
-        check_claim(&name, &value)?;
-        body.insert(name, value);
+        check_claim(name, value)?;
     }
-    let sub = request
-        .sub
-        .unwrap_or_else(|| config.default_subject.clone());
-    let expires_at = now + ttl;
-    body.insert("iss".into(), config.issuer.clone().into());
-    body.insert("sub".into(), sub.clone().into());
-    match aud {
-        Some(mut one) if one.len() == 1 => {
-            body.insert("aud".into(), one.remove(0).into());
-        }
-        Some(many) => {
-            body.insert("aud".into(), many.into());
-        }
-        None => {}
-    }
-    body.insert("iat".into(), now.into());
-    body.insert("nbf".into(), now.into());
-    body.insert("exp".into(), expires_at.into());
-    body.insert("jti".into(), jti.into());
     Ok(Claims {
-        body,
-        sub,
-        expires_at,
+        requested: request.claims,
+        iss: &config.issuer,
+        sub: request
+            .sub
+            .map_or(Cow::Borrowed(config.default_subject.as_str()), Cow::Owned),
+        aud,
+        iat: now,
+        nbf: now,
+        exp: now + ttl,
+        jti,
         ttl,
     })
 }
@@ -350,12 +367,16 @@ mod tests {
     /// Data-driven: a request body and either the claims expected (a subset check) or the
     /// error expected.
     fn check(body: &str, expect: Result<Value, ClaimError>) {
-        let result = TokenRequest::parse(body.as_bytes())
-            .and_then(|r| build(r, &config(), 1_000, "id-1".into()));
+        let config = config();
+        let result =
+            TokenRequest::parse(body.as_bytes()).and_then(|r| build(r, &config, 1_000, "id-1"));
         match (result, expect) {
             (Ok(claims), Ok(Value::Object(want))) => {
+                let Value::Object(got) = serde_json::to_value(&claims).unwrap() else {
+                    panic!("{body}: the claims do not serialize as an object");
+                };
                 for (k, v) in want {
-                    assert_eq!(claims.body.get(&k), Some(&v), "claim {k} for {body}");
+                    assert_eq!(got.get(&k), Some(&v), "claim {k} for {body}");
                 }
             }
             (Err(e), Err(want)) => assert_eq!(e, want, "for {body}"),
@@ -454,7 +475,7 @@ mod tests {
         let mut failures = Vec::new();
         for (body, fragment) in cases {
             match TokenRequest::parse(body.as_bytes())
-                .and_then(|r| build(r, &config, 1_000, "id-1".into()))
+                .and_then(|r| build(r, &config, 1_000, "id-1"))
             {
                 Err(e) if e.to_string().contains(fragment) => {}
                 other => failures.push(format!("{body}: got {other:?}, want {fragment:?}")),

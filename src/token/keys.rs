@@ -394,26 +394,45 @@ impl SigningKey {
         self.public_jwk.as_ref()
     }
 
-    /// Signs `message` (the JWS signing input) and returns the base64url signature. Local keys
-    /// sign at once; a KMS key makes one `Sign` call, bounded by [`KMS_SIGN_TIMEOUT`].
-    pub async fn sign(&self, message: &[u8]) -> Result<String, SignError> {
-        let signature = match &self.signer {
-            Signer::Hmac(key) => hmac::sign(key, message).as_ref().to_vec(),
-            Signer::Ecdsa(pair) => pair
-                .sign(&self.rng, message)
-                .map_err(|_| SignError::Local)?
-                .as_ref()
-                .to_vec(),
+    /// Signs `message` (the JWS signing input) and returns the signature's bytes, which the
+    /// caller base64url-encodes straight into the token. Local keys sign at once; a KMS key
+    /// makes one `Sign` call, bounded by [`KMS_SIGN_TIMEOUT`].
+    pub async fn sign(&self, message: &[u8]) -> Result<Signature, SignError> {
+        Ok(match &self.signer {
+            Signer::Hmac(key) => Signature::Hmac(hmac::sign(key, message)),
+            Signer::Ecdsa(pair) => Signature::Asymmetric(
+                pair.sign(&self.rng, message)
+                    .map_err(|_| SignError::Local)?,
+            ),
             Signer::Rsa(pair, encoding) => {
                 let mut out = vec![0; pair.public_modulus_len()];
                 pair.sign(*encoding, &self.rng, message, &mut out)
                     .map_err(|_| SignError::Local)?;
-                out
+                Signature::Bytes(out)
             }
-            Signer::Ed25519(pair) => pair.sign(message).as_ref().to_vec(),
-            Signer::Kms(kms) => kms.sign(message).await?,
-        };
-        Ok(URL_SAFE_NO_PAD.encode(signature))
+            Signer::Ed25519(pair) => Signature::Asymmetric(pair.sign(message)),
+            Signer::Kms(kms) => Signature::Bytes(kms.sign(message).await?),
+        })
+    }
+}
+
+/// A signature as the signer returned it: HMAC tags and ECDSA/Ed25519 signatures stay on the
+/// stack (no allocation per token); RSA and KMS ones are already a `Vec`. The size gap
+/// between the variants is the point: boxing the large one is the allocation this avoids.
+#[allow(clippy::large_enum_variant)]
+pub enum Signature {
+    Hmac(hmac::Tag),
+    Asymmetric(sig::Signature),
+    Bytes(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Signature {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Signature::Hmac(tag) => tag.as_ref(),
+            Signature::Asymmetric(signature) => signature.as_ref(),
+            Signature::Bytes(bytes) => bytes,
+        }
     }
 }
 

@@ -27,12 +27,13 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -204,19 +205,35 @@ impl TokenService {
         }
     }
 
-    /// Mints one token for `request`, with the key active when it starts.
-    async fn issue(&self, request: TokenRequest) -> Result<serde_json::Value, ApiError> {
+    /// Mints one token for `request`, with the key active when it starts, and answers it.
+    ///
+    /// The hot path of the sidecar: the claims are a typed struct serialized once, and the
+    /// token is written into one buffer sized for it up front (header, payload and signature
+    /// appended in place), then the response into another.
+    async fn issue(&self, request: TokenRequest) -> Result<Response, ApiError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| ApiError::internal("the system clock is before 1970"))?
             .as_secs();
-        let claims = claims::build(request, &self.config, now, new_jti()?)?;
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::Value::Object(claims.body).to_string());
+        let jti = new_jti()?;
+        let claims = claims::build(request, &self.config, now, &jti)?;
         let active = self.keys.active();
-        let signing_input = format!("{}.{payload}", active.header_b64);
+        let mut payload = Vec::with_capacity(CLAIMS_CAPACITY);
+        serde_json::to_writer(&mut payload, &claims)
+            .map_err(|e| ApiError::internal(&format!("cannot encode the claims: {e}")))?;
+        let mut token = String::with_capacity(
+            active.header_b64.len()
+                + 1
+                + base64::encoded_len(payload.len(), false).unwrap_or(0)
+                + 1
+                + SIGNATURE_B64_CAPACITY,
+        );
+        token.push_str(&active.header_b64);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
         let signature = active
             .key
-            .sign(signing_input.as_bytes())
+            .sign(token.as_bytes())
             .await
             .map_err(|e| match e {
                 SignError::Local => ApiError::internal(&e.to_string()),
@@ -229,14 +246,28 @@ impl TokenService {
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
                 }
             })?;
-        Ok(json!({
-            "token": format!("{signing_input}.{signature}"),
-            "token_type": "Bearer",
-            "expires_at": claims.expires_at,
-            "expires_in": claims.ttl,
-            "user_id": claims.sub,
-            "kid": active.key.kid(),
-        }))
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        let issued = Issued {
+            token: &token,
+            token_type: "Bearer",
+            expires_at: claims.exp,
+            expires_in: claims.ttl,
+            user_id: &claims.sub,
+            kid: active.key.kid(),
+        };
+        let mut body =
+            Vec::with_capacity(token.len() + claims.sub.len() + active.key.kid().len() + 128);
+        serde_json::to_writer(&mut body, &issued)
+            .map_err(|e| ApiError::internal(&format!("cannot encode the response: {e}")))?;
+        Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response())
     }
 
     /// Issues a token for a request that passed [`guard`], or answers why not.
@@ -245,11 +276,27 @@ impl TokenService {
             Ok(request) => self.issue(request).await,
             Err(e) => Err(e),
         };
-        match issued {
-            Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
-            Err(e) => e.into_response(),
-        }
+        issued.unwrap_or_else(IntoResponse::into_response)
     }
+}
+
+/// Room for a token's claims without a reallocation: the sidecar's own claims take ~200
+/// bytes with a default subject and audience; requested claims may take more (and grow it).
+const CLAIMS_CAPACITY: usize = 512;
+
+/// Room for the longest usual base64url signature, so appending it to the token does not
+/// reallocate: RSA-4096's 512 bytes (an 8192-bit key only costs one reallocation more).
+const SIGNATURE_B64_CAPACITY: usize = 683;
+
+/// The `/token` answer, serialized as it is.
+#[derive(Serialize)]
+struct Issued<'a> {
+    token: &'a str,
+    token_type: &'static str,
+    expires_at: u64,
+    expires_in: u64,
+    user_id: &'a str,
+    kid: &'a str,
 }
 
 /// In front of every route: [`TokenService::check_boundary`] on every path; for `/token`,
@@ -301,9 +348,20 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
 }
 
 /// A 128-bit random token id, base64url: unique without coordination.
+///
+/// A relying party may keep the ids it has seen to refuse a replayed token, so a jti must
+/// never repeat, and must not be guessable (one could otherwise be burnt in advance). 128
+/// bits from a CSPRNG give both. They come from aws-lc's `RAND_bytes` (the crypto backend
+/// the keys already use), not a `getrandom` syscall per token: a thread-local NIST
+/// SP 800-90A CTR-DRBG (AES-256) seeded and periodically reseeded from the OS, so the
+/// bytes are as unpredictable as the kernel's while a token costs no syscall. Unlike a
+/// plain userspace generator (a ChaCha `ThreadRng`), it reseeds by itself when its state
+/// could have been duplicated: after a `fork` (`MADV_WIPEONFORK`) and after a VM snapshot
+/// restore where the kernel exposes one (sysgenid), so two copies of the process do not
+/// hand out the same ids.
 fn new_jti() -> Result<String, ApiError> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|_| ApiError::internal("no randomness available"))?;
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| ApiError::internal("no randomness available"))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
