@@ -180,6 +180,9 @@ def breakdown(runs, inits):
     time it added after the phase before (phases in the order they end). The first line,
     total minus the sidecar's own "ready", is exec, dynamic loading and everything before
     main, plus the event/next request reaching lambda-env."""
+    if not any(runs):
+        return ["(the sidecar logged no start-up phase: a build from before lifecycle::phase?)"]
+    runs = [run for run in runs if run]
     order = sorted(runs[0], key=lambda p: runs[0][p])
     lines = ["| phase (ends) | since main, median | step, median (min, max) |", "|---|---|---|"]
     ready = "ready, first event/next"
