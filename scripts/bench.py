@@ -142,12 +142,63 @@ def env_args(work, port, env, extension=SIDECAR, invokes=INVOKES, function_ms=20
     return args
 
 
-def run_env(env, **kwargs):
+def run_env(env, stderr=False, **kwargs):
+    """lambda-env's report; with `stderr`, also the extension's stderr."""
     with tempfile.TemporaryDirectory() as work:
         subprocess.run(env_args(work, free_port(), env, **kwargs), stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False, timeout=120)
         with open(os.path.join(work, "report.json")) as f:
-            return json.load(f)
+            report = json.load(f)
+        if not stderr:
+            return report
+        with open(os.path.join(work, "extension.stderr"), errors="replace") as f:
+            return report, f.read()
+
+
+# The sidecar logs each start-up phase it ends, at debug under this target, as microseconds
+# since the top of `main` (lifecycle::phase).
+STARTUP_LOG = "info,lambda_sidecar::startup=debug"
+
+
+def startup_phases(stderr):
+    """{phase: ms since main} from the sidecar's start-up phase lines (JSON logs)."""
+    phases = {}
+    for line in stderr.splitlines():
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            event = json.loads(line[start:])
+        except ValueError:
+            continue
+        if "phase" in event and "elapsed_us" in event:
+            phases[event["phase"]] = event["elapsed_us"] / 1e3
+    return phases
+
+
+def breakdown(runs, inits):
+    """The start-up breakdown: per phase, the median time since main at its end and the median
+    time it added after the phase before (phases in the order they end). The first line,
+    total minus the sidecar's own "ready", is exec, dynamic loading and everything before
+    main, plus the event/next request reaching lambda-env."""
+    if not any(runs):
+        return ["(the sidecar logged no start-up phase: a build from before lifecycle::phase?)"]
+    runs = [run for run in runs if run]
+    order = sorted(runs[0], key=lambda p: runs[0][p])
+    lines = ["| phase (ends) | since main, median | step, median (min, max) |", "|---|---|---|"]
+    ready = "ready, first event/next"
+    outside = [init - run[ready] for init, run in zip(inits, runs) if ready in run]
+    lines.append(f"| exec + loading + event/next reaching lambda-env (total − ready) | — | "
+                 f"{spread(outside, 'ms', '{:.2f}')} |")
+    previous = None
+    for phase in order:
+        at = [run[phase] for run in runs if phase in run]
+        steps = [run[phase] - (run[previous] if previous else 0.0) for run in runs
+                 if phase in run and (previous is None or previous in run)]
+        lines.append(f"| {phase} | {statistics.median(at):.2f} ms | {spread(steps, 'ms', '{:.2f}')} |")
+        previous = phase
+    lines.append(f"| total, lambda-env (spawn → event/next) | — | {spread(inits, 'ms', '{:.2f}')} |")
+    return lines
 
 
 def spread(values, unit, fmt="{:.1f}"):
@@ -155,15 +206,22 @@ def spread(values, unit, fmt="{:.1f}"):
 
 
 def cold_start(example):
-    """Interleaved: sidecar, sidecar with OTLP export configured, the crate's example."""
+    """Interleaved: sidecar, sidecar with OTLP export configured, the crate's example, and the
+    sidecar logging its start-up phases (apart, so that the logging does not touch the
+    headline figure). Returns the rows and the breakdown's lines."""
     kinds = {"sidecar": ({}, SIDECAR), "otlp": ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, SIDECAR),
-             "example": ({}, example)}
+             "example": ({}, example), "phases": ({"SIDECAR_LOG": STARTUP_LOG}, SIDECAR)}
     inits = {k: [] for k in kinds}
+    phases = []
     for run in range(COLD_RUNS):
         order = list(kinds) if run % 2 == 0 else list(reversed(kinds))
         for kind in order:
             env, binary = kinds[kind]
-            report = run_env(env, extension=binary, invokes=1, tokens=0, extra=["--shutdown-ms", "300"])
+            report = run_env(env, extension=binary, invokes=1, tokens=0, extra=["--shutdown-ms", "300"],
+                             stderr=kind == "phases")
+            if kind == "phases":
+                report, stderr = report
+                phases.append(startup_phases(stderr))
             if report["init"].get("error"):
                 sys.exit(f"bench: {kind} failed init in lambda-env: {report['init']['error']}")
             inits[kind].append(report["init"]["duration_ms"])
@@ -175,7 +233,7 @@ def cold_start(example):
             f"{ratio:.2f}×", "≤ 0.80×", ratio <= 0.8),
         Row("cold start with OTLP/HTTP export configured", spread(inits["otlp"], "ms"),
             f"{ref:.1f} ms (example)", f"{statistics.median(inits['otlp']) / ref:.2f}×"),
-    ]
+    ], breakdown(phases, inits["phases"])
 
 
 def cpu_seconds(pid):
@@ -429,10 +487,11 @@ def main():
         sys.exit("bench: taskset (util-linux) is needed to pin the server and the load generator")
     started = time.time()
     refs = build_references()
+    phases = []
     if only == "token":
         rows = token_rps(refs)
     else:
-        rows = cold_start(refs["extension-telemetry-basic"])
+        rows, phases = cold_start(refs["extension-telemetry-basic"])
         rows += token_rps(refs)
         rows += sizes()
         rows += holds()
@@ -442,6 +501,10 @@ def main():
     print("| figure | candidate | reference | ratio | budget | met? |")
     print("|---|---|---|---|---|---|")
     print("\n".join(row.line() for row in rows))
+    if phases:
+        print(f"\nWhere the sidecar's cold start goes ({COLD_RUNS} runs, interleaved with the above;"
+              f" SIDECAR_LOG={STARTUP_LOG}):\n")
+        print("\n".join(phases))
     broken = [row.cells[0] for row in rows if row.hard and row.met is False]
     if broken:
         print("\nhard budgets broken:\n  " + "\n  ".join(broken))

@@ -22,7 +22,7 @@
 //! flight when it hands control back (a timed-out export future is dropped, which cancels it).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::BodyExt as _;
@@ -148,6 +148,38 @@ pub fn check_runtime_api() -> Result<(), String> {
     }
 }
 
+/// When `main` began, the origin of the start-up phase times.
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// Records when the process began (the top of `main`): every start-up phase is logged as the
+/// microseconds since then, so that `make bench` can tell exec and loading (its own clock
+/// minus these) from the sidecar's own start-up.
+pub fn mark_process_start() -> Instant {
+    *PROCESS_START.get_or_init(Instant::now)
+}
+
+/// Logs that a start-up phase ended: target `lambda_sidecar::startup`, at debug, so
+/// `SIDECAR_LOG=info,lambda_sidecar::startup=debug` shows the breakdown. Free when that level
+/// is off: the macro checks the level before it reads the clock.
+pub fn phase(name: &'static str) {
+    tracing::debug!(
+        target: "lambda_sidecar::startup",
+        phase = name,
+        elapsed_us = PROCESS_START.get().map_or(0, |t| t.elapsed().as_micros() as u64),
+        "start-up phase"
+    );
+}
+
+/// `phase` for a phase that ended before logging was set up (`at` since the process began).
+pub fn phase_at(name: &'static str, at: Duration) {
+    tracing::debug!(
+        target: "lambda_sidecar::startup",
+        phase = name,
+        elapsed_us = at.as_micros() as u64,
+        "start-up phase"
+    );
+}
+
 /// An event handed over by the crate's event/next loop, and the way to let the loop go on.
 type Handoff = (NextEvent, oneshot::Sender<()>);
 
@@ -186,6 +218,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
         .register()
         .await
         .map_err(LifecycleError::Register)?;
+    phase("registered");
     tracing::info!(
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
         function = %registered.function_name,
@@ -210,6 +243,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
             return Err(LifecycleError::Startup(e));
         }
     };
+    phase("ready, first event/next");
     tracing::info!(
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
         token_addr = %sidecar.token_addr,
@@ -326,9 +360,17 @@ fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError
     let temporality = export_config.temporality;
     let sampler = export_config.sampler;
     let logs = export_config.logs.is_some();
-    let keys = tokio::spawn(async move { source::load(&token_config).await });
-    let clients =
-        tokio::task::spawn_blocking(move || ExportClients::build(&export_config, &export_resource));
+    phase("extension config parsed");
+    let keys = tokio::spawn(async move {
+        let loaded = source::load(&token_config).await;
+        phase("key loaded");
+        loaded
+    });
+    let clients = tokio::task::spawn_blocking(move || {
+        let built = ExportClients::build(&export_config, &export_resource);
+        phase("export clients built");
+        built
+    });
     Ok(Prepared {
         config,
         function,
@@ -363,6 +405,7 @@ async fn start(
     let clients = clients
         .await
         .map_err(|e| StartupError::Internal(e.to_string()))??;
+    phase("key and export clients awaited");
     let source = Arc::new(MetricsSource::with_temporality(resource, temporality));
     let signals = Arc::new(match config.emf_namespace {
         Some(_) => Metrics::with_emf(&source.meter()),
@@ -384,6 +427,7 @@ async fn start(
         deriver = deriver.with_logs();
     }
     let (pipeline, recorder) = Pipeline::start(deriver, signals);
+    phase("pipeline started");
 
     // Tokens first: the function's own init may ask for one as soon as we are registered.
     let token_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
@@ -401,6 +445,7 @@ async fn start(
         Some(recorder.clone()),
         token_port,
     ));
+    phase("token listener bound");
     let (stop_token, token_stopped) = watch::channel(false);
     let token_server = tokio::spawn(token::serve(
         token_listener,
@@ -409,6 +454,7 @@ async fn start(
     ));
 
     let telemetry_addr = telemetry_addr(config.telemetry.port.unwrap_or(0)).await;
+    phase("sandbox.localdomain resolved");
     let telemetry_listener = bind(telemetry_addr).await?;
     let telemetry_port = telemetry_listener
         .local_addr()
@@ -417,6 +463,7 @@ async fn start(
             source,
         })?
         .port();
+    phase("telemetry listener bound");
     let path = intake::secret_path().map_err(|e| StartupError::Internal(e.to_string()))?;
     let destination = format!("http://sandbox.localdomain:{telemetry_port}{path}");
     let (stop_intake, intake_stopped) = watch::channel(false);
@@ -438,6 +485,7 @@ async fn start(
             managed_instances,
         )
         .await?;
+        phase("subscribed");
     }
     Ok(Sidecar {
         pipeline,

@@ -23,6 +23,7 @@ Usage:
 Configuration is read from environment variables; see README.md.";
 
 fn main() -> ExitCode {
+    let process_start = lifecycle::mark_process_start();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let serve = match args
         .iter()
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let config = Config::from_env();
+    let config_parsed = process_start.elapsed();
     // Before (or without) a valid configuration: JSON at info, as inside Lambda, where a
     // configuration error will be read in CloudWatch.
     let fallback = LogConfig {
@@ -62,6 +64,8 @@ fn main() -> ExitCode {
         format: LogFormat::Json,
     };
     logging::init(config.as_ref().map_or(&fallback, |c| &c.log));
+    lifecycle::phase_at("config parsed", config_parsed);
+    lifecycle::phase("logging set up");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    lifecycle::phase("async runtime started");
     if serve {
         return match config {
             Ok(config) => match runtime.block_on(standalone::run(config)) {
