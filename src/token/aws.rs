@@ -1,20 +1,22 @@
 //! The AWS calls the key sources make (Secrets Manager, SSM, KMS): JSON 1.1 requests signed
-//! with SigV4 (written here on aws-lc-rs) and sent with reqwest, both already in the tree.
+//! with SigV4 by the `aws-sigv4` crate and sent with reqwest, already in the tree.
 //!
-//! Why not the AWS SDK for Rust, nor the `aws-sigv4` crate: README "Key sources" has the
-//! measured figures. In short, the SDK costs megabytes of binary for four operations, and
-//! both it and `aws-sigv4` (with its 23 crates, among them a second SHA-2/HMAC beside aws-lc-rs)
-//! now need Rust 1.94, above this crate's `rust-version`. The part of SigV4 a JSON `POST /`
-//! needs is short, and is checked against botocore's signer (unit test) and against moto
-//! enforcing IAM (tests/key_sources.rs).
+//! Why `aws-sigv4` rather than the AWS SDK for Rust or SigV4 written here: README "Key
+//! sources" has the measured figures. In short, the SDK costs megabytes of binary for four
+//! operations; SigV4 is a standard, and the project prefers a maintained library to
+//! hand-written code for one, which this crate is (the SDK's own signer) at a small cost. Its
+//! output is checked against botocore's signer (unit test) and against moto enforcing IAM
+//! (tests/key_sources.rs).
 //!
 //! Never: logs or returns a credential; follows a redirect (it would resend the signed
 //! request elsewhere); waits without a bound (every call runs under a timeout, and a dropped
 //! future cancels its request).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use aws_lc_rs::{digest, hmac};
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
 use serde_json::Value;
 
 use crate::config::{AwsService, AwsSettings};
@@ -26,7 +28,8 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 /// An AWS call that did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
-    /// No answer: connection refused, DNS, TLS, or the timeout.
+    /// No answer: connection refused, DNS, TLS, or the timeout; or the request could not be
+    /// made (a client or a signature that could not be built).
     #[error("{0}")]
     Unreachable(String),
     /// The service answered with an error: its `__type` (without namespace) and message.
@@ -42,18 +45,25 @@ pub enum AwsError {
 pub struct AwsClient {
     http: reqwest::Client,
     settings: AwsSettings,
-    /// `host[:port]` of the endpoint, as the signed `host` header carries it.
-    host: String,
+    /// `<endpoint>/`, the URL every call posts to and signs.
+    url: String,
 }
 
 impl AwsClient {
     pub fn new(settings: AwsSettings) -> Result<AwsClient, AwsError> {
-        let host = settings
-            .endpoint
+        // Config checks this already; checked again here because the signer would panic on
+        // a URL without a host.
+        let url = format!("{}/", settings.endpoint);
+        if url
             .parse::<http::Uri>()
             .ok()
-            .and_then(|uri| uri.authority().map(|a| a.as_str().to_string()))
-            .ok_or_else(|| AwsError::Unreachable("the endpoint has no host".to_string()))?;
+            .and_then(|u| u.host().map(str::len))
+            .is_none()
+        {
+            return Err(AwsError::Unreachable(
+                "the endpoint has no host".to_string(),
+            ));
+        }
         // Mozilla's roots compiled in, as for the OTLP client (export/otlp.rs): reading the
         // system store costs milliseconds of cold start.
         let roots = rustls::RootCertStore {
@@ -74,7 +84,7 @@ impl AwsClient {
         Ok(AwsClient {
             http,
             settings,
-            host,
+            url,
         })
     }
 
@@ -96,16 +106,10 @@ impl AwsClient {
         };
         let target = format!("{prefix}.{action}");
         let body = body.to_string().into_bytes();
-        let headers = sign(
-            &self.settings,
-            &self.host,
-            &target,
-            &body,
-            SystemTime::now(),
-        );
+        let headers = sign(&self.settings, &self.url, &target, &body, SystemTime::now())?;
         let mut request = self
             .http
-            .post(format!("{}/", self.settings.endpoint))
+            .post(&self.url)
             .header("content-type", CONTENT_TYPE)
             .header("x-amz-target", &target);
         for (name, value) in headers {
@@ -210,100 +214,51 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The SigV4 headers (`x-amz-date`, `x-amz-security-token`, `authorization`) for a JSON 1.1
-/// `POST /` with no query string, signing `content-type`, `host`, the date, the session token
-/// and `x-amz-target` (what botocore signs for these services).
+/// The SigV4 headers (`x-amz-date`, `authorization`, `x-amz-security-token`) for a JSON 1.1
+/// `POST` of `body` to `url`, signing `content-type`, `host` (from `url`), the date, the
+/// session token and `x-amz-target` (what botocore signs for these services).
 fn sign(
     settings: &AwsSettings,
-    host: &str,
+    url: &str,
     target: &str,
     body: &[u8],
     now: SystemTime,
-) -> Vec<(&'static str, String)> {
-    let (date, time) = utc(now);
-    let amz_date = format!("{date}T{time}Z");
-    let mut headers = vec![
-        ("content-type", CONTENT_TYPE.to_string()),
-        ("host", host.to_string()),
-        ("x-amz-date", amz_date.clone()),
-    ];
-    if let Some(token) = &settings.session_token {
-        headers.push(("x-amz-security-token", token.clone()));
-    }
-    headers.push(("x-amz-target", target.to_string()));
-    let signed_headers = headers
-        .iter()
-        .map(|(n, _)| *n)
-        .collect::<Vec<_>>()
-        .join(";");
-    let canonical_headers: String = headers
-        .iter()
-        .map(|(n, v)| format!("{n}:{}\n", v.trim()))
-        .collect();
-    let canonical_request = format!(
-        "POST\n/\n\n{canonical_headers}\n{signed_headers}\n{}",
-        hex(digest::digest(&digest::SHA256, body).as_ref())
-    );
-    let service = settings.service.signing_name();
-    let scope = format!("{date}/{}/{service}/aws4_request", settings.region);
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex(digest::digest(&digest::SHA256, canonical_request.as_bytes()).as_ref())
-    );
-    let mac = |key: &[u8], data: &str| {
-        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data.as_bytes())
-            .as_ref()
-            .to_vec()
-    };
-    let mut key = mac(
-        format!("AWS4{}", settings.secret_access_key).as_bytes(),
-        &date,
-    );
-    for part in [settings.region.as_str(), service, "aws4_request"] {
-        key = mac(&key, part);
-    }
-    let signature = hex(&mac(&key, &string_to_sign));
-    let mut out = vec![("x-amz-date", amz_date)];
-    if let Some(token) = &settings.session_token {
-        out.push(("x-amz-security-token", token.clone()));
-    }
-    out.push((
-        "authorization",
-        format!(
-            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, \
-             Signature={signature}",
-            settings.access_key_id
-        ),
-    ));
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `(YYYYMMDD, HHMMSS)` in UTC (Howard Hinnant's days-to-civil algorithm).
-fn utc(t: SystemTime) -> (String, String) {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        format!("{year:04}{month:02}{day:02}"),
-        format!("{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
+) -> Result<Vec<(&'static str, String)>, AwsError> {
+    let failed = |e: &dyn std::error::Error| AwsError::Unreachable(format!("signing: {e}"));
+    let identity = Credentials::new(
+        &settings.access_key_id,
+        &settings.secret_access_key,
+        settings.session_token.clone(),
+        None,
+        "lambda-environment",
     )
+    .into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&settings.region)
+        .name(settings.service.signing_name())
+        .time(now)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| failed(&e))?
+        .into();
+    let headers = [("content-type", CONTENT_TYPE), ("x-amz-target", target)];
+    let request = SignableRequest::new("POST", url, headers.into_iter(), SignableBody::Bytes(body))
+        .map_err(|e| failed(&e))?;
+    let (instructions, _signature) = aws_sigv4::http_request::sign(request, &params)
+        .map_err(|e| failed(&e))?
+        .into_parts();
+    let (headers, _query) = instructions.into_parts();
+    Ok(headers
+        .iter()
+        .map(|h| (h.name(), h.value().to_string()))
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     /// The expected headers were made by botocore 1.44's `SigV4Auth` for the same request,
     /// credentials and time (AWS's documentation example credentials).
@@ -318,18 +273,18 @@ mod tests {
             endpoint: "http://127.0.0.1:5000".to_string(),
         };
         let at = UNIX_EPOCH + Duration::from_secs(1_440_938_160); // 2015-08-30T12:36:00Z
-        let headers = sign(
+        let mut headers = sign(
             &settings,
-            "127.0.0.1:5000",
+            "http://127.0.0.1:5000/",
             "secretsmanager.GetSecretValue",
             br#"{"SecretId":"jwt-key"}"#,
             at,
-        );
+        )
+        .unwrap();
+        headers.sort();
         assert_eq!(
             headers,
             [
-                ("x-amz-date", "20150830T123600Z".to_string()),
-                ("x-amz-security-token", "session-token-example".to_string()),
                 (
                     "authorization",
                     "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/secretsmanager/\
@@ -338,21 +293,9 @@ mod tests {
                      Signature=6850200ff6ef255b75ecbab1bb7a9ab9caee856271b526011d428d547113d7b5"
                         .to_string()
                 ),
+                ("x-amz-date", "20150830T123600Z".to_string()),
+                ("x-amz-security-token", "session-token-example".to_string()),
             ]
         );
-    }
-
-    #[test]
-    fn utc_dates() {
-        for (secs, date, time) in [
-            (0, "19700101", "000000"),
-            (951_782_400, "20000229", "000000"),
-            (1_764_329_999, "20251128", "113959"),
-        ] {
-            assert_eq!(
-                utc(UNIX_EPOCH + Duration::from_secs(secs)),
-                (date.to_string(), time.to_string())
-            );
-        }
     }
 }
