@@ -27,11 +27,21 @@ pub const MARK_JSON: &str = r#"{"extension":"lambda-sidecar","#;
 /// How a text line starts.
 pub const MARK_TEXT: &str = "[lambda-sidecar] ";
 
+/// Targets never logged, whatever `SIDECAR_LOG` says: `aws_sigv4` traces the canonical
+/// request it signs, which carries `x-amz-security-token` (the `AWS_SESSION_TOKEN`, also the
+/// `X-Sidecar-Token` value).
+const SILENCED: &[&str] = &["aws_sigv4"];
+
 /// Installs the global subscriber. Logs go to stderr so that stdout stays free for
 /// machine-readable output (CloudWatch EMF lines).
 pub fn init(config: &LogConfig) {
     // Validated by `Config::parse`; the fallback only serves the default configuration.
-    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in SILENCED {
+        if let Ok(directive) = format!("{target}=off").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

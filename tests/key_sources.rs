@@ -521,3 +521,30 @@ async fn a_failed_refresh_keeps_the_key_and_is_counted() {
     verify_tokens("ES256", &[token], Some(&jwks), None).unwrap();
     common::assert_clean_exit(&handle.await.unwrap());
 }
+
+/// At every log level, even `trace` with every dependency's events on, neither the session
+/// token (the `X-Sidecar-Token` value, and a credential the AWS signer handles) nor the key
+/// reaches the log: the signing library traces its canonical request, which carries
+/// `x-amz-security-token`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_log_level_prints_the_session_token_or_the_key() {
+    let moto = Moto::start(&[]);
+    let secret = random_secret();
+    moto.python(&format!(
+        "sm.create_secret(Name='jwt-trace', SecretString='{secret}')"
+    ));
+    let (config, _, session) = config(
+        &moto,
+        2,
+        &[
+            ("JWT_KEY_SOURCE", "secretsmanager:jwt-trace".to_string()),
+            ("SIDECAR_LOG", "trace".to_string()),
+        ],
+    );
+    let report = lambda_env::run(config).await.unwrap();
+    let log = stderr_of(&report);
+    assert!(report.init.error.is_none(), "{log}");
+    assert!(log.contains("TRACE"), "trace events were logged");
+    assert!(!log.contains(&session), "the session token was logged");
+    assert!(!log.contains(&secret), "the key was logged");
+}
