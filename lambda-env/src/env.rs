@@ -538,10 +538,16 @@ impl Environment {
                     None
                 }
             }
-            code = exited => Some(InitError {
-                error_type: "Extension.Crash".into(),
-                body: self.shared.lock().init_error.as_ref().map(|e| e.2.clone()).unwrap_or(Value::Null),
-                exit_code: code,
+            // An extension that reported init/error and then exited is reported with its own
+            // error type, as Lambda does: both futures can be ready at once, and `select!`
+            // polls them in random order. Only an exit without a report is a crash.
+            code = exited => Some(match &self.shared.lock().init_error {
+                Some((_, error_type, body)) => InitError {
+                    error_type: error_type.clone(),
+                    body: body.clone(),
+                    exit_code: code,
+                },
+                None => InitError { error_type: "Extension.Crash".into(), body: Value::Null, exit_code: code },
             }),
         };
         let duration_ms = ms(self.started.elapsed());
