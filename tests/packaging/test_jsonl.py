@@ -38,4 +38,4 @@ def test_the_smoke_checker_reads_a_file_still_being_written(tmp_path, capsys):
     # The run itself is judged a failure (empty report); the point is that reading does not
     # raise JSONDecodeError and counts only the complete records.
     assert check_smoke.main(["check_smoke.py", str(report), str(sink)]) == 1
-    assert "1 spans and 1 metric points exported" in capsys.readouterr().out
+    assert "1 spans, 1 metric points and 0 log records exported" in capsys.readouterr().out
