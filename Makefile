@@ -7,7 +7,8 @@
 #   make bench  cold start, /token req/s, sizes and per-invoke hold, beside references built from
 #               source (scripts/bench/refs), with their budgets
 #
-# Every stage after `build` uses the one release binary, found through LAMBDA_SIDECAR_BIN.
+# Every stage after `build` uses the one release binary, found through LAMBDA_SIDECAR_BIN: the
+# static musl layer binary of this machine's architecture, the very file the layer ships.
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -21,9 +22,14 @@ export PYTHONDONTWRITEBYTECODE := 1
 CARGO ?= cargo
 CARGO_TARGET_DIR ?= $(ROOT)/target
 
-# The binary every test stage and the demo run (tests/e2e.rs too). Point it elsewhere to
-# test another build (e.g. LAMBDA_SIDECAR_BIN=target/debug/lambda-sidecar make test-verifiers).
-LAMBDA_SIDECAR_BIN ?= $(CARGO_TARGET_DIR)/release/lambda-sidecar
+# The binary every test stage and the demo run (tests/e2e.rs too): the layer binary of this
+# machine's architecture (scripts/package/build.sh), so the tests run what ships and CI links
+# lambda-sidecar with LTO once per architecture, not a third time for the host. Point it
+# elsewhere to test another build (e.g. LAMBDA_SIDECAR_BIN=target/debug/lambda-sidecar make
+# test-verifiers).
+HOST_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
+HOST_TRIPLE := $(if $(filter arm64,$(HOST_ARCH)),aarch64,x86_64)-unknown-linux-musl
+LAMBDA_SIDECAR_BIN ?= $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/lambda-sidecar
 override LAMBDA_SIDECAR_BIN := $(abspath $(LAMBDA_SIDECAR_BIN))
 export LAMBDA_SIDECAR_BIN
 
@@ -35,8 +41,11 @@ export PATH := $(VENV)/bin:$(PATH)
 deps:
 	$(ROOT)/scripts/install-deps.sh
 
+# The layer binary for this machine (a later `make layer-$(HOST_ARCH)` reuses it), and
+# lambda-env, which runs on the host (bench, demo, smoke runs).
 build:
-	$(CARGO) build --release --locked --workspace --bins
+	$(ROOT)/scripts/package/build.sh $(HOST_ARCH)
+	$(CARGO) build --release --locked -p lambda-env --bins
 
 # Stages run in order; `deps` and `build` run once, each stage below only tests.
 test: deps build

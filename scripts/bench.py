@@ -10,9 +10,7 @@ repository's Cargo.lock, into the cached CARGO_TARGET_DIR target/bench-refs):
 
 Figures: cold start (process start -> every extension in event/next) beside the example, 9
 interleaved runs each; `/token` HS256 req/s in `serve` mode, server pinned to core 0 and
-loadgen to core 1, 5 interleaved rounds beside the minimal server (the shipped static musl
-x86_64 binary when `make layers` built it, else the host build, as the row says), and in the
-same rounds `/token` in extension mode inside lambda-env with telemetry on (tokens during one
+loadgen to core 1, 5 interleaved rounds beside the minimal server, and in the same rounds `/token` in extension mode inside lambda-env with telemetry on (tokens during one
 long invocation, then the flush); the ratio is on requests per server CPU-second, wall req/s
 beside it. The arm64 binary and layer zip sizes; the post-runtime hold per invoke (20 invokes,
 freezing) with a healthy, dead, slow and failing collector, peak RSS, the SHUTDOWN exit;
@@ -39,11 +37,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-SIDECAR = os.environ.get("LAMBDA_SIDECAR_BIN", os.path.join(TARGET, "release", "lambda-sidecar"))
+MUSL_X86 = os.path.join(TARGET, "x86_64-unknown-linux-musl", "release", "lambda-sidecar")
+# The Makefile sets LAMBDA_SIDECAR_BIN to the layer binary it builds (the shipped static musl
+# build of this machine's architecture); run alone, the script takes that one too when built.
+SIDECAR = os.environ.get("LAMBDA_SIDECAR_BIN") or (
+    MUSL_X86 if os.path.exists(MUSL_X86) else os.path.join(TARGET, "release", "lambda-sidecar"))
+BUILD = "static musl (shipped build)" if "-musl" in SIDECAR else "host build"
 LAMBDA_ENV = os.path.join(TARGET, "release", "lambda-env")
 REFS_SRC = os.path.join(ROOT, "scripts", "bench", "refs")
 REFS_TARGET = os.path.join(TARGET, "bench-refs")
-MUSL_X86 = os.path.join(TARGET, "x86_64-unknown-linux-musl", "release", "lambda-sidecar")
 ARM64_BIN = os.path.join(TARGET, "aarch64-unknown-linux-musl", "release", "lambda-sidecar")
 ARM64_ZIP = os.path.join(os.environ.get("DIST_DIR", os.path.join(ROOT, "dist")), "lambda-sidecar-arm64.zip")
 CAP_MS = 500
@@ -318,12 +320,10 @@ def token_rps(refs):
     requests per CPU-second of the server (what req/s is on a core of its own), with wall
     req/s beside it; the noise is the spread of the per-round ratio (candidate / the reference
     of the same round)."""
-    candidate, label = (MUSL_X86, "static musl x86_64 (shipped build)") if os.path.exists(MUSL_X86) \
-        else (SIDECAR, "host glibc build (musl not built: make layer-x86_64)")
     secret = secrets.token_urlsafe(48)
     session = secrets.token_hex(32)
     servers = {
-        "serve": ([candidate, "serve"], {"JWT_SECRET": secret, "AWS_SESSION_TOKEN": session}, session),
+        "serve": ([SIDECAR, "serve"], {"JWT_SECRET": secret, "AWS_SESSION_TOKEN": session}, session),
         "reference": ([refs["hs256-server"]], {"JWT_SECRET": secret}, None),
     }
     kinds = ["serve", "reference", "extension"]
@@ -363,8 +363,8 @@ def token_rps(refs):
     reference = (spread(per_cpu["reference"], "req/CPU-s", "{:,.0f}") + "; wall "
                  + spread(wall["reference"], "req/s", "{:,.0f}") + "; hyper + jsonwebtoken, `serve`")
     rows = []
-    for kind, what in (("serve", f"`serve`: {label}"),
-                       ("extension", "extension mode in lambda-env, telemetry on, host build")):
+    for kind, what in (("serve", f"`serve`, {BUILD}"),
+                       ("extension", f"extension mode in lambda-env, telemetry on, {BUILD}")):
         ratios = [c / r for c, r in zip(per_cpu[kind], per_cpu["reference"])]
         wall_ratios = [c / r for c, r in zip(wall[kind], wall["reference"])]
         ratio = statistics.median(ratios)
@@ -393,8 +393,21 @@ def sizes():
         else:
             rows.append(Row(label, f"not built (run {hint})", budget=f"≤ {budget:.1f} MB"))
     size = os.path.getsize(SIDECAR)
-    rows.append(Row("host release binary (glibc)", f"{size / MB:.2f} MB ({size:,} bytes)"))
+    rows.append(Row(f"candidate binary ({os.path.relpath(SIDECAR, ROOT)})", f"{size / MB:.2f} MB ({size:,} bytes)"))
     return rows
+
+
+def ci_time():
+    """`.ci/run` times itself and leaves `seconds commit date` in target/ci-seconds: the row is
+    the last run in this tree (a fresh clone's own tree, for the figure the budget is about)."""
+    path = os.path.join(TARGET, "ci-seconds")
+    if not os.path.exists(path):
+        return [Row("`bash .ci/run`, fresh clone", "not run in this tree (run `bash .ci/run` in a fresh clone)",
+                    budget="≤ 20 min")]
+    seconds, commit, date = open(path).read().split()[:3]
+    minutes = int(seconds) / 60
+    return [Row("`bash .ci/run`, fresh clone (the last run in this tree)", f"{minutes:.1f} min ({seconds} s, {commit}, {date})",
+                budget="≤ 20 min", met=minutes <= 20)]
 
 
 def pct(values, p):
@@ -466,7 +479,7 @@ def token_latency():
                 if response.status != 200:
                     raise RuntimeError(f"{alg}: /token answered {response.status}")
             latencies = latencies[200:]  # warm-up
-            rows.append(Row(f"GET /token latency, {alg}, one keep-alive connection (Python client), host build",
+            rows.append(Row(f"GET /token latency, {alg}, one keep-alive connection (Python client), {BUILD}",
                             f"p50 {pct(latencies, 50):.0f} µs / p99 {pct(latencies, 99):.0f} µs"))
         finally:
             proc.terminate()
@@ -494,6 +507,7 @@ def main():
         rows, phases = cold_start(refs["extension-telemetry-basic"])
         rows += token_rps(refs)
         rows += sizes()
+        rows += ci_time()
         rows += holds()
         rows += token_latency()
     print(f"`make bench`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores,"

@@ -10,7 +10,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$ROOT/.venv/bin/python"
-LAMBDA_SIDECAR_BIN="${LAMBDA_SIDECAR_BIN:-$ROOT/target/release/lambda-sidecar}"
+LAMBDA_SIDECAR_BIN="${LAMBDA_SIDECAR_BIN:-$ROOT/target/x86_64-unknown-linux-musl/release/lambda-sidecar}"
 DEMO_ISSUER="lambda-sidecar-demo"
 DEMO_SUBJECT="demo-function"
 # The audiences a caller may ask for; the first is the default.

@@ -26,7 +26,7 @@ from jsonl import read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-SIDECAR = os.environ.get("LAMBDA_SIDECAR_BIN", os.path.join(TARGET, "release", "lambda-sidecar"))
+SIDECAR = os.environ.get("LAMBDA_SIDECAR_BIN", os.path.join(TARGET, "x86_64-unknown-linux-musl", "release", "lambda-sidecar"))
 LAMBDA_ENV = os.path.join(TARGET, "release", "lambda-env")
 ROTEL = os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
 FUNCTION = "orders-demo"

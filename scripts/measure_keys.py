@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/measure_keys.py [BINARY] [RUNS]
 
-BINARY defaults to target/release/lambda-sidecar. For each source the sidecar runs in lambda-env
+BINARY defaults to target/x86_64-unknown-linux-musl/release/lambda-sidecar. For each source the sidecar runs in lambda-env
 (`target/debug/lambda-env run`): RUNS cold starts with one invoke (lambda-env's init duration:
 process start -> ready in event/next; and the sidecar's own "signing key loaded" elapsed_ms,
 which is mostly the round trip to moto), then one run of 20 invokes x 10 tokens for the
@@ -62,7 +62,7 @@ def key_loaded_ms(stderr: str) -> float:
 
 
 def main() -> None:
-    binary = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "target/release/lambda-sidecar")
+    binary = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "target/x86_64-unknown-linux-musl/release/lambda-sidecar")
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 15
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"

@@ -17,7 +17,7 @@ import yaml
 
 from conftest import ROOT, CfnLoader, sam_env
 
-LAMBDA_SIDECAR_BIN = pathlib.Path(os.environ.get("LAMBDA_SIDECAR_BIN", ROOT / "target/release/lambda-sidecar"))
+LAMBDA_SIDECAR_BIN = pathlib.Path(os.environ.get("LAMBDA_SIDECAR_BIN", ROOT / "target/x86_64-unknown-linux-musl/release/lambda-sidecar"))
 if not LAMBDA_SIDECAR_BIN.is_absolute():
     LAMBDA_SIDECAR_BIN = ROOT / LAMBDA_SIDECAR_BIN
 

@@ -1,7 +1,7 @@
 """Shared helpers for the pytest files that run the real lambda-sidecar binary.
 
 The binary comes from LAMBDA_SIDECAR_BIN (set by the Makefile to the one release build), else
-target/release/lambda-sidecar. A missing binary fails the run: these tests never skip.
+target/x86_64-unknown-linux-musl/release/lambda-sidecar. A missing binary fails the run: these tests never skip.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _is_sidecar_setting(name: str) -> bool:
 
 
 def sidecar_bin() -> Path:
-    path = Path(os.environ.get("LAMBDA_SIDECAR_BIN", ROOT / "target/release/lambda-sidecar"))
+    path = Path(os.environ.get("LAMBDA_SIDECAR_BIN", ROOT / "target/x86_64-unknown-linux-musl/release/lambda-sidecar"))
     if not path.is_absolute():
         path = ROOT / path
     if not path.is_file():

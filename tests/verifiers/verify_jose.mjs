@@ -3,7 +3,7 @@
 // For each algorithm the sidecar runs in serve mode with a key made here by node:crypto.
 // Tokens from GET and POST /token are verified with the key held here and through the
 // sidecar's JWKS (createLocalJWKSet), with the algorithm pinned and typ, iss, aud required.
-// The binary comes from LAMBDA_SIDECAR_BIN (default target/release/lambda-sidecar).
+// The binary comes from LAMBDA_SIDECAR_BIN (default target/x86_64-unknown-linux-musl/release/lambda-sidecar).
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import * as jose from 'jose';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const BIN = resolve(ROOT, process.env.LAMBDA_SIDECAR_BIN ?? 'target/release/lambda-sidecar');
+const BIN = resolve(ROOT, process.env.LAMBDA_SIDECAR_BIN ?? 'target/x86_64-unknown-linux-musl/release/lambda-sidecar');
 const ISSUER = 'https://issuer.jose.test';
 const AUDIENCE = 'jose-api'; // the default: first of JWT_AUDIENCE, which also allows 'billing'
 const SUBJECT = 'jose-function';

@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 /** The binary under test: LAMBDA_SIDECAR_BIN (as `make` exports it), else the release build. */
-export const LAMBDA_SIDECAR_BIN = resolve(ROOT, process.env.LAMBDA_SIDECAR_BIN ?? "target/release/lambda-sidecar");
+export const LAMBDA_SIDECAR_BIN = resolve(ROOT, process.env.LAMBDA_SIDECAR_BIN ?? "target/x86_64-unknown-linux-musl/release/lambda-sidecar");
 
 export function freePort(): Promise<number> {
   return new Promise((ok, fail) => {
