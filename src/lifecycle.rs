@@ -2,11 +2,12 @@
 //! sidecar does at each event.
 //!
 //! Start-up order, all inside Lambda's init phase: the key is loaded (parsed, or fetched from
-//! its AWS source) and the OTLP clients built *while* the extension registers; then the token server starts
-//! (the function's own init may already ask for a token), the telemetry listener binds, and
-//! the Telemetry API subscription is made. Any failure after register is reported through
-//! `init/error` with a typed error, then the process exits 1; before register there is no
-//! extension id to report with, so it only logs and exits.
+//! its AWS source), the OTLP clients, metric instruments and pipeline built and
+//! `sandbox.localdomain` resolved *while* the extension registers (see `Prepared`); then the
+//! token server starts (the function's own init may already ask for a token), the telemetry
+//! listener binds, and the Telemetry API subscription is made. Any failure after register is
+//! reported through `init/error` with a typed error, then the process exits 1; before
+//! register there is no extension id to report with, so it only logs and exits.
 //!
 //! At INVOKE: record it, flush what earlier invocations left (bounded by the flush cap), then
 //! let the `lambda-extension` crate call event/next. The flush runs while the function runs,
@@ -38,13 +39,10 @@ use crate::derive::{Deriver, FunctionInfo};
 use crate::export::{ExportClients, ExportConfig, Exporter, MetricsSource};
 use crate::pipeline::{Pipeline, Recorder};
 use crate::records::{InvokeRecord, Record};
-use crate::sampling::Sampler;
 use crate::signals::{KeyOperation, Metrics};
 use crate::token::TokenService;
 use crate::token::source::{self, KeySourceError, LoadError, Loaded, Refresher};
 use crate::{intake, token};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::Temporality;
 
 /// Must equal the file name under /opt/extensions (the layer ships `extensions/lambda-sidecar`).
 pub const EXTENSION_NAME: &str = "lambda-sidecar";
@@ -209,8 +207,8 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
             Ok::<(), lambda_extension::Error>(())
         }
     });
-    // Key parsing and exporter clients overlap with registration (see `prepare`).
-    let prepared = prepare(config);
+    // Key, pipeline and DNS overlap with registration (see `Prepared`).
+    let prepared = prepare(config, managed_instances);
     let registered = Extension::new()
         .with_extension_name(EXTENSION_NAME)
         .with_events(events)
@@ -333,53 +331,89 @@ struct Sidecar {
     refresher: Option<Refresher>,
 }
 
-/// Start-up work that needs no extension id. Loading the key (parsing it on a blocking thread,
-/// or fetching it from AWS) and building the exporters' HTTP/TLS clients (on a blocking
-/// thread) overlap with the register round-trip instead of adding to it; errors wait until
-/// there is an extension id to report them with.
+/// Start-up work that needs no extension id, started before register so that it overlaps
+/// with the register round-trip instead of adding to it: loading the key (parsing it on a
+/// blocking thread, or fetching it from AWS); on a blocking thread, building the exporters'
+/// HTTP/TLS clients, the metric instruments (the OTel SDK allocates a map per instrument)
+/// and the pipeline; and resolving `sandbox.localdomain` (a DNS query where /etc/hosts does
+/// not answer it). Errors wait until there is an extension id to report them with.
 struct Prepared {
     config: Config,
-    function: FunctionInfo,
-    resource: Resource,
-    temporality: Temporality,
-    sampler: Sampler,
     /// Logs are exported: derive them, and subscribe to the log streams.
     logs: bool,
     keys: tokio::task::JoinHandle<Result<Loaded, LoadError>>,
-    clients: tokio::task::JoinHandle<Result<ExportClients, ConfigError>>,
+    telemetry: tokio::task::JoinHandle<SocketAddr>,
+    built: tokio::task::JoinHandle<Result<Built, ConfigError>>,
 }
 
-fn prepare(config: Result<Config, ConfigError>) -> Result<Prepared, StartupError> {
+/// The telemetry side, built before register (see [`Prepared`]).
+struct Built {
+    pipeline: Pipeline,
+    recorder: Recorder,
+    exporter: Exporter,
+}
+
+fn prepare(
+    config: Result<Config, ConfigError>,
+    managed_instances: bool,
+) -> Result<Prepared, StartupError> {
     let config = config?;
     config.check_extension_mode()?;
     let export_config = ExportConfig::parse(|k| std::env::var(k).ok())?;
     let function = FunctionInfo::from_vars(|k| std::env::var(k).ok());
     let resource = crate::export::resource(&function, std::env::var("OTEL_SERVICE_NAME").is_ok());
     let token_config = config.token.clone();
-    let export_resource = resource.clone();
-    let temporality = export_config.temporality;
-    let sampler = export_config.sampler;
     let logs = export_config.logs.is_some();
     phase("extension config parsed");
+    let telemetry = tokio::spawn(telemetry_addr(config.telemetry.port.unwrap_or(0)));
     let keys = tokio::spawn(async move {
         let loaded = source::load(&token_config).await;
         phase("key loaded");
         loaded
     });
-    let clients = tokio::task::spawn_blocking(move || {
-        let built = ExportClients::build(&export_config, &export_resource);
+    let emf_namespace = config.emf_namespace.clone();
+    let trigger = config.telemetry.faas_trigger;
+    let built = tokio::task::spawn_blocking(move || {
+        let clients = ExportClients::build(&export_config, &resource)?;
         phase("export clients built");
-        built
+        let source = Arc::new(MetricsSource::with_temporality(
+            resource,
+            export_config.temporality,
+        ));
+        let signals = Arc::new(match emf_namespace {
+            Some(_) => Metrics::with_emf(&source.meter()),
+            None => Metrics::new(&source.meter()),
+        });
+        let mut exporter = Exporter::new(clients, source, signals.clone());
+        if let Some(namespace) = emf_namespace {
+            exporter = exporter.with_emf(crate::export::emf::Writer::start(
+                namespace,
+                function.name.clone(),
+                signals.clone(),
+            ));
+        }
+        let mut deriver = Deriver::new(function, signals.clone())
+            .with_sampler(export_config.sampler)
+            .with_trigger(trigger)
+            .with_overlapping_invocations(managed_instances);
+        if logs {
+            deriver = deriver.with_logs();
+        }
+        // On a blocking thread of the runtime: `Pipeline::start` can spawn its task here.
+        let (pipeline, recorder) = Pipeline::start(deriver, signals);
+        phase("pipeline started");
+        Ok(Built {
+            pipeline,
+            recorder,
+            exporter,
+        })
     });
     Ok(Prepared {
         config,
-        function,
-        resource,
-        temporality,
-        sampler,
         logs,
         keys,
-        clients,
+        telemetry,
+        built,
     })
 }
 
@@ -391,43 +425,22 @@ async fn start(
 ) -> Result<Sidecar, StartupError> {
     let Prepared {
         config,
-        function,
-        resource,
-        temporality,
-        sampler,
         logs,
         keys,
-        clients,
+        telemetry,
+        built,
     } = prepared?;
     let Loaded { ring, refresher } = keys
         .await
         .map_err(|e| StartupError::Internal(e.to_string()))??;
-    let clients = clients
+    let Built {
+        pipeline,
+        recorder,
+        exporter,
+    } = built
         .await
         .map_err(|e| StartupError::Internal(e.to_string()))??;
-    phase("key and export clients awaited");
-    let source = Arc::new(MetricsSource::with_temporality(resource, temporality));
-    let signals = Arc::new(match config.emf_namespace {
-        Some(_) => Metrics::with_emf(&source.meter()),
-        None => Metrics::new(&source.meter()),
-    });
-    let mut exporter = Exporter::new(clients, source, signals.clone());
-    if let Some(namespace) = &config.emf_namespace {
-        exporter = exporter.with_emf(crate::export::emf::Writer::start(
-            namespace.clone(),
-            function.name.clone(),
-            signals.clone(),
-        ));
-    }
-    let mut deriver = Deriver::new(function, signals.clone())
-        .with_sampler(sampler)
-        .with_trigger(config.telemetry.faas_trigger)
-        .with_overlapping_invocations(managed_instances);
-    if logs {
-        deriver = deriver.with_logs();
-    }
-    let (pipeline, recorder) = Pipeline::start(deriver, signals);
-    phase("pipeline started");
+    phase("key and pipeline awaited");
 
     // Tokens first: the function's own init may ask for one as soon as we are registered.
     let token_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
@@ -453,7 +466,9 @@ async fn start(
         stopped(token_stopped),
     ));
 
-    let telemetry_addr = telemetry_addr(config.telemetry.port.unwrap_or(0)).await;
+    let telemetry_addr = telemetry
+        .await
+        .map_err(|e| StartupError::Internal(e.to_string()))?;
     phase("sandbox.localdomain resolved");
     let telemetry_listener = bind(telemetry_addr).await?;
     let telemetry_port = telemetry_listener
