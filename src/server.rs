@@ -223,6 +223,7 @@ impl Shared {
                     deadline: Instant::now() + self.limits.header_timeout,
                 },
                 evicted: false,
+                armed: None,
             }),
             changed: Notify::new(),
         });
@@ -267,10 +268,25 @@ enum Phase {
     Idle { deadline: Instant },
 }
 
+impl Phase {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Phase::Head { deadline } | Phase::Idle { deadline } => Some(deadline),
+            Phase::Busy => None,
+        }
+    }
+}
+
 struct ConnState {
     phase: Phase,
     /// Set by the accept loop when it closes this connection to make room.
     evicted: bool,
+    /// When the connection task's timer fires (`None`: it waits for a notification only).
+    /// A phase whose deadline is no earlier needs no wake-up: the timer fires first, and
+    /// [`expired`] then re-arms it at the phase's own deadline. Under load, each request's
+    /// head deadline is later than the one armed for the request before, so a request costs
+    /// no notification, no extra poll of the connection task and no timer re-registration.
+    armed: Option<Instant>,
 }
 
 /// One connection's phase, shared by its socket wrapper, its request hooks and its task.
@@ -285,9 +301,20 @@ impl Conn {
         lock(&self.state)
     }
 
+    /// Moves to `phase`, waking the connection task only when the timer it armed would fire
+    /// too late for the new deadline (see [`ConnState::armed`]).
     fn set(&self, phase: Phase) {
-        self.state().phase = phase;
-        self.changed.notify_one();
+        let mut state = self.state();
+        state.phase = phase;
+        let wake = match (phase.deadline(), state.armed) {
+            (Some(deadline), Some(armed)) => deadline < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        drop(state);
+        if wake {
+            self.changed.notify_one();
+        }
     }
 
     fn evict(&self) {
@@ -297,13 +324,11 @@ impl Conn {
 
     /// Bytes arrived: on an idle connection they start the next head's deadline.
     fn on_bytes(&self, header_timeout: Duration) {
-        let mut state = self.state();
-        if let Phase::Idle { .. } = state.phase {
-            state.phase = Phase::Head {
+        let idle = matches!(self.state().phase, Phase::Idle { .. });
+        if idle {
+            self.set(Phase::Head {
                 deadline: Instant::now() + header_timeout,
-            };
-            drop(state);
-            self.changed.notify_one();
+            });
         }
     }
 }
@@ -319,24 +344,33 @@ enum Close {
 }
 
 /// Resolves when the connection must be closed: evicted, or its phase's deadline passed.
+/// One timer for the connection's life, re-armed only when it fires or a phase needs an
+/// earlier deadline (see [`ConnState::armed`]).
 async fn expired(conn: &Conn) -> Close {
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
     loop {
         let (deadline, reason) = {
-            let state = conn.state();
+            let mut state = conn.state();
             if state.evicted {
                 return Close::Evicted;
             }
-            match state.phase {
-                Phase::Head { deadline } => (Some(deadline), Close::HeaderTimeout),
-                Phase::Idle { deadline } => (Some(deadline), Close::Idle),
-                Phase::Busy => (None, Close::Idle),
-            }
+            let reason = match state.phase {
+                Phase::Idle { .. } => Close::Idle,
+                Phase::Head { .. } | Phase::Busy => Close::HeaderTimeout,
+            };
+            let deadline = state.phase.deadline();
+            state.armed = deadline;
+            (deadline, reason)
         };
         match deadline {
             Some(deadline) if deadline <= Instant::now() => return reason,
             Some(deadline) => {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = &mut timer => {}
                     _ = conn.changed.notified() => {}
                 }
             }
@@ -708,6 +742,26 @@ mod tests {
             }
         }
         assert!(sent < head.len(), "the whole head was accepted");
+        assert_eq!(
+            testing::render(&server.source),
+            "sidecar.connections.refused{listener=token,reason=header_timeout} = 1"
+        );
+    }
+
+    /// The connection's timer is not re-armed for each request (it fires at the previous
+    /// request's head deadline and re-arms then): a later head on a keep-alive connection is
+    /// still cut at its own header timeout.
+    #[tokio::test]
+    async fn a_trickled_head_after_a_request_is_cut_at_the_header_timeout() {
+        let server = start(limits()).await;
+        let mut conn = TcpStream::connect(server.addr).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(response(&mut conn).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        conn.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(closed(&mut conn).await, "a head left unfinished stays open");
         assert_eq!(
             testing::render(&server.source),
             "sidecar.connections.refused{listener=token,reason=header_timeout} = 1"
