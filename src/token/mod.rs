@@ -313,8 +313,8 @@ impl Shortcut for TokenService {
         if method != Method::GET || uri.path() != TOKEN_ROUTE {
             return None;
         }
-        // Only extension mode records (`serve` mode has no recorder): no clock or header
-        // reads for a record nobody takes.
+        // Without a recorder (a service started without telemetry or metrics), no clock or
+        // header reads for a record nobody takes.
         let started = self
             .recorder
             .is_some()
