@@ -171,6 +171,92 @@ async fn hs256_tokens_carry_every_claim_and_verify() {
     assert_eq!((status, jwks), (200, json!({"keys": []})));
 }
 
+/// `GET /token` is answered before the router (`server::Shortcut`); the same request through
+/// the router (where the guard and `get_token` answer it, as for a KMS key) must get the
+/// same answer: status, headers, the answer's fields in order, the token's header and claims
+/// (the jti and, across a second boundary, the times aside).
+#[tokio::test]
+async fn get_token_is_answered_alike_before_and_through_the_router() {
+    use axum::body::Body;
+    use http::{HeaderMap, Method, Request, Uri};
+    use lambda_sidecar::server::Shortcut;
+    use tower_service::Service as _;
+
+    let config = config(&[
+        ("JWT_SECRET", SECRET),
+        ("JWT_AUDIENCE", "api,billing"),
+        ("JWT_DEFAULT_SUBJECT", "orders-fn"),
+    ]);
+    let keys = source::load(&config.token).await.unwrap().ring;
+    let service = Arc::new(TokenService::new(config.token, keys, None, 3003));
+    let uri = Uri::from_static("/token");
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "127.0.0.1:3003".parse().unwrap());
+    headers.insert("x-sidecar-token", SESSION.parse().unwrap());
+
+    let fast = service.answer(&Method::GET, &uri, &headers).unwrap();
+    let mut request = Request::get(uri.clone()).body(Body::empty()).unwrap();
+    *request.headers_mut() = headers.clone();
+    let routed = token::router(service.clone()).call(request).await.unwrap();
+    assert_eq!(fast.status(), routed.status());
+    // axum sets content-length itself; hyper writes it for the shortcut's whole body.
+    let (mut parts, routed) = routed.into_parts();
+    let length = parts.headers.remove("content-length").unwrap();
+    assert_eq!(fast.headers(), &parts.headers);
+    let routed = axum::body::to_bytes(routed, usize::MAX).await.unwrap();
+    assert_eq!(length.to_str().unwrap(), routed.len().to_string());
+    let answers = [fast.into_body(), routed].map(|bytes| {
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap();
+        let token = body["token"].as_str().unwrap();
+        let mut claims = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
+            .unwrap()
+            .claims;
+        assert_eq!(claims["jti"].as_str().map(str::len), Some(22), "{text}");
+        for time in ["jti", "iat", "nbf", "exp"] {
+            claims.as_object_mut().unwrap().remove(time);
+        }
+        // The fields in the order they are written (serde_json's map sorts them).
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        keys.sort_by_key(|k| text.find(&format!("\"{k}\":")));
+        let keys: Vec<String> = keys.into_iter().map(String::from).collect();
+        let header = token.split('.').next().unwrap().to_string();
+        (
+            keys,
+            header,
+            claims,
+            body["expires_in"].clone(),
+            body["kid"].clone(),
+        )
+    });
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(
+        answers[0].0,
+        [
+            "token",
+            "token_type",
+            "expires_at",
+            "expires_in",
+            "user_id",
+            "kid"
+        ]
+    );
+
+    // A refusal is left to the router, whose guard answers and records it.
+    headers.remove("x-sidecar-token");
+    assert!(service.answer(&Method::GET, &uri, &headers).is_none());
+    // So are other methods and paths.
+    headers.insert("x-sidecar-token", SESSION.parse().unwrap());
+    assert!(service.answer(&Method::POST, &uri, &headers).is_none());
+    let health = Uri::from_static("/health");
+    assert!(service.answer(&Method::GET, &health, &headers).is_none());
+}
+
 #[tokio::test]
 async fn jti_is_unique() {
     let server = start(&[("JWT_SECRET", SECRET)]).await;

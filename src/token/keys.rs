@@ -398,6 +398,20 @@ impl SigningKey {
     /// caller base64url-encodes straight into the token. Local keys sign at once; a KMS key
     /// makes one `Sign` call, bounded by [`KMS_SIGN_TIMEOUT`].
     pub async fn sign(&self, message: &[u8]) -> Result<Signature, SignError> {
+        match &self.signer {
+            Signer::Kms(kms) => Ok(Signature::Bytes(kms.sign(message).await?)),
+            _ => self.sign_now(message),
+        }
+    }
+
+    /// Whether [`SigningKey::sign_now`] can sign: every key but a KMS one.
+    pub fn signs_locally(&self) -> bool {
+        !matches!(self.signer, Signer::Kms(_))
+    }
+
+    /// Signs with a local key, without an await (`GET /token`'s shortcut); a KMS key, which
+    /// needs the network, fails here as [`SignError::Local`]: use [`SigningKey::sign`].
+    pub fn sign_now(&self, message: &[u8]) -> Result<Signature, SignError> {
         Ok(match &self.signer {
             Signer::Hmac(key) => Signature::Hmac(hmac::sign(key, message)),
             Signer::Ecdsa(pair) => Signature::Asymmetric(
@@ -411,7 +425,7 @@ impl SigningKey {
                 Signature::Bytes(out)
             }
             Signer::Ed25519(pair) => Signature::Asymmetric(pair.sign(message)),
-            Signer::Kms(kms) => Signature::Bytes(kms.sign(message).await?),
+            Signer::Kms(_) => return Err(SignError::Local),
         })
     }
 }

@@ -20,14 +20,15 @@ pub mod discovery;
 pub mod keys;
 pub mod source;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -40,14 +41,14 @@ use tokio::net::TcpListener;
 use crate::config::{TokenAuth, TokenConfig};
 use crate::pipeline::Recorder;
 use crate::records::{
-    HttpMethod, REQUEST_ID_HEADER, Record, TokenOutcome, TokenRecord, TraceParent, parse_request_id,
+    HttpMethod, Record, TOKEN_ROUTE, TokenOutcome, TokenRecord, TraceParent, parse_request_id,
 };
-use crate::server::Limits;
+use crate::server::{Limits, Shortcut};
 use crate::signals::Listener;
 use crate::signals::{KeyOperation, Metrics};
-use claims::{ClaimError, TokenRequest};
+use claims::{ClaimError, Claims, TokenRequest};
 use keys::SignError;
-use source::KeyRing;
+use source::{ActiveKey, KeyRing};
 
 /// Largest `POST /token` body accepted. A token request is a few hundred bytes; anything
 /// near this is a mistake or an attack, and is answered 413 without being buffered further.
@@ -56,15 +57,32 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The header that carries the per-environment secret to `/token`.
 pub const AUTH_HEADER: &str = "X-Sidecar-Token";
 
-/// Headers a proxy adds when it relays a request. The function talks to us directly, so a
-/// request carrying one came through something else and is refused on every path.
-const FORWARDING_HEADERS: &[&str] = &[
-    "X-Forwarded-For",
-    "X-Forwarded-Host",
-    "X-Forwarded-Proto",
-    "X-Real-IP",
-    "Forwarded",
-    "Via",
+/// The header names looked up per request, as [`HeaderName`]s: a `&str` is parsed into a
+/// name on every lookup. Lower case, as `from_static` requires; the tests check they name
+/// [`AUTH_HEADER`] and [`crate::records::REQUEST_ID_HEADER`].
+const AUTH: HeaderName = HeaderName::from_static("x-sidecar-token");
+const REQUEST_ID: HeaderName = HeaderName::from_static("lambda-runtime-aws-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Headers a proxy adds when it relays a request, with the name the refusal gives. The
+/// function talks to us directly, so a request carrying one came through something else
+/// and is refused on every path.
+const FORWARDING_HEADERS: [(HeaderName, &str); 6] = [
+    (
+        HeaderName::from_static("x-forwarded-for"),
+        "X-Forwarded-For",
+    ),
+    (
+        HeaderName::from_static("x-forwarded-host"),
+        "X-Forwarded-Host",
+    ),
+    (
+        HeaderName::from_static("x-forwarded-proto"),
+        "X-Forwarded-Proto",
+    ),
+    (HeaderName::from_static("x-real-ip"), "X-Real-IP"),
+    (header::FORWARDED, "Forwarded"),
+    (header::VIA, "Via"),
 ];
 
 /// One message for a missing and a wrong secret, so the answer tells a prober nothing.
@@ -122,11 +140,10 @@ impl TokenService {
     /// addressing this listener: a proxy's forwarding headers, an absolute-form target (what
     /// a client sends to a proxy, `GET http://host/token`), or a `Host` other than our own
     /// loopback name and port (DNS rebinding, or a URL that names another host).
-    fn check_boundary(&self, request: &Request) -> Result<(), ApiError> {
-        let headers = request.headers();
-        if let Some(name) = FORWARDING_HEADERS
+    fn check_boundary(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+        if let Some((_, name)) = FORWARDING_HEADERS
             .iter()
-            .find(|h| headers.contains_key(**h))
+            .find(|(h, _)| headers.contains_key(h))
         {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -136,7 +153,7 @@ impl TokenService {
                 ),
             ));
         }
-        if request.uri().scheme().is_some() || request.uri().authority().is_some() {
+        if uri.scheme().is_some() || uri.authority().is_some() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "absolute-form request targets (a request meant for a proxy) are refused: \
@@ -168,10 +185,7 @@ impl TokenService {
         let Some(expected) = &self.session_token else {
             return Ok(());
         };
-        let given = headers
-            .get(AUTH_HEADER)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
+        let given = headers.get(AUTH).map(|v| v.as_bytes()).unwrap_or_default();
         aws_lc_rs::constant_time::verify_slices_are_equal(given, expected)
             .map_err(|_| ApiError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED))
     }
@@ -206,68 +220,72 @@ impl TokenService {
     }
 
     /// Mints one token for `request`, with the key active when it starts, and answers it.
-    ///
-    /// The hot path of the sidecar: the claims are a typed struct serialized once, and the
-    /// token is written into one buffer sized for it up front (header, payload and signature
-    /// appended in place), then the response into another.
+    /// The path of `POST /token` and of a KMS key; `GET /token` with a local key takes
+    /// [`TokenService::answer`], which shares all but the buffers and the await.
     async fn issue(&self, request: TokenRequest) -> Result<Response, ApiError> {
+        let jti = Jti::new()?;
+        let active = self.keys.active();
+        let mut scratch = Scratch::default();
+        let claims = self.signing_input(request, &jti, &active, &mut scratch)?;
+        let signature = active
+            .key
+            .sign(scratch.input.as_bytes())
+            .await
+            .map_err(|e| self.sign_failed(e))?;
+        let body = answer(
+            &scratch.input,
+            signature.as_ref(),
+            &claims,
+            &active,
+            &mut scratch.json,
+        )?;
+        Ok(json_reply(StatusCode::OK, body).map(Body::from))
+    }
+
+    /// Writes the JWS signing input of a token for `request` (`header.payload`, base64url) to
+    /// `scratch.input`, through `scratch.json`, and returns its claims. The claims are a typed
+    /// struct serialized once, and the base64url header is encoded once per key.
+    fn signing_input<'a>(
+        &'a self,
+        request: TokenRequest,
+        jti: &'a Jti,
+        active: &ActiveKey,
+        scratch: &mut Scratch,
+    ) -> Result<Claims<'a>, ApiError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| ApiError::internal("the system clock is before 1970"))?
             .as_secs();
-        let jti = new_jti()?;
-        let claims = claims::build(request, &self.config, now, &jti)?;
-        let active = self.keys.active();
-        let mut payload = Vec::with_capacity(CLAIMS_CAPACITY);
-        serde_json::to_writer(&mut payload, &claims)
+        let claims = claims::build(request, &self.config, now, jti.as_str())?;
+        scratch.json.clear();
+        serde_json::to_writer(&mut scratch.json, &claims)
             .map_err(|e| ApiError::internal(&format!("cannot encode the claims: {e}")))?;
-        let mut token = String::with_capacity(
+        let input = &mut scratch.input;
+        input.clear();
+        input.reserve(
             active.header_b64.len()
                 + 1
-                + base64::encoded_len(payload.len(), false).unwrap_or(0)
-                + 1
-                + SIGNATURE_B64_CAPACITY,
+                + base64::encoded_len(scratch.json.len(), false).unwrap_or(0),
         );
-        token.push_str(&active.header_b64);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
-        let signature = active
-            .key
-            .sign(token.as_bytes())
-            .await
-            .map_err(|e| match e {
-                SignError::Local => ApiError::internal(&e.to_string()),
-                // KMS unreachable, slow or refusing: not the caller's fault, and may pass.
-                SignError::Kms(_) => {
-                    tracing::warn!(error = %e, "KMS signing failed");
-                    if let Some(recorder) = &self.recorder {
-                        recorder.metrics().key_failure(KeyOperation::Sign);
-                    }
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        input.push_str(&active.header_b64);
+        input.push('.');
+        URL_SAFE_NO_PAD.encode_string(&scratch.json, input);
+        Ok(claims)
+    }
+
+    /// The error a failed signature answers (and, for KMS, counts).
+    fn sign_failed(&self, e: SignError) -> ApiError {
+        match e {
+            SignError::Local => ApiError::internal(&e.to_string()),
+            // KMS unreachable, slow or refusing: not the caller's fault, and may pass.
+            SignError::Kms(_) => {
+                tracing::warn!(error = %e, "KMS signing failed");
+                if let Some(recorder) = &self.recorder {
+                    recorder.metrics().key_failure(KeyOperation::Sign);
                 }
-            })?;
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        let issued = Issued {
-            token: &token,
-            token_type: "Bearer",
-            expires_at: claims.exp,
-            expires_in: claims.ttl,
-            user_id: &claims.sub,
-            kid: active.key.kid(),
-        };
-        let mut body =
-            Vec::with_capacity(token.len() + claims.sub.len() + active.key.kid().len() + 128);
-        serde_json::to_writer(&mut body, &issued)
-            .map_err(|e| ApiError::internal(&format!("cannot encode the response: {e}")))?;
-        Ok((
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response())
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+            }
+        }
     }
 
     /// Issues a token for a request that passed [`guard`], or answers why not.
@@ -280,23 +298,158 @@ impl TokenService {
     }
 }
 
-/// Room for a token's claims without a reallocation: the sidecar's own claims take ~200
-/// bytes with a default subject and audience; requested claims may take more (and grow it).
-const CLAIMS_CAPACITY: usize = 512;
+/// `GET /token` answered before the router ([`Shortcut`]): the same checks as [`guard`], the
+/// same token as `get_token`, the same telemetry record, without axum's per-request boxes
+/// and futures, and with reused buffers. A request it does not issue a token for (another
+/// path or method, a refusal, a KMS key, which signs over the network) goes to the router,
+/// where the guard answers and records it as before.
+impl Shortcut for TokenService {
+    fn answer(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Option<http::Response<Bytes>> {
+        if method != Method::GET || uri.path() != TOKEN_ROUTE {
+            return None;
+        }
+        // Without a recorder (a service started without telemetry or metrics), no clock or
+        // header reads for a record nobody takes.
+        let started = self
+            .recorder
+            .is_some()
+            .then(|| (SystemTime::now(), Instant::now()));
+        let active = self.keys.active();
+        if !active.key.signs_locally()
+            || self.check_boundary(uri, headers).is_err()
+            || self.check_secret(headers).is_err()
+        {
+            return None;
+        }
+        let issued = Jti::new().and_then(|jti| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let claims = self.signing_input(TokenRequest::default(), &jti, &active, scratch)?;
+                let signature = active
+                    .key
+                    .sign_now(scratch.input.as_bytes())
+                    .map_err(|e| self.sign_failed(e))?;
+                answer(
+                    &scratch.input,
+                    signature.as_ref(),
+                    &claims,
+                    &active,
+                    &mut scratch.json,
+                )
+            })
+        });
+        let response = match issued {
+            Ok(body) => json_reply(StatusCode::OK, body),
+            Err(e) => e.reply(),
+        };
+        if let Some((start, timer)) = started {
+            let (traceparent, request_id) = caller(headers);
+            self.record(
+                start,
+                timer,
+                HttpMethod::parse(method.as_str()),
+                response.status(),
+                traceparent,
+                request_id,
+            );
+        }
+        Some(response)
+    }
+}
 
-/// Room for the longest usual base64url signature, so appending it to the token does not
-/// reallocate: RSA-4096's 512 bytes (an 8192-bit key only costs one reallocation more).
-const SIGNATURE_B64_CAPACITY: usize = 683;
+/// The buffers one token is written through: the claims' JSON (then the answer's tail) and
+/// the signing input. The shortcut reuses one set per thread ([`SCRATCH`]); they hold what
+/// the largest `GET /token` needed, which the configuration bounds (no caller input).
+#[derive(Default)]
+struct Scratch {
+    json: Vec<u8>,
+    input: String,
+}
 
-/// The `/token` answer, serialized as it is.
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// The `/token` answer, `{"token":"…","token_type":"Bearer","expires_at":…,"expires_in":…,
+/// "user_id":"…","kid":"…"}`, in one buffer of its exact size (so `Bytes` takes it without a
+/// copy or a second allocation). The token is base64url and dots, which JSON takes as they
+/// are: it is written in place, the rest ([`Tail`]) is serialized into `tail`.
+fn answer(
+    input: &str,
+    signature: &[u8],
+    claims: &Claims,
+    active: &ActiveKey,
+    tail: &mut Vec<u8>,
+) -> Result<Bytes, ApiError> {
+    const HEAD: &[u8] = b"{\"token\":\"";
+    tail.clear();
+    serde_json::to_writer(
+        &mut *tail,
+        &Tail {
+            token_type: "Bearer",
+            expires_at: claims.exp,
+            expires_in: claims.ttl,
+            user_id: &claims.sub,
+            kid: active.key.kid(),
+        },
+    )
+    .map_err(|e| ApiError::internal(&format!("cannot encode the response: {e}")))?;
+    // `{"token_type":…}` without its `{`, after the token's closing `",`.
+    let rest = tail.get(1..).unwrap_or_default();
+    let signature_len = base64::encoded_len(signature.len(), false).unwrap_or(0);
+    let mut body =
+        Vec::with_capacity(HEAD.len() + input.len() + 1 + signature_len + 2 + rest.len());
+    body.extend_from_slice(HEAD);
+    body.extend_from_slice(input.as_bytes());
+    body.push(b'.');
+    let at = body.len();
+    body.resize(at + signature_len, 0);
+    URL_SAFE_NO_PAD
+        .encode_slice(signature, &mut body[at..])
+        .map_err(|e| ApiError::internal(&format!("cannot encode the signature: {e}")))?;
+    body.extend_from_slice(b"\",");
+    body.extend_from_slice(rest);
+    Ok(Bytes::from(body))
+}
+
+/// The `/token` answer after its `token`, serialized as it is.
 #[derive(Serialize)]
-struct Issued<'a> {
-    token: &'a str,
+struct Tail<'a> {
     token_type: &'static str,
     expires_at: u64,
     expires_in: u64,
     user_id: &'a str,
     kid: &'a str,
+}
+
+/// A JSON answer, built without axum's `IntoResponse` (the shortcut's type; the router's
+/// handlers map its body into axum's).
+fn json_reply(status: StatusCode, body: Bytes) -> http::Response<Bytes> {
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The invocation a `/token` caller names for attribution: its `traceparent` and its
+/// request-id header, each when well-formed.
+fn caller(headers: &HeaderMap) -> (Option<TraceParent>, Option<String>) {
+    let traceparent = headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let request_id = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_request_id);
+    (traceparent, request_id)
 }
 
 /// In front of every route: [`TokenService::check_boundary`] on every path; for `/token`,
@@ -306,11 +459,13 @@ struct Issued<'a> {
 /// how the function fares), but a scrape is not a token request and is not recorded.
 async fn guard(State(service): State<Arc<TokenService>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if path != "/token" {
-        let checked = service.check_boundary(&request).and_then(|()| match path {
-            "/metrics" => service.check_secret(request.headers()),
-            _ => Ok(()),
-        });
+    if path != TOKEN_ROUTE {
+        let checked = service
+            .check_boundary(request.uri(), request.headers())
+            .and_then(|()| match path {
+                "/metrics" => service.check_secret(request.headers()),
+                _ => Ok(()),
+            });
         return match checked {
             Ok(()) => next.run(request).await,
             Err(e) => e.into_response(),
@@ -318,19 +473,10 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
     }
     let start = SystemTime::now();
     let timer = Instant::now();
-    let traceparent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
+    let (traceparent, request_id) = caller(request.headers());
     let method = HttpMethod::parse(request.method().as_str());
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_request_id);
     let response = match service
-        .check_boundary(&request)
+        .check_boundary(request.uri(), request.headers())
         .and_then(|()| service.check_secret(request.headers()))
     {
         Ok(()) => next.run(request).await,
@@ -359,10 +505,24 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
 /// could have been duplicated: after a `fork` (`MADV_WIPEONFORK`) and after a VM snapshot
 /// restore where the kernel exposes one (sysgenid), so two copies of the process do not
 /// hand out the same ids.
-fn new_jti() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| ApiError::internal("no randomness available"))?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
+struct Jti([u8; 22]);
+
+impl Jti {
+    fn new() -> Result<Jti, ApiError> {
+        let mut bytes = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut bytes)
+            .map_err(|_| ApiError::internal("no randomness available"))?;
+        let mut jti = Jti([0; 22]);
+        URL_SAFE_NO_PAD
+            .encode_slice(bytes, &mut jti.0)
+            .map_err(|_| ApiError::internal("cannot encode the jti"))?;
+        Ok(jti)
+    }
+
+    fn as_str(&self) -> &str {
+        // base64url is ASCII: never the empty fallback.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// The router, separate from [`serve`] so tests can drive it without a socket.
@@ -409,9 +569,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let metrics = service.recorder.as_ref().map(Recorder::metrics);
-    crate::server::serve(
+    crate::server::serve_with(
         listener,
-        router(service),
+        router(service.clone()),
+        Some(service),
         Limits::TOKEN,
         Listener::Token,
         metrics,
@@ -540,19 +701,32 @@ impl From<ClaimError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer: its status and `{"error","message","status"}`.
+    fn reply(&self) -> http::Response<Bytes> {
+        let error = self.status.canonical_reason().unwrap_or("Error");
+        let body = json!({"error": error, "message": self.message, "status": self.status.as_u16()});
+        json_reply(self.status, Bytes::from(body.to_string()))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let error = self
-            .status
-            .canonical_reason()
-            .unwrap_or("Error")
-            .to_string();
-        (
-            self.status,
-            axum::Json(
-                json!({"error": error, "message": self.message, "status": self.status.as_u16()}),
-            ),
-        )
-            .into_response()
+        self.reply().map(Body::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_name_constants_name_the_documented_headers() {
+        assert!(AUTH.as_str().eq_ignore_ascii_case(AUTH_HEADER));
+        assert!(
+            REQUEST_ID
+                .as_str()
+                .eq_ignore_ascii_case(crate::records::REQUEST_ID_HEADER)
+        );
     }
 }
