@@ -53,6 +53,8 @@ test: deps build
 
 test-rust:
 	$(CARGO) test --workspace --locked
+	# gRPC export is the opt-in `grpc` feature: its tests, against a debug build with it.
+	env -u LAMBDA_SIDECAR_BIN $(CARGO) test --locked -p lambda-sidecar --features grpc --lib --test e2e --test exporter -- grpc export_configuration
 
 test-verifiers:
 	$(PYTEST) -q tests/verifiers/verify_pyjwt.py

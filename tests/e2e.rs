@@ -387,6 +387,8 @@ async fn semantic_conventions_reach_the_collector() {
     drop(rotel);
 }
 
+/// gRPC export is the opt-in `grpc` build: `cargo test --features grpc`.
+#[cfg(feature = "grpc")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_export_through_the_collector() {
     let sink = Sink::start().await.unwrap();

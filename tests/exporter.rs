@@ -4,10 +4,15 @@
 
 mod common;
 
+#[cfg(feature = "grpc")]
 use std::net::{SocketAddr, TcpListener, TcpStream};
+#[cfg(feature = "grpc")]
 use std::path::Path;
+#[cfg(feature = "grpc")]
 use std::process::Command;
+#[cfg(feature = "grpc")]
 use std::sync::Arc;
+#[cfg(feature = "grpc")]
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -23,6 +28,7 @@ fn environment(invokes: usize, extra: &[(&str, String)]) -> EnvConfig {
 
 /// A CA and a server certificate for 127.0.0.1 and localhost it signed, made with the
 /// `openssl` CLI (no OpenSSL in the binary or the tests' dependencies).
+#[cfg(feature = "grpc")]
 fn make_certificates(dir: &Path) {
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")
@@ -90,6 +96,7 @@ fn make_certificates(dir: &Path) {
 
 /// A TLS server that only completes handshakes (offering h2, as a gRPC server does) and
 /// counts them; stopped when dropped.
+#[cfg(feature = "grpc")]
 struct TlsServer {
     addr: SocketAddr,
     handshakes: Arc<AtomicUsize>,
@@ -97,6 +104,7 @@ struct TlsServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+#[cfg(feature = "grpc")]
 impl TlsServer {
     fn start(cert: &Path, key: &Path) -> TlsServer {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -147,6 +155,7 @@ impl TlsServer {
     }
 }
 
+#[cfg(feature = "grpc")]
 impl Drop for TlsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -160,7 +169,8 @@ impl Drop for TlsServer {
 
 /// gRPC to an `https` collector behind a private CA: the exporter trusts the CA of
 /// `OTEL_EXPORTER_OTLP_CERTIFICATE` (tonic's default TLS config trusted nothing, so the
-/// handshake failed).
+/// handshake failed). gRPC export is the opt-in `grpc` build: `cargo test --features grpc`.
+#[cfg(feature = "grpc")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_tls_trusts_the_configured_ca() {
     let dir = std::env::temp_dir().join(format!("sidecar-grpc-tls-{}", std::process::id()));

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: scripts/package/layer.sh arm64|x86_64
+# Usage: [LAYER_FEATURES=grpc] scripts/package/layer.sh arm64|x86_64
 # Builds the static binary for ARCH and packs it as dist/lambda-sidecar-ARCH.zip
 # (extensions/lambda-sidecar, mode 755), ready for template.yaml's layer of that ARCH.
 set -euo pipefail

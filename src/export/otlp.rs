@@ -7,10 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry::metrics::Meter;
 use opentelemetry::{Key, KeyValue};
+#[cfg(feature = "grpc")]
+use opentelemetry_otlp::WithTonicConfig;
+#[cfg(feature = "grpc")]
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
 use opentelemetry_otlp::{
     LogExporter, MetricExporter, Protocol, RetryPolicy, SpanExporter, WithExportConfig,
-    WithHttpConfig, WithTonicConfig,
+    WithHttpConfig,
 };
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -181,6 +184,12 @@ fn service_instance_id(log_stream: Option<&str>) -> String {
 
 const TEMPORALITY_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
 
+/// What a `grpc` protocol gets from a build without the `grpc` feature: tonic and h2 weigh
+/// about 0.45 MB of machine code, and http/protobuf (the default) needs neither.
+#[cfg(not(feature = "grpc"))]
+const GRPC_NOT_BUILT: &str = "http/protobuf: this build has no gRPC export \
+    (build with the `grpc` Cargo feature, e.g. LAYER_FEATURES=grpc scripts/package/layer.sh)";
+
 /// Where and how to export, read from the standard `OTEL_*` variables.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportConfig {
@@ -244,7 +253,16 @@ impl ExportConfig {
             };
             match raw.as_deref().map(str::trim) {
                 None | Some("http/protobuf") => Ok(Some(Protocol::HttpBinary)),
+                #[cfg(feature = "grpc")]
                 Some("grpc") => Ok(Some(Protocol::Grpc)),
+                // gRPC export is an opt-in build (the `grpc` Cargo feature): refused here, at
+                // init, rather than exporting nothing.
+                #[cfg(not(feature = "grpc"))]
+                Some("grpc") => Err(ConfigError::Invalid {
+                    var,
+                    value: "grpc".to_string(),
+                    expected: GRPC_NOT_BUILT.to_string(),
+                }),
                 Some(other) => Err(ConfigError::Invalid {
                     var,
                     value: other.to_string(),
@@ -300,12 +318,14 @@ impl ExportClients {
             .map(CustomCa::read)
             .transpose()?;
         let http = http_client(ca.as_ref())?;
+        #[cfg(feature = "grpc")]
         let grpc_tls = grpc_tls(ca.as_ref());
         // The span, metric and log builders are different types with the same methods.
         macro_rules! exporter {
             ($builder:expr, $protocol:expr, $var:literal) => {
                 match $protocol {
                     None => None,
+                    #[cfg(feature = "grpc")]
                     Some(Protocol::Grpc) => Some(
                         $builder
                             .with_tonic()
@@ -358,6 +378,7 @@ impl ExportClients {
 /// The CA certificates of `OTEL_EXPORTER_OTLP_CERTIFICATE`, read once for both transports.
 struct CustomCa {
     path: String,
+    #[cfg(feature = "grpc")]
     pem: Vec<u8>,
     certs: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
@@ -379,6 +400,7 @@ impl CustomCa {
         }
         Ok(CustomCa {
             path: path.to_string(),
+            #[cfg(feature = "grpc")]
             pem,
             certs,
         })
@@ -423,6 +445,7 @@ fn http_client(ca: Option<&CustomCa>) -> Result<reqwest::Client, ConfigError> {
 /// TLS for the gRPC exporters: the same roots as [`http_client`]. tonic's default
 /// `ClientTlsConfig` trusts nothing at all, so without this no `https` collector could be
 /// reached over gRPC. (tonic does not follow redirects.)
+#[cfg(feature = "grpc")]
 fn grpc_tls(ca: Option<&CustomCa>) -> ClientTlsConfig {
     let tls = ClientTlsConfig::new().with_webpki_roots();
     match ca {
@@ -570,6 +593,36 @@ mod tests {
         assert_eq!(&a[14..15], "4", "version 4: {a}");
     }
 
+    /// A build without the `grpc` feature refuses `grpc` at init, naming the variable that
+    /// asked for it and the way out, instead of exporting nothing.
+    #[cfg(not(feature = "grpc"))]
+    #[test]
+    fn grpc_is_refused_by_a_build_without_it() {
+        for var in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ] {
+            let err = parse(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                (var, "grpc"),
+            ])
+            .unwrap_err();
+            let ConfigError::Invalid {
+                var: named,
+                expected,
+                ..
+            } = &err
+            else {
+                panic!("{err}");
+            };
+            assert_eq!(*named, var);
+            assert!(
+                expected.contains("http/protobuf") && expected.contains("`grpc` Cargo feature"),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn export_configuration() {
         let none = ExportConfig {
@@ -589,12 +642,15 @@ mod tests {
             Some(Protocol::HttpBinary),
             "logs are on by default"
         );
-        let grpc = parse(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ])
-        .unwrap();
-        assert_eq!(grpc.traces, Some(Protocol::Grpc));
+        #[cfg(feature = "grpc")]
+        {
+            let grpc = parse(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ])
+            .unwrap();
+            assert_eq!(grpc.traces, Some(Protocol::Grpc));
+        }
         let traces_only =
             parse(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c/v1/traces")]).unwrap();
         assert_eq!(
@@ -630,14 +686,26 @@ mod tests {
             (true, false)
         );
         let logs_only = parse(&[
-            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4317"),
-            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4318/v1/logs"),
+            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf"),
         ])
         .unwrap();
         assert_eq!(
             (logs_only.traces, logs_only.logs),
-            (None, Some(Protocol::Grpc))
+            (None, Some(Protocol::HttpBinary))
         );
+        #[cfg(feature = "grpc")]
+        {
+            let logs_grpc = parse(&[
+                ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc"),
+            ])
+            .unwrap();
+            assert_eq!(
+                (logs_grpc.traces, logs_grpc.logs),
+                (None, Some(Protocol::Grpc))
+            );
+        }
         for (var, value) in [
             ("OTEL_LOGS_EXPORTER", "console"),
             ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/json"),
