@@ -68,6 +68,7 @@ FAKE_RUNTIME := --manifest-path $(ROOT)/tests/verifiers/fake-runtime/Cargo.toml
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy -p lambda-sidecar --all-targets --features grpc --locked -- -D warnings
 	$(CARGO) fmt $(FAKE_RUNTIME) --check
 	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/lifecycle-fixture $(CARGO) clippy $(FAKE_RUNTIME) --locked -- -D warnings
 	$(CARGO) fmt --manifest-path $(ROOT)/fuzz/Cargo.toml --check
