@@ -99,7 +99,7 @@ fuzz:
 	done
 
 # --- packaging (issue 4) ---
-# The logic lives in scripts/package/; README's "Deploying" section walks through it.
+# The logic lives in scripts/package/; docs/deploying.md walks through it.
 #   make layer-arm64 layer-x86_64   dist/lambda-sidecar-<arch>.zip (static musl build, cargo-zigbuild)
 #   make test-packaging             template lint (cfn-lint, sam validate), dashboard, zips, sam build, smoke runs of both zips
 #   make test-example               examples/nodejs-function: npm test against the real sidecar
@@ -135,7 +135,7 @@ deploy: layers
 
 # After a deploy with PublishJwks=true: the JWKS and the OIDC discovery document of the key the
 # function signs with, written to the JwksBucket output's .well-known/, where API Gateway and
-# other relying parties fetch them (README, "Publishing the JWKS"). Run it with the function's
+# other relying parties fetch them (docs/deploying.md, "Publishing the JWKS"). Run it with the function's
 # key configuration in the environment (JWT_ALGORITHM and its key), as the sidecar reads it;
 # JWT_ISSUER and JWT_JWKS_URI are set here from the bucket, as the template sets them for the
 # function. The JWKS goes first, so the discovery document never names a JWKS not there yet;

@@ -1,4 +1,4 @@
-"""Cold start and per-token latency by key source, against moto on loopback (README "Key sources").
+"""Cold start and per-token latency by key source, against moto on loopback (docs/performance.md, "Key sources").
 
     .venv/bin/python scripts/measure_keys.py [BINARY] [RUNS]
 

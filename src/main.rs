@@ -1,9 +1,11 @@
 //! The `lambda-sidecar` binary: picks the mode, sets up logging, hands over to the library.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use lambda_sidecar::config::{Config, LogConfig, LogFormat};
+use lambda_sidecar::config::{Config, Lambda, LogConfig, LogFormat};
 use lambda_sidecar::token::discovery;
 use lambda_sidecar::token::source::LoadError;
 use lambda_sidecar::{lifecycle, logging, standalone};
@@ -20,7 +22,7 @@ Usage:
                           both https URLs), for a deploy step to publish
   lambda-sidecar --version
 
-Configuration is read from environment variables; see README.md.";
+Configuration is read from environment variables; see docs/configuration.md.";
 
 fn main() -> ExitCode {
     let process_start = lifecycle::mark_process_start();
@@ -48,7 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !serve && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+    if !serve && Lambda::from_env().runtime_api.is_none() {
         eprintln!(
             "lambda-sidecar: AWS_LAMBDA_RUNTIME_API is not set, so this is not a Lambda \
              execution environment.\nTo run the token service on its own, use: lambda-sidecar serve"

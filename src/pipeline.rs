@@ -13,10 +13,11 @@ use std::time::SystemTime;
 use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::derive::{Deriver, LogEntry};
-use crate::intake::events::EventKind;
+use crate::derive::Deriver;
+use crate::events::EventKind;
+use crate::items::LogEntry;
+use crate::metrics::{Metrics, Signal};
 use crate::records::Record;
-use crate::signals::{Metrics, Signal};
 
 /// Messages queued ahead of the pipeline task. A full queue means the task is far behind;
 /// records are then dropped and counted rather than letting a handler wait.
@@ -32,7 +33,7 @@ const QUEUE_CAPACITY: usize = 4096;
 const MAX_QUEUED_EVENTS: usize = 20_000;
 
 /// A batch's weight in [`MAX_QUEUED_EVENTS`].
-fn weight(batch: &crate::intake::events::Batch) -> usize {
+fn weight(batch: &crate::events::Batch) -> usize {
     batch
         .events
         .iter()
@@ -67,19 +68,19 @@ pub type Derived = (Vec<SpanData>, Vec<LogEntry>);
 pub struct Recorder {
     /// The pipeline task's queue; `None` for [`Recorder::metrics_only`].
     tx: Option<mpsc::Sender<Msg>>,
-    signals: Arc<Metrics>,
+    metrics: Arc<Metrics>,
     /// Telemetry events queued, shared with the task (which subtracts what it takes).
     queued_events: Arc<AtomicUsize>,
 }
 
 impl Recorder {
     /// For `serve` mode, which has no Lambda to observe and no OTLP export, so no pipeline:
-    /// token records go straight into `signals` (what `/metrics` shows) and derive no span.
+    /// token records go straight into `metrics` (what `/metrics` shows) and derive no span.
     /// Token records are the only ones that mode makes.
-    pub fn metrics_only(signals: Arc<Metrics>) -> Recorder {
+    pub fn metrics_only(metrics: Arc<Metrics>) -> Recorder {
         Recorder {
             tx: None,
-            signals,
+            metrics,
             queued_events: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -87,7 +88,7 @@ impl Recorder {
     pub fn record(&self, record: Record) {
         let Some(tx) = &self.tx else {
             if let Record::Token(token) = record {
-                self.signals.token(&token);
+                self.metrics.token(&token);
             }
             return;
         };
@@ -99,14 +100,14 @@ impl Recorder {
         let queued = self.queued_events.fetch_add(events, Ordering::Relaxed) + events;
         if queued > MAX_QUEUED_EVENTS || tx.try_send(Msg::Record(record, events)).is_err() {
             self.queued_events.fetch_sub(events, Ordering::Relaxed);
-            self.signals.dropped(Signal::Records, 1);
+            self.metrics.dropped(Signal::Records, 1);
         }
     }
 
     /// The metrics the records add up to: what `/metrics` renders, and where the servers
     /// count what they refuse before it becomes a record.
     pub fn metrics(&self) -> Arc<Metrics> {
-        Arc::clone(&self.signals)
+        Arc::clone(&self.metrics)
     }
 }
 
@@ -117,13 +118,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Spawns the pipeline task on the current runtime.
-    pub fn start(deriver: Deriver, signals: Arc<Metrics>) -> (Pipeline, Recorder) {
+    pub fn start(deriver: Deriver, metrics: Arc<Metrics>) -> (Pipeline, Recorder) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let queued_events = Arc::new(AtomicUsize::new(0));
         tokio::spawn(run(deriver, rx, Arc::clone(&queued_events)));
         let recorder = Recorder {
             tx: Some(tx.clone()),
-            signals,
+            metrics,
             queued_events,
         };
         (Pipeline { tx }, recorder)
@@ -207,9 +208,9 @@ async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: A
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::derive::FunctionInfo;
-    use crate::intake::events::parse_batch;
-    use crate::signals::testing;
+    use crate::events::parse_batch;
+    use crate::function::FunctionInfo;
+    use crate::metrics::testing;
 
     #[tokio::test]
     async fn a_drain_if_changed_is_none_until_a_record_arrives() {

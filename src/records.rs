@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{SpanId, TraceId};
 
-use crate::intake::events::Batch;
+use crate::events::Batch;
 
 /// One observation, sent by the lifecycle, the telemetry listener or the token handler.
 #[derive(Debug)]
@@ -81,14 +81,14 @@ pub fn parse_request_id(header: &str) -> Option<String> {
 pub const TOKEN_ROUTE: &str = "/token";
 
 /// A request method as the HTTP semantic conventions record it (`http.request.method`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpMethod {
     /// One of the methods the conventions call known: RFC 9110's and PATCH (RFC 5789).
     Known(&'static str),
-    /// Any other method: recorded as `_OTHER`, with the original kept for
-    /// `http.request.method_original`, cut to [`HttpMethod::MAX_ORIGINAL`] bytes since it
-    /// comes from the caller.
-    Other(String),
+    /// Any other method: recorded as `_OTHER`. The caller's spelling is not kept (the
+    /// conventions' `http.request.method_original` is left out): it is text a caller
+    /// chose, and the method's only use here is to tell the function's requests apart.
+    Other,
 }
 
 impl HttpMethod {
@@ -96,21 +96,11 @@ impl HttpMethod {
     const KNOWN: [&'static str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
     ];
-    /// Longer than any registered method (`BASELINE-CONTROL`: 16 bytes), so a real one is
-    /// kept whole, while a made-up one as long as the request head allows costs 32 bytes
-    /// per span held.
-    pub const MAX_ORIGINAL: usize = 32;
 
     pub fn parse(method: &str) -> HttpMethod {
         match Self::KNOWN.into_iter().find(|known| *known == method) {
             Some(known) => HttpMethod::Known(known),
-            None => {
-                let mut end = method.len().min(Self::MAX_ORIGINAL);
-                while !method.is_char_boundary(end) {
-                    end -= 1;
-                }
-                HttpMethod::Other(method[..end].to_owned())
-            }
+            None => HttpMethod::Other,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Head sampling per the OpenTelemetry SDK specification: `OTEL_TRACES_SAMPLER` and
-//! `OTEL_TRACES_SAMPLER_ARG`. A plain value, so derivation stays pure: the decision is a
-//! function of the sampler, the parent's decision and the trace id alone.
+//! Head sampling per the OpenTelemetry SDK specification, as `OTEL_TRACES_SAMPLER` and
+//! `OTEL_TRACES_SAMPLER_ARG` configure it (`config` reads them). A plain value, so derivation
+//! stays pure: the decision is a function of the sampler, the parent's decision and the
+//! trace id alone.
 //!
 //! The parent's decision is X-Ray's `Sampled` flag for an invocation, or the caller's
 //! `traceparent` flags for a token span. With Active tracing X-Ray records about one
@@ -8,11 +9,6 @@
 //! invocation spans from hanging under segments that were never recorded.
 
 use opentelemetry::trace::TraceId;
-
-use crate::config::ConfigError;
-
-const SAMPLER_VAR: &str = "OTEL_TRACES_SAMPLER";
-const ARG_VAR: &str = "OTEL_TRACES_SAMPLER_ARG";
 
 /// Decides for a span without a parent decision.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,48 +38,6 @@ impl Default for Sampler {
 }
 
 impl Sampler {
-    /// Reads `OTEL_TRACES_SAMPLER` (case-insensitive, as the spec says of enum values) and,
-    /// for the ratio samplers, `OTEL_TRACES_SAMPLER_ARG` (default 1.0). Unlike the spec's
-    /// "warn and use the default", an invalid value is a config error: silently exporting
-    /// every trace (or none) is the surprise an operator pays for.
-    pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<Sampler, ConfigError> {
-        let name = match lookup(SAMPLER_VAR) {
-            Some(v) if !v.trim().is_empty() => v,
-            _ => return Ok(Sampler::default()),
-        };
-        let ratio = || -> Result<f64, ConfigError> {
-            match lookup(ARG_VAR) {
-                Some(arg) if !arg.trim().is_empty() => match arg.trim().parse::<f64>() {
-                    Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
-                    _ => Err(ConfigError::Invalid {
-                        var: ARG_VAR,
-                        value: arg,
-                        expected: "a sampling probability between 0 and 1, e.g. 0.25".to_owned(),
-                    }),
-                },
-                _ => Ok(1.0),
-            }
-        };
-        let (parent_based, root) = match name.trim().to_ascii_lowercase().as_str() {
-            "always_on" => (false, Root::AlwaysOn),
-            "always_off" => (false, Root::AlwaysOff),
-            "traceidratio" => (false, Root::Ratio(ratio()?)),
-            "parentbased_always_on" => (true, Root::AlwaysOn),
-            "parentbased_always_off" => (true, Root::AlwaysOff),
-            "parentbased_traceidratio" => (true, Root::Ratio(ratio()?)),
-            _ => {
-                return Err(ConfigError::Invalid {
-                    var: SAMPLER_VAR,
-                    value: name,
-                    expected: "always_on, always_off, traceidratio, parentbased_always_on, \
-                               parentbased_always_off or parentbased_traceidratio"
-                        .to_owned(),
-                });
-            }
-        };
-        Ok(Sampler { parent_based, root })
-    }
-
     /// Whether a span in `trace_id` is sampled, given its parent's decision (`None`: no
     /// parent, or one that left the decision open, as X-Ray's `Sampled=?`).
     pub fn decide(self, parent: Option<bool>, trace_id: TraceId) -> bool {
@@ -116,101 +70,32 @@ fn ratio_samples(ratio: f64, trace_id: TraceId) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-
-    fn parse(pairs: &[(&str, &str)]) -> Result<Sampler, ConfigError> {
-        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
-        Sampler::parse(|k| map.get(k).map(|v| (*v).to_owned()))
-    }
 
     fn id(hex: &str) -> TraceId {
         TraceId::from_hex(hex).unwrap()
     }
 
     #[test]
-    fn each_sampler_value() {
-        let ratio = |r| Root::Ratio(r);
-        for (name, arg, parent_based, root) in [
-            ("always_on", None, false, Root::AlwaysOn),
-            ("always_off", None, false, Root::AlwaysOff),
-            ("traceidratio", Some("0.25"), false, ratio(0.25)),
-            ("traceidratio", None, false, ratio(1.0)),
-            ("parentbased_always_on", None, true, Root::AlwaysOn),
-            ("ParentBased_Always_Off", None, true, Root::AlwaysOff),
-            ("parentbased_traceidratio", Some(" 0 "), true, ratio(0.0)),
-        ] {
-            let mut vars = vec![("OTEL_TRACES_SAMPLER", name)];
-            vars.extend(arg.map(|a| ("OTEL_TRACES_SAMPLER_ARG", a)));
-            assert_eq!(
-                parse(&vars).unwrap(),
-                Sampler { parent_based, root },
-                "{name} {arg:?}"
-            );
-        }
-        assert_eq!(parse(&[]).unwrap(), Sampler::default());
-        assert_eq!(
-            parse(&[("OTEL_TRACES_SAMPLER_ARG", "0.5")]).unwrap(),
-            Sampler::default(),
-            "the argument alone changes nothing"
-        );
-
+    fn each_sampler_decides() {
         let t = id("4bf92f3577b34da6a3ce929d0e0e4736");
-        let decisions = |sampler: Sampler| {
+        let decisions = |parent_based: bool, root: Root| {
+            let sampler = Sampler { parent_based, root };
             [None, Some(true), Some(false)].map(|parent| sampler.decide(parent, t))
         };
-        let named = |name: &str| parse(&[("OTEL_TRACES_SAMPLER", name)]).unwrap();
-        assert_eq!(decisions(named("always_on")), [true, true, true]);
-        assert_eq!(decisions(named("always_off")), [false, false, false]);
+        assert_eq!(decisions(false, Root::AlwaysOn), [true, true, true]);
+        assert_eq!(decisions(false, Root::AlwaysOff), [false, false, false]);
+        assert_eq!(decisions(true, Root::AlwaysOn), [true, true, false]);
+        assert_eq!(decisions(true, Root::AlwaysOff), [false, true, false]);
+        assert_eq!(decisions(false, Root::Ratio(0.0)), [false, false, false]);
+        assert_eq!(decisions(true, Root::Ratio(0.0)), [false, true, false]);
         assert_eq!(
-            decisions(named("parentbased_always_on")),
-            [true, true, false]
+            Sampler::default(),
+            Sampler {
+                parent_based: true,
+                root: Root::AlwaysOn
+            }
         );
-        assert_eq!(
-            decisions(named("parentbased_always_off")),
-            [false, true, false]
-        );
-        let zero = |name: &str| {
-            parse(&[
-                ("OTEL_TRACES_SAMPLER", name),
-                ("OTEL_TRACES_SAMPLER_ARG", "0"),
-            ])
-            .unwrap()
-        };
-        assert_eq!(decisions(zero("traceidratio")), [false, false, false]);
-        assert_eq!(
-            decisions(zero("parentbased_traceidratio")),
-            [false, true, false]
-        );
-    }
-
-    #[test]
-    fn invalid_values_name_the_variable_and_what_it_accepts() {
-        for (vars, needle) in [
-            (
-                vec![("OTEL_TRACES_SAMPLER", "xray")],
-                "OTEL_TRACES_SAMPLER=\"xray\" is not valid: expected always_on, always_off, \
-                 traceidratio",
-            ),
-            (
-                vec![
-                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
-                    ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
-                ],
-                "OTEL_TRACES_SAMPLER_ARG=\"1.5\" is not valid: expected a sampling probability",
-            ),
-            (
-                vec![
-                    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-                    ("OTEL_TRACES_SAMPLER_ARG", "NaN"),
-                ],
-                "OTEL_TRACES_SAMPLER_ARG=\"NaN\"",
-            ),
-        ] {
-            let error = parse(&vars).unwrap_err().to_string();
-            assert!(error.contains(needle), "{error}");
-        }
     }
 
     /// The decision depends on the trace id's low 56 bits only, is the same every time,

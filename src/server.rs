@@ -36,14 +36,15 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service as _;
 
-use crate::signals::{Listener, Metrics, Refusal};
+use crate::metrics::{Listener, Metrics, Refusal};
 
 /// Limits for one listener. The defaults are [`Limits::TOKEN`] and [`Limits::TELEMETRY`];
 /// tests shorten them.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections open at once. At the cap a new connection evicts the oldest one that has
-    /// no request in flight, or is refused at once when every one is busy: never queued.
+    /// Connections open at once. At the cap a new connection evicts one that has no request
+    /// in flight (see [`victim`] for which), or is refused at once when every one is busy:
+    /// never queued.
     pub max_connections: usize,
     /// A request head must be complete this long after accept (first request) or after its
     /// first byte (later requests on a keep-alive connection).
@@ -193,17 +194,14 @@ struct Shared {
 }
 
 impl Shared {
-    /// Registers connection `id`, evicting the oldest connection with no request in flight
-    /// when at the cap; no connection when every one is busy.
+    /// Registers connection `id`, evicting the [`victim`] when at the cap; no connection when
+    /// every one is busy.
     fn admit(&self, id: u64) -> Admitted {
         let mut conns = lock(&self.conns);
         let mut evicted = false;
         if conns.len() >= self.limits.max_connections {
-            let victim = conns
-                .iter()
-                .find(|(_, c)| !matches!(c.state().phase, Phase::Busy))
-                .map(|(id, _)| *id);
-            match victim.and_then(|victim| conns.remove(&victim)) {
+            let chosen = victim(conns.iter().map(|(id, c)| (*id, c.state().standing())));
+            match chosen.and_then(|victim| conns.remove(&victim)) {
                 Some(victim) => {
                     victim.evict();
                     self.count(Refusal::Evicted);
@@ -223,6 +221,7 @@ impl Shared {
                     deadline: Instant::now() + self.limits.header_timeout,
                 },
                 evicted: false,
+                served: false,
                 armed: None,
             }),
             changed: Notify::new(),
@@ -247,6 +246,46 @@ struct Admitted {
     conn: Option<Arc<Conn>>,
     /// Whether an older connection was evicted to make room.
     evicted: bool,
+}
+
+/// Where an open connection stands, as eviction weighs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// A request is in flight: never evicted.
+    Busy,
+    /// Has completed no request yet and is waiting for (the rest of) its first head.
+    Fresh,
+    /// Has completed a request and waits, idle, for the next one: a client's keep-alive
+    /// connection.
+    Idle,
+    /// Has completed a request and is receiving the next one's head.
+    Receiving,
+}
+
+/// The connection to close to make room for a new one at the cap, from the open ones by
+/// accept order (`id`); `None` when every one is busy. A flood of new connections must not
+/// cost the function the connection it reuses, so:
+/// 1. a connection that has completed no request, the oldest first: it has been silent the
+///    longest (a real client sends its head as soon as it connects), and a client that just
+///    connected keeps the most time to send its own;
+/// 2. then an idle connection that has served requests, the most recently opened first: the
+///    function's keep-alive connections were opened before a flood of clients that complete
+///    requests too (`wrk -c400`), so they go last;
+/// 3. then one receiving its next head, again the most recent first.
+fn victim(conns: impl IntoIterator<Item = (u64, Standing)>) -> Option<u64> {
+    conns
+        .into_iter()
+        .filter_map(|(id, standing)| {
+            let rank = match standing {
+                Standing::Busy => return None,
+                Standing::Fresh => (0, id),
+                Standing::Idle => (1, u64::MAX - id),
+                Standing::Receiving => (2, u64::MAX - id),
+            };
+            Some((rank, id))
+        })
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, id)| id)
 }
 
 /// Locks, ignoring poisoning: the guarded data stays consistent, every update is one store.
@@ -281,12 +320,25 @@ struct ConnState {
     phase: Phase,
     /// Set by the accept loop when it closes this connection to make room.
     evicted: bool,
+    /// Whether a request on it has been answered (it is someone's keep-alive connection).
+    served: bool,
     /// When the connection task's timer fires (`None`: it waits for a notification only).
     /// A phase whose deadline is no earlier needs no wake-up: the timer fires first, and
     /// [`expired`] then re-arms it at the phase's own deadline. Under load, each request's
     /// head deadline is later than the one armed for the request before, so a request costs
     /// no notification, no extra poll of the connection task and no timer re-registration.
     armed: Option<Instant>,
+}
+
+impl ConnState {
+    fn standing(&self) -> Standing {
+        match (self.phase, self.served) {
+            (Phase::Busy, _) => Standing::Busy,
+            (_, false) => Standing::Fresh,
+            (Phase::Idle { .. }, true) => Standing::Idle,
+            (Phase::Head { .. }, true) => Standing::Receiving,
+        }
+    }
 }
 
 /// One connection's phase, shared by its socket wrapper, its request hooks and its task.
@@ -306,6 +358,8 @@ impl Conn {
     fn set(&self, phase: Phase) {
         let mut state = self.state();
         state.phase = phase;
+        // Only a request's end makes a connection idle.
+        state.served |= matches!(phase, Phase::Idle { .. });
         let wake = match (phase.deadline(), state.armed) {
             (Some(deadline), Some(armed)) => deadline < armed,
             (Some(_), None) => true,
@@ -635,7 +689,7 @@ mod tests {
 
     use super::*;
     use crate::export::MetricsSource;
-    use crate::signals::testing;
+    use crate::metrics::testing;
 
     const SLOW: Duration = Duration::from_secs(2);
     /// A functional bound, not a budget: far above every limit the tests set.
@@ -802,6 +856,82 @@ mod tests {
         assert_eq!(
             testing::render(&server.source),
             "sidecar.connections.refused{listener=token,reason=body_timeout} = 1"
+        );
+    }
+
+    #[test]
+    fn eviction_spares_busy_then_keep_alive_connections() {
+        use Standing::{Busy, Fresh, Idle, Receiving};
+        /// Open connections by accept order.
+        type Open = [(u64, Standing)];
+        // (the open connections, the one evicted)
+        let cases: &[(&Open, Option<u64>)] = &[
+            (&[], None),
+            (&[(1, Busy), (2, Busy)], None),
+            // The function's keep-alive connection (1) outlives a flood of silent ones,
+            // which go oldest first.
+            (&[(1, Idle), (2, Fresh), (3, Fresh)], Some(2)),
+            (&[(1, Idle), (2, Busy), (3, Fresh)], Some(3)),
+            (&[(1, Receiving), (2, Idle), (3, Fresh)], Some(3)),
+            // Only connections that have served requests (a wrk-like flood): the most
+            // recently opened goes first, the oldest keep-alive one last.
+            (&[(1, Idle), (2, Idle), (3, Idle)], Some(3)),
+            (&[(1, Idle), (2, Idle), (3, Busy)], Some(2)),
+            // One receiving its next head goes after every idle one.
+            (&[(1, Idle), (5, Receiving)], Some(1)),
+            (&[(1, Receiving), (5, Receiving), (7, Busy)], Some(5)),
+            (&[(4, Busy), (9, Idle)], Some(9)),
+        ];
+        for (conns, expected) in cases {
+            assert_eq!(victim(conns.iter().copied()), *expected, "{conns:?}");
+        }
+    }
+
+    #[test]
+    fn a_connection_is_fresh_until_it_completes_a_request() {
+        let state = |phase, served| ConnState {
+            phase,
+            evicted: false,
+            served,
+            armed: None,
+        };
+        let deadline = Instant::now();
+        let cases = [
+            (state(Phase::Head { deadline }, false), Standing::Fresh),
+            (state(Phase::Busy, false), Standing::Busy),
+            (state(Phase::Busy, true), Standing::Busy),
+            (state(Phase::Idle { deadline }, true), Standing::Idle),
+            (state(Phase::Head { deadline }, true), Standing::Receiving),
+        ];
+        for (state, expected) in cases {
+            assert_eq!(state.standing(), expected, "{:?}", state.phase);
+        }
+    }
+
+    /// At the cap, a new connection evicts one that has sent nothing rather than the older
+    /// keep-alive connection that has completed a request, which goes on being answered.
+    #[tokio::test]
+    async fn at_the_cap_a_keep_alive_connection_outlives_a_silent_one() {
+        let server = start(Limits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(30),
+            ..limits()
+        })
+        .await;
+        let settle = || tokio::time::sleep(Duration::from_millis(100));
+        let request = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let mut keep_alive = TcpStream::connect(server.addr).await.unwrap();
+        keep_alive.write_all(request).await.unwrap();
+        assert!(response(&mut keep_alive).await.starts_with("HTTP/1.1 200"));
+        let mut silent = TcpStream::connect(server.addr).await.unwrap();
+        settle().await;
+        let _newcomer = TcpStream::connect(server.addr).await.unwrap();
+        assert!(closed(&mut silent).await, "the silent one stays open");
+        keep_alive.write_all(request).await.unwrap();
+        assert!(response(&mut keep_alive).await.starts_with("HTTP/1.1 200"));
+        assert_eq!(
+            testing::render(&server.source),
+            "sidecar.connections.refused{listener=token,reason=evicted} = 1"
         );
     }
 

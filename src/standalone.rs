@@ -2,7 +2,6 @@
 //! for local development, the examples, benchmarks and container sidecars. No Lambda to
 //! observe and no OTLP export, but the token metrics still count, for `/metrics`.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -12,11 +11,11 @@ use opentelemetry::metrics::noop::NoopMeterProvider;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::lifecycle::{StartupError, bind};
+use crate::lifecycle::startup::{self, StartupError, TokenListener};
+use crate::metrics::{Listener, Metrics};
 use crate::pipeline::Recorder;
 use crate::server::{self, Limits};
-use crate::signals::{Listener, Metrics};
-use crate::token::{self, TokenService, source};
+use crate::token::{self, source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
@@ -35,19 +34,19 @@ pub async fn run(config: Config) -> Result<(), StandaloneError> {
         .await
         .map_err(StartupError::from)?
         .ring;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
-    let listener = bind(addr).await?;
-    let port = listener
-        .local_addr()
-        .map_err(|source| StartupError::Bind { addr, source })?
-        .port();
     // Nothing exports over OTLP here, so the OTel half of every instrument is a no-op; the
     // Prometheus half counts.
     let metrics = Arc::new(Metrics::new(
         &NoopMeterProvider::new().meter(env!("CARGO_PKG_NAME")),
     ));
+    let recorder = Recorder::metrics_only(metrics.clone());
+    let TokenListener {
+        addr,
+        listener,
+        service,
+    } = startup::token_listener(&config, keys.clone(), recorder).await?;
     if let Some(metrics_addr) = config.metrics_addr {
-        let metrics_listener = bind(metrics_addr).await?;
+        let metrics_listener = startup::bind(metrics_addr).await?;
         tracing::info!(addr = %metrics_addr, "serving /metrics");
         tokio::spawn(serve_metrics(metrics_listener, metrics.clone()));
     }
@@ -56,8 +55,6 @@ pub async fn run(config: Config) -> Result<(), StandaloneError> {
         // Outside Lambda nothing turns stdout into CloudWatch metrics; scrape /metrics.
         tracing::warn!("SIDECAR_EMF=on is for extension mode: serve writes no EMF");
     }
-    let recorder = Recorder::metrics_only(metrics);
-    let service = Arc::new(TokenService::new(config.token, keys, Some(recorder), port));
     token::serve(listener, service, signal())
         .await
         .map_err(StandaloneError::Serve)

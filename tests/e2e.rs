@@ -6,6 +6,8 @@
 //! rotel-agent comes from PyPI (`make test` installs it into .venv); `ROTEL_AGENT` names the
 //! binary, else it is looked up in .venv.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -489,6 +491,54 @@ async fn collector_down() {
     recovers_after(Fault::Down).await;
 }
 
+/// A collector that accepts connections and never answers, and a flush cap
+/// (`SIDECAR_FLUSH_TIMEOUT_MS`, 5 s) longer than the function's timeout (1 s): every INVOKE
+/// flush waits until its budget runs out, and that budget must end before the deadline, or
+/// Lambda times the invocation out (the sidecar is not back in event/next). Before the clamp,
+/// the flush ran to the deadline itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_cap_past_the_timeout_never_times_an_invocation_out() {
+    const TIMEOUT_MS: u64 = 1_000;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accepts, keeps every connection open, reads nothing and answers nothing.
+    let collector = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut config = environment(
+        4,
+        1,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("SIDECAR_FLUSH_TIMEOUT_MS", "5000".to_string()),
+        ],
+    );
+    config.function_timeout_ms = TIMEOUT_MS;
+    let report = lambda_env::run(config).await.unwrap();
+    collector.abort();
+    let log = stderr_of(&report);
+    common::assert_clean_exit(&report);
+    assert_eq!(report.invokes.len(), 4);
+    let holds: Vec<f64> = report.invokes.iter().map(|i| i.hold_ms).collect();
+    eprintln!("holds with a 5 s cap under a 1 s timeout: {holds:?} ms");
+    for invoke in &report.invokes {
+        assert!(
+            invoke.extensions_returned,
+            "{} timed out: the sidecar was not back in event/next by the deadline \
+             (held {} ms after a {} ms function)\n{log}",
+            invoke.request_id, invoke.hold_ms, invoke.function_ms
+        );
+        assert_eq!(invoke.status, InvokeStatus::Success, "{invoke:?}\n{log}");
+        assert!(
+            invoke.function_ms + invoke.hold_ms < TIMEOUT_MS as f64,
+            "{invoke:?}\n{log}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_events_and_snapstart_are_taken_without_retries() {
     let sink = Sink::start().await.unwrap();
@@ -538,6 +588,117 @@ async fn a_config_error_reaches_init_error_and_exits_non_zero() {
     );
     assert_eq!(error.exit_code, Some(1));
     assert!(report.invokes.is_empty());
+}
+
+/// A malformed `OTEL_EXPORTER_OTLP_HEADERS` (the audit's `Authorization Bearer X`, a space
+/// where the `=` goes) stops init with `init/error`, naming the variable and the form it
+/// takes, and without its value anywhere. Before, the sidecar started and sent no header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_otlp_headers_value_reaches_init_error() {
+    const TOKEN: &str = "k7Qm2vXp9LrT4sWz8YbN";
+    let sink = Sink::start().await.unwrap();
+    for var in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    ] {
+        let config = environment(
+            1,
+            0,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+                (var, format!("Authorization Bearer {TOKEN}")),
+            ],
+        );
+        let report = lambda_env::run(config).await.unwrap();
+        let log = stderr_of(&report);
+        let error = report
+            .init
+            .error
+            .as_ref()
+            .unwrap_or_else(|| panic!("{var}: init must fail\n{log}"));
+        assert_eq!(error.error_type, "Config.InvalidValue", "{log}");
+        let message = error.body["errorMessage"].as_str().unwrap_or_default();
+        assert!(message.contains(var), "{message}");
+        assert!(message.contains("key=value"), "{message}");
+        assert_eq!(error.exit_code, Some(1));
+        assert!(report.invokes.is_empty());
+        let stdout = report
+            .stdout_path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        for (what, text) in [
+            ("init/error", error.body.to_string()),
+            ("stderr", log.clone()),
+            ("stdout", stdout),
+        ] {
+            assert!(!text.contains(TOKEN), "{var}'s value in {what}: {text}");
+        }
+    }
+}
+
+/// What config accepts in `OTEL_EXPORTER_OTLP_HEADERS` is what reaches the collector, as
+/// opentelemetry-otlp reads it again: percent-decoded, trimmed, names lowercased, and a
+/// per-signal variable replacing the general one for its signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_headers_reach_the_collector_as_config_reads_them() {
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(String, axum::http::HeaderMap)>>>;
+    let seen: Seen = Arc::default();
+    let record = {
+        let seen = seen.clone();
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
+            seen.lock().unwrap().push((uri.path().to_string(), headers));
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+                Vec::<u8>::new(),
+            )
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let collector = tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(record))
+            .await
+            .unwrap();
+    });
+    let config = environment(
+        2,
+        1,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                " Authorization = Bearer%20tok== , X-Tenant=a%2Cb%25c,".to_string(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                "x-metrics=only".to_string(),
+            ),
+        ],
+    );
+    let report = lambda_env::run(config).await.unwrap();
+    assert_healthy_run(&report, 1);
+    collector.abort();
+    let seen = seen.lock().unwrap().clone();
+    let with = |path: &str| {
+        seen.iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, h)| h.clone())
+            .unwrap_or_else(|| panic!("nothing on {path}: {seen:?}"))
+    };
+    let value = |headers: &axum::http::HeaderMap, name: &str| {
+        headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    };
+    let traces = with("/v1/traces");
+    assert_eq!(
+        value(&traces, "authorization").as_deref(),
+        Some("Bearer tok==")
+    );
+    assert_eq!(value(&traces, "x-tenant").as_deref(), Some("a,b%c"));
+    let metrics = with("/v1/metrics");
+    assert_eq!(value(&metrics, "x-metrics").as_deref(), Some("only"));
+    assert_eq!(value(&metrics, "authorization"), None, "not merged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,9 +852,15 @@ async fn no_log_line_is_lost_to_a_collector_outage() {
             .collect::<HashSet<_>>()
             .len()
     };
+    // The failures' count may come only with the SHUTDOWN flush's metrics (the metrics queue
+    // backs off after failed flushes): wait for it too.
     let delivered = sink
         .wait_for(
-            |v| unique(v.logs) == all && unique_traces(v.spans, FUNCTION).len() == invokes,
+            |v| {
+                unique(v.logs) == all
+                    && unique_traces(v.spans, FUNCTION).len() == invokes
+                    && counter(v.metrics, "sidecar.export.failures") >= 1.0
+            },
             Duration::from_secs(10),
         )
         .await;

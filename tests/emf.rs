@@ -4,6 +4,8 @@
 //! the run did, and every `LambdaSidecar` widget of the CloudWatch dashboard must query a
 //! metric and dimension set these lines really produce.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

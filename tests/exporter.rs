@@ -2,6 +2,8 @@
 //! private CA (`OTEL_EXPORTER_OTLP_CERTIFICATE`), and the SHUTDOWN flush cap against a
 //! collector that never answers in time. (Redirects are tested in `src/export/otlp.rs`.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 #[cfg(feature = "grpc")]
@@ -234,4 +236,126 @@ async fn the_shutdown_flush_is_capped_below_a_long_deadline() {
         early > 5_000.0,
         "exited only {early} ms before a 10 s deadline: the flush was not capped\n{log}"
     );
+}
+
+/// Issue 18, item 5: a collector that takes what it is sent but answers after the flush cap
+/// (700 ms against 500 ms) was sent the whole backlog again at every flush (151 distinct
+/// spans received 2,370 times), and every invocation was held for the whole cap. Now a
+/// batch whose request went unanswered is set aside, sent again once at most and only after
+/// the collector has answered in time, and the queues back off after a failed flush: each
+/// span arrives at most twice, the hold never passes the cap, and few invocations are held
+/// at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_slower_than_the_cap_is_not_sent_the_backlog_again() {
+    const CAP_MS: f64 = 500.0;
+    let sink = Sink::start().await.unwrap();
+    sink.set_mode(SinkMode::Late(Duration::from_millis(700)));
+    let invokes = 30;
+    let config = environment(
+        invokes,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+            ("SIDECAR_FLUSH_TIMEOUT_MS", (CAP_MS as u64).to_string()),
+        ],
+    );
+    let report = lambda_env::run(config).await.unwrap();
+    common::assert_clean_exit(&report);
+    let log = stderr_of(&report);
+    // The sink keeps a request at once, and the SHUTDOWN flush waits for its answer:
+    // everything has landed.
+    let spans = sink.spans();
+    let distinct: std::collections::HashSet<(&str, &str)> = spans
+        .iter()
+        .map(|s| (s.trace_id.as_str(), s.span_id.as_str()))
+        .collect();
+    let ratio = spans.len() as f64 / distinct.len().max(1) as f64;
+    let mut holds: Vec<f64> = report.invokes.iter().map(|i| i.hold_ms).collect();
+    holds.sort_by(f64::total_cmp);
+    let held = holds.iter().filter(|&&ms| ms > CAP_MS / 2.0).count();
+    eprintln!(
+        "{} distinct spans received {} times (ratio {ratio:.2}); {held} of {invokes} \
+         invocations held over {} ms; hold p50 {:.0} ms, max {:.0} ms",
+        distinct.len(),
+        spans.len(),
+        CAP_MS / 2.0,
+        holds[holds.len() / 2],
+        holds[holds.len() - 1],
+    );
+    assert!(
+        distinct.len() >= invokes,
+        "{} distinct spans for {invokes} invocations\n{log}",
+        distinct.len()
+    );
+    assert!(
+        ratio < 2.0,
+        "{} distinct spans received {} times\n{log}",
+        distinct.len(),
+        spans.len()
+    );
+    // Scheduling slack on a shared machine: a functional bound, not a timing budget.
+    for invoke in &report.invokes {
+        assert!(
+            invoke.hold_ms <= CAP_MS + 250.0,
+            "invoke {} held {} ms, cap {CAP_MS} ms\n{log}",
+            invoke.request_id,
+            invoke.hold_ms
+        );
+    }
+    assert!(
+        held <= invokes / 2,
+        "{held} of {invokes} invocations held for the cap: no backoff\n{log}"
+    );
+}
+
+/// Issue 18, item 6: a collector that answers 400 to a batch will refuse it again, yet it was
+/// kept and sent again at every flush, blocking the batches behind it. Now it is dropped at
+/// once, counted, and logged with the status and the collector's message; the rest arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_collector_refuses_is_dropped_counted_and_the_rest_arrive() {
+    use lambda_env::sink::REFUSAL_MESSAGE;
+    let sink = Sink::start().await.unwrap();
+    sink.refuse_next("traces", 400, 1);
+    let invokes = 4;
+    let config = environment(invokes, &[("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint())]);
+    let report = lambda_env::run(config).await.unwrap();
+    common::assert_clean_exit(&report);
+    let log = stderr_of(&report);
+    let spans = sink.spans();
+    let metrics = sink.metrics();
+    let refused: f64 = metrics
+        .iter()
+        .filter(|m| {
+            m.name == "sidecar.export.abandoned_items"
+                && m.attributes["signal"] == "traces"
+                && m.attributes["reason"] == "rejected"
+        })
+        .filter_map(|m| m.value)
+        .fold(0.0, f64::max);
+    eprintln!(
+        "traces requests refused: {}; spans received: {}; counted refused: {refused}",
+        sink.counts().failed,
+        spans.len()
+    );
+    assert_eq!(sink.counts().failed, 1, "one refusal, sent once\n{log}");
+    assert!(refused >= 1.0, "the refused spans were not counted\n{log}");
+    let line = log
+        .lines()
+        .find(|line| line.contains("export given up"))
+        .unwrap_or_else(|| panic!("no line tells of the refused batch\n{log}"));
+    assert!(
+        line.contains("HTTP 400") && line.contains(REFUSAL_MESSAGE),
+        "the status and the collector's message are not logged: {line}"
+    );
+    // What came after the refused request arrives (the last invocation's spans go with the
+    // SHUTDOWN flush), and nothing twice.
+    let last = report.invokes.last().unwrap();
+    assert!(
+        spans.iter().any(|s| s.trace_id == last.trace_id),
+        "the last invocation was not delivered\n{log}"
+    );
+    let mut ids: Vec<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    ids.sort_unstable();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "a span arrived twice");
 }

@@ -9,6 +9,8 @@
 //! only `Authorization`), so it could not present `X-Sidecar-Token`. The header itself is
 //! tested by `tests/prometheus.rs`; what is tested here is the names and the queries.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read as _, Write as _};
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{random_hex, sidecar_bin};
 use lambda_env::{EnvConfig, InvokeStatus, free_port};
-use lambda_sidecar::signals::{METRICS, MetricKind, prometheus_name};
+use lambda_sidecar::metrics::{METRICS, MetricKind, prometheus_name};
 use serde_json::Value;
 
 /// The scrape job's name: what Prometheus's OTLP translation makes `job` of (`service.name`,

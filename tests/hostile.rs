@@ -5,6 +5,8 @@
 //!
 //! `LAMBDA_SIDECAR_BIN` runs the tests against another build (e.g. an older release).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
@@ -271,6 +273,159 @@ async fn a_burst_of_half_open_connections_leaves_tokens_and_telemetry_answered()
     }
 }
 
+/// New connections opened by [`flood`]: more than the token listener's cap of 256, so that
+/// every one beyond it makes the sidecar evict another.
+const FLOOD: usize = 600;
+
+/// Opens `FLOOD` connections to `port` in batches of 100 a few milliseconds apart (so the
+/// flood overlaps the keep-alive client's requests), and holds them: in even batches they
+/// never send a byte; in odd ones each makes one `request` first, as `wrk` does, so that they
+/// too have completed a request. Returns the connections held.
+async fn flood(port: u16, request: String) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(FLOOD);
+    for batch in 0..FLOOD / 100 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            let request = request.clone();
+            tasks.spawn(async move {
+                let connect = TcpStream::connect(("127.0.0.1", port));
+                let mut conn = tokio::time::timeout(Duration::from_secs(3), connect)
+                    .await
+                    .ok()?
+                    .ok()?;
+                if batch % 2 == 1 {
+                    // Evicted or not, it is held: its answer does not matter.
+                    let _ = exchange(&mut conn, request.as_bytes()).await;
+                }
+                Some(conn)
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            held.extend(result.ok().flatten());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held
+}
+
+/// One request on `conn`, and its answer's status: an error when the connection was closed,
+/// or no whole answer came within 5 s.
+async fn exchange(conn: &mut TcpStream, request: &[u8]) -> Result<u16, String> {
+    conn.write_all(request).await.map_err(|e| e.to_string())?;
+    let read = async {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err(format!(
+                    "closed by the sidecar after {} bytes of the answer",
+                    answer.len()
+                ));
+            }
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .ok_or_else(|| format!("no content-length: {head}"))?;
+            if body.len() >= length {
+                return head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("not an HTTP answer: {head}"));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| "no answer within 5 s".to_string())?
+}
+
+/// Audit issue 18, item 11: at the cap the sidecar evicted the oldest idle connection, which
+/// is the function's own keep-alive one (under `wrk -c400`, 8 of 30 invokes saw their first
+/// request fail). Now a connection that never completed a request goes first, and of those
+/// that have, the most recently opened: one keep-alive client making requests while `FLOOD`
+/// new connections arrive (silent ones, and ones that make a request and then idle) has every
+/// request answered 200 on its one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_connections_leaves_the_keep_alive_one_answered() {
+    raise_nofile();
+    let sink = Sink::start().await.unwrap();
+    let setup = environment(&sink, 4_000);
+    let env = Environment::start(setup.config.clone()).await.unwrap();
+    let run = tokio::spawn(env.run());
+    invoke_started(&setup.work_dir).await;
+
+    let port = setup.token_port;
+    let request = format!(
+        "GET /token HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nx-sidecar-token: {}\r\n\r\n",
+        setup.session_token
+    );
+    let mut keep_alive = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut answers = vec![exchange(&mut keep_alive, request.as_bytes()).await];
+    let flooding = tokio::spawn(flood(port, request.clone()));
+    // Until the flood is held, then 20 more (an evicted connection shows at its next
+    // request); bounded by count and time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after_flood = 0;
+    let mut slowest = Duration::ZERO;
+    while after_flood < 20 && answers.len() < 1_000 && Instant::now() < deadline {
+        if flooding.is_finished() {
+            after_flood += 1;
+        }
+        let started = Instant::now();
+        answers.push(exchange(&mut keep_alive, request.as_bytes()).await);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let held = flooding.await.unwrap();
+    let failed: Vec<(usize, &Result<u16, String>)> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| **a != Ok(200))
+        .collect();
+    eprintln!(
+        "keep-alive client: {} of {} requests answered 200 on one connection (slowest {:.1} \
+         ms) while {} of {FLOOD} new connections arrived; failures: {:?}",
+        answers.len() - failed.len(),
+        answers.len(),
+        slowest.as_secs_f64() * 1e3,
+        held.len(),
+        failed.iter().take(3).collect::<Vec<_>>()
+    );
+    let report = run.await.unwrap().unwrap();
+    drop(held);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests on the keep-alive connection failed, the first: {:?}\n{}",
+        failed.len(),
+        answers.len(),
+        failed[0],
+        stderr_of(&setup.work_dir)
+    );
+    assert!(
+        answers.len() > 20,
+        "too few requests to tell: {}",
+        answers.len()
+    );
+    assert_telemetry_delivered(&report, &sink, &setup.work_dir).await;
+    // The flood went past the cap: the sidecar evicted to make room, just not this one.
+    let evicted = refused(&sink.metrics(), "token", "evicted");
+    assert!(
+        evicted > 0.0,
+        "no eviction counted: the cap was not reached"
+    );
+}
+
 /// A non-loopback address of this machine, if it has one (the source address of a route).
 fn non_loopback_ip() -> Option<IpAddr> {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
@@ -368,4 +523,120 @@ async fn the_intake_answers_only_its_secret_path_and_a_trickled_head_is_cut() {
         "the destination path was logged\n{log}"
     );
     assert_telemetry_delivered(&report, &sink, &setup.work_dir).await;
+}
+
+/// The latest value of `sidecar.token.requests` for one outcome.
+fn token_requests(metrics: &[MetricPoint], outcome: &str) -> f64 {
+    let points: Vec<&MetricPoint> = metrics
+        .iter()
+        .filter(|m| {
+            m.name == "sidecar.token.requests"
+                && m.attributes.get("outcome").and_then(|v| v.as_str()) == Some(outcome)
+        })
+        .collect();
+    let latest = points.iter().map(|m| m.time_unix_nanos).max();
+    points
+        .iter()
+        .filter(|m| Some(m.time_unix_nanos) == latest)
+        .filter_map(|m| m.value)
+        .sum()
+}
+
+/// Issue 18, item 7: a `/token` request the boundary refused (no `X-Sidecar-Token`, a proxy
+/// header) still made a span, in the trace its `traceparent` named: anything that can reach
+/// the port could write into someone's trace, and a made-up method was recorded as sent.
+/// Now a refused request is counted and makes no span, and a method outside the
+/// conventions' list is `_OTHER` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_request_is_counted_but_writes_into_no_trace() {
+    const FORGED_TRACE: &str = "deadbeefdeadbeefdeadbeefdeadbeef";
+    let sink = Sink::start().await.unwrap();
+    let setup = environment(&sink, 1_500);
+    let env = Environment::start(setup.config.clone()).await.unwrap();
+    let run = tokio::spawn(env.run());
+    invoke_started(&setup.work_dir).await;
+
+    let client = client();
+    let url = format!("http://127.0.0.1:{}/token", setup.token_port);
+    let traceparent = format!("00-{FORGED_TRACE}-00f067aa0ba902b7-01");
+    let status = |r: reqwest::Result<reqwest::Response>| r.map(|r| r.status().as_u16()).ok();
+    let no_token = status(
+        client
+            .get(&url)
+            .header("traceparent", &traceparent)
+            .send()
+            .await,
+    );
+    let proxied = status(
+        client
+            .get(&url)
+            .header("x-sidecar-token", &setup.session_token)
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("traceparent", &traceparent)
+            .send()
+            .await,
+    );
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let brewed = status(
+        client
+            .request(brew, &url)
+            .header("x-sidecar-token", &setup.session_token)
+            .send()
+            .await,
+    );
+    let report = run.await.unwrap().unwrap();
+    let log = stderr_of(&setup.work_dir);
+    assert_eq!(
+        (no_token, proxied, brewed),
+        (Some(401), Some(400), Some(405)),
+        "{log}"
+    );
+    assert_telemetry_delivered(&report, &sink, &setup.work_dir).await;
+    let counted = sink
+        .wait_for(
+            |v| {
+                token_requests(v.metrics, "unauthorized") >= 1.0
+                    && token_requests(v.metrics, "bad_request") >= 1.0
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(counted, "the refusals were not counted\n{log}");
+
+    let spans = sink.spans();
+    let forged: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.trace_id == FORGED_TRACE)
+        .map(|s| s.name.as_str())
+        .collect();
+    let metrics = sink.metrics();
+    eprintln!(
+        "spans in the forged trace: {forged:?}; counted: unauthorized {}, bad_request {}",
+        token_requests(&metrics, "unauthorized"),
+        token_requests(&metrics, "bad_request")
+    );
+    assert!(
+        forged.is_empty(),
+        "a refused request put spans into the trace it named: {forged:?}"
+    );
+    let mut token_spans: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.name.ends_with(" /token"))
+        .map(|s| s.name.as_str())
+        .collect();
+    token_spans.sort_unstable();
+    assert_eq!(
+        token_spans,
+        ["GET /token", "HTTP /token"],
+        "only the function's own request and the BREW that passed the guard make spans"
+    );
+    let brewed = spans.iter().find(|s| s.name == "HTTP /token").unwrap();
+    assert_eq!(brewed.attributes["http.request.method"], "_OTHER");
+    assert!(
+        !brewed
+            .attributes
+            .contains_key("http.request.method_original"),
+        "the caller's method is recorded: {:?}",
+        brewed.attributes
+    );
 }

@@ -4,6 +4,8 @@
 //! secret changes the kid without breaking earlier tokens, and every failure reaches
 //! init/error with its type and without the key.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -382,8 +384,9 @@ async fn a_rotated_secret_changes_the_kid_without_breaking_tokens() {
     let old_kid = kid(&before);
     assert_eq!(kids(&first), std::slice::from_ref(&old_kid));
 
-    moto.python("sm.put_secret_value(SecretId='jwt-es', SecretString=pem(ec.SECP256R1()))");
+    // Taken before the put: the switch (from which the old key's time counts) comes after it.
     let rotated_at = Instant::now();
+    moto.python("sm.put_secret_value(SecretId='jwt-es', SecretString=pem(ec.SECP256R1()))");
     let deadline = rotated_at + Duration::from_secs(30);
     let after = loop {
         let t = token(get(&client, &token_url, &session).await);
@@ -417,6 +420,83 @@ async fn a_rotated_secret_changes_the_kid_without_breaking_tokens() {
     verify_tokens("ES256", &[fresh], Some(&gone), None).unwrap();
     let report = handle.await.unwrap();
     common::assert_clean_exit(&report);
+}
+
+/// `lambda-sidecar jwks` with `vars` and moto's variables, as a deploy step (or a fresh
+/// execution environment) would load the key now.
+fn printed_jwks(moto: &Moto, vars: &[(&str, String)]) -> Value {
+    let out = std::process::Command::new(common::sidecar_bin())
+        .arg("jwks")
+        .env_clear()
+        .envs(moto.sidecar_env().into_iter().chain(vars.iter().cloned()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// With JWT_KEY_ID set, a rotated secret gets a kid of its own: every key in the JWKS has a
+/// distinct kid, and tokens from before and after the rotation both verify by their kid with
+/// PyJWT's rule (the first key with that kid) and with jose. Each version's kid is
+/// `JWT_KEY_ID-<the start of its RFC 7638 thumbprint>`, so every environment (and the print
+/// command a deploy step runs) names the same key the same way. Before, both keys were
+/// published as `mykid`, and PyJWT failed on the tokens signed before the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_with_a_key_id_gets_a_kid_of_its_own() {
+    let moto = Moto::start(&[]);
+    moto.python("sm.create_secret(Name='jwt-kid', SecretString=pem(ec.SECP256R1()))");
+    let vars = [
+        ("JWT_KEY_SOURCE", "secretsmanager:jwt-kid".to_string()),
+        ("JWT_ALGORITHM", "ES256".to_string()),
+        ("JWT_KEY_ID", "mykid".to_string()),
+        ("JWT_KEY_REFRESH_SECONDS", "1".to_string()),
+        ("JWT_MAX_TTL_SECONDS", "600".to_string()),
+    ];
+    let (mut config, base, session) = config(&moto, 200, &vars);
+    config.gap_ms = 100;
+    let handle = tokio::spawn(async move { lambda_env::run(config).await.unwrap() });
+    let client = reqwest::Client::new();
+    let jwks_url = format!("{base}/.well-known/jwks.json");
+    let token_url = format!("{base}/token");
+    let token = |body: Option<Value>| body.unwrap()["token"].as_str().unwrap().to_string();
+
+    let first = wait_for(&client, &jwks_url, &session, &handle)
+        .await
+        .expect("the sidecar never served its JWKS");
+    let before = token(get(&client, &token_url, &session).await);
+    assert_eq!(kids(&first), [kid(&before)]);
+    assert_eq!(kids(&printed_jwks(&moto, &vars)), kids(&first));
+
+    moto.python("sm.put_secret_value(SecretId='jwt-kid', SecretString=pem(ec.SECP256R1()))");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let both = loop {
+        let jwks = get(&client, &jwks_url, &session).await.unwrap();
+        if kids(&jwks).len() == 2 {
+            break jwks;
+        }
+        assert!(Instant::now() < deadline, "the key never rotated: {jwks}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let after = token(get(&client, &token_url, &session).await);
+    let published = kids(&both);
+    let distinct: std::collections::HashSet<&String> = published.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        published.len(),
+        "two keys in the JWKS share a kid: {both}"
+    );
+    assert_eq!(published, [kid(&after), kid(&before)]);
+    verify_tokens("ES256", &[before.clone(), after.clone()], Some(&both), None).unwrap();
+    // An environment started now (or a deploy step) names the new key as this one does.
+    assert_eq!(kids(&printed_jwks(&moto, &vars)), [kid(&after)]);
+    for kid in &published {
+        assert!(kid.starts_with("mykid-"), "{kid}");
+    }
+    common::assert_clean_exit(&handle.await.unwrap());
 }
 
 async fn metrics_text(client: &reqwest::Client, base: &str, session: &str) -> String {
@@ -547,4 +627,160 @@ async fn no_log_level_prints_the_session_token_or_the_key() {
     assert!(log.contains("TRACE"), "trace events were logged");
     assert!(!log.contains(&session), "the session token was logged");
     assert!(!log.contains(&secret), "the key was logged");
+}
+
+/// SnapStart (issue 18): Lambda gives no `AWS_SESSION_TOKEN` and no access keys there, only
+/// the container credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, with
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN`), which lambda-env's restore mode serves. The sidecar
+/// starts; fetches its credentials from the endpoint with the right `Authorization` header;
+/// signs its Secrets Manager calls with them (moto enforces IAM here and checks the
+/// signature of the IAM user's keys the endpoint hands out, so any other credentials would
+/// fail init); fetches them again as they near expiry (handed out with 4 minutes left, under
+/// the 5-minute margin, so every call fetches); and the function gets its tokens with
+/// `X-Sidecar-Token` = `AWS_CONTAINER_AUTHORIZATION_TOKEN`. Without that header, 401; and
+/// no log line, even at trace, holds the token or a credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapstart_loads_the_key_with_container_credentials() {
+    // create_secret, create_user, put_user_policy, create_access_key.
+    let moto = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "4")]);
+    let secret = random_secret();
+    let keys = moto.python(&format!(
+        "sm.create_secret(Name='jwt-snap', SecretString='{secret}')\n\
+         iam.create_user(UserName='fn')\n\
+         iam.put_user_policy(UserName='fn', PolicyName='read', PolicyDocument=json.dumps({{\n\
+           'Version': '2012-10-17',\n\
+           'Statement': [{{'Effect': 'Allow', 'Action': 'secretsmanager:GetSecretValue', 'Resource': '*'}}]}}))\n\
+         k = iam.create_access_key(UserName='fn')['AccessKey']\n\
+         print(k['AccessKeyId'], k['SecretAccessKey'])"
+    ));
+    let (id, key) = keys.split_once(' ').unwrap();
+    let container_token = random_hex(32);
+    let mut config = environment(
+        "snapstart",
+        8,
+        1,
+        &[
+            ("JWT_KEY_SOURCE", "secretsmanager:jwt-snap".to_string()),
+            ("JWT_KEY_REFRESH_SECONDS", "1".to_string()),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.endpoint.clone()),
+            ("AWS_REGION", common::MOTO_REGION.to_string()),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", container_token.clone()),
+            ("SIDECAR_LOG", "trace".to_string()),
+        ],
+    );
+    config.env.retain(|(k, _)| k != "JWT_SECRET");
+    config.snapstart = true;
+    config.container_keys = Some((id.to_string(), key.to_string()));
+    config.credentials_ttl = Duration::from_secs(4 * 60);
+    config.freeze = false;
+    config.gap_ms = 300;
+    assert!(
+        !config.env.iter().any(|(k, _)| k.starts_with("AWS_ACCESS")
+            || k == "AWS_SECRET_ACCESS_KEY"
+            || k == "AWS_SESSION_TOKEN"),
+        "{:?}",
+        config.env
+    );
+    let base = config.token_url.trim_end_matches("/token").to_string();
+    let handle = tokio::spawn(async move { lambda_env::run(config).await.unwrap() });
+    let client = reqwest::Client::new();
+    let health = wait_for(
+        &client,
+        &format!("{base}/health"),
+        &container_token,
+        &handle,
+    )
+    .await;
+    let direct = get(&client, &format!("{base}/token"), &container_token).await;
+    let without = client.get(format!("{base}/token")).send().await;
+    let report = handle.await.unwrap();
+    let log = stderr_of(&report);
+    assert!(
+        report.init.error.is_none(),
+        "the sidecar must start with SnapStart's credentials: {:?}\n{log}",
+        report.init.error
+    );
+    assert!(health.is_some(), "the sidecar never answered\n{log}");
+    assert_eq!(without.unwrap().status(), 401, "no header, no token");
+
+    // The function's calls, with the container token as X-Sidecar-Token, and ours.
+    let mut tokens: Vec<String> = report
+        .invokes
+        .iter()
+        .flat_map(|i| &i.tokens)
+        .filter_map(|t| t.body["token"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(tokens.len(), 8, "a token call failed\n{log}");
+    tokens.extend(direct.and_then(|d| d["token"].as_str().map(str::to_string)));
+    assert_eq!(tokens.len(), 9, "the direct call failed\n{log}");
+    verify_tokens("HS256", &tokens, None, Some(&secret)).unwrap();
+
+    // Fetched at init and again at the key's re-reads, every time with the right header.
+    assert_eq!(report.credentials.refused, 0, "{:?}", report.credentials);
+    assert!(
+        report.credentials.served >= 2,
+        "the credentials were never fetched again: {:?}\n{log}",
+        report.credentials
+    );
+    for (what, value) in [
+        ("the container token", container_token.as_str()),
+        ("the secret access key", key),
+        ("the key", secret.as_str()),
+    ] {
+        assert!(!log.contains(value), "{what} was logged");
+    }
+    common::assert_clean_exit(&report);
+}
+
+/// SnapStart, with an endpoint that refuses the authorization token (here the token file
+/// the SDKs prefer holds a wrong one): init fails with `KeySource.NoCredentials`, naming
+/// the endpoint's answer, never a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapstart_credentials_refused_fail_init_with_no_credentials() {
+    let moto = Moto::start(&[]);
+    moto.python("sm.create_secret(Name='jwt-snap', SecretString=pem(ec.SECP256R1()))");
+    let dir = std::env::temp_dir().join(format!("sidecar-snapstart-{}", random_hex(6)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrong = random_hex(16);
+    let file = dir.join("token");
+    std::fs::write(&file, &wrong).unwrap();
+    let mut config = environment(
+        "snapstart",
+        1,
+        1,
+        &[
+            ("JWT_KEY_SOURCE", "secretsmanager:jwt-snap".to_string()),
+            ("JWT_ALGORITHM", "ES256".to_string()),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.endpoint.clone()),
+            ("AWS_REGION", common::MOTO_REGION.to_string()),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                file.display().to_string(),
+            ),
+        ],
+    );
+    config.env.retain(|(k, _)| k != "JWT_SECRET");
+    config.snapstart = true;
+    let report = lambda_env::run(config).await.unwrap();
+    let log = stderr_of(&report);
+    let error = report
+        .init
+        .error
+        .as_ref()
+        .unwrap_or_else(|| panic!("init must fail\n{log}"));
+    assert_eq!(
+        error.error_type, "KeySource.NoCredentials",
+        "{:?}",
+        error.body
+    );
+    let message = error.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("JWT_KEY_SOURCE=secretsmanager:jwt-snap: no AWS credentials")
+            && message.contains("HTTP 401"),
+        "{message}"
+    );
+    assert!(report.credentials.refused >= 1, "{:?}", report.credentials);
+    assert_eq!(report.credentials.served, 0);
+    assert!(!log.contains(&wrong) && !message.contains(&wrong));
+    std::fs::remove_dir_all(dir).ok();
 }

@@ -1,10 +1,12 @@
 //! Load: 256 concurrent keep-alive connections on `/token` for 20 s, against the real binary
 //! running as an extension in lambda-env, inside one long invocation, with telemetry recording
 //! on and exporting to an OTLP receiver. Every request must be answered 200; the figures
-//! (requests, rate, p50/p99/max latency) are printed for README and SECURITY.md.
+//! (requests, rate, p50/p99/max latency) are printed for SECURITY.md.
 //!
 //! The duration and connection count come from the hardening issue; `LOAD_SECONDS` and
 //! `LOAD_CONNECTIONS` override them for a quick local run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -72,6 +74,12 @@ async fn token_under_256_concurrent_connections_answers_every_request() {
     tokio::time::timeout(Duration::from_secs(10), ready)
         .await
         .expect("the token server answers /health");
+    // The probe's keep-alive connection would be a 257th against the 256 cap, and which
+    // connection that evicts is not what this test is about (the cap's order is tested in
+    // src/server.rs and tests/hostile.rs): closed, and given time to be seen closed by the
+    // sidecar, before the load starts.
+    drop(probe);
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = Instant::now();
     let end = started + Duration::from_secs(seconds);

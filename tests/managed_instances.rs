@@ -4,12 +4,16 @@
 //! look for it. With no INVOKE to flush at, everything rides on the periodic flush
 //! (`SIDECAR_FLUSH_INTERVAL_MS`) and on SHUTDOWN.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{assert_clean_exit, assert_rss_growth, count_until, counter, rotel, stderr_of};
+use common::{
+    Moto, assert_clean_exit, assert_rss_growth, count_until, counter, random_hex, rotel, stderr_of,
+};
 use lambda_env::{EnvConfig, InvokeStatus, Sink, SpanRecord, Traceparent};
 
 const FUNCTION: &str = "mi-orders";
@@ -324,4 +328,103 @@ async fn shutdown_during_a_slow_periodic_flush_exits_zero_before_the_deadline() 
         report.shutdown,
         stderr_of(&report)
     );
+}
+
+/// The `kid` in a token's JOSE header.
+fn kid(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_string()
+}
+
+/// A token from the sidecar's `/token`, or `None` when it does not answer 200.
+async fn token(client: &reqwest::Client, url: &str, session: &str) -> Option<String> {
+    let response = client
+        .get(url)
+        .header("X-Sidecar-Token", session)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["token"].as_str().map(str::to_string)
+}
+
+/// A secret rotated in Secrets Manager during a Managed Instances run (2 workers, refresh
+/// every 1 s): no INVOKE comes there, so the periodic flush's tick re-reads the key, and
+/// tokens carry the new kid within the refresh interval plus a flush interval (with slack
+/// for a loaded machine). Before, the key was re-read only at INVOKE: the kid never changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_changes_the_kid_within_a_bounded_time() {
+    const REFRESH: Duration = Duration::from_secs(1);
+    let moto = Moto::start(&[]);
+    moto.python("sm.create_secret(Name='jwt-mi', SecretString=pem(ec.SECP256R1()))");
+    let session = random_hex(16);
+    let mut vars = moto.sidecar_env();
+    vars.extend([
+        ("AWS_SESSION_TOKEN", session.clone()),
+        ("JWT_KEY_SOURCE", "secretsmanager:jwt-mi".to_string()),
+        ("JWT_ALGORITHM", "ES256".to_string()),
+        ("JWT_KEY_REFRESH_SECONDS", REFRESH.as_secs().to_string()),
+    ]);
+    // 150 invocations 100 ms apart: the run lasts about 15 s, longer than the test needs.
+    let mut cfg = managed(150, 1, &vars);
+    cfg.env.retain(|(k, _)| k != "JWT_SECRET");
+    cfg.workers = 2;
+    cfg.gap_ms = 100;
+    let url = cfg.token_url.clone();
+    let run = tokio::spawn(lambda_env::run(cfg));
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let before = loop {
+        if let Some(t) = token(&client, &url, &session).await {
+            break t;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20) && !run.is_finished(),
+            "the sidecar never issued a token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let old_kid = kid(&before);
+
+    moto.python("sm.put_secret_value(SecretId='jwt-mi', SecretString=pem(ec.SECP256R1()))");
+    let rotated_at = std::time::Instant::now();
+    let bound = REFRESH + INTERVAL + Duration::from_secs(3);
+    let mut seen = 0;
+    let new_kid = loop {
+        if let Some(t) = token(&client, &url, &session).await {
+            seen += 1;
+            if kid(&t) != old_kid {
+                break kid(&t);
+            }
+        }
+        assert!(
+            rotated_at.elapsed() < bound && !run.is_finished(),
+            "the kid did not change within {bound:?} of the rotation ({seen} tokens, all {old_kid})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = rotated_at.elapsed();
+    eprintln!("kid changed {took:?} after the rotation: {old_kid} -> {new_kid}");
+    let report = run.await.unwrap().unwrap();
+    let log = stderr_of(&report);
+    assert_clean_exit(&report);
+    assert_eq!(report.registrations[0].events, ["SHUTDOWN"], "{log}");
+    for invoke in &report.invokes {
+        assert_eq!(invoke.status, InvokeStatus::Success, "{invoke:?}\n{log}");
+        for call in &invoke.tokens {
+            assert_eq!(call.http_status, Some(200), "{call:?}\n{log}");
+        }
+    }
+    assert!(log.contains("signing key rotated"), "{log}");
 }

@@ -6,6 +6,8 @@
 //! measured on the debug and the release binary (`LAMBDA_SIDECAR_BIN`), with room for a noisy
 //! machine, and well below what the unbounded code reached.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -50,7 +52,7 @@ fn environment(port: u16, session_token: Option<&str>, traces: &Sink, metrics: &
 
 /// 30,000 tokens inside one invocation: every token span waits for the next INVOKE to be
 /// exported. Unbounded, they took RSS from 8.3 to 24.2 MB (release binary); now at most
-/// export::SPAN_BUFFER_CAP of them wait (8.4 to 10.7 MB).
+/// items::SPAN_BUFFER_CAP of them wait (8.4 to 10.7 MB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_thousand_tokens_in_one_invocation() {
     const TOKENS: usize = 30_000;
@@ -286,6 +288,98 @@ async fn long_log_lines_to_a_dead_collector_leave_memory_bounded() {
     assert_eq!(report.telemetry.dropped, 0, "{:?}", report.telemetry);
     // Two 4 MiB buffers full, plus allocator slack.
     assert_rss_growth(&report, 1, 16, "long log lines");
+    let dropped = metrics
+        .wait_for(
+            |v| {
+                v.metrics.iter().any(|m| {
+                    m.name == "sidecar.export.dropped_items"
+                        && m.attributes["signal"] == "logs"
+                        && m.value.is_some_and(|n| n > 0.0)
+                })
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(dropped, "no log record counted as dropped\n{log}");
+}
+
+/// Lines of about 32,000 bytes (under the 32 KiB line bound) in Lambda's JSON log format whose
+/// JSON parses into many times its size, `n` of them, the shapes in turn: thousands of empty
+/// lists (the audit's `{"a":[[],[],…]}`), thousands of keys, lists nested 100 deep.
+fn costly_json_lines(n: usize) -> Vec<Value> {
+    const SIZE: usize = 32_000;
+    let fill = |item: &str| {
+        let count = (SIZE - 10) / (item.len() + 1);
+        format!(r#"{{"a":[{}]}}"#, vec![item; count].join(","))
+    };
+    let empty_lists = fill("[]");
+    let nested = fill(&format!("{}{}", "[".repeat(100), "]".repeat(100)));
+    let mut keys = String::from("{");
+    for k in 0.. {
+        let member = format!(r#""k{k}":0"#);
+        if keys.len() + member.len() + 2 > SIZE {
+            break;
+        }
+        if k > 0 {
+            keys.push(',');
+        }
+        keys.push_str(&member);
+    }
+    keys.push('}');
+    let shapes: Vec<Value> = [empty_lists, keys, nested]
+        .iter()
+        .map(|json| {
+            assert!(json.len() <= SIZE, "{}", json.len());
+            serde_json::from_str(json).unwrap()
+        })
+        .collect();
+    (0..n).map(|i| shapes[i % shapes.len()].clone()).collect()
+}
+
+/// Audit issue 18, item 1: a function logging, in Lambda's JSON log format, 130 lines of
+/// 32,000 bytes per invoke whose JSON parses into ~20x its size (empty lists, keys, nested
+/// lists), with the collector down. The bounds counted the lines' text, not the parsed
+/// objects the queue and buffers held: peak RSS reached 261 MB in the audit. Now a line is
+/// kept as its JSON text until derivation builds its body within a memory budget (past it,
+/// the body is the text), every record weighs the memory it holds, and the peak stays near
+/// that of text lines; what the buffers cannot hold is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn costly_json_log_lines_to_a_dead_collector_leave_memory_bounded() {
+    let (traces, metrics) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
+    let mut logs = Sink::start().await.unwrap();
+    let logs_endpoint = format!("{}/v1/logs", logs.endpoint());
+    logs.stop().await;
+    let mut cfg = EnvConfig {
+        invokes: 8,
+        function_ms: 100,
+        gap_ms: 100,
+        rss_every: 1,
+        function_logs: costly_json_lines(130),
+        ..environment(free_port().unwrap(), None, &traces, &metrics)
+    };
+    cfg.env.push((
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT".to_string(),
+        logs_endpoint,
+    ));
+    let report = lambda_env::run(cfg).await.unwrap();
+    let log = stderr_of(&report);
+    assert_eq!(report.shutdown.exit_code, Some(0), "{log}");
+    assert_eq!(report.telemetry.dropped, 0, "{:?}", report.telemetry);
+    let peak = report.rss_samples.iter().map(|s| s.peak_kb).max().unwrap();
+    eprintln!(
+        "costly JSON log lines: peak RSS {peak} KiB; samples (invocations, RSS KiB, peak KiB): {:?}",
+        report
+            .rss_samples
+            .iter()
+            .map(|s| (s.invokes, s.rss_kb, s.peak_kb))
+            .collect::<Vec<_>>()
+    );
+    // Two 4 MiB buffers, the pipeline queue and allocator slack over a ~9 MB baseline; the
+    // old code went past 100 MB.
+    assert!(
+        peak < 64 * MIB_KB,
+        "peak RSS {peak} KiB with costly JSON log lines and the collector down"
+    );
     let dropped = metrics
         .wait_for(
             |v| {

@@ -5,6 +5,8 @@
 //! The real binary runs in lambda-env and exports straight to lambda-env's sink (no collector
 //! in between, which could re-aggregate), which decodes with the official OTLP schema.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashSet};

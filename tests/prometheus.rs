@@ -3,6 +3,8 @@
 //! counters must equal what the run did, every family must carry HELP and TYPE, and
 //! `promtool check metrics` (Debian package `prometheus`) must find nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write as _;

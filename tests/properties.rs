@@ -9,14 +9,16 @@
 //! Failures are not persisted to files: a failing case is printed, minimised, and belongs in
 //! the unit tests of its module once understood.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
 use lambda_sidecar::config::{Config, TokenConfig};
-use lambda_sidecar::intake::events::{
+use lambda_sidecar::events::{
     ChildSpans, EventKind, ExtensionState, InitReport, InitRuntimeDone, InitStart, LogLine,
-    LogsDropped, MAX_CHILD_SPANS, MAX_REQUEST_ID_BYTES, PhaseMetrics, PlatformSpan, Report,
-    ReportMetrics, RestoreReport, RestoreRuntimeDone, RestoreStart, RuntimeDone,
+    LogsDropped, MAX_CHILD_SPANS, MAX_REQUEST_ID_BYTES, MAX_TEXT_BYTES, PhaseMetrics, PlatformSpan,
+    Report, ReportMetrics, RestoreReport, RestoreRuntimeDone, RestoreStart, RuntimeDone,
     RuntimeDoneMetrics, Start, Status, TelemetryEvent, TelemetrySubscription, Tracing, parse_batch,
     parse_rfc3339,
 };
@@ -486,11 +488,20 @@ fn record() -> impl Strategy<Value = (&'static str, Value, EventKind)> {
                 )),
                 btree_map(any_text(8), any_json(), 0..4).prop_map(|fields| {
                     let map: Map<String, Value> = fields.into_iter().collect();
-                    let bytes = serde_json::to_string(&map).unwrap().len();
-                    (
-                        Value::Object(map.clone()),
-                        LogLine::Json { fields: map, bytes },
-                    )
+                    // Kept as its text, with the members derivation reads first.
+                    let member = |name: &str, max: usize| {
+                        map.get(name)
+                            .and_then(Value::as_str)
+                            .filter(|s| s.len() <= max)
+                            .map(String::from)
+                    };
+                    let line = LogLine::Json {
+                        json: serde_json::to_string(&map).unwrap(),
+                        request_id: member("requestId", MAX_REQUEST_ID_BYTES),
+                        level: member("level", MAX_TEXT_BYTES),
+                        extension: member("extension", MAX_TEXT_BYTES),
+                    };
+                    (Value::Object(map), line)
                 }),
             ],
         )

@@ -5,6 +5,8 @@
 //! JWKS URL (jose's `createRemoteJWKSet`, tests/verifiers/relying_party.mjs) accepts the
 //! sidecar's tokens and refuses one signed by another key.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write as _;
@@ -19,7 +21,7 @@ use common::{KillOnDrop, private_key, random_hex, random_secret, sidecar_bin};
 use lambda_env::free_port;
 use serde_json::{Value, json};
 
-/// Where the template's bucket publishes (README, "Publishing the JWKS").
+/// Where the template's bucket publishes (docs/deploying.md, "Publishing the JWKS").
 const ISSUER: &str = "https://jwks-bucket.s3.eu-west-1.amazonaws.com";
 const JWKS_URI: &str = "https://jwks-bucket.s3.eu-west-1.amazonaws.com/.well-known/jwks.json";
 const AUDIENCE: &str = "orders-api";

@@ -2,6 +2,8 @@
 //! X-Ray's `Sampled=0` and `OTEL_TRACES_SAMPLER=traceidratio` decide which invocations
 //! export spans; every invocation is counted in the metrics either way.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,8 @@
 //! variable is never echoed (init/error body, stderr), and a value that is not UTF-8 is a
 //! config error rather than "unset".
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::ffi::OsStrExt as _;

@@ -2,6 +2,8 @@
 //! tokens verified through the published JWKS, keys of every supported algorithm.
 //! (PyJWT and jose verify the same tokens independently: tests/verifiers.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -600,17 +602,19 @@ async fn jwt_typ_sets_the_header_typ() {
 }
 
 /// Every refused /token request is still recorded for telemetry with its status, so that
-/// SREs can count rejections (an SSRF attempt shows as `outcome=rejected`).
+/// SREs can count rejections (an SSRF attempt shows as `outcome="unauthorized"` or
+/// `"bad_request"`); only those past the boundary make a span (issue 18, item 7).
 #[tokio::test]
 async fn refused_token_requests_are_recorded_with_their_status() {
-    use lambda_sidecar::derive::{Deriver, FunctionInfo};
+    use lambda_sidecar::derive::Deriver;
     use lambda_sidecar::export::MetricsSource;
-    use lambda_sidecar::signals::Metrics;
+    use lambda_sidecar::function::FunctionInfo;
+    use lambda_sidecar::metrics::Metrics;
     let source = MetricsSource::new(opentelemetry_sdk::Resource::builder_empty().build());
-    let signals = Arc::new(Metrics::new(&source.meter()));
+    let metrics = Arc::new(Metrics::new(&source.meter()));
     let (pipeline, recorder) = Pipeline::start(
-        Deriver::new(FunctionInfo::from_vars(|_| None), signals.clone()),
-        signals,
+        Deriver::new(FunctionInfo::from_vars(|_| None), metrics.clone()),
+        metrics.clone(),
     );
     let server = start_recording(&[("JWT_SECRET", SECRET)], Some(recorder)).await;
     let port = server.addr.port();
@@ -652,7 +656,21 @@ async fn refused_token_requests_are_recorded_with_their_status() {
         })
         .collect();
     statuses.sort();
-    assert_eq!(statuses, [200, 400, 401, 405, 415]);
+    // The foreign Host (400) and the missing secret (401) were refused at the boundary:
+    // counted, not traced.
+    assert_eq!(statuses, [200, 405, 415]);
+    let text = metrics.prometheus_text().unwrap();
+    for outcome in [
+        "bad_request",
+        "unauthorized",
+        "method_not_allowed",
+        "unsupported_media_type",
+        "issued",
+    ] {
+        let series =
+            format!("sidecar_token_requests_total{{algorithm=\"HS256\",outcome=\"{outcome}\"}} 1");
+        assert!(text.contains(&series), "{series} not in:\n{text}");
+    }
 }
 
 /// The `Lambda-Runtime-Aws-Request-Id` header reaches derivation and decides the token span's
@@ -660,16 +678,17 @@ async fn refused_token_requests_are_recorded_with_their_status() {
 /// time, but a request naming the earlier one is placed there; a malformed name is ignored.
 #[tokio::test]
 async fn the_request_id_header_names_the_invocation() {
-    use lambda_sidecar::derive::{Deriver, FunctionInfo};
+    use lambda_sidecar::derive::Deriver;
     use lambda_sidecar::export::MetricsSource;
+    use lambda_sidecar::function::FunctionInfo;
+    use lambda_sidecar::metrics::Metrics;
     use lambda_sidecar::records::{InvokeRecord, Record};
-    use lambda_sidecar::signals::Metrics;
     use std::time::{Duration, SystemTime};
     let source = MetricsSource::new(opentelemetry_sdk::Resource::builder_empty().build());
-    let signals = Arc::new(Metrics::new(&source.meter()));
+    let metrics = Arc::new(Metrics::new(&source.meter()));
     let (pipeline, recorder) = Pipeline::start(
-        Deriver::new(FunctionInfo::from_vars(|_| None), signals.clone()),
-        signals,
+        Deriver::new(FunctionInfo::from_vars(|_| None), metrics.clone()),
+        metrics,
     );
     let now = SystemTime::now();
     for (request_id, ago) in [("r-early", 2), ("r-late", 1)] {

@@ -2,7 +2,7 @@
 //! array, and counts every element of an array exactly once.
 #![no_main]
 
-use lambda_sidecar::intake::events::parse_batch;
+use lambda_sidecar::events::parse_batch;
 use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
 

@@ -1,12 +1,12 @@
 //! The sandbox's HTTP API on 127.0.0.1:<random port>: Runtime API, Extensions API and
-//! Telemetry API, all backed by one shared state that the orchestrator drives.
+//! Telemetry API, all backed by one shared state ([`crate::state`]) that the orchestrator
+//! drives.
 //!
 //! `event/next` and `invocation/next` block on the caller's own queue, like Lambda's:
 //! an extension only ever sees events queued for it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -15,184 +15,22 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
-use crate::ids::uuid_v4;
-use crate::report::{ExtensionError, InvokeStatus, Registration, TokenCall};
-use crate::telemetry::{self, Hub};
+use crate::aws::ACCOUNT_ID;
+use crate::clock::rfc3339_ms;
+use crate::ids::{random_hex, uuid_v4};
+use crate::report::{ExtensionError, InvokeStatus, Registration};
+use crate::state::{Extension, Inner, Outcome, Phase, Shared};
+use crate::telemetry;
 
 pub const EXTENSION_ID_HEADER: &str = "lambda-extension-identifier";
 pub const EXTENSION_NAME_HEADER: &str = "lambda-extension-name";
 pub const EXTENSION_ERROR_HEADER: &str = "lambda-extension-function-error-type";
 pub const RUNTIME_ERROR_HEADER: &str = "lambda-runtime-function-error-type";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    Init,
-    Invoke,
-    Shutdown,
-    Closed,
-}
-
-pub(crate) struct Extension {
-    pub reg: Registration,
-    pub queue: VecDeque<Value>,
-    /// Blocked in `event/next` with nothing left to take.
-    pub waiting: bool,
-    /// When it last called `event/next` (the end of its post-invoke work).
-    pub last_next_at: Option<Instant>,
-    ready_announced: bool,
-}
-
-impl Extension {
-    pub fn wants(&self, event: &str) -> bool {
-        self.reg.events.iter().any(|e| e == event)
-    }
-    /// Idle in `event/next` with its queue drained: done with everything sent so far.
-    pub fn idle(&self) -> bool {
-        self.waiting && self.queue.is_empty()
-    }
-}
-
-pub(crate) struct Invocation {
-    pub request_id: String,
-    pub deadline_ms: u64,
-    pub arn: String,
-    pub xray_value: String,
-    pub payload: Value,
-}
-
-pub(crate) struct Outcome {
-    pub at: Instant,
-    pub status: InvokeStatus,
-    pub produced_bytes: usize,
-    pub error_type: Option<String>,
-}
-
-pub(crate) struct Inner {
-    pub phase: Phase,
-    pub extensions: Vec<Extension>,
-    /// First `/extension/init/error`: (extension, error type, body).
-    pub init_error: Option<(String, String, Value)>,
-    /// `/runtime/init/error`: (error type, body).
-    pub runtime_init_error: Option<(String, Value)>,
-    pub exit_errors: Vec<ExtensionError>,
-    pub subscriptions: Vec<Value>,
-    /// Answer subscriptions with a service error (`EnvConfig::refuse_telemetry`).
-    pub refuse_telemetry: bool,
-    pub runtime_waiting: bool,
-    pub runtime_queue: VecDeque<Invocation>,
-    /// The request the runtime may still answer.
-    pub active_request: Option<String>,
-    /// Managed Instances: the requests the workers may still answer (several at once).
-    pub active_requests: HashSet<String>,
-    /// Managed Instances rules for registration and subscription (`EnvConfig`).
-    pub managed_instances: bool,
-    pub outcomes: HashMap<String, Outcome>,
-    pub token_calls: HashMap<String, Vec<TokenCall>>,
-}
-
-/// State shared by the API handlers, the built-in function and the orchestrator.
-pub(crate) struct Shared {
-    pub function_name: String,
-    pub hub: Arc<Hub>,
-    inner: Mutex<Inner>,
-    tick: watch::Sender<()>,
-}
-
-impl Shared {
-    pub fn new(function_name: String, hub: Arc<Hub>) -> Arc<Shared> {
-        Arc::new(Shared {
-            function_name,
-            hub,
-            inner: Mutex::new(Inner {
-                phase: Phase::Init,
-                extensions: Vec::new(),
-                init_error: None,
-                runtime_init_error: None,
-                exit_errors: Vec::new(),
-                subscriptions: Vec::new(),
-                refuse_telemetry: false,
-                runtime_waiting: false,
-                runtime_queue: VecDeque::new(),
-                active_request: None,
-                active_requests: HashSet::new(),
-                managed_instances: false,
-                outcomes: HashMap::new(),
-                token_calls: HashMap::new(),
-            }),
-            tick: watch::Sender::new(()),
-        })
-    }
-
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A poisoned lock only means a panicking test thread; the data is still usable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Wakes every waiter to re-check its condition.
-    pub fn bump(&self) {
-        self.tick.send_replace(());
-    }
-
-    /// Applies `f` under the lock and wakes waiters.
-    pub fn update<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        let r = f(&mut self.lock());
-        self.bump();
-        r
-    }
-
-    /// Waits until `cond` holds (true) or `deadline` passes (false).
-    pub async fn wait_until(
-        &self,
-        mut cond: impl FnMut(&Inner) -> bool,
-        deadline: Option<tokio::time::Instant>,
-    ) -> bool {
-        let mut rx = self.tick.subscribe();
-        loop {
-            rx.borrow_and_update();
-            if cond(&self.lock()) {
-                return true;
-            }
-            let changed = rx.changed();
-            match deadline {
-                Some(d) => tokio::select! {
-                    r = changed => if r.is_err() { return false },
-                    () = tokio::time::sleep_until(d) => return cond(&self.lock()),
-                },
-                None => {
-                    if changed.await.is_err() {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits until `take` yields the caller's next item (the caller has marked itself as
-    /// waiting). None when the environment closes.
-    async fn take_next<T>(&self, mut take: impl FnMut(&mut Inner) -> Option<T>) -> Option<T> {
-        let mut rx = self.tick.subscribe();
-        loop {
-            rx.borrow_and_update();
-            {
-                let mut inner = self.lock();
-                if inner.phase == Phase::Closed {
-                    return None;
-                }
-                if let Some(v) = take(&mut inner) {
-                    drop(inner);
-                    self.bump();
-                    return Some(v);
-                }
-            }
-            // No bump here: waiters only wake each other on real changes.
-            if rx.changed().await.is_err() {
-                return None;
-            }
-        }
-    }
-}
+/// Where SnapStart's container credentials endpoint is served, on the same address as the
+/// other APIs. A path of lambda-env's own: what matters is that it is loopback, and that the
+/// whole URL is handed over in `AWS_CONTAINER_CREDENTIALS_FULL_URI`.
+pub const CREDENTIALS_PATH: &str = "/credentials";
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -217,6 +55,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             post(invocation_error),
         )
         .route("/2018-06-01/runtime/init/error", post(runtime_init_error))
+        .route(CREDENTIALS_PATH, get(container_credentials))
         .with_state(shared)
 }
 
@@ -276,6 +115,43 @@ fn extension_index(inner: &Inner, headers: &HeaderMap) -> Result<usize, ApiError
                 format!("Unknown extension {id}"),
             )
         })
+}
+
+/// SnapStart's container credentials endpoint, as the AWS SDKs' container provider calls it:
+/// `GET` with `Authorization: <AWS_CONTAINER_AUTHORIZATION_TOKEN>`, answered with
+/// `AccessKeyId`, `SecretAccessKey`, `Token` and `Expiration` (RFC 3339, `credentials_ttl`
+/// from now). Random credentials at each request, or `container_keys` without a `Token`. A
+/// request without the right header gets 401; 404 when the environment is not SnapStart.
+async fn container_credentials(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let mut inner = s.lock();
+    let Some(endpoint) = inner.credentials.as_mut() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "no container credentials outside SnapStart",
+        );
+    };
+    let given = headers.get(axum::http::header::AUTHORIZATION);
+    if given.map(HeaderValue::as_bytes) != Some(endpoint.token.as_bytes()) {
+        endpoint.refused += 1;
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthorizationToken",
+            "the Authorization header must be AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        );
+    }
+    endpoint.served += 1;
+    let expiration = rfc3339_ms(SystemTime::now() + endpoint.ttl);
+    let mut answer = match &endpoint.keys {
+        Some((id, secret)) => json!({"AccessKeyId": id, "SecretAccessKey": secret}),
+        None => json!({
+            "AccessKeyId": format!("ASIA{}", random_hex(8).to_uppercase()),
+            "SecretAccessKey": random_hex(20),
+            "Token": random_hex(64),
+        }),
+    };
+    answer["Expiration"] = json!(expiration);
+    (StatusCode::OK, axum::Json(answer)).into_response()
 }
 
 fn json_body(body: &Bytes) -> Value {
@@ -339,17 +215,11 @@ async fn register(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes)
                 format!("extension {name} is already registered"),
             ));
         }
-        inner.extensions.push(Extension {
-            reg: Registration {
-                name: name.to_string(),
-                events,
-                id: id.clone(),
-            },
-            queue: VecDeque::new(),
-            waiting: false,
-            last_next_at: None,
-            ready_announced: false,
-        });
+        inner.extensions.push(Extension::new(Registration {
+            name: name.to_string(),
+            events,
+            id: id.clone(),
+        }));
         Ok(())
     });
     if let Err(r) = result {
@@ -361,7 +231,7 @@ async fn register(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes)
         "handler": "bootstrap",
     });
     if header(&headers, "lambda-extension-accept-feature") == Some("accountId") {
-        body["accountId"] = json!(crate::env::ACCOUNT_ID);
+        body["accountId"] = json!(ACCOUNT_ID);
     }
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -15,21 +15,25 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::api::{self, Phase, Shared};
+use crate::api;
+use crate::aws::function_arn;
 use crate::clock::{epoch_ms, ms, rfc3339_ms};
-use crate::function::{
-    self, FunctionConfig, SIMULATE_ERROR, SIMULATE_TIMEOUT, TokenMode, Traceparent,
-};
-use crate::ids::{XrayTrace, random_hex, uuid_v4};
+use crate::function::{self, FunctionConfig, TokenMode, Traceparent};
+use crate::ids::random_hex;
 use crate::report::{
-    InitError, InitReport, InvokeReport, InvokeStatus, Report, RssSample, ShutdownReport,
+    CredentialsReport, InitError, InitReport, InvokeReport, InvokeStatus, Report, RssSample,
+    ShutdownReport,
 };
+use crate::state::{self, Outcome, Phase, Shared};
 use crate::telemetry::Hub;
 
+mod invocation;
 mod managed;
 
-pub const ACCOUNT_ID: &str = "123456789012";
-pub const REGION: &str = "us-east-1";
+use invocation::{Started, report_metrics, simulate, take_outcome};
+
+pub use crate::aws::{ACCOUNT_ID, REGION};
+pub use crate::function::{MIXED_LOG_LEVELS, MIXED_TEXT_LINES};
 const RUNTIME_VERSION: &str = "provided:al2023.v100";
 const RUNTIME_VERSION_ARN: &str = "arn:aws:lambda:us-east-1::runtime:0f1b3c5d7e9a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c";
 /// In `invoke_runtime_first` mode, the longest the extensions' INVOKE waits for the
@@ -62,8 +66,9 @@ pub struct EnvConfig {
     pub extension: Option<PathBuf>,
     /// Extra environment for the extension process. It overrides the credentials the
     /// environment makes up (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_SESSION_TOKEN`): a test that calls the sidecar's `/token` itself sets
-    /// `AWS_SESSION_TOKEN` here to know the `X-Sidecar-Token` to send.
+    /// `AWS_SESSION_TOKEN`; with `snapstart`, `AWS_CONTAINER_AUTHORIZATION_TOKEN`): a test
+    /// that calls the sidecar's `/token` itself sets `AWS_SESSION_TOKEN` (with `snapstart`,
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`) here to know the `X-Sidecar-Token` to send.
     pub env: Vec<(String, String)>,
     /// Registrations to wait for besides the spawned process (in-process test extensions).
     pub in_process_extensions: usize,
@@ -93,8 +98,20 @@ pub struct EnvConfig {
     /// SHUTDOWN deadlineMs = now + this; SIGKILL after.
     pub shutdown_ms: u64,
     pub init_timeout_ms: u64,
-    /// Emit SnapStart restore events instead of init events.
+    /// SnapStart: restore events instead of init events, and the credentials as Lambda gives
+    /// them there: no `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` or `AWS_SESSION_TOKEN`,
+    /// but a container credentials endpoint served by this environment, named in
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI`, with a random `AWS_CONTAINER_AUTHORIZATION_TOKEN`
+    /// it requires; the built-in function sends that token as `X-Sidecar-Token`.
     pub snapstart: bool,
+    /// SnapStart: how long the credentials the endpoint hands out stay valid. By default
+    /// five minutes and a few seconds: the sidecar fetches again when less than five
+    /// minutes are left, so its refresh runs seconds into a run, not an hour.
+    pub credentials_ttl: Duration,
+    /// SnapStart: the access key the endpoint hands out (id, secret), without a `Token`, e.g.
+    /// an IAM user's in moto, which then checks the signatures made with it; `None`: random
+    /// ones with a random `Token` at each request.
+    pub container_keys: Option<(String, String)>,
     /// Per invoke, an unknown event type (`platform.futureThing`) and unknown fields.
     pub inject_unknown: bool,
     /// Emit one `platform.logsDropped` in the first invoke.
@@ -127,6 +144,11 @@ pub struct EnvConfig {
     /// `requestId`, as Lambda's JSON log format writes it) and [`MIXED_TEXT_LINES`] text
     /// lines, instead of its progress lines: a known set of `function` records.
     pub mixed_logs: bool,
+    /// Lines the function logs on every invoke, after its first progress line, as given: a
+    /// JSON object is a line of Lambda's JSON log format (`LoggingConfig.LogFormat=JSON`),
+    /// which the Telemetry API delivers as that object in the `function` record; a string is
+    /// a text line.
+    pub function_logs: Vec<Value>,
     /// Lambda Managed Instances: an extension may register for SHUTDOWN only (INVOKE is
     /// refused with 403 `Extension.InvalidEventType`, which fails init), the Telemetry API
     /// takes schema `2025-01-29` only, `workers` runtime workers take invocations at once,
@@ -140,11 +162,6 @@ pub struct EnvConfig {
     /// while invocations still run; they finish and report during the shutdown phase.
     pub shutdown_in_flight: bool,
 }
-
-/// The levels of the JSON lines the function logs with `EnvConfig::mixed_logs`.
-pub const MIXED_LOG_LEVELS: [&str; 3] = ["INFO", "WARN", "ERROR"];
-/// The number of text lines the function logs with `EnvConfig::mixed_logs`.
-pub const MIXED_TEXT_LINES: usize = 2;
 
 impl Default for EnvConfig {
     fn default() -> Self {
@@ -168,6 +185,8 @@ impl Default for EnvConfig {
             shutdown_ms: 2_000,
             init_timeout_ms: 10_000,
             snapstart: false,
+            credentials_ttl: DEFAULT_CREDENTIALS_TTL,
+            container_keys: None,
             inject_unknown: false,
             logs_dropped: false,
             refuse_telemetry: false,
@@ -181,12 +200,16 @@ impl Default for EnvConfig {
             function_version: "$LATEST".to_string(),
             invoked_qualifier: None,
             mixed_logs: false,
+            function_logs: Vec::new(),
             managed_instances: false,
             workers: 1,
             shutdown_in_flight: false,
         }
     }
 }
+
+/// [`EnvConfig::credentials_ttl`] by default.
+pub const DEFAULT_CREDENTIALS_TTL: Duration = Duration::from_secs(5 * 60 + 5);
 
 /// `RLIMIT_NOFILE` in a Lambda execution environment (soft and hard): the extension
 /// process gets the same.
@@ -209,29 +232,72 @@ pub struct Environment {
     started: Instant,
     frozen: bool,
     /// The execution role's credentials, as Lambda gives them to the function and every
-    /// extension: made up per environment, overridden by `EnvConfig::env`.
-    credentials: [(&'static str, String); 3],
+    /// extension: made up per environment, overridden by `EnvConfig::env`. With SnapStart,
+    /// the container credentials endpoint's URI and token instead.
+    credentials: Vec<(&'static str, String)>,
 }
 
-/// Random credentials of the shapes Lambda's have, unique to one environment. The sidecar
-/// takes `AWS_SESSION_TOKEN` as the secret `/token` callers must send back, so it must be
-/// unguessable, as Lambda's is.
-fn credentials(env: &[(String, String)]) -> [(&'static str, String); 3] {
-    [
-        (
-            "AWS_ACCESS_KEY_ID",
-            format!("ASIA{}", random_hex(8).to_uppercase()),
-        ),
-        ("AWS_SECRET_ACCESS_KEY", random_hex(20)),
-        ("AWS_SESSION_TOKEN", random_hex(32)),
-    ]
-    .map(|(name, made_up)| {
-        let value = env
-            .iter()
+/// The credential variables Lambda gives the function and every extension, with random
+/// values of the shapes Lambda's have, unique to one environment, each overridden by `env`.
+/// The sidecar takes `AWS_SESSION_TOKEN` (with SnapStart, `AWS_CONTAINER_AUTHORIZATION_TOKEN`)
+/// as the secret `/token` callers must send back, so it must be unguessable, as Lambda's is.
+/// With SnapStart there are no access-key variables: the AWS SDKs fetch credentials from
+/// the container credentials endpoint at `api`, and so must an extension.
+fn credentials(
+    env: &[(String, String)],
+    snapstart: bool,
+    api: SocketAddr,
+) -> Vec<(&'static str, String)> {
+    let made_up = if snapstart {
+        vec![
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("http://{api}{}", api::CREDENTIALS_PATH),
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", random_hex(32)),
+        ]
+    } else {
+        vec![
+            (
+                "AWS_ACCESS_KEY_ID",
+                format!("ASIA{}", random_hex(8).to_uppercase()),
+            ),
+            ("AWS_SECRET_ACCESS_KEY", random_hex(20)),
+            ("AWS_SESSION_TOKEN", random_hex(32)),
+        ]
+    };
+    made_up
+        .into_iter()
+        .map(|(name, made_up)| {
+            let value = env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or(made_up, |(_, v)| v.clone());
+            (name, value)
+        })
+        .collect()
+}
+
+/// The `X-Sidecar-Token` a function sends in an environment whose variables are
+/// `credentials` and then `env`: `AWS_SESSION_TOKEN` if set, else (SnapStart)
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN`.
+fn header_token(credentials: &[(&'static str, String)], env: &[(String, String)]) -> String {
+    let var = |name: &str| {
+        env.iter()
+            .rev()
             .find(|(k, _)| k == name)
-            .map_or(made_up, |(_, v)| v.clone());
-        (name, value)
-    })
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                credentials
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            })
+            .filter(|v| !v.is_empty())
+    };
+    var("AWS_SESSION_TOKEN")
+        .or_else(|| var("AWS_CONTAINER_AUTHORIZATION_TOKEN"))
+        .unwrap_or_default()
 }
 
 /// A port that was free a moment ago on 127.0.0.1, e.g. for `SIDECAR_PORT` when tests run
@@ -254,14 +320,28 @@ impl Environment {
         let client = reqwest::Client::builder().no_proxy().build()?;
         let hub = Hub::new(client.clone());
         let shared = Shared::new(cfg.function_name.clone(), hub);
-        shared.update(|inner| {
-            inner.refuse_telemetry = cfg.refuse_telemetry;
-            inner.managed_instances = cfg.managed_instances;
-        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(EnvError::Bind)?;
         let addr = listener.local_addr().map_err(EnvError::Bind)?;
+        let credentials = credentials(&cfg.env, cfg.snapstart, addr);
+        shared.update(|inner| {
+            inner.refuse_telemetry = cfg.refuse_telemetry;
+            inner.managed_instances = cfg.managed_instances;
+            if cfg.snapstart {
+                inner.credentials = Some(state::CredentialsEndpoint {
+                    token: credentials
+                        .iter()
+                        .find(|(k, _)| *k == "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default(),
+                    keys: cfg.container_keys.clone(),
+                    ttl: cfg.credentials_ttl,
+                    served: 0,
+                    refused: 0,
+                });
+            }
+        });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let router = api::router(Arc::clone(&shared));
         let server = tokio::spawn(async move {
@@ -294,7 +374,7 @@ impl Environment {
         // is no part of anyone's init duration.
         let started = Instant::now();
         let mut env = Environment {
-            credentials: credentials(&cfg.env),
+            credentials,
             cfg,
             shared,
             addr,
@@ -461,8 +541,9 @@ impl Environment {
             // apart.
             send_request_id: self.cfg.send_request_id || self.cfg.managed_instances,
             function_ms: self.cfg.function_ms,
-            session_token: self.credentials[2].1.clone(),
+            session_token: header_token(&self.credentials, &self.cfg.env),
             mixed_logs: self.cfg.mixed_logs,
+            logs: Arc::new(self.cfg.function_logs.clone()),
         }
     }
 
@@ -491,15 +572,11 @@ impl Environment {
             shutdown
         } else {
             for i in 0..self.cfg.invokes {
-                if self.cfg.rss_every > 0 && i % self.cfg.rss_every == 0 {
-                    rss_samples.extend(self.rss_sample(i));
-                }
+                self.sample_rss(i, &mut rss_samples);
                 invokes.push(self.invoke(i, init.duration_ms).await);
                 self.freeze_gap().await;
             }
-            if self.cfg.rss_every > 0 {
-                rss_samples.extend(self.rss_sample(self.cfg.invokes));
-            }
+            self.sample_rss(self.cfg.invokes, &mut rss_samples);
             self.shutdown_phase().await
         };
         let mut init = init;
@@ -522,7 +599,7 @@ impl Environment {
                 inner.init_error.is_some()
                     || inner.runtime_init_error.is_some()
                     || (inner.extensions.len() >= expected
-                        && inner.extensions.iter().all(api::Extension::idle)
+                        && inner.extensions.iter().all(state::Extension::idle)
                         && inner.runtime_waiting)
             },
             Some(deadline),
@@ -582,57 +659,62 @@ impl Environment {
         }
     }
 
+    /// One on-demand invoke. The function and every INVOKE extension take part, and the
+    /// invoke lasts until the last of them is done: Lambda bills the extensions' post-invoke
+    /// work too, and only then freezes the sandbox.
     async fn invoke(&mut self, index: usize, init_ms: f64) -> InvokeReport {
-        let request_id = uuid_v4();
-        let xray = XrayTrace::new(!self.cfg.unsampled_invokes.contains(&index));
-        let span_id = random_hex(8);
-        let timeout = Duration::from_millis(self.cfg.function_timeout_ms);
-        let deadline_ms = epoch_ms() + self.cfg.function_timeout_ms;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut arn = format!(
-            "arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{}",
-            self.cfg.function_name
+        let started = Started::new(
+            !self.cfg.unsampled_invokes.contains(&index),
+            Duration::from_millis(self.cfg.function_timeout_ms),
         );
-        if let Some(qualifier) = &self.cfg.invoked_qualifier {
-            arn = format!("{arn}:{qualifier}");
+        self.emit_start(&started);
+        self.inject_faults(index, &started);
+        self.hand_out(index, &started).await;
+        let outcome = self.await_runtime(&started).await;
+        let function_ms = invocation::emit_runtime_done(&self.shared.hub, &started, &outcome);
+        let (returned, hold_ms) = self.await_extensions(&started, outcome.at).await;
+        self.emit_report(index, init_ms, &started, &outcome, function_ms + hold_ms);
+        let tokens = self
+            .shared
+            .lock()
+            .token_calls
+            .remove(&started.request_id)
+            .unwrap_or_default();
+        InvokeReport {
+            hold_ms,
+            extensions_returned: returned,
+            ..started.into_report(&outcome, function_ms, tokens)
         }
-        let tracing = json!({"spanId": span_id, "type": "X-Amzn-Trace-Id", "value": xray.value});
-        let simulate = if self.cfg.fail_invokes.contains(&index) {
-            SIMULATE_ERROR
-        } else if self.cfg.timeout_invokes.contains(&index) {
-            SIMULATE_TIMEOUT
-        } else {
-            "none"
-        };
-        let event = json!({
-            "eventType": "INVOKE",
-            "deadlineMs": deadline_ms,
-            "requestId": request_id,
-            "invokedFunctionArn": arn,
-            "tracing": {"type": "X-Amzn-Trace-Id", "value": xray.value},
-        });
-        let start_wall = SystemTime::now();
-        let t_start = Instant::now();
-        let mut start = json!({"requestId": request_id, "version": self.cfg.function_version, "tracing": tracing});
+    }
+
+    /// `platform.start`, with an unknown field if `inject_unknown` asks for one.
+    fn emit_start(&self, started: &Started) {
+        let mut start = started.start_record(&self.cfg.function_version);
         if self.cfg.inject_unknown {
             start["futureField"] = json!({"nested": [1, 2, 3]});
         }
         self.shared.hub.emit("platform.start", start);
+    }
+
+    /// The telemetry faults the configuration injects into invoke `index`: after its
+    /// `platform.start`, where an extension meets them amid an invoke's real events.
+    fn inject_faults(&self, index: usize, started: &Started) {
+        let hub = &self.shared.hub;
         if self.cfg.inject_unknown {
-            self.shared.hub.emit_item(json!({
+            hub.emit_item(json!({
                 "time": rfc3339_ms(SystemTime::now()),
                 "type": "platform.futureThing",
-                "record": {"requestId": request_id, "something": "new"},
+                "record": {"requestId": started.request_id, "something": "new"},
                 "futureTopLevel": true,
             }));
         }
         if index == self.cfg.inject_at {
             for item in &self.cfg.inject_items {
-                self.shared.hub.emit_item(item.clone());
+                hub.emit_item(item.clone());
             }
         }
         if self.cfg.logs_dropped && index == 0 {
-            self.shared.hub.emit(
+            hub.emit(
                 "platform.logsDropped",
                 json!({
                     "reason": "Consumer seems to have fallen behind as it has not acknowledged receipt of logs.",
@@ -641,85 +723,96 @@ impl Environment {
                 }),
             );
         }
-        let runtime_first = self.cfg.invoke_runtime_first;
-        let to_extensions = |inner: &mut api::Inner| {
+    }
+
+    /// Hands the invoke to the runtime and the INVOKE extensions. Lambda promises no order
+    /// between them: by default they get it together; with `invoke_runtime_first` the
+    /// extensions only once the function made its token calls, the worst order for an
+    /// extension that serves them.
+    async fn hand_out(&self, index: usize, started: &Started) {
+        let arn = self.invoked_arn();
+        let event = invoke_event(started, &arn);
+        let to_extensions = |inner: &mut state::Inner| {
             for ext in inner.extensions.iter_mut().filter(|e| e.wants("INVOKE")) {
                 ext.queue.push_back(event.clone());
             }
         };
+        let runtime_first = self.cfg.invoke_runtime_first;
+        let simulate = simulate(&self.cfg, index);
         self.shared.update(|inner| {
             if !runtime_first {
                 to_extensions(inner);
             }
-            inner.active_request = Some(request_id.clone());
-            inner.runtime_queue.push_back(api::Invocation {
-                request_id: request_id.clone(),
-                deadline_ms,
-                arn: arn.clone(),
-                xray_value: xray.value.clone(),
-                payload: json!({"invoke": index, "simulate": simulate}),
-            });
+            inner.active_request = Some(started.request_id.clone());
+            inner
+                .runtime_queue
+                .push_back(started.for_runtime(arn, index, simulate));
         });
         if runtime_first {
-            let id = request_id.clone();
-            let by = deadline.min(tokio::time::Instant::now() + RUNTIME_FIRST_MAX);
-            self.shared
-                .wait_until(
-                    |inner| inner.token_calls.contains_key(&id) || inner.outcomes.contains_key(&id),
-                    Some(by),
-                )
-                .await;
+            self.await_token_calls(started).await;
             self.shared.update(to_extensions);
         }
+    }
 
-        let id = request_id.clone();
+    /// The ARN the invoke names: the function's, with `invoked_qualifier` if any.
+    fn invoked_arn(&self) -> String {
+        let arn = function_arn(&self.cfg.function_name);
+        match &self.cfg.invoked_qualifier {
+            Some(qualifier) => format!("{arn}:{qualifier}"),
+            None => arn,
+        }
+    }
+
+    /// Waits until the function has made its token calls for `started` (or answered
+    /// without), at most [`RUNTIME_FIRST_MAX`] and never past the deadline: a function
+    /// that never calls must not stall the extensions' INVOKE for long.
+    async fn await_token_calls(&self, started: &Started) {
+        let id = &started.request_id;
+        let by = started
+            .deadline
+            .min(tokio::time::Instant::now() + RUNTIME_FIRST_MAX);
         self.shared
-            .wait_until(|inner| inner.outcomes.contains_key(&id), Some(deadline))
+            .wait_until(
+                |inner| inner.token_calls.contains_key(id) || inner.outcomes.contains_key(id),
+                Some(by),
+            )
             .await;
-        let (t_resp, status, produced_bytes, error_type) = {
+    }
+
+    /// The runtime's answer, or a timeout at the deadline. Lambda resets a runtime that
+    /// timed out, so a fresh one takes the next invoke: the old one is still busy with
+    /// this one.
+    async fn await_runtime(&mut self, started: &Started) -> Outcome {
+        let id = &started.request_id;
+        self.shared
+            .wait_until(
+                |inner| inner.outcomes.contains_key(id),
+                Some(started.deadline),
+            )
+            .await;
+        let outcome = {
             let mut inner = self.shared.lock();
             inner.active_request = None;
-            match inner.outcomes.get(&request_id) {
-                Some(o) => (o.at, o.status, o.produced_bytes, o.error_type.clone()),
-                None => (
-                    Instant::now(),
-                    InvokeStatus::Timeout,
-                    0,
-                    Some("Sandbox.Timedout".to_string()),
-                ),
-            }
+            take_outcome(&mut inner, id)
         };
-        if status == InvokeStatus::Timeout {
-            // Lambda resets a runtime that timed out; start a fresh one.
-            self.shared.update(|inner| {
-                inner.runtime_queue.clear();
-            });
+        if outcome.status == InvokeStatus::Timeout {
+            self.shared.update(|inner| inner.runtime_queue.clear());
             self.spawn_function();
         }
-        let function_ms = ms(t_resp.saturating_duration_since(t_start));
-        let response_wall = start_wall + t_resp.saturating_duration_since(t_start);
-        let runtime_done = runtime_done_record(
-            &request_id,
-            status,
-            error_type.as_deref(),
-            (start_wall, response_wall, function_ms),
-            produced_bytes,
-            &tracing,
-        );
-        self.shared.hub.emit("platform.runtimeDone", runtime_done);
+        outcome
+    }
 
-        // The invoke ends when every INVOKE extension is back in event/next.
+    /// Waits until every INVOKE extension is back in `event/next` (at most until the
+    /// deadline): the invoke ends then. Returns whether they all came back by the deadline
+    /// (Lambda times the invocation out otherwise), and how long
+    /// after the runtime's response (`responded`) the last one did: the hold that Lambda
+    /// reports and bills as part of the invoke's duration.
+    async fn await_extensions(&self, started: &Started, responded: Instant) -> (bool, f64) {
         let returned = self
             .shared
             .wait_until(
-                |inner| {
-                    inner
-                        .extensions
-                        .iter()
-                        .filter(|e| e.wants("INVOKE"))
-                        .all(api::Extension::idle)
-                },
-                Some(deadline.max(tokio::time::Instant::now())),
+                |inner| inner.all_idle("INVOKE"),
+                Some(started.deadline.max(tokio::time::Instant::now())),
             )
             .await;
         let back_at = {
@@ -732,17 +825,28 @@ impl Environment {
                 .max()
         };
         let hold_ms = match (returned, back_at) {
-            (true, Some(at)) => ms(at.saturating_duration_since(t_resp)),
+            (true, Some(at)) => ms(at.saturating_duration_since(responded)),
             (true, None) => 0.0,
-            (false, _) => ms(t_resp.elapsed()),
+            (false, _) => ms(responded.elapsed()),
         };
-        let duration_ms = function_ms + hold_ms;
-        let mut metrics = json!({
-            "durationMs": round3(duration_ms),
-            "billedDurationMs": duration_ms.ceil().max(1.0) as u64,
-            "memorySizeMB": self.cfg.memory_mb,
-            "maxMemoryUsedMB": self.max_memory_mb(),
-        });
+        // Back after the deadline is a timeout, even when this wait's timer fired late enough
+        // to see it back.
+        let in_time = returned && back_at.is_none_or(|at| at <= started.deadline.into_std());
+        (in_time, hold_ms)
+    }
+
+    /// `platform.report` of an invoke that lasted `duration_ms` (function and hold). The
+    /// first invoke's also carries the init (or SnapStart restore) duration, as Lambda's
+    /// first report after a cold start does.
+    fn emit_report(
+        &self,
+        index: usize,
+        init_ms: f64,
+        started: &Started,
+        outcome: &Outcome,
+        duration_ms: f64,
+    ) {
+        let mut metrics = report_metrics(duration_ms, self.cfg.memory_mb, self.extension_pid());
         if index == 0 {
             let key = if self.cfg.snapstart {
                 "restoreDurationMs"
@@ -751,41 +855,22 @@ impl Environment {
             };
             metrics[key] = json!(round3(init_ms));
         }
-        let report = report_record(
-            &request_id,
-            status,
-            error_type.as_deref(),
-            metrics,
-            &tracing,
-        );
-        self.shared.hub.emit("platform.report", report);
-        let tokens = self
-            .shared
-            .lock()
-            .token_calls
-            .remove(&request_id)
-            .unwrap_or_default();
-        InvokeReport {
-            request_id,
-            trace_id: xray.trace_id,
-            xray_value: xray.value,
-            deadline_ms,
-            function_ms,
-            hold_ms,
-            extensions_returned: returned,
-            status,
-            tokens,
-        }
-    }
-
-    /// Peak RSS of the extension process (VmHWM), in MB, as a stand-in for Lambda's figure.
-    fn max_memory_mb(&self) -> u64 {
-        self.peak_rss_kb().unwrap_or(0).div_ceil(1024).max(1)
+        invocation::emit_report(&self.shared.hub, started, outcome, metrics);
     }
 
     /// Peak RSS of the extension process (VmHWM) in KiB, if it is running.
     fn peak_rss_kb(&self) -> Option<u64> {
         self.memory_kb("VmHWM:")
+    }
+
+    /// Samples the extension's memory into `samples` as `EnvConfig::rss_every` asks: before
+    /// invoke `index` when one is due, and after the last (`index` = `invokes`). Both modes
+    /// sample at the same points, so their samples compare.
+    fn sample_rss(&self, index: usize, samples: &mut Vec<RssSample>) {
+        let every = self.cfg.rss_every;
+        if every > 0 && (index.is_multiple_of(every) || index == self.cfg.invokes) {
+            samples.extend(self.rss_sample(index));
+        }
     }
 
     /// The current and peak RSS, after `invokes` invokes.
@@ -802,6 +887,10 @@ impl Environment {
         proc_status_kb(self.extension_pid()?, field)
     }
 
+    /// The pause between two invokes. Lambda freezes the whole sandbox there (with
+    /// `freeze`): the extension's process group gets SIGSTOP and the Telemetry API holds
+    /// its deliveries, so an extension that leaves work for "later" finds it undone at the
+    /// next invoke, as it would in Lambda.
     async fn freeze_gap(&mut self) {
         let gap = Duration::from_millis(self.cfg.gap_ms);
         if !self.cfg.freeze {
@@ -815,6 +904,7 @@ impl Environment {
         self.thaw();
     }
 
+    /// Wakes the extension and resumes telemetry delivery; harmless when not frozen.
     fn thaw(&mut self) {
         if self.frozen {
             self.signal(libc::SIGCONT);
@@ -880,16 +970,7 @@ impl Environment {
             None => {
                 let back = self
                     .shared
-                    .wait_until(
-                        |inner| {
-                            inner
-                                .extensions
-                                .iter()
-                                .filter(|e| e.wants("SHUTDOWN"))
-                                .all(api::Extension::idle)
-                        },
-                        Some(deadline),
-                    )
+                    .wait_until(|inner| inner.all_idle("SHUTDOWN"), Some(deadline))
                     .await;
                 if back {
                     report.exited_before_deadline_ms = Some(ms(
@@ -925,6 +1006,14 @@ impl Environment {
         }
         let inner = self.shared.lock();
         Report {
+            credentials: inner
+                .credentials
+                .as_ref()
+                .map(|c| CredentialsReport {
+                    served: c.served,
+                    refused: c.refused,
+                })
+                .unwrap_or_default(),
             registrations: inner.extensions.iter().map(|e| e.reg.clone()).collect(),
             subscriptions: inner.subscriptions.clone(),
             init,
@@ -993,53 +1082,19 @@ fn init_type(cfg: &EnvConfig) -> &'static str {
     }
 }
 
-/// A `platform.runtimeDone` record; `times` is (start, response, function ms).
-fn runtime_done_record(
-    request_id: &str,
-    status: InvokeStatus,
-    error_type: Option<&str>,
-    (start_wall, response_wall, function_ms): (SystemTime, SystemTime, f64),
-    produced_bytes: usize,
-    tracing: &Value,
-) -> Value {
-    let mut record = json!({
-        "requestId": request_id,
-        "status": status.as_str(),
-        "metrics": {"durationMs": round3(function_ms), "producedBytes": produced_bytes},
-        "spans": [
-            {"name": "responseLatency", "start": rfc3339_ms(start_wall), "durationMs": round3(function_ms)},
-            {"name": "responseDuration", "start": rfc3339_ms(response_wall), "durationMs": 0.0},
-        ],
-        "tracing": tracing,
-    });
-    if let Some(t) = error_type {
-        record["errorType"] = json!(t);
-    }
-    record
-}
-
-/// A `platform.report` record with the given `metrics` object.
-fn report_record(
-    request_id: &str,
-    status: InvokeStatus,
-    error_type: Option<&str>,
-    metrics: Value,
-    tracing: &Value,
-) -> Value {
-    let mut record = json!({
-        "requestId": request_id,
-        "status": status.as_str(),
-        "metrics": metrics,
-        "tracing": tracing,
-    });
-    if let Some(t) = error_type {
-        record["errorType"] = json!(t);
-    }
-    record
-}
-
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
+}
+
+/// The INVOKE event the extensions registered for it get from `event/next`.
+fn invoke_event(started: &Started, arn: &str) -> Value {
+    json!({
+        "eventType": "INVOKE",
+        "deadlineMs": started.deadline_ms,
+        "requestId": started.request_id,
+        "invokedFunctionArn": arn,
+        "tracing": {"type": "X-Amzn-Trace-Id", "value": started.xray.value},
+    })
 }
 
 /// Resolves with the exit code when the child exits; never resolves without a child.

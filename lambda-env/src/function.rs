@@ -7,14 +7,15 @@
 //! Lambda trace and the invocation that asked.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::api::Shared;
-use crate::clock::ms;
+use crate::api::RUNTIME_ERROR_HEADER;
+use crate::clock::{epoch_ms, ms, rfc3339_ms};
 use crate::ids::{random_hex, w3c_trace_id};
 use crate::report::TokenCall;
+use crate::state::Shared;
 
 /// Which token request the function makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,11 @@ pub enum Traceparent {
 /// `/token` to name its invocation.
 pub const REQUEST_ID_HEADER: &str = "Lambda-Runtime-Aws-Request-Id";
 
+/// The levels of the JSON lines the function logs with `EnvConfig::mixed_logs`.
+pub const MIXED_LOG_LEVELS: [&str; 3] = ["INFO", "WARN", "ERROR"];
+/// The number of text lines the function logs with `EnvConfig::mixed_logs`.
+pub const MIXED_TEXT_LINES: usize = 2;
+
 /// What the orchestrator asks of one invoke, carried in the event payload.
 pub(crate) const SIMULATE_ERROR: &str = "error";
 pub(crate) const SIMULATE_TIMEOUT: &str = "timeout";
@@ -60,10 +66,13 @@ pub(crate) struct FunctionConfig {
     /// Send [`REQUEST_ID_HEADER`] with each token call.
     pub send_request_id: bool,
     pub function_ms: u64,
-    /// `AWS_SESSION_TOKEN`, sent as `X-Sidecar-Token` as a real function would.
+    /// `AWS_SESSION_TOKEN` (with SnapStart, `AWS_CONTAINER_AUTHORIZATION_TOKEN`), sent as
+    /// `X-Sidecar-Token` as a real function would.
     pub session_token: String,
     /// `EnvConfig::mixed_logs`.
     pub mixed_logs: bool,
+    /// `EnvConfig::function_logs`.
+    pub logs: Arc<Vec<Value>>,
 }
 
 pub(crate) fn spawn(
@@ -117,6 +126,9 @@ async fn run(
         if cfg.mixed_logs {
             mixed_logs(shared, &request_id, invoke);
         }
+        for line in cfg.logs.iter() {
+            shared.hub.emit("function", line.clone());
+        }
 
         let traceparent = traceparent(cfg.traceparent, &xray);
         let request_id_header = cfg.send_request_id.then_some(request_id.as_str());
@@ -136,7 +148,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(cfg.function_ms)).await;
         if simulate == SIMULATE_TIMEOUT {
             // Overrun the deadline; the orchestrator gives up on us at the deadline.
-            let now = crate::clock::epoch_ms();
+            let now = epoch_ms();
             tokio::time::sleep(Duration::from_millis(
                 deadline_ms.saturating_sub(now) + 1_000,
             ))
@@ -147,7 +159,7 @@ async fn run(
             log(format!("failing request {request_id} on purpose"));
             client
                 .post(format!("{base}/error"))
-                .header(crate::api::RUNTIME_ERROR_HEADER, "Function.Injected")
+                .header(RUNTIME_ERROR_HEADER, "Function.Injected")
                 .json(&json!({"errorMessage": "injected failure", "errorType": "InjectedError", "stackTrace": []}))
                 .send()
                 .await?;
@@ -162,14 +174,14 @@ async fn run(
     }
 }
 
-/// One JSON line per level of [`crate::env::MIXED_LOG_LEVELS`], shaped as Lambda's JSON log
-/// format writes them, and [`crate::env::MIXED_TEXT_LINES`] text lines.
+/// One JSON line per level of [`MIXED_LOG_LEVELS`], shaped as Lambda's JSON log
+/// format writes them, and [`MIXED_TEXT_LINES`] text lines.
 fn mixed_logs(shared: &Shared, request_id: &str, invoke: usize) {
-    for (k, level) in crate::env::MIXED_LOG_LEVELS.iter().enumerate() {
+    for (k, level) in MIXED_LOG_LEVELS.iter().enumerate() {
         shared.hub.emit(
             "function",
             json!({
-                "timestamp": crate::clock::rfc3339_ms(std::time::SystemTime::now()),
+                "timestamp": rfc3339_ms(SystemTime::now()),
                 "level": level,
                 "requestId": request_id,
                 "message": format!("json line {k} of invoke {invoke}"),
@@ -177,7 +189,7 @@ fn mixed_logs(shared: &Shared, request_id: &str, invoke: usize) {
             }),
         );
     }
-    for k in 0..crate::env::MIXED_TEXT_LINES {
+    for k in 0..MIXED_TEXT_LINES {
         shared.hub.emit(
             "function",
             Value::String(format!("text line {k} of invoke {invoke}")),

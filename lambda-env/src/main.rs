@@ -5,13 +5,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use lambda_env::{EnvConfig, Report, Sink, SinkMode};
 
 const USAGE: &str = "usage:
   lambda-env run --extension PATH [--function-name NAME] [--invokes N] [--tokens-per-invoke K] [--function-ms MS]
                  [--function-timeout-ms MS] [--gap-ms MS] [--no-freeze] [--shutdown-ms MS]
-                 [--snapstart] [--inject-unknown] [--logs-dropped] [--fail-invoke I]...
+                 [--snapstart] [--credentials-ttl-s S] [--inject-unknown] [--logs-dropped] [--fail-invoke I]...
                  [--timeout-invoke I]... [--unsampled-invoke I]... [--token-url URL] [--work-dir DIR] [--report FILE]
                  [--managed-instances [--workers N] [--shutdown-in-flight]]
                  [--env KEY=VAL]...
@@ -71,6 +72,9 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, CliError
             "--no-freeze" => cfg.freeze = false,
             "--shutdown-ms" => cfg.shutdown_ms = number(&mut args, &flag)?,
             "--snapstart" => cfg.snapstart = true,
+            "--credentials-ttl-s" => {
+                cfg.credentials_ttl = Duration::from_secs(number(&mut args, &flag)?);
+            }
             "--managed-instances" => cfg.managed_instances = true,
             "--workers" => cfg.workers = number(&mut args, &flag)?,
             "--shutdown-in-flight" => cfg.shutdown_in_flight = true,
@@ -203,11 +207,12 @@ async fn sink_cmd(mut args: impl Iterator<Item = String>) -> Result<ExitCode, Cl
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ok`, `fail:503` (answer that status) or `slow:2000` (answer 200 after that many ms).
+/// `ok`, `fail:503` (answer that status), `slow:2000` (answer 200 after that many ms, keeping
+/// nothing its sender gave up on) or `late:2000` (keep at once, answer 200 that much later).
 fn sink_mode(text: &str) -> Result<SinkMode, CliError> {
     let bad = || {
         usage(format!(
-            "--mode wants ok, fail:STATUS or slow:MS, got {text}"
+            "--mode wants ok, fail:STATUS, slow:MS or late:MS, got {text}"
         ))
     };
     match text.split_once(':') {
@@ -216,6 +221,10 @@ fn sink_mode(text: &str) -> Result<SinkMode, CliError> {
         Some(("slow", ms)) => ms
             .parse()
             .map(|ms| SinkMode::Slow(std::time::Duration::from_millis(ms)))
+            .map_err(|_| bad()),
+        Some(("late", ms)) => ms
+            .parse()
+            .map(|ms| SinkMode::Late(std::time::Duration::from_millis(ms)))
             .map_err(|_| bad()),
         _ => Err(bad()),
     }

@@ -23,6 +23,18 @@ pub struct Report {
     /// The extension process's resident memory, sampled as `EnvConfig::rss_every` asks.
     #[serde(default)]
     pub rss_samples: Vec<RssSample>,
+    /// SnapStart: the container credentials endpoint's requests.
+    #[serde(default)]
+    pub credentials: CredentialsReport,
+}
+
+/// What the container credentials endpoint (SnapStart) was asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialsReport {
+    /// Requests with the right `Authorization` header, answered with credentials.
+    pub served: u64,
+    /// Requests without it (or with another value), answered 401.
+    pub refused: u64,
 }
 
 /// Resident memory of the extension process at one point of the run.

@@ -39,8 +39,12 @@ pub enum SinkMode {
     Ok,
     /// Answer this status (e.g. 503) without keeping anything.
     Fail(u16),
-    /// Wait this long, then behave like `Ok`.
+    /// Wait this long, then behave like `Ok`: a request its sender gives up on before then
+    /// is lost.
     Slow(Duration),
+    /// Decode and keep at once, then answer 200 after this long: a collector that takes the
+    /// data and answers late, so a request its sender gives up on was still received.
+    Late(Duration),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +132,9 @@ struct Data {
 struct StoreInner {
     data: Mutex<Data>,
     mode: Mutex<SinkMode>,
+    /// Refusals queued by [`SinkStore::refuse_next`]: by path, the status and how many
+    /// requests are left to refuse.
+    refusals: Mutex<Vec<(&'static str, u16, u32)>>,
     out: Mutex<Option<std::fs::File>>,
     tick: watch::Sender<()>,
 }
@@ -183,6 +190,7 @@ impl SinkStore {
         Ok(SinkStore(Arc::new(StoreInner {
             data: Mutex::new(Data::default()),
             mode: Mutex::new(SinkMode::Ok),
+            refusals: Mutex::new(Vec::new()),
             out: Mutex::new(out),
             tick: watch::Sender::new(()),
         })))
@@ -210,6 +218,38 @@ impl SinkStore {
 
     pub fn set_mode(&self, mode: SinkMode) {
         *lock(&self.0.mode) = mode;
+    }
+
+    /// Answers the next `requests` requests for `signal` (`traces`, `metrics` or `logs`)
+    /// with `status` and a `google.rpc.Status` body (protobuf, as OTLP/HTTP asks) whose
+    /// message is [`REFUSAL_MESSAGE`], keeping nothing (counted in `failed`); before the
+    /// mode applies. A collector that refuses a batch, as it would a malformed one.
+    pub fn refuse_next(&self, signal: &'static str, status: u16, requests: u32) {
+        lock(&self.0.refusals).push((signal, status, requests));
+    }
+
+    /// A refusal queued for `signal`, taken.
+    fn refusal(&self, signal: &str) -> Option<Response> {
+        let mut refusals = lock(&self.0.refusals);
+        let queued = refusals
+            .iter_mut()
+            .find(|(s, _, n)| *s == signal && *n > 0)?;
+        queued.2 -= 1;
+        let status = StatusCode::from_u16(queued.1).unwrap_or(StatusCode::BAD_REQUEST);
+        drop(refusals);
+        self.count(|c| c.failed += 1);
+        // google.rpc.Status { code: 3 (INVALID_ARGUMENT), message }.
+        let mut body = Vec::new();
+        prost::encoding::int32::encode(1, &3, &mut body);
+        prost::encoding::string::encode(2, &REFUSAL_MESSAGE.to_owned(), &mut body);
+        Some(
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                body,
+            )
+                .into_response(),
+        )
     }
 
     /// Forgets everything received so far (counts too).
@@ -276,6 +316,9 @@ impl SinkStore {
     }
 }
 
+/// The message of the sink's refusals ([`SinkStore::refuse_next`]).
+pub const REFUSAL_MESSAGE: &str = "the sink refuses this batch on purpose";
+
 /// Serves OTLP/HTTP on `listener` until `shutdown` resolves (then finishes open requests).
 pub async fn run(
     listener: TcpListener,
@@ -310,7 +353,19 @@ async fn gate(store: &SinkStore) -> Option<Response> {
             tokio::time::sleep(d).await;
             None
         }
+        SinkMode::Late(_) => {
+            store.count(|c| c.slow += 1);
+            None
+        }
     }
+}
+
+/// A request was kept: answers `response`, after the delay of [`SinkMode::Late`].
+async fn answer(store: &SinkStore, response: Response) -> Response {
+    if let SinkMode::Late(d) = store.mode() {
+        tokio::time::sleep(d).await;
+    }
+    response
 }
 
 /// A request the sink refuses to decode.
@@ -359,6 +414,9 @@ fn protobuf_ok(body: Vec<u8>) -> Response {
 
 async fn traces(State(store): State<SinkStore>, headers: HeaderMap, body: Bytes) -> Response {
     store.count(|c| c.traces += 1);
+    if let Some(r) = store.refusal("traces") {
+        return r;
+    }
     if let Some(r) = gate(&store).await {
         return r;
     }
@@ -370,7 +428,7 @@ async fn traces(State(store): State<SinkStore>, headers: HeaderMap, body: Bytes)
         Ok(req) => {
             store.keep(spans_of(req), Vec::new());
             // An empty ExportTraceServiceResponse encodes to zero bytes.
-            protobuf_ok(Vec::new())
+            answer(&store, protobuf_ok(Vec::new())).await
         }
         Err(r) => {
             store.count(|c| c.rejected += 1);
@@ -381,6 +439,9 @@ async fn traces(State(store): State<SinkStore>, headers: HeaderMap, body: Bytes)
 
 async fn metrics(State(store): State<SinkStore>, headers: HeaderMap, body: Bytes) -> Response {
     store.count(|c| c.metrics += 1);
+    if let Some(r) = store.refusal("metrics") {
+        return r;
+    }
     if let Some(r) = gate(&store).await {
         return r;
     }
@@ -391,7 +452,7 @@ async fn metrics(State(store): State<SinkStore>, headers: HeaderMap, body: Bytes
     match decoded {
         Ok(req) => {
             store.keep(Vec::new(), points_of(req));
-            protobuf_ok(Vec::new())
+            answer(&store, protobuf_ok(Vec::new())).await
         }
         Err(r) => {
             store.count(|c| c.rejected += 1);
@@ -402,6 +463,9 @@ async fn metrics(State(store): State<SinkStore>, headers: HeaderMap, body: Bytes
 
 async fn logs(State(store): State<SinkStore>, headers: HeaderMap, body: Bytes) -> Response {
     store.count(|c| c.logs += 1);
+    if let Some(r) = store.refusal("logs") {
+        return r;
+    }
     if let Some(r) = gate(&store).await {
         return r;
     }
@@ -412,7 +476,7 @@ async fn logs(State(store): State<SinkStore>, headers: HeaderMap, body: Bytes) -
     match decoded {
         Ok(req) => {
             store.keep_logs(logs_of(req));
-            protobuf_ok(Vec::new())
+            answer(&store, protobuf_ok(Vec::new())).await
         }
         Err(r) => {
             store.count(|c| c.rejected += 1);
@@ -680,6 +744,11 @@ impl Sink {
 
     pub fn set_mode(&self, mode: SinkMode) {
         self.store.set_mode(mode);
+    }
+
+    /// [`SinkStore::refuse_next`].
+    pub fn refuse_next(&self, signal: &'static str, status: u16, requests: u32) {
+        self.store.refuse_next(signal, status, requests);
     }
 
     pub async fn wait_for(&self, pred: impl Fn(&SinkView<'_>) -> bool, timeout: Duration) -> bool {

@@ -1,6 +1,8 @@
 //! The environment driven by a tiny in-process extension (an HTTP client in the test), so
 //! none of this depends on the sidecar.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -505,9 +507,16 @@ async fn function_errors_and_timeouts_are_reported() {
 #[tokio::test]
 async fn snapstart_and_injected_events_are_delivered() {
     let (port, received) = telemetry_listener(0).await;
+    let (token_url, calls) = token_server().await;
     let env = Environment::start(EnvConfig {
+        env: vec![(
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN".into(),
+            "container-token-of-this-test".into(),
+        )],
         in_process_extensions: 1,
         invokes: 2,
+        tokens_per_invoke: 1,
+        token_url,
         gap_ms: 0,
         snapstart: true,
         inject_unknown: true,
@@ -563,6 +572,15 @@ async fn snapstart_and_injected_events_are_delivered() {
     let rep = &events[position(&events, "platform.report", first)];
     assert!(rep["record"]["metrics"]["restoreDurationMs"].is_number());
     assert!(rep["record"]["metrics"].get("initDurationMs").is_none());
+    // No AWS_SESSION_TOKEN with SnapStart: the function sends the container token instead.
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert!(
+        calls
+            .iter()
+            .all(|(_, secret)| secret.as_deref() == Some("container-token-of-this-test")),
+        "{calls:?}"
+    );
 }
 
 /// Managed Instances: INVOKE registration refused as Lambda refuses it, SHUTDOWN-only

@@ -1,6 +1,8 @@
 //! The environment around a real extension process (small bash + curl scripts), for what
 //! only a process shows: env vars, output capture, freezing, exit codes and kills.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -120,6 +122,80 @@ done
     );
     let stderr = std::fs::read_to_string(report.stderr_path.as_ref().unwrap()).unwrap();
     assert!(stderr.contains("to stderr"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// With SnapStart the extension gets no access-key variables and no `AWS_SESSION_TOKEN`,
+/// but a loopback container credentials endpoint and its token, as Lambda gives them there:
+/// the endpoint answers the token with credentials that expire soon, and anything else 401.
+#[tokio::test]
+async fn snapstart_gives_a_container_credentials_endpoint_instead_of_keys() {
+    let dir = temp_dir("snapstart");
+    let ext = script(
+        &dir,
+        "snap-ext",
+        r#"register '["INVOKE","SHUTDOWN"]'
+echo "keys id=${AWS_ACCESS_KEY_ID-unset} secret=${AWS_SECRET_ACCESS_KEY-unset} session=${AWS_SESSION_TOKEN-unset} type=$AWS_LAMBDA_INITIALIZATION_TYPE"
+echo "uri=$AWS_CONTAINER_CREDENTIALS_FULL_URI token=${#AWS_CONTAINER_AUTHORIZATION_TOKEN}"
+echo "answer $(curl -sS -H "Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN" "$AWS_CONTAINER_CREDENTIALS_FULL_URI")"
+echo "wrong $(curl -sS -o /dev/null -w '%{http_code}' -H 'Authorization: guess' "$AWS_CONTAINER_CREDENTIALS_FULL_URI")"
+echo "none $(curl -sS -o /dev/null -w '%{http_code}' "$AWS_CONTAINER_CREDENTIALS_FULL_URI")"
+while true; do
+  ev=$(next)
+  case "$ev" in *SHUTDOWN*) exit 0;; esac
+done
+"#,
+    );
+    let report = lambda_env::run(EnvConfig {
+        extension: Some(ext),
+        invokes: 1,
+        snapstart: true,
+        credentials_ttl: Duration::from_secs(60),
+        work_dir: Some(dir.clone()),
+        ..EnvConfig::default()
+    })
+    .await
+    .unwrap();
+    assert!(report.init.error.is_none(), "{:?}", report.init.error);
+    let stdout = std::fs::read_to_string(report.stdout_path.as_ref().unwrap()).unwrap();
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {stdout}"))
+            .to_string()
+    };
+    assert_eq!(
+        line("keys "),
+        "id=unset secret=unset session=unset type=snap-start"
+    );
+    let uri = line("uri=");
+    assert!(
+        uri.starts_with("http://127.0.0.1:") && uri.ends_with("/credentials token=64"),
+        "{uri}"
+    );
+    let answer: serde_json::Value = serde_json::from_str(&line("answer ")).unwrap();
+    assert!(
+        answer["AccessKeyId"].as_str().unwrap().starts_with("ASIA"),
+        "{answer}"
+    );
+    assert_eq!(answer["SecretAccessKey"].as_str().unwrap().len(), 40);
+    assert_eq!(answer["Token"].as_str().unwrap().len(), 128);
+    // RFC 3339, about a minute from now.
+    let expiration = answer["Expiration"].as_str().unwrap();
+    assert!(
+        expiration.len() == 24 && expiration.ends_with('Z') && &expiration[10..11] == "T",
+        "{expiration}"
+    );
+    assert_eq!(line("wrong "), "401");
+    assert_eq!(line("none "), "401");
+    assert_eq!(
+        report.credentials,
+        lambda_env::CredentialsReport {
+            served: 1,
+            refused: 2
+        }
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -1,5 +1,7 @@
 //! The OTLP sink decodes real protobuf requests built with the opentelemetry-proto types.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::time::Duration;
 
@@ -222,6 +224,32 @@ async fn modes_and_restart_simulate_a_bad_collector() {
     let url = format!("{}/v1/traces", sink.endpoint());
     let body = trace_request().encode_to_vec();
 
+    // A refusal queued for traces: the next traces request only, with a Status body.
+    sink.refuse_next("traces", 400, 1);
+    let refused = client
+        .post(url.clone())
+        .header("content-type", "application/x-protobuf")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    let status = refused.bytes().await.unwrap();
+    let message = lambda_env::sink::REFUSAL_MESSAGE.as_bytes();
+    assert!(
+        status.windows(message.len()).any(|w| w == message),
+        "{status:?}"
+    );
+    assert!(sink.spans().is_empty());
+    assert_eq!(sink.counts().failed, 1);
+    assert_eq!(
+        post(&client, url.clone(), body.clone(), false)
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(sink.spans().len(), 1);
+
     sink.set_mode(SinkMode::Fail(503));
     assert_eq!(
         post(&client, url.clone(), body.clone(), false)
@@ -229,8 +257,8 @@ async fn modes_and_restart_simulate_a_bad_collector() {
             .unwrap(),
         503
     );
-    assert!(sink.spans().is_empty());
-    assert_eq!(sink.counts().failed, 1);
+    assert_eq!(sink.spans().len(), 1);
+    assert_eq!(sink.counts().failed, 2);
 
     sink.set_mode(SinkMode::Slow(Duration::from_millis(50)));
     assert_eq!(
@@ -240,6 +268,17 @@ async fn modes_and_restart_simulate_a_bad_collector() {
         200
     );
     assert_eq!(sink.counts().slow, 1);
+
+    // Late: kept at once, even by a sender that gives up before the answer.
+    sink.set_mode(SinkMode::Late(Duration::from_secs(2)));
+    let cut = tokio::time::timeout(
+        Duration::from_millis(200),
+        post(&client, url.clone(), body.clone(), false),
+    )
+    .await;
+    assert!(cut.is_err(), "answered before the delay");
+    assert_eq!(sink.spans().len(), 3, "the late request was not kept");
+    assert_eq!(sink.counts().slow, 2);
 
     sink.stop().await;
     assert!(
@@ -256,9 +295,9 @@ async fn modes_and_restart_simulate_a_bad_collector() {
         tokio::spawn(async move { post(&client, url, body, false).await.unwrap() })
     };
     assert!(
-        sink.wait_for(|v| v.spans.len() == 2, Duration::from_secs(5))
+        sink.wait_for(|v| v.spans.len() == 4, Duration::from_secs(5))
             .await
     );
     assert_eq!(poster.await.unwrap(), 200);
-    assert_eq!(sink.counts().ok, 1);
+    assert_eq!(sink.counts().ok, 2);
 }

@@ -15,7 +15,7 @@ export PATH="$BUILD_VENV/bin:$PATH"
 log "building lambda-sidecar for $target"
 start=$(date +%s)
 # LAYER_FEATURES: extra Cargo features, e.g. `grpc` for OTLP export over gRPC (opt-in: it is
-# about 0.45 MB of machine code; README "Pointing it at a collector").
+# at least 0.6 MB of the arm64 binary, hyper's HTTP/2 included; docs/configuration.md).
 features=()
 if [ -n "${LAYER_FEATURES:-}" ]; then
   features=(--features "$LAYER_FEATURES")

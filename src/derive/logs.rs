@@ -1,7 +1,8 @@
 //! Logs: `function` and `extension` records become OpenTelemetry log records.
 //!
 //! Each record carries the line's time, its severity (a JSON line's `level`; a text line has
-//! none, `Unspecified` in OTLP), its body (the text, or the JSON object as a map),
+//! none, `Unspecified` in OTLP), its body (the text, or the JSON object as a map: see
+//! [`json_body`] for the memory budget that keeps its JSON text instead),
 //! `faas.invocation_id`, and the invocation's trace id and span id, so a backend shows the
 //! logs of an invocation beside its trace. The trace flags are the invocation's sampling
 //! decision: an unsampled invocation's logs still carry its ids (they group the logs of one
@@ -25,28 +26,20 @@ use opentelemetry::Key;
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger, SdkLoggerProvider};
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::{Deriver, flags, started_last_by};
-use crate::intake::events::{LogLine, MAX_REQUEST_ID_BYTES};
-use crate::signals::Signal;
+use super::invocations::Invocations;
+use super::spans::flags;
+use crate::events::{LogLine, MAX_LOG_LINE_BYTES, MAX_REQUEST_ID_BYTES};
+use crate::items::{LOG_BUFFER_BYTES, LogEntry, RECORD_OVERHEAD_BYTES};
+use crate::metrics::{Metrics, Signal};
 
-/// What a record weighs in the log buffers' byte bound beyond its text: the record itself,
-/// its ids and attributes (an `SdkLogRecord` is ~200 bytes before its body).
-pub const RECORD_OVERHEAD_BYTES: usize = 256;
-
-/// Log records held until the next drain, in bytes (text plus [`RECORD_OVERHEAD_BYTES`]
-/// each). The exporter's buffer has the same bound and drops the oldest beyond it, so
-/// holding more here would only cost memory. Past it new lines are dropped and counted
+/// Log records held until the next drain, in bytes of memory (a text line's text, a JSON
+/// line's body as [`json_body`] measures it, plus [`RECORD_OVERHEAD_BYTES`] each). The
+/// exporter's buffer has the same bound and drops the oldest beyond it, so holding more here
+/// would only cost memory. Past it new lines are dropped and counted
 /// (`sidecar.export.dropped_items{signal="logs"}`).
-pub const MAX_PENDING_LOG_BYTES: usize = crate::export::LOG_BUFFER_BYTES;
-
-/// A log record ready for export, and its weight in the byte bounds.
-#[derive(Debug, Clone)]
-pub struct LogEntry {
-    pub record: SdkLogRecord,
-    pub bytes: usize,
-}
+pub const MAX_PENDING_LOG_BYTES: usize = LOG_BUFFER_BYTES;
 
 /// Which Telemetry API stream a line came from (the `sidecar.log.source` attribute).
 #[derive(Debug, Clone, Copy)]
@@ -84,35 +77,51 @@ impl Logs {
             pending_bytes: 0,
         }
     }
-}
 
-impl Deriver {
-    /// A `function` or `extension` line: a log record, unless logs are off or it is the
-    /// sidecar's own line.
-    pub(super) fn log(&mut self, time: SystemTime, source: Source, line: LogLine) {
-        let Some(logs) = self.logs.as_mut() else {
-            return;
-        };
+    /// A `function` or `extension` line: a log record, unless it is the sidecar's own line
+    /// or there is no room for it (then it is counted as dropped).
+    pub(super) fn log(
+        &mut self,
+        time: SystemTime,
+        source: Source,
+        line: LogLine,
+        invocations: &Invocations,
+        metrics: &Metrics,
+    ) {
         if matches!(source, Source::Extension) && is_own(&line) {
             return;
         }
-        let request_id = match &line {
-            LogLine::Json { fields, .. } => fields
-                .get("requestId")
-                .and_then(Value::as_str)
-                .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES)
-                .map(str::to_owned),
-            LogLine::Text { .. } => None,
-        };
+        let request_id = request_id(&line);
+        // What a record weighs is the memory it holds, known once its body is built.
+        let body = Body::of(line);
+        let bytes = RECORD_OVERHEAD_BYTES + body.size;
+        if self.pending_bytes + bytes > MAX_PENDING_LOG_BYTES {
+            metrics.dropped(Signal::Logs, 1);
+            return;
+        }
+        let record = self.record(time, source, request_id, body, invocations);
+        self.pending_bytes += bytes;
+        self.pending.push(LogEntry { record, bytes });
+    }
+
+    /// The record of a line with `body`, joined to the invocation its `request_id` names,
+    /// else to the one running at its time.
+    fn record(
+        &self,
+        time: SystemTime,
+        source: Source,
+        request_id: Option<String>,
+        body: Body,
+        invocations: &Invocations,
+    ) -> SdkLogRecord {
         let invocation = match &request_id {
-            Some(id) => self.invocations.get_key_value(id.as_str()),
+            Some(id) => invocations.get(id),
             // A line after `platform.runtimeDone` (an extension's post-runtime work) still
             // belongs to the invocation until the next one starts; on Managed Instances,
             // where invocations overlap, only a request id tells.
-            None if self.overlapping => None,
-            None => started_last_by(&self.invocations, time),
+            None => invocations.running_at(time),
         };
-        let mut record = logs.logger.create_log_record();
+        let mut record = self.logger.create_log_record();
         record.set_timestamp(time);
         // Lambda observed the line when it stamped it. Required: opentelemetry-proto's
         // encoder unwraps it (the SDK's `emit`, which is not used here, would set it).
@@ -128,42 +137,72 @@ impl Deriver {
             record.add_attribute("faas.invocation_id", id);
         }
         record.add_attribute("sidecar.log.source", source.as_str());
-        let bytes = RECORD_OVERHEAD_BYTES + line.bytes();
-        let (severity, body, truncated) = match line {
-            LogLine::Text { text, truncated } => (None, AnyValue::String(text.into()), truncated),
-            LogLine::Json { fields, .. } => (
-                fields
-                    .get("level")
-                    .and_then(Value::as_str)
-                    .and_then(severity),
-                AnyValue::Map(Box::new(map_value(fields))),
-                false,
-            ),
-        };
-        if let Some((number, text)) = severity {
-            record.set_severity_number(number);
-            record.set_severity_text(text);
-        }
-        record.set_body(body);
-        if truncated {
-            record.add_attribute("sidecar.log.truncated", true);
-        }
-        if logs.pending_bytes + bytes > MAX_PENDING_LOG_BYTES {
-            self.metrics.dropped(Signal::Logs, 1);
-            return;
-        }
-        logs.pending_bytes += bytes;
-        logs.pending.push(LogEntry { record, bytes });
+        body.set(&mut record);
+        record
     }
 
     /// The log records derived since the last call, oldest first.
-    pub fn take_logs(&mut self) -> Vec<LogEntry> {
-        match self.logs.as_mut() {
-            Some(logs) => {
-                logs.pending_bytes = 0;
-                std::mem::take(&mut logs.pending)
+    pub(super) fn take(&mut self) -> Vec<LogEntry> {
+        self.pending_bytes = 0;
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// The request id a JSON line names (Lambda writes `requestId` into every line in its JSON
+/// log format), if it is one a request id can be.
+fn request_id(line: &LogLine) -> Option<String> {
+    match line {
+        LogLine::Json { request_id, .. } => request_id
+            .as_deref()
+            .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES)
+            .map(str::to_owned),
+        LogLine::Text { .. } => None,
+    }
+}
+
+/// A line as a record's body: its text, or its JSON object as a map ([`json_body`], else
+/// its JSON text) with its `level` as the severity; and the memory the body holds.
+struct Body {
+    severity: Option<(Severity, &'static str)>,
+    value: AnyValue,
+    /// A text line cut at the line bound.
+    truncated: bool,
+    size: usize,
+}
+
+impl Body {
+    fn of(line: LogLine) -> Body {
+        match line {
+            LogLine::Text { text, truncated } => Body {
+                severity: None,
+                size: text.len(),
+                value: AnyValue::String(text.into()),
+                truncated,
+            },
+            LogLine::Json { json, level, .. } => {
+                let (value, size) = json_body(&json).unwrap_or_else(|| {
+                    let size = json.len();
+                    (AnyValue::String(json.into()), size)
+                });
+                Body {
+                    severity: level.as_deref().and_then(severity),
+                    value,
+                    truncated: false,
+                    size,
+                }
             }
-            None => Vec::new(),
+        }
+    }
+
+    /// Sets the record's body, its severity, and says whether the line was truncated.
+    fn set(self, record: &mut SdkLogRecord) {
+        if let Some((number, text)) = self.severity {
+            record.set_severity_number(number);
+            record.set_severity_text(text);
+        }
+        record.set_body(self.value);
+        if self.truncated {
+            record.add_attribute("sidecar.log.truncated", true);
         }
     }
 }
@@ -185,29 +224,149 @@ fn severity(level: &str) -> Option<(Severity, &'static str)> {
     Some((severity, severity.name()))
 }
 
-/// A JSON object as an OTel map. `null` has no counterpart in the SDK's `AnyValue`: such
-/// fields (and list items) are left out. Depth is bounded by serde_json's recursion limit.
-fn map_value(fields: Map<String, Value>) -> HashMap<Key, AnyValue> {
-    fields
-        .into_iter()
-        .filter_map(|(key, value)| Some((Key::from(key), any_value(value)?)))
-        .collect()
+/// Most memory one JSON line's structured body may take, as [`heap`] estimates it: four
+/// times the longest line. Parsed, a JSON object weighs several times its text (a typical
+/// line of a few fields about 8×; `{"a":[[],[],…]}` about 25×, each 3-byte `[],` a list
+/// of its own); a line whose body would cost more keeps its JSON text as a string body.
+pub const MAX_JSON_BODY_BYTES: usize = 4 * MAX_LOG_LINE_BYTES;
+
+/// A JSON log line's object as an OTel map, and the memory it takes, built within
+/// [`MAX_JSON_BODY_BYTES`]; `None` past it (the build stops there) or when the text is not
+/// an object. `null` has no counterpart in the SDK's `AnyValue`: such members (and list
+/// items) are left out. Depth is bounded by serde_json's recursion limit (128).
+fn json_body(json: &str) -> Option<(AnyValue, usize)> {
+    let mut left = MAX_JSON_BODY_BYTES;
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let body = Budgeted { left: &mut left }
+        .deserialize(&mut deserializer)
+        .ok()??;
+    deserializer.end().ok()?;
+    matches!(body, AnyValue::Map(_)).then_some((body, MAX_JSON_BODY_BYTES - left))
 }
 
-fn any_value(value: Value) -> Option<AnyValue> {
-    Some(match value {
-        Value::Null => return None,
-        Value::Bool(b) => AnyValue::Boolean(b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => AnyValue::Int(i),
-            None => AnyValue::Double(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => AnyValue::String(s.into()),
-        Value::Array(items) => {
-            AnyValue::ListAny(Box::new(items.into_iter().filter_map(any_value).collect()))
+/// What the allocator takes for a block of `n` bytes, an upper bound for glibc's and musl's
+/// malloc on 64-bit: a header, and the rounding up to a size class (at most a quarter).
+const fn heap(n: usize) -> usize {
+    if n == 0 { 0 } else { n + n / 4 + 32 }
+}
+
+/// The memory of a map of `n` members beyond its slot: the boxed `HashMap`, and its table
+/// (hashbrown: a power of two of buckets, at most 7/8 full, each an entry and a control
+/// byte, plus a group of control bytes).
+fn map_bytes(n: usize) -> usize {
+    let buckets = match n {
+        0 => return heap(size_of::<HashMap<Key, AnyValue>>()),
+        1..4 => 4,
+        4..8 => 8,
+        _ => (n * 8 / 7).next_power_of_two(),
+    };
+    heap(size_of::<HashMap<Key, AnyValue>>())
+        + heap(buckets * (size_of::<(Key, AnyValue)>() + 1) + 16)
+}
+
+/// Builds an `AnyValue` while counting its memory down from `left`; fails (stopping the
+/// parse) when that would go below zero. A value's own slot is counted by its container.
+struct Budgeted<'a> {
+    left: &'a mut usize,
+}
+
+impl Budgeted<'_> {
+    fn charge<E: serde::de::Error>(&mut self, bytes: usize) -> Result<(), E> {
+        *self.left = self
+            .left
+            .checked_sub(bytes)
+            .ok_or_else(|| E::custom("over the memory budget of a log body"))?;
+        Ok(())
+    }
+
+    fn string<E: serde::de::Error>(mut self, text: String) -> Result<Option<AnyValue>, E> {
+        self.charge(heap(text.len()))?;
+        Ok(Some(AnyValue::String(text.into())))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Budgeted<'_> {
+    type Value = Option<AnyValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Budgeted<'_> {
+    type Value = Option<AnyValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Some(AnyValue::Boolean(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(AnyValue::Int(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(
+            i64::try_from(v).map_or(AnyValue::Double(v as f64), AnyValue::Int),
+        ))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(AnyValue::Double(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        self.string(v.to_owned())
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        self.string(v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Self::Value, A::Error> {
+        self.charge(heap(size_of::<Vec<AnyValue>>()))?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Budgeted {
+            left: &mut *self.left,
+        })? {
+            if let Some(item) = item {
+                // The slot, twice while the vector grows by doubling; settled below.
+                self.charge(2 * size_of::<AnyValue>())?;
+                items.push(item);
+            }
         }
-        Value::Object(fields) => AnyValue::Map(Box::new(map_value(fields))),
-    })
+        items.shrink_to_fit();
+        *self.left += 2 * size_of::<AnyValue>() * items.len();
+        self.charge(heap(size_of::<AnyValue>() * items.len()))?;
+        Ok(Some(AnyValue::ListAny(Box::new(items))))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            self.charge(heap(key.len()))?;
+            let value = map.next_value_seed(Budgeted {
+                left: &mut *self.left,
+            })?;
+            if let Some(value) = value {
+                // The member waits in a vector (twice its size while it grows), then moves
+                // into the map's table; settled below.
+                self.charge(2 * size_of::<(Key, AnyValue)>())?;
+                members.push((Key::from(key), value));
+            }
+        }
+        *self.left += 2 * size_of::<(Key, AnyValue)>() * members.len();
+        self.charge(map_bytes(members.len()))?;
+        let fields: HashMap<Key, AnyValue> = members.into_iter().collect();
+        Ok(Some(AnyValue::Map(Box::new(fields))))
+    }
 }
 
 /// A line the sidecar wrote itself: every line it logs, its dependencies' included, starts
@@ -218,9 +377,7 @@ fn any_value(value: Value) -> Option<AnyValue> {
 /// flush, and those into more lines.
 fn is_own(line: &LogLine) -> bool {
     match line {
-        LogLine::Json { fields, .. } => {
-            fields.get("extension").and_then(Value::as_str) == Some(crate::logging::MARK_NAME)
-        }
+        LogLine::Json { extension, .. } => extension.as_deref() == Some(crate::logging::MARK_NAME),
         LogLine::Text { text, .. } => {
             text.starts_with(crate::logging::MARK_JSON)
                 || text.starts_with(crate::logging::MARK_TEXT)
@@ -231,13 +388,14 @@ fn is_own(line: &LogLine) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::derive::FunctionInfo;
-    use crate::intake::events::parse_batch;
+    use crate::derive::Deriver;
+    use crate::events::parse_batch;
+    use crate::function::FunctionInfo;
+    use crate::metrics::testing;
     use crate::records::Record;
-    use crate::signals::testing;
     use opentelemetry::logs::AnyValue;
     use opentelemetry::trace::TraceId;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use std::sync::Arc;
 
     /// One batch as Lambda orders it: r1 (X-Ray sampled) runs and ends, an extension logs
@@ -388,7 +546,7 @@ mod tests {
         let (source, metrics) = testing::source();
         let mut deriver =
             Deriver::new(FunctionInfo::from_vars(|_| None), Arc::new(metrics)).with_logs();
-        let line = "x".repeat(crate::intake::events::MAX_LOG_LINE_BYTES - 100);
+        let line = "x".repeat(crate::events::MAX_LOG_LINE_BYTES - 100);
         let per_batch = 50;
         let event =
             format!(r#"{{"time":"2022-10-12T00:00:00.000Z","type":"function","record":"{line}"}}"#);
@@ -435,7 +593,7 @@ mod tests {
 
     #[test]
     fn a_json_object_becomes_a_structured_body() {
-        let Value::Object(fields) = json!({
+        let json = json!({
             "message": "done",
             "count": 3,
             "ratio": 0.5,
@@ -444,10 +602,11 @@ mod tests {
             "gone": null,
             "tags": ["a", 1, null],
             "nested": {"k": "v"},
-        }) else {
-            unreachable!()
+        })
+        .to_string();
+        let Some((AnyValue::Map(map), size)) = json_body(&json) else {
+            panic!("no map from {json}")
         };
-        let map = map_value(fields);
         let get = |key: &str| map.get(&Key::from(key.to_string())).cloned();
         assert_eq!(get("message"), Some(AnyValue::String("done".into())));
         assert_eq!(get("count"), Some(AnyValue::Int(3)));
@@ -469,6 +628,119 @@ mod tests {
                 AnyValue::String("v".into())
             )]))))
         );
+        assert!(size > json.len() && size < 20 * json.len(), "{size}");
+    }
+
+    /// Lines of at most 32 KiB, by the shape of their JSON: what their body costs, or `None`
+    /// when it would cost more than [`MAX_JSON_BODY_BYTES`] (the line keeps its text).
+    #[test]
+    fn a_json_body_is_built_within_its_memory_budget() {
+        let repeat = |item: &str, n: usize| vec![item; n].join(",");
+        let keys = |n: usize| (0..n).map(|k| format!(r#""k{k}":0"#)).collect::<Vec<_>>();
+        let nested =
+            |depth: usize| format!(r#"{{"a":{}1{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let typical = json!({"timestamp": "2026-12-04T17:00:00.000Z", "level": "INFO",
+            "requestId": "8f5e6c1a-8d4e-4f7b-9c3a-2b1d0e9f8a7c", "message": "charged order 1234"})
+        .to_string();
+        /// The memory a body may take: at least, at most.
+        type Range = Option<(usize, usize)>;
+        let cases: Vec<(&str, String, Range)> = vec![
+            (
+                "typical",
+                typical.clone(),
+                Some((typical.len(), 15 * typical.len())),
+            ),
+            (
+                "one long message",
+                format!(r#"{{"message":"{}"}}"#, "m".repeat(32_000)),
+                Some((32_000, 42_000)),
+            ),
+            ("an empty object", "{}".into(), Some((1, 200))),
+            (
+                "nested 120 deep",
+                nested(120),
+                Some((120 * 32, MAX_JSON_BODY_BYTES)),
+            ),
+            (
+                "1,000 empty lists (3 KB)",
+                format!(r#"{{"a":[{}]}}"#, repeat("[]", 1_000)),
+                Some((1_000 * 64, MAX_JSON_BODY_BYTES)),
+            ),
+            // The audit's line: 32,000 bytes of empty lists, 20x its text once parsed.
+            (
+                "10,664 empty lists (32 KB)",
+                format!(r#"{{"a":[{}]}}"#, repeat("[]", 10_664)),
+                None,
+            ),
+            (
+                "10,664 empty maps",
+                format!(r#"{{"a":[{}]}}"#, repeat("{}", 10_664)),
+                None,
+            ),
+            ("3,000 keys", format!("{{{}}}", keys(3_000).join(",")), None),
+            (
+                "8,000 one-byte strings",
+                format!(r#"{{"a":[{}]}}"#, repeat(r#""x""#, 8_000)),
+                None,
+            ),
+            (
+                "4,000 lists of a null",
+                format!(r#"{{"a":[{}]}}"#, repeat("[null]", 4_000)),
+                None,
+            ),
+            ("not an object", "[1,2]".into(), None),
+        ];
+        for (name, json, expected) in cases {
+            assert!(json.len() <= MAX_LOG_LINE_BYTES, "{name}: {}", json.len());
+            let built = json_body(&json);
+            match (expected, &built) {
+                (Some((low, high)), Some((AnyValue::Map(_), size))) => {
+                    assert!(
+                        (low..=high).contains(size),
+                        "{name}: {size} not in {low}..={high}"
+                    )
+                }
+                (None, None) => {}
+                _ => panic!("{name}: {:?}", built.map(|(_, size)| size)),
+            }
+        }
+    }
+
+    /// The audit's worst case (issue 18, item 1): JSON lines of 32,000 bytes that parse into
+    /// ~20x their size. Each becomes a record with its text as body, weighing its text, so the
+    /// records held between drains stay within the same 4 MiB as text lines, and the rest are
+    /// dropped and counted.
+    #[test]
+    fn costly_json_lines_weigh_what_they_keep() {
+        let (source, metrics) = testing::source();
+        let mut deriver =
+            Deriver::new(FunctionInfo::from_vars(|_| None), Arc::new(metrics)).with_logs();
+        let line = format!(r#"{{"a":[{}]}}"#, vec!["[]"; 10_664].join(","));
+        assert!(line.len() <= crate::events::MAX_LOG_LINE_BYTES);
+        let event =
+            format!(r#"{{"time":"2022-10-12T00:00:00.000Z","type":"function","record":{line}}}"#);
+        let body = format!("[{}]", vec![event; 40].join(","));
+        for _ in 0..5 {
+            deriver.ingest(Record::Telemetry(parse_batch(body.as_bytes()).unwrap()));
+        }
+        let logs = deriver.take_logs();
+        let fits = MAX_PENDING_LOG_BYTES / (line.len() + RECORD_OVERHEAD_BYTES);
+        assert_eq!(logs.len(), fits);
+        for entry in &logs {
+            assert_eq!(entry.bytes, line.len() + RECORD_OVERHEAD_BYTES);
+            assert_eq!(
+                entry.record.body(),
+                Some(&AnyValue::String(line.clone().into()))
+            );
+        }
+        assert!(
+            testing::render(&source).contains(&format!(
+                "sidecar.export.dropped_items{{signal=logs}} = {}",
+                200 - fits
+            )),
+            "{}",
+            testing::render(&source)
+        );
     }
 
     #[test]
@@ -477,10 +749,7 @@ mod tests {
             text: t.to_string(),
             truncated: false,
         };
-        let json_line = |v: Value| match v {
-            Value::Object(fields) => LogLine::Json { fields, bytes: 0 },
-            _ => unreachable!(),
-        };
+        let json_line = |v: Value| serde_json::from_str::<LogLine>(&v.to_string()).unwrap();
         for own in [
             text(
                 r#"{"extension":"lambda-sidecar","timestamp":"2026-11-28T11:00:00.000Z","level":"DEBUG","message":"connecting to 127.0.0.1:4318","target":"hyper_util::client"}"#,

@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 
+use opentelemetry::trace::{SpanId, Status as SpanStatus};
+
 use super::*;
-use crate::intake::events::{parse_batch, parse_rfc3339};
-use crate::records::{TokenOutcome, TraceParent};
-use crate::signals::testing;
+use crate::events::{parse_batch, parse_rfc3339};
+use crate::metrics::testing;
+use crate::records::{HttpMethod, InvokeRecord, TokenOutcome, TokenRecord, TraceParent};
 
 const XRAY: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -431,7 +433,7 @@ fn spans_awaiting_a_drain_are_bounded_and_the_invocation_span_kept() {
     }
     deriver.ingest(runtime_done("r1", 400, 2));
     let spans = deriver.take_spans();
-    // 4096 = export::SPAN_BUFFER_CAP, of which 256 are kept for invocation spans.
+    // 4096 = items::SPAN_BUFFER_CAP, of which 256 are kept for invocation spans.
     assert_eq!(spans.len(), 4096 - 256 + 1);
     assert!(
         spans.iter().any(|s| s.name == "orders"),
@@ -760,8 +762,8 @@ fn faas_trigger_and_log_group() {
 }
 
 /// Token spans are HTTP server spans: `{method} /token`, `HTTP /token` for a method the
-/// conventions do not know (`_OTHER`, the original kept, cut to 32 bytes); 4xx leaves
-/// the status unset (server side), 5xx is an error with the code as error.type and no
+/// conventions do not know (`_OTHER`, and the caller's spelling not kept); 4xx leaves the
+/// status unset (server side), 5xx is an error with the code as error.type and no
 /// description.
 #[test]
 fn token_spans_follow_the_http_server_conventions() {
@@ -776,23 +778,20 @@ fn token_spans_follow_the_http_server_conventions() {
             token_with(&long, 60, 1, TokenOutcome::Rejected { status: 405 }, None),
         ],
         Some(100),
-        &format!(
-            "\
+        "\
 GET /token Server trace=t1 span=s1 parent=- 10..11
   [http.request.method=GET http.response.status_code=200 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=issued url.path=/token url.scheme=http]
 POST /token Server trace=t2 span=s2 parent=- 20..21
   [http.request.method=POST http.response.status_code=400 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=bad_request url.path=/token url.scheme=http]
-POST /token Server trace=t3 span=s3 parent=- 30..31 Error {{ description: \"\" }}
+POST /token Server trace=t3 span=s3 parent=- 30..31 Error { description: \"\" }
   [error.type=500 http.request.method=POST http.response.status_code=500 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=error url.path=/token url.scheme=http]
 HTTP /token Server trace=t4 span=s4 parent=- 40..41
-  [http.request.method=_OTHER http.request.method_original=BREW http.response.status_code=405 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=method_not_allowed url.path=/token url.scheme=http]
+  [http.request.method=_OTHER http.response.status_code=405 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=method_not_allowed url.path=/token url.scheme=http]
 HTTP /token Server trace=t5 span=s5 parent=- 50..51
-  [http.request.method=_OTHER http.request.method_original=get http.response.status_code=405 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=method_not_allowed url.path=/token url.scheme=http]
+  [http.request.method=_OTHER http.response.status_code=405 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=method_not_allowed url.path=/token url.scheme=http]
 HTTP /token Server trace=t6 span=s6 parent=- 60..61
-  [http.request.method=_OTHER http.request.method_original={} http.response.status_code=405 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=method_not_allowed url.path=/token url.scheme=http]
+  [http.request.method=_OTHER http.response.status_code=405 http.route=/token sidecar.token.algorithm=ES256 sidecar.token.outcome=method_not_allowed url.path=/token url.scheme=http]
 ",
-            "X".repeat(32)
-        ),
         "\
 sidecar.token.duration{algorithm=ES256} count=6 sum=0.006
 sidecar.token.requests{algorithm=ES256,outcome=bad_request} = 1
@@ -1114,12 +1113,12 @@ fn held_token_spans_are_bounded_and_the_overflow_counted() {
     for n in 0..(MAX_HELD + over) as u64 {
         deriver.ingest(token(1 + n / 10, 0, TokenOutcome::Issued, None));
     }
-    assert_eq!(deriver.held.len(), MAX_HELD);
+    assert_eq!(deriver.tokens.held.len(), MAX_HELD);
     let early = deriver.take_spans();
     assert_eq!(token_parents(&early), owned(&[(1, "root"); 5]));
     deriver.ingest(runtime_done("r1", 999, 0));
     let spans = deriver.take_spans();
-    assert!(deriver.held.is_empty());
+    assert!(deriver.tokens.held.is_empty());
     // They now share the bound of spans awaiting a drain, which the invocation span (derived
     // first) also counts against: one token span more than fits is dropped there, counted.
     assert_eq!(spans.len(), MAX_HELD);

@@ -1,10 +1,10 @@
 //! CloudWatch Embedded Metric Format (EMF): the third output of the
-//! [`METRICS`](crate::signals::METRICS) table, as JSON
+//! [`METRICS`](crate::metrics::METRICS) table, as JSON
 //! lines on stdout, which Lambda ships to CloudWatch Logs, where each line becomes metric
 //! data points in the namespace `SIDECAR_EMF_NAMESPACE`.
 //!
-//! Nothing is recorded for EMF by hand: every `Instrument` of `signals` that OTLP and
-//! Prometheus read also adds its values to one [`Pending`] (when `SIDECAR_EMF=on`), and each
+//! Nothing is recorded for EMF by hand: every `Instrument` of `metrics` that OTLP and
+//! Prometheus read also adds its values to one [`Pending`](crate::metrics::pending::Pending) (when `SIDECAR_EMF=on`), and each
 //! flush turns what it holds into documents ([`documents`]) and hands them to a writer
 //! thread ([`Writer`]). The lifecycle flushes at each INVOKE and at SHUTDOWN, so a flush's
 //! documents carry the previous invocation's platform.report figures and the token and health
@@ -26,22 +26,19 @@
 //! 30 dimensions per set (ours have two or three), timestamps in epoch milliseconds.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-use crate::signals::{self, MetricDef, MetricKind, Metrics, Signal};
+use crate::metrics::pending::{Entry, Recorded, zero_counters};
+use crate::metrics::{self, MetricDef, Metrics, Signal};
 
 /// The specification's limit on metric definitions in one document.
 pub const MAX_METRICS: usize = 100;
 /// The specification's limit on values of one metric in one document.
 pub const MAX_VALUES: usize = 100;
-/// The most histogram observations held between two flushes (100 full documents); beyond
-/// it, observations are dropped and counted in `sidecar.export.dropped_items{signal="emf"}`.
-pub const MAX_PENDING_VALUES: usize = 10_000;
 /// Batches of lines waiting for the writer thread; a flush finding the queue full drops its
 /// batch (counted) instead of waiting for stdout.
 const QUEUE: usize = 16;
@@ -53,106 +50,13 @@ pub const FUNCTION_NAME: &str = "FunctionName";
 /// value would cost a line per flush and a billed custom metric, for a debugging detail
 /// that OTLP and `/metrics` carry.
 const DIMENSIONS: &[&str] = &[
-    signals::STATUS,
-    signals::OUTCOME,
-    signals::ALGORITHM,
-    signals::REASON,
-    signals::SIGNAL,
-    signals::LISTENER,
+    metrics::STATUS,
+    metrics::OUTCOME,
+    metrics::ALGORITHM,
+    metrics::REASON,
+    metrics::SIGNAL,
+    metrics::LISTENER,
 ];
-
-/// A metric's value since the last flush.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Recorded {
-    Sum(u64),
-    Last(f64),
-    Values(Vec<f64>),
-}
-
-/// One metric and one combination of its label values, with what was recorded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub def: &'static MetricDef,
-    /// Label values, in the order of `def.labels`.
-    pub labels: Vec<&'static str>,
-    pub value: Recorded,
-}
-
-/// What the instruments recorded since the last flush, for EMF. Bounded: label values come
-/// from closed sets, and histogram observations stop at [`MAX_PENDING_VALUES`].
-#[derive(Debug, Default)]
-pub struct Pending {
-    entries: Mutex<BTreeMap<(&'static str, Vec<&'static str>), Entry>>,
-    held_values: AtomicU64,
-    overflow: AtomicU64,
-}
-
-impl Pending {
-    /// Adds one recording. Never panics: a poisoned lock (a panic elsewhere while holding
-    /// it) is taken over, the map being valid after every statement.
-    pub fn record(&self, def: &'static MetricDef, labels: &[&'static str], value: f64) {
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = entries
-            .entry((def.name, labels.to_vec()))
-            .or_insert_with(|| Entry {
-                def,
-                labels: labels.to_vec(),
-                value: match def.kind {
-                    MetricKind::Counter => Recorded::Sum(0),
-                    MetricKind::Gauge => Recorded::Last(value),
-                    MetricKind::Histogram { .. } => Recorded::Values(Vec::new()),
-                },
-            });
-        match &mut entry.value {
-            Recorded::Sum(sum) => *sum = sum.saturating_add(value as u64),
-            Recorded::Last(last) => *last = value,
-            Recorded::Values(values) => {
-                if self.held_values.load(Ordering::Relaxed) < MAX_PENDING_VALUES as u64 {
-                    values.push(value);
-                    self.held_values.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    self.overflow.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    /// Everything held, emptied, and how many observations were dropped since the last take.
-    pub fn take(&self) -> (Vec<Entry>, u64) {
-        let entries = std::mem::take(
-            &mut *self
-                .entries
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        self.held_values.store(0, Ordering::Relaxed);
-        let entries = entries.into_values().collect();
-        (entries, self.overflow.swap(0, Ordering::Relaxed))
-    }
-}
-
-/// Adds a zero, under `[FunctionName]` alone, for every counter of
-/// [`METRICS`](crate::signals::METRICS) that recorded nothing since the last flush: the
-/// counter's series then has a point at every flush, so a graph shows 0 rather than a gap
-/// and an alarm on errors or drops sees "0", not "missing data" (the same reason the
-/// Prometheus side pre-creates its zero series). Histograms and gauges get none: a 0 s
-/// duration or 0 bytes of memory would be false readings.
-pub fn zero_counters(entries: &mut Vec<Entry>) {
-    for def in crate::signals::METRICS {
-        if matches!(def.kind, MetricKind::Counter)
-            && !entries.iter().any(|e| e.def.name == def.name)
-        {
-            entries.push(Entry {
-                def,
-                labels: Vec::new(),
-                value: Recorded::Sum(0),
-            });
-        }
-    }
-}
 
 /// CloudWatch's units (the MetricDatum `Unit` values), the only ones EMF accepts; [`unit`]
 /// returns one of them for every definition (tested here and in `tests/emf.rs`).
@@ -299,13 +203,13 @@ pub struct Writer {
     namespace: String,
     function: String,
     queue: SyncSender<Batch>,
-    signals: Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
     /// Starts the thread writing to stdout.
-    pub fn start(namespace: String, function: String, signals: Arc<Metrics>) -> Writer {
-        Writer::with_output(std::io::stdout(), namespace, function, signals)
+    pub fn start(namespace: String, function: String, metrics: Arc<Metrics>) -> Writer {
+        Writer::with_output(std::io::stdout(), namespace, function, metrics)
     }
 
     /// Starts the thread writing to `output`. A write error (a closed stdout) is counted in
@@ -314,10 +218,10 @@ impl Writer {
         mut output: impl std::io::Write + Send + 'static,
         namespace: String,
         function: String,
-        signals: Arc<Metrics>,
+        metrics: Arc<Metrics>,
     ) -> Writer {
         let (queue, batches) = std::sync::mpsc::sync_channel::<Batch>(QUEUE);
-        let thread_signals = signals.clone();
+        let thread_metrics = metrics.clone();
         let spawned = std::thread::Builder::new()
             .name("emf-writer".to_string())
             .spawn(move || {
@@ -327,7 +231,7 @@ impl Writer {
                         .try_for_each(|line| writeln!(output, "{line}"))
                         .and_then(|()| output.flush());
                     if written.is_err() {
-                        thread_signals.export_failure(Signal::Emf);
+                        thread_metrics.export_failure(Signal::Emf);
                     }
                     let _: Result<(), ()> = done.send(());
                 }
@@ -340,7 +244,7 @@ impl Writer {
             namespace,
             function,
             queue,
-            signals,
+            metrics,
         }
     }
 
@@ -348,9 +252,9 @@ impl Writer {
     /// them. The receiver resolves once they are written (the shutdown flush waits on it,
     /// bounded, so the last lines are out before the process exits).
     pub fn flush(&self, timestamp_ms: u64) -> Option<oneshot::Receiver<()>> {
-        let (mut entries, overflow) = self.signals.take_emf();
+        let (mut entries, overflow) = self.metrics.take_emf();
         // Counted now, emitted with the next flush.
-        self.signals.dropped(Signal::Emf, overflow);
+        self.metrics.dropped(Signal::Emf, overflow);
         zero_counters(&mut entries);
         let lines: Vec<String> = documents(&self.namespace, &self.function, timestamp_ms, &entries)
             .iter()
@@ -361,11 +265,11 @@ impl Writer {
         match self.queue.try_send((lines, done)) {
             Ok(()) => Some(written),
             Err(TrySendError::Full(_)) => {
-                self.signals.dropped(Signal::Emf, count);
+                self.metrics.dropped(Signal::Emf, count);
                 None
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.signals.export_failure(Signal::Emf);
+                self.metrics.export_failure(Signal::Emf);
                 None
             }
         }
@@ -375,7 +279,10 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signals::{ERRORS, HOLD, INVOCATIONS, METRICS, TOKEN_DURATION, TOKEN_REQUESTS};
+    use crate::metrics::pending::{MAX_PENDING_VALUES, Pending};
+    use crate::metrics::{
+        ERRORS, HOLD, INVOCATIONS, METRICS, MetricKind, TOKEN_DURATION, TOKEN_REQUESTS,
+    };
 
     fn directive(doc: &Value) -> &Value {
         &doc["_aws"]["CloudWatchMetrics"][0]
@@ -481,8 +388,8 @@ mod tests {
     #[test]
     fn labels_that_are_not_dimensions_are_summed_under_function_name() {
         let pending = Pending::default();
-        pending.record(&crate::signals::TELEMETRY_EVENTS, &["platform.start"], 2.0);
-        pending.record(&crate::signals::TELEMETRY_EVENTS, &["function"], 5.0);
+        pending.record(&crate::metrics::TELEMETRY_EVENTS, &["platform.start"], 2.0);
+        pending.record(&crate::metrics::TELEMETRY_EVENTS, &["function"], 5.0);
         pending.record(&ERRORS, &[], 1.0);
         let docs = documents("NS", "f", 0, &pending.take().0);
         assert_eq!(docs.len(), 1, "{docs:#?}");
@@ -522,9 +429,9 @@ mod tests {
     ) -> (Writer, crate::export::MetricsSource) {
         let source =
             crate::export::MetricsSource::new(opentelemetry_sdk::Resource::builder_empty().build());
-        let signals = Arc::new(Metrics::with_emf(&source.meter()));
-        signals.hold(0.001);
-        let writer = Writer::with_output(output, "NS".into(), "f".into(), signals);
+        let metrics = Arc::new(Metrics::with_emf(&source.meter()));
+        metrics.hold(0.001);
+        let writer = Writer::with_output(output, "NS".into(), "f".into(), metrics);
         (writer, source)
     }
 
@@ -535,7 +442,7 @@ mod tests {
             let written = writer.flush(1).expect("queued");
             written.blocking_recv().expect("the writer answers");
         }
-        let rendered = crate::signals::testing::render(&source);
+        let rendered = crate::metrics::testing::render(&source);
         assert!(
             rendered.contains("sidecar.export.failures{signal=emf} = 2"),
             "{rendered}"
@@ -551,7 +458,7 @@ mod tests {
             .filter_map(|i| writer.flush(i as u64))
             .count();
         assert!(queued <= QUEUE + 1, "{queued}");
-        let rendered = crate::signals::testing::render(&source);
+        let rendered = crate::metrics::testing::render(&source);
         assert!(
             rendered.contains("sidecar.export.dropped_items{signal=emf}"),
             "{rendered}"

@@ -1,6 +1,6 @@
-//! OTLP: the exporters' configuration (the standard `OTEL_*` variables), their HTTP/gRPC
-//! clients, the resource every export carries, and the metrics source they read. The flush
-//! that drives them is in the parent module.
+//! OTLP: the exporters and their HTTP/gRPC clients, built from `config::ExportConfig`, the
+//! resource every export carries, and the metrics source they read. The flush that drives
+//! them is in the parent module.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
@@ -8,12 +8,13 @@ use std::time::{Duration, SystemTime};
 use opentelemetry::metrics::Meter;
 use opentelemetry::{Key, KeyValue};
 #[cfg(feature = "grpc")]
+use opentelemetry_otlp::Protocol;
+#[cfg(feature = "grpc")]
 use opentelemetry_otlp::WithTonicConfig;
 #[cfg(feature = "grpc")]
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
 use opentelemetry_otlp::{
-    LogExporter, MetricExporter, Protocol, RetryPolicy, SpanExporter, WithExportConfig,
-    WithHttpConfig,
+    LogExporter, MetricExporter, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig,
 };
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -25,9 +26,9 @@ use opentelemetry_sdk::metrics::{
 };
 use opentelemetry_sdk::trace::SpanExporter as _;
 
-use crate::config::ConfigError;
-use crate::derive::FunctionInfo;
-use crate::sampling::Sampler;
+use super::answers::{Answers, NotingClient};
+use crate::config::{ConfigError, ExportConfig};
+use crate::function::FunctionInfo;
 
 /// The metrics side of the SDK: instruments are recorded into `provider`, read on demand.
 pub struct MetricsSource {
@@ -182,120 +183,22 @@ fn service_instance_id(log_stream: Option<&str>) -> String {
     )
 }
 
-const TEMPORALITY_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
-
-/// What a `grpc` protocol gets from a build without the `grpc` feature: tonic and h2 weigh
-/// about 0.45 MB of machine code, and http/protobuf (the default) needs neither.
-#[cfg(not(feature = "grpc"))]
-const GRPC_NOT_BUILT: &str = "http/protobuf: this build has no gRPC export \
-    (build with the `grpc` Cargo feature, e.g. LAYER_FEATURES=grpc scripts/package/layer.sh)";
-
-/// Where and how to export, read from the standard `OTEL_*` variables.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExportConfig {
-    pub traces: Option<Protocol>,
-    pub metrics: Option<Protocol>,
-    /// Function and extension logs. On by default like the other signals (the OTel spec's
-    /// `OTEL_LOGS_EXPORTER` default is `otlp`): the lines are already in CloudWatch Logs, so
-    /// a backend that also bills log ingestion bills them twice; `OTEL_LOGS_EXPORTER=none`
-    /// keeps them out (README, "Logs").
-    pub logs: Option<Protocol>,
-    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM file of CA certificates trusted besides the
-    /// compiled-in Mozilla roots (for a collector behind a private CA).
-    pub certificate: Option<String>,
-    /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: `cumulative` (default), `delta`
-    /// or `lowmemory`, case-insensitive as the spec says.
-    pub temporality: Temporality,
-    /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, handed to derivation.
-    pub sampler: Sampler,
-}
-
-impl ExportConfig {
-    /// A signal is exported when an OTLP endpoint is configured for it (general or
-    /// per-signal) and its `OTEL_*_EXPORTER` is not `none`. Without an endpoint, nothing is
-    /// sent: a sidecar with no collector must not knock on localhost:4318 at every invoke.
-    pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<ExportConfig, ConfigError> {
-        let signal = |name: &'static str| -> Result<Option<Protocol>, ConfigError> {
-            let upper = name.to_ascii_uppercase();
-            // The names as `'static` strings, for the errors.
-            let (exporter_var, protocol_var) = match name {
-                "traces" => ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
-                "metrics" => (
-                    "OTEL_METRICS_EXPORTER",
-                    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-                ),
-                _ => ("OTEL_LOGS_EXPORTER", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"),
-            };
-            if let Some(v) = lookup(exporter_var) {
-                match v.trim() {
-                    "none" => return Ok(None),
-                    "otlp" => {}
-                    _ => {
-                        return Err(ConfigError::Invalid {
-                            var: exporter_var,
-                            value: v,
-                            expected: "otlp or none".to_string(),
-                        });
-                    }
-                }
-            }
-            let endpoint = lookup("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .or_else(|| lookup(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")));
-            if endpoint.is_none_or(|e| e.trim().is_empty()) {
-                return Ok(None);
-            }
-            let (var, raw): (&'static str, _) = match lookup(protocol_var) {
-                Some(v) => (protocol_var, Some(v)),
-                None => (
-                    "OTEL_EXPORTER_OTLP_PROTOCOL",
-                    lookup("OTEL_EXPORTER_OTLP_PROTOCOL"),
-                ),
-            };
-            match raw.as_deref().map(str::trim) {
-                None | Some("http/protobuf") => Ok(Some(Protocol::HttpBinary)),
-                #[cfg(feature = "grpc")]
-                Some("grpc") => Ok(Some(Protocol::Grpc)),
-                // gRPC export is an opt-in build (the `grpc` Cargo feature): refused here, at
-                // init, rather than exporting nothing.
-                #[cfg(not(feature = "grpc"))]
-                Some("grpc") => Err(ConfigError::Invalid {
-                    var,
-                    value: "grpc".to_string(),
-                    expected: GRPC_NOT_BUILT.to_string(),
-                }),
-                Some(other) => Err(ConfigError::Invalid {
-                    var,
-                    value: other.to_string(),
-                    expected: "http/protobuf or grpc".to_string(),
-                }),
-            }
-        };
-        Ok(ExportConfig {
-            sampler: Sampler::parse(&lookup)?,
-            traces: signal("traces")?,
-            metrics: signal("metrics")?,
-            logs: signal("logs")?,
-            certificate: lookup("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|p| !p.is_empty()),
-            temporality: match lookup(TEMPORALITY_VAR) {
-                Some(v) if !v.trim().is_empty() => {
-                    v.trim().parse().map_err(|()| ConfigError::Invalid {
-                        var: TEMPORALITY_VAR,
-                        value: v,
-                        expected: "cumulative, delta or lowmemory".to_string(),
-                    })?
-                }
-                _ => Temporality::Cumulative,
-            },
-        })
-    }
-}
-
 /// The OTLP exporters, with their HTTP/gRPC clients: built once per process, on a
 /// blocking thread while it registers with the Extensions API.
 pub struct ExportClients {
     pub(super) spans: Option<SpanExporter>,
     pub(super) metrics: Option<MetricExporter>,
     pub(super) logs: Option<LogExporter>,
+    /// What the collector answered each exporter's failed requests (OTLP/HTTP only).
+    pub(super) answers: SignalAnswers,
+}
+
+/// One [`Answers`] per exporter.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SignalAnswers {
+    pub(super) spans: Answers,
+    pub(super) metrics: Answers,
+    pub(super) logs: Answers,
 }
 
 impl ExportClients {
@@ -320,9 +223,10 @@ impl ExportClients {
         let http = http_client(ca.as_ref())?;
         #[cfg(feature = "grpc")]
         let grpc_tls = grpc_tls(ca.as_ref());
+        let answers = SignalAnswers::default();
         // The span, metric and log builders are different types with the same methods.
         macro_rules! exporter {
-            ($builder:expr, $protocol:expr, $var:literal) => {
+            ($builder:expr, $protocol:expr, $answers:expr, $var:literal) => {
                 match $protocol {
                     None => None,
                     #[cfg(feature = "grpc")]
@@ -336,7 +240,7 @@ impl ExportClients {
                     Some(protocol) => Some(
                         $builder
                             .with_http()
-                            .with_http_client(http.clone())
+                            .with_http_client(NotingClient::new(http.clone(), $answers.clone()))
                             .with_protocol(protocol)
                             .with_retry_policy(RetryPolicy::disabled())
                             .build(),
@@ -349,16 +253,19 @@ impl ExportClients {
         let mut spans = exporter!(
             SpanExporter::builder(),
             config.traces,
+            answers.spans,
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
         );
         let metrics = exporter!(
             MetricExporter::builder(),
             config.metrics,
+            answers.metrics,
             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
         );
         let mut logs = exporter!(
             LogExporter::builder(),
             config.logs,
+            answers.logs,
             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
         );
         if let Some(exporter) = spans.as_mut() {
@@ -371,6 +278,7 @@ impl ExportClients {
             spans,
             metrics,
             logs,
+            answers,
         })
     }
 }
@@ -413,7 +321,9 @@ impl CustomCa {
 /// It follows no redirect: reqwest would resend the request, `OTEL_EXPORTER_OTLP_HEADERS`
 /// (typically an API key) included, to whatever origin a 3xx names. A redirect is a failed
 /// export, so a moved collector shows up in `sidecar.export.failures`.
-/// No request timeout here: every export runs under the flush budget's timeout.
+/// No request timeout here: every export runs under the flush budget's timeout. Each
+/// exporter sends through it wrapped in a [`NotingClient`], which notes what the collector
+/// answered a failed request.
 fn http_client(ca: Option<&CustomCa>) -> Result<reqwest::Client, ConfigError> {
     let invalid = |reason: String| ConfigError::Invalid {
         var: "OTEL_EXPORTER_OTLP_CERTIFICATE",
@@ -458,13 +368,8 @@ fn grpc_tls(ca: Option<&CustomCa>) -> ClientTlsConfig {
 mod tests {
     use super::*;
     use crate::export::Exporter;
-    use crate::signals::Metrics;
+    use crate::metrics::Metrics;
     use std::collections::HashMap;
-
-    fn parse(pairs: &[(&str, &str)]) -> Result<ExportConfig, ConfigError> {
-        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
-        ExportConfig::parse(|k| map.get(k).map(|v| v.to_string()))
-    }
 
     #[test]
     fn a_ca_file_that_is_missing_or_empty_is_refused() {
@@ -532,13 +437,14 @@ mod tests {
             .build()
             .unwrap();
         let source = Arc::new(MetricsSource::new(Resource::builder().build()));
-        let signals = Arc::new(Metrics::new(&source.meter()));
+        let metrics = Arc::new(Metrics::new(&source.meter()));
         let clients = ExportClients {
             spans: None,
             metrics: Some(exporter),
             logs: None,
+            answers: Default::default(),
         };
-        let mut exporter = Exporter::new(clients, source, signals);
+        let mut exporter = Exporter::new(clients, source, metrics);
         let report = exporter.flush(Vec::new(), Duration::from_secs(5)).await;
 
         assert!(
@@ -560,25 +466,99 @@ mod tests {
         collector_task.abort();
     }
 
-    #[test]
-    fn temporality_preference() {
-        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c");
-        for (value, want) in [
-            ("cumulative", Temporality::Cumulative),
-            ("Delta", Temporality::Delta),
-            (" LOWMEMORY ", Temporality::LowMemory),
-            ("", Temporality::Cumulative),
-        ] {
-            let config = parse(&[endpoint, (TEMPORALITY_VAR, value)]).unwrap();
-            assert_eq!(config.temporality, want, "{value:?}");
-        }
-        let err = parse(&[endpoint, (TEMPORALITY_VAR, "deltas")]).unwrap_err();
-        let message = err.to_string();
-        assert!(
-            message.contains(TEMPORALITY_VAR) && message.contains("cumulative, delta or lowmemory"),
-            "{message}"
-        );
+    /// `n` sampled spans, each in a trace of its own, named `span {i}`.
+    fn spans(n: usize) -> Vec<opentelemetry_sdk::trace::SpanData> {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+        };
+        use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+        (1..=n)
+            .map(|i| opentelemetry_sdk::trace::SpanData {
+                span_context: SpanContext::new(
+                    TraceId::from(i as u128),
+                    SpanId::from(i as u64),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::default(),
+                ),
+                parent_span_id: SpanId::INVALID,
+                parent_span_is_remote: false,
+                span_kind: SpanKind::Internal,
+                name: format!("span {i}").into(),
+                start_time: SystemTime::now(),
+                end_time: SystemTime::now(),
+                attributes: Vec::new(),
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: Status::Unset,
+                instrumentation_scope: opentelemetry::InstrumentationScope::builder("test").build(),
+            })
+            .collect()
     }
+
+    /// Issue 18, item 6: a collector that answers 400 to a batch will refuse it again. It is
+    /// dropped at once and counted, the batches behind it go out in the same flush, and the
+    /// failure names the status and the collector's message.
+    #[tokio::test]
+    async fn a_batch_the_collector_refuses_is_dropped_and_the_next_go_on() {
+        use lambda_env::sink::REFUSAL_MESSAGE;
+        let sink = lambda_env::Sink::start().await.unwrap();
+        let answers = Answers::default();
+        let client = NotingClient::new(http_client(None).unwrap(), answers.clone());
+        let exporter = SpanExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_endpoint(format!("{}/v1/traces", sink.endpoint()))
+            .with_retry_policy(RetryPolicy::disabled())
+            .build()
+            .unwrap();
+
+        // What the client notes of a refusal.
+        sink.refuse_next("traces", 400, 1);
+        let error = exporter.export(spans(1)).await.unwrap_err();
+        let failure = answers.failure(error).to_string();
+        assert_eq!(
+            failure,
+            format!("the collector answered HTTP 400: {REFUSAL_MESSAGE}")
+        );
+
+        // A refused batch in a flush: 1,000 spans go in two requests, the first refused.
+        sink.refuse_next("traces", 400, 1);
+        let (source, metrics) = crate::metrics::testing::source();
+        let source = Arc::new(source);
+        let clients = ExportClients {
+            spans: Some(exporter),
+            metrics: None,
+            logs: None,
+            answers: SignalAnswers {
+                spans: answers,
+                ..SignalAnswers::default()
+            },
+        };
+        let mut exporter = Exporter::new(clients, source.clone(), Arc::new(metrics));
+        let report = exporter.flush(spans(1_000), Duration::from_secs(5)).await;
+        assert_eq!(
+            (report.spans_sent, report.spans_pending, report.timed_out),
+            (1_000 - MAX_REFUSED, 0, false),
+            "{report:?}"
+        );
+        let received = sink.spans();
+        assert_eq!(received.len(), 1_000 - MAX_REFUSED);
+        assert!(received.iter().all(|s| s.name != "span 1"), "re-sent");
+        let rendered = crate::metrics::testing::render(&source);
+        assert!(
+            rendered.contains(&format!(
+                "sidecar.export.abandoned_items{{reason=rejected,signal=traces}} = {MAX_REFUSED}"
+            )) && rendered.contains("sidecar.export.failures{signal=traces} = 1"),
+            "{rendered}"
+        );
+        // Nothing waits, so the next flush does not sit out or send it again.
+        assert!(exporter.idle());
+    }
+
+    /// The first batch of 1,000 spans: one request's worth.
+    const MAX_REFUSED: usize = super::super::queue::MAX_BATCH;
 
     #[test]
     fn instance_id_is_a_uuid_v5_of_the_log_stream() {
@@ -591,139 +571,5 @@ mod tests {
         let (a, b) = (service_instance_id(None), service_instance_id(None));
         assert_ne!(a, b);
         assert_eq!(&a[14..15], "4", "version 4: {a}");
-    }
-
-    /// A build without the `grpc` feature refuses `grpc` at init, naming the variable that
-    /// asked for it and the way out, instead of exporting nothing.
-    #[cfg(not(feature = "grpc"))]
-    #[test]
-    fn grpc_is_refused_by_a_build_without_it() {
-        for var in [
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        ] {
-            let err = parse(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                (var, "grpc"),
-            ])
-            .unwrap_err();
-            let ConfigError::Invalid {
-                var: named,
-                expected,
-                ..
-            } = &err
-            else {
-                panic!("{err}");
-            };
-            assert_eq!(*named, var);
-            assert!(
-                expected.contains("http/protobuf") && expected.contains("`grpc` Cargo feature"),
-                "{err}"
-            );
-        }
-    }
-
-    #[test]
-    fn export_configuration() {
-        let none = ExportConfig {
-            traces: None,
-            metrics: None,
-            logs: None,
-            certificate: None,
-            temporality: Temporality::Cumulative,
-            sampler: Sampler::default(),
-        };
-        assert_eq!(parse(&[]).unwrap(), none);
-        let both = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();
-        assert_eq!(both.traces, Some(Protocol::HttpBinary));
-        assert_eq!(both.metrics, Some(Protocol::HttpBinary));
-        assert_eq!(
-            both.logs,
-            Some(Protocol::HttpBinary),
-            "logs are on by default"
-        );
-        #[cfg(feature = "grpc")]
-        {
-            let grpc = parse(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ])
-            .unwrap();
-            assert_eq!(grpc.traces, Some(Protocol::Grpc));
-        }
-        let traces_only =
-            parse(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c/v1/traces")]).unwrap();
-        assert_eq!(
-            (traces_only.traces.is_some(), traces_only.metrics.is_some()),
-            (true, false)
-        );
-        let off = parse(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
-            ("OTEL_METRICS_EXPORTER", "none"),
-        ])
-        .unwrap();
-        assert_eq!((off.traces.is_some(), off.metrics.is_some()), (true, false));
-        let json = parse(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-        ]);
-        assert!(matches!(
-            json,
-            Err(ConfigError::Invalid {
-                var: "OTEL_EXPORTER_OTLP_PROTOCOL",
-                ..
-            })
-        ));
-        let ca = parse(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem")]).unwrap();
-        assert_eq!(ca.certificate.as_deref(), Some("/etc/ca.pem"));
-        let logs_off = parse(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
-            ("OTEL_LOGS_EXPORTER", "none"),
-        ])
-        .unwrap();
-        assert_eq!(
-            (logs_off.traces.is_some(), logs_off.logs.is_some()),
-            (true, false)
-        );
-        let logs_only = parse(&[
-            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4318/v1/logs"),
-            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf"),
-        ])
-        .unwrap();
-        assert_eq!(
-            (logs_only.traces, logs_only.logs),
-            (None, Some(Protocol::HttpBinary))
-        );
-        #[cfg(feature = "grpc")]
-        {
-            let logs_grpc = parse(&[
-                ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4317"),
-                ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc"),
-            ])
-            .unwrap();
-            assert_eq!(
-                (logs_grpc.traces, logs_grpc.logs),
-                (None, Some(Protocol::Grpc))
-            );
-        }
-        for (var, value) in [
-            ("OTEL_LOGS_EXPORTER", "console"),
-            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/json"),
-        ] {
-            let err =
-                parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), (var, value)]).unwrap_err();
-            assert!(
-                matches!(&err, ConfigError::Invalid { var: v, .. } if *v == var),
-                "{err}"
-            );
-        }
-        let bad = parse(&[("OTEL_TRACES_EXPORTER", "zipkin")]);
-        assert!(matches!(
-            bad,
-            Err(ConfigError::Invalid {
-                var: "OTEL_TRACES_EXPORTER",
-                ..
-            })
-        ));
     }
 }

@@ -10,8 +10,6 @@
 //! Never: derives anything, waits for the pipeline (deriving happens on the pipeline task),
 //! or logs the secret path.
 
-pub mod events;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -21,10 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use tokio::net::TcpListener;
 
+use crate::metrics::Listener;
 use crate::pipeline::Recorder;
 use crate::records::Record;
 use crate::server::Limits;
-use crate::signals::Listener;
 
 /// Lambda sends at most 2 × maxBytes (1 MiB at the top of the range) plus metadata per POST.
 pub const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024 + 64 * 1024;
@@ -86,7 +84,7 @@ async fn receive(
             return rejection.status().into_response();
         }
     };
-    match events::parse_batch(&body) {
+    match crate::events::parse_batch(&body) {
         Ok(batch) => {
             recorder.record(Record::Telemetry(batch));
             StatusCode::OK.into_response()
@@ -103,16 +101,17 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::derive::{Deriver, FunctionInfo};
+    use crate::derive::Deriver;
+    use crate::function::FunctionInfo;
     use crate::pipeline::Pipeline;
 
     #[tokio::test]
     async fn only_a_post_on_the_secret_path_is_taken() {
-        let (_source, metrics) = crate::signals::testing::source();
-        let signals = Arc::new(metrics);
+        let (_source, metrics) = crate::metrics::testing::source();
+        let metrics = Arc::new(metrics);
         let function = FunctionInfo::from_vars(|_| None);
         let (_pipeline, recorder) =
-            Pipeline::start(Deriver::new(function, signals.clone()), signals);
+            Pipeline::start(Deriver::new(function, metrics.clone()), metrics);
         let path = secret_path().unwrap();
         assert_eq!(path.len(), 33, "{path}");
         assert!(path[1..].bytes().all(|b| b.is_ascii_hexdigit()), "{path}");

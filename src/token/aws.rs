@@ -1,12 +1,15 @@
 //! The AWS calls the key sources make (Secrets Manager, SSM, KMS): JSON 1.1 requests signed
 //! with SigV4 by the `aws-sigv4` crate and sent with reqwest, already in the tree.
 //!
-//! Why `aws-sigv4` rather than the AWS SDK for Rust or SigV4 written here: README "Key
-//! sources" has the measured figures. In short, the SDK costs megabytes of binary for four
+//! Why `aws-sigv4` rather than the AWS SDK for Rust or SigV4 written here: docs/performance.md,
+//! "Key sources" has the measured figures. In short, the SDK costs megabytes of binary for four
 //! operations; SigV4 is a standard, and the project prefers a maintained library to
 //! hand-written code for one, which this crate is (the SDK's own signer) at a small cost. Its
 //! output is checked against botocore's signer (unit test) and against moto enforcing IAM
 //! (tests/key_sources.rs).
+//!
+//! The credentials come from [`CredentialProvider`]: the variables Lambda gives, or the
+//! container credentials endpoint SnapStart gives instead, fetched again before they expire.
 //!
 //! Never: logs or returns a credential; follows a redirect (it would resend the signed
 //! request elsewhere); waits without a bound (every call runs under a timeout, and a dropped
@@ -14,11 +17,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use serde_json::Value;
 
+use super::answer::{BodyError, error_chain, read_body};
+use super::credentials::{CredentialProvider, Credentials, CredentialsError};
 use crate::config::{AwsService, AwsSettings};
 
 /// The most of a response body read: the largest answer here (a 4 KiB RSA public key, a
@@ -39,14 +43,35 @@ pub enum AwsError {
         code: String,
         message: String,
     },
+    /// No credentials to sign with: the container credentials endpoint failed.
+    #[error("no AWS credentials: {0}")]
+    Credentials(#[from] CredentialsError),
 }
 
 /// A client for one service, with the credentials Lambda gave the extension.
 pub struct AwsClient {
     http: reqwest::Client,
     settings: AwsSettings,
+    credentials: CredentialProvider,
     /// `<endpoint>/`, the URL every call posts to and signs.
     url: String,
+}
+
+/// The TLS configuration of every AWS client: Mozilla's roots compiled in, as for the OTLP
+/// client (export/otlp.rs): reading the system store costs milliseconds of cold start.
+pub(crate) fn tls_config() -> Result<rustls::ClientConfig, AwsError> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AwsError::Unreachable(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
 }
 
 impl AwsClient {
@@ -64,18 +89,8 @@ impl AwsClient {
                 "the endpoint has no host".to_string(),
             ));
         }
-        // Mozilla's roots compiled in, as for the OTLP client (export/otlp.rs): reading the
-        // system store costs milliseconds of cold start.
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AwsError::Unreachable(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = tls_config()?;
+        let credentials = CredentialProvider::new(&settings.credentials, tls.clone())?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .redirect(reqwest::redirect::Policy::none())
@@ -84,6 +99,7 @@ impl AwsClient {
         Ok(AwsClient {
             http,
             settings,
+            credentials,
             url,
         })
     }
@@ -92,7 +108,8 @@ impl AwsClient {
         self.settings.service
     }
 
-    /// `POST /` with `X-Amz-Target: <prefix>.<action>` and `body`, answered within `timeout`.
+    /// `POST /` with `X-Amz-Target: <prefix>.<action>` and `body`, answered within `timeout`,
+    /// which also bounds getting the credentials (a fetch from the container endpoint).
     pub async fn call(
         &self,
         action: &str,
@@ -106,16 +123,24 @@ impl AwsClient {
         };
         let target = format!("{prefix}.{action}");
         let body = body.to_string().into_bytes();
-        let headers = sign(&self.settings, &self.url, &target, &body, SystemTime::now())?;
-        let mut request = self
-            .http
-            .post(&self.url)
-            .header("content-type", CONTENT_TYPE)
-            .header("x-amz-target", &target);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
         let exchange = async {
+            let credentials = self.credentials.get().await?;
+            let headers = sign(
+                &self.settings,
+                &credentials,
+                &self.url,
+                &target,
+                &body,
+                SystemTime::now(),
+            )?;
+            let mut request = self
+                .http
+                .post(&self.url)
+                .header("content-type", CONTENT_TYPE)
+                .header("x-amz-target", &target);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
             let response = request
                 .body(body)
                 .send()
@@ -127,21 +152,15 @@ impl AwsClient {
                 .get("x-amzn-errortype")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let mut bytes = Vec::new();
-            let mut response = response;
-            while let Some(chunk) = response
-                .chunk()
+            let bytes = read_body(response, MAX_RESPONSE_BYTES)
                 .await
-                .map_err(|e| AwsError::Unreachable(error_chain(&e)))?
-            {
-                if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(AwsError::Unreachable(format!(
-                        "the answer is larger than {MAX_RESPONSE_BYTES} bytes"
-                    )));
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok((status, error_type, bytes))
+                .map_err(|e| match e {
+                    BodyError::Broken(why) => AwsError::Unreachable(why),
+                    BodyError::TooLarge(max) => {
+                        AwsError::Unreachable(format!("the answer is larger than {max} bytes"))
+                    }
+                })?;
+            Ok::<_, AwsError>((status, error_type, bytes))
         };
         let (status, error_type, bytes) = tokio::time::timeout(timeout, exchange)
             .await
@@ -202,34 +221,23 @@ fn service_error(status: u16, header: Option<&str>, json: &Value, body: &[u8]) -
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
-/// The error and its causes: reqwest's own text ("error sending request") says nothing of why.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// The SigV4 headers (`x-amz-date`, `authorization`, `x-amz-security-token`) for a JSON 1.1
 /// `POST` of `body` to `url`, signing `content-type`, `host` (from `url`), the date, the
 /// session token and `x-amz-target` (what botocore signs for these services).
 fn sign(
     settings: &AwsSettings,
+    credentials: &Credentials,
     url: &str,
     target: &str,
     body: &[u8],
     now: SystemTime,
 ) -> Result<Vec<(&'static str, String)>, AwsError> {
     let failed = |e: &dyn std::error::Error| AwsError::Unreachable(format!("signing: {e}"));
-    let identity = Credentials::new(
-        &settings.access_key_id,
-        &settings.secret_access_key,
-        settings.session_token.clone(),
-        None,
+    let identity = aws_credential_types::Credentials::new(
+        &credentials.access_key_id,
+        &credentials.secret_access_key,
+        credentials.session_token.clone(),
+        credentials.expires,
         "lambda-environment",
     )
     .into();
@@ -264,17 +272,26 @@ mod tests {
     /// credentials and time (AWS's documentation example credentials).
     #[test]
     fn signs_as_botocore_does() {
-        let settings = AwsSettings {
-            service: AwsService::SecretsManager,
-            region: "us-east-1".to_string(),
+        let credentials = Credentials {
             access_key_id: "AKIDEXAMPLE".to_string(),
             secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_string(),
             session_token: Some("session-token-example".to_string()),
+            expires: None,
+        };
+        let settings = AwsSettings {
+            service: AwsService::SecretsManager,
+            region: "us-east-1".to_string(),
+            credentials: crate::config::AwsCredentials::Keys {
+                access_key_id: credentials.access_key_id.clone(),
+                secret_access_key: credentials.secret_access_key.clone(),
+                session_token: credentials.session_token.clone(),
+            },
             endpoint: "http://127.0.0.1:5000".to_string(),
         };
         let at = UNIX_EPOCH + Duration::from_secs(1_440_938_160); // 2015-08-30T12:36:00Z
         let mut headers = sign(
             &settings,
+            &credentials,
             "http://127.0.0.1:5000/",
             "secretsmanager.GetSecretValue",
             br#"{"SecretId":"jwt-key"}"#,

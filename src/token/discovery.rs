@@ -3,9 +3,10 @@
 //!
 //! The sidecar's listener is on 127.0.0.1, which no API Gateway or other service can reach,
 //! so both documents are also printed (`lambda-sidecar jwks`, `lambda-sidecar
-//! openid-configuration`) for a deploy step to publish at a public https URL (README,
-//! "Publishing the JWKS"). The printed and the served documents are built here, by the same
-//! functions from the same configuration and key, so they cannot drift apart.
+//! openid-configuration`) for a deploy step to publish at a public https URL
+//! (docs/deploying.md, "Publishing the JWKS"). The printed and the served documents are built
+//! here, by the same functions from the same configuration and key, so they cannot drift
+//! apart.
 //!
 //! Owns: the content of both documents. Never: a private or HMAC key in either.
 

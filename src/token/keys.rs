@@ -381,6 +381,15 @@ impl SigningKey {
         })
     }
 
+    /// The same key under another kid, in its JWK too (a rotating source's version kid).
+    pub fn with_kid(mut self, kid: String) -> SigningKey {
+        if let Some(jwk) = &mut self.public_jwk {
+            jwk.common.key_id = Some(kid.clone());
+        }
+        self.kid = kid;
+        self
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
@@ -699,8 +708,8 @@ mod tests {
         }
     }
 
-    /// What the README and the error message recommend always passes: random bytes as
-    /// base64 (`openssl rand -base64 32`, Python's `token_urlsafe`) or hex.
+    /// Random bytes always pass, however they are written: base64 (`openssl rand -base64 32`,
+    /// or the 48 bytes the docs and the error message recommend), Python's `token_urlsafe`, hex.
     #[test]
     fn random_secrets_are_accepted() {
         use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};

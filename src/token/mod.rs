@@ -14,8 +14,10 @@
 //! parsed [`TokenConfig`] and a loaded [`KeyRing`]), parses keys per request, or writes a
 //! token, secret or claim value into a log line or a telemetry record.
 
+mod answer;
 pub mod aws;
 pub mod claims;
+pub mod credentials;
 pub mod discovery;
 pub mod keys;
 pub mod source;
@@ -39,13 +41,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::{TokenAuth, TokenConfig};
+use crate::metrics::Listener;
+use crate::metrics::{KeyOperation, Metrics};
 use crate::pipeline::Recorder;
 use crate::records::{
     HttpMethod, Record, TOKEN_ROUTE, TokenOutcome, TokenRecord, TraceParent, parse_request_id,
 };
 use crate::server::{Limits, Shortcut};
-use crate::signals::Listener;
-use crate::signals::{KeyOperation, Metrics};
 use claims::{ClaimError, Claims, TokenRequest};
 use keys::SignError;
 use source::{ActiveKey, KeyRing};
@@ -115,9 +117,17 @@ impl TokenService {
     ) -> TokenService {
         let openid_configuration =
             discovery::openid_configuration(&config).map(|doc| Bytes::from(doc.to_string()));
-        let session_token = match &config.auth {
-            TokenAuth::SessionToken(token) => Some(token.as_bytes().into()),
-            TokenAuth::Off => {
+        let session_token = match config.auth.expected() {
+            Some(token) => {
+                if let TokenAuth::ContainerToken(_) = config.auth {
+                    tracing::info!(
+                        "no AWS_SESSION_TOKEN (SnapStart): /token checks X-Sidecar-Token \
+                         against AWS_CONTAINER_AUTHORIZATION_TOKEN"
+                    );
+                }
+                Some(token.as_bytes().into())
+            }
+            None => {
                 tracing::warn!(
                     "SIDECAR_TOKEN_AUTH=off: /token issues tokens to any request that reaches \
                      127.0.0.1, including one forged through the function (SSRF), without the \
@@ -190,7 +200,33 @@ impl TokenService {
             .map_err(|_| ApiError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED))
     }
 
-    /// Records one `/token` request's outcome for telemetry, refused or not.
+    /// Counts a `/token` request [`guard`] refused, in `sidecar.token.requests` only. Its
+    /// caller is not known to be the function, so nothing it sent is believed: no span, and
+    /// so no span in the trace its `traceparent` names, and nothing enters the pipeline.
+    fn count_refused(
+        &self,
+        start: SystemTime,
+        timer: Instant,
+        method: HttpMethod,
+        status: StatusCode,
+    ) {
+        if let Some(recorder) = &self.recorder {
+            recorder.metrics().token(&TokenRecord {
+                start,
+                duration: timer.elapsed(),
+                algorithm: self.config.algorithm.name(),
+                method,
+                outcome: TokenOutcome::Rejected {
+                    status: status.as_u16(),
+                },
+                traceparent: None,
+                request_id: None,
+            });
+        }
+    }
+
+    /// Records the outcome of one `/token` request that passed [`guard`], issued or not, for
+    /// telemetry: its metrics and its span.
     fn record(
         &self,
         start: SystemTime,
@@ -453,10 +489,13 @@ fn caller(headers: &HeaderMap) -> (Option<TraceParent>, Option<String>) {
 }
 
 /// In front of every route: [`TokenService::check_boundary`] on every path; for `/token`,
-/// [`TokenService::check_secret`] too, and a telemetry record of the outcome whatever it was
-/// (so refusals can be counted: an SSRF attempt shows as `sidecar.token.requests` with
-/// `outcome=rejected`). `/metrics` needs the secret as well (it tells who asks for tokens and
-/// how the function fares), but a scrape is not a token request and is not recorded.
+/// [`TokenService::check_secret`] too, and the outcome recorded whatever it was. A request
+/// the guard refuses is only counted (an SSRF attempt shows as `sidecar.token.requests` with
+/// `outcome=unauthorized` or `bad_request`): its caller is not known to be the function, so
+/// it makes no span, and its `traceparent` cannot put one into someone's trace. One that
+/// passes is recorded with its span. `/metrics` needs the secret as well (it tells who asks
+/// for tokens and how the function fares), but a scrape is not a token request and is not
+/// recorded.
 async fn guard(State(service): State<Arc<TokenService>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if path != TOKEN_ROUTE {
@@ -473,15 +512,17 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
     }
     let start = SystemTime::now();
     let timer = Instant::now();
-    let (traceparent, request_id) = caller(request.headers());
     let method = HttpMethod::parse(request.method().as_str());
-    let response = match service
+    if let Err(e) = service
         .check_boundary(request.uri(), request.headers())
         .and_then(|()| service.check_secret(request.headers()))
     {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
-    };
+        let response = e.into_response();
+        service.count_refused(start, timer, method, response.status());
+        return response;
+    }
+    let (traceparent, request_id) = caller(request.headers());
+    let response = next.run(request).await;
     service.record(
         start,
         timer,

@@ -6,10 +6,13 @@
 //! under [`FETCH_TIMEOUT`] per call; a failure is a typed [`KeySourceError`] for `init/error`.
 //!
 //! Rotation: the [`KeyRing`] holds the active key behind a lock that `/token` takes once, for
-//! a pointer copy. [`Refresher::on_invoke`] (called at INVOKE, under the flush's bound, never
+//! a pointer copy. [`Refresher::on_invoke`] (called at INVOKE, or at each tick of the
+//! periodic flush on Managed Instances, which send no INVOKE; under the flush's bound, never
 //! on the `/token` path) re-reads a Secrets Manager or SSM key at most every
 //! `JWT_KEY_REFRESH_SECONDS`; a new version becomes the signing key, and the previous public
 //! key stays in the JWKS for `JWT_MAX_TTL_SECONDS`, the longest any token it signed lives.
+//! Every kid in the JWKS names one key: with `JWT_KEY_ID` set, each version of a rotating
+//! key is published under a kid of its own ([`version_kid`]).
 //!
 //! Never: puts key material in an error, a log line or a metric.
 
@@ -41,6 +44,9 @@ pub enum KeySourceErrorKind {
     Unreachable,
     /// Any other error the service answered.
     ServiceError,
+    /// No credentials to call the service with: the container credentials endpoint
+    /// (SnapStart) failed, refused the authorization token or answered something unusable.
+    NoCredentials,
 }
 
 /// A key source that could not give a usable key. Names the source, never the key.
@@ -61,12 +67,14 @@ impl KeySourceError {
             KeySourceErrorKind::KeyDisabled => "KeySource.KeyDisabled",
             KeySourceErrorKind::Unreachable => "KeySource.Unreachable",
             KeySourceErrorKind::ServiceError => "KeySource.ServiceError",
+            KeySourceErrorKind::NoCredentials => "KeySource.NoCredentials",
         }
     }
 
     fn from_aws(origin: &str, error: AwsError) -> KeySourceError {
         let kind = match &error {
             AwsError::Unreachable(_) => KeySourceErrorKind::Unreachable,
+            AwsError::Credentials(_) => KeySourceErrorKind::NoCredentials,
             AwsError::Service { code, .. } => match code.as_str() {
                 "ResourceNotFoundException" | "ParameterNotFound" | "NotFoundException" => {
                     KeySourceErrorKind::NotFound
@@ -180,16 +188,23 @@ impl KeyRing {
         self.publish(retired);
     }
 
-    /// The JWKS: the active key's public JWK, then `retired`, then the verify keys.
+    /// The JWKS: the active key's public JWK, then `retired`, then the verify keys; a key
+    /// whose kid is already published is left out (the same key put again as a new version,
+    /// or listed twice), so that every kid in the JWKS names one key.
     fn publish(&self, retired: &[Jwk]) {
         let active = self.active();
-        let keys: Vec<&Jwk> = active
+        let mut keys: Vec<&Jwk> = Vec::new();
+        for jwk in active
             .key
             .public_jwk()
             .into_iter()
             .chain(retired)
             .chain(&self.verify_keys)
-            .collect();
+        {
+            if !keys.iter().any(|k| k.common.key_id == jwk.common.key_id) {
+                keys.push(jwk);
+            }
+        }
         write(&self.jwks, Bytes::from(json!({ "keys": keys }).to_string()));
     }
 }
@@ -343,7 +358,8 @@ async fn fetch(client: &AwsClient, source: &KeySource) -> Result<Fetched, KeySou
 }
 
 /// Parses a fetched key as `env` would parse the same text. The kid of an HMAC key names the
-/// version (not secret), so that a rotated secret shows in the tokens' `kid`.
+/// version (not secret), so that a rotated secret shows in the tokens' `kid`. With
+/// `JWT_KEY_ID` set, every version gets a kid of its own ([`version_kid`]).
 fn parse_fetched(config: &TokenConfig, fetched: &Fetched) -> Result<SigningKey, KeySourceError> {
     let origin = config.key.describe();
     let algorithm = config.algorithm;
@@ -355,17 +371,18 @@ fn parse_fetched(config: &TokenConfig, fetched: &Fetched) -> Result<SigningKey, 
             source: "JWT_KEY_SOURCE",
         }
     };
-    let hmac_kid = format!(
-        "{}-hmac-{}",
-        algorithm.name().to_ascii_lowercase(),
-        fetched.version
-    );
-    let kid = match (&config.key_id, algorithm.is_hmac()) {
-        (Some(kid), _) => Some(kid.as_str()),
-        (None, true) => Some(hmac_kid.as_str()),
-        (None, false) => None,
+    // An HMAC kid is given here; an asymmetric key is parsed under its RFC 7638 thumbprint
+    // (the default kid), which `JWT_KEY_ID` then prefixes.
+    let hmac_kid = match &config.key_id {
+        Some(prefix) => version_kid(prefix, None, &fetched.version),
+        None => format!(
+            "{}-hmac-{}",
+            algorithm.name().to_ascii_lowercase(),
+            fetched.version
+        ),
     };
-    SigningKey::from_material(algorithm, &material, kid).map_err(|e| {
+    let kid = algorithm.is_hmac().then_some(hmac_kid.as_str());
+    let key = SigningKey::from_material(algorithm, &material, kid).map_err(|e| {
         let reason = match e {
             ConfigError::WeakSecret { reason } | ConfigError::InvalidKey { reason, .. } => reason,
             other => other.to_string(),
@@ -374,7 +391,39 @@ fn parse_fetched(config: &TokenConfig, fetched: &Fetched) -> Result<SigningKey, 
             &origin,
             format!("not a usable key for {}: {reason}", algorithm.name()),
         )
+    })?;
+    Ok(match (&config.key_id, algorithm.is_hmac()) {
+        (Some(prefix), false) => {
+            let kid = version_kid(prefix, Some(key.kid()), &fetched.version);
+            key.with_kid(kid)
+        }
+        _ => key,
     })
+}
+
+/// How many characters of the RFC 7638 thumbprint (base64url, 6 bits each) a version kid
+/// keeps: 72 bits, so two versions of one key never share a kid by chance.
+const THUMBPRINT_CHARS: usize = 12;
+
+/// The kid of one version of a rotating (`secretsmanager:`/`ssm:`) key when `JWT_KEY_ID` is
+/// set: `<JWT_KEY_ID>-<what tells the version apart>`: the start of the public key's RFC 7638
+/// `thumbprint`, or for an HMAC secret (never published, and whose hash would reveal a little of
+/// it) the version id. A fixed kid would put two keys under one kid in the JWKS after a
+/// rotation, and a relying party that takes the first key with the token's kid (PyJWT does)
+/// would reject every token of the other. Derived from the key rather than from the order of
+/// the versions an environment happened to see, so that every environment, and the JWKS a
+/// deploy step prints, give one key the same kid.
+fn version_kid(prefix: &str, thumbprint: Option<&str>, version: &str) -> String {
+    match thumbprint {
+        Some(thumbprint) => {
+            let end = thumbprint
+                .char_indices()
+                .nth(THUMBPRINT_CHARS)
+                .map_or(thumbprint.len(), |(i, _)| i);
+            format!("{prefix}-{}", &thumbprint[..end])
+        }
+        None => format!("{prefix}-{version}"),
+    }
 }
 
 /// A KMS key as a [`SigningKey`]: its public key from `GetPublicKey`, checked to be a signing
@@ -433,7 +482,8 @@ async fn kms_key_of(
     })
 }
 
-/// Re-reads a Secrets Manager or SSM key, at INVOKE (see the module doc).
+/// Re-reads a Secrets Manager or SSM key, at INVOKE or a Managed Instances tick (see the
+/// module doc).
 pub struct Refresher {
     client: Arc<AwsClient>,
     config: TokenConfig,
@@ -470,9 +520,20 @@ impl Refresher {
         }
         let key = parse_fetched(&self.config, &fetched)?;
         let old = ring.active();
-        if let Some(jwk) = old.key.public_jwk() {
-            self.retired
-                .push((jwk.clone(), now + Duration::from_secs(self.config.max_ttl)));
+        // A key that signs again (a version rolled back, or the same key put anew) is no
+        // longer retired; the one it replaces is, unless it is that same key.
+        self.retired
+            .retain(|(jwk, _)| jwk.common.key_id.as_deref() != Some(key.kid()));
+        // Its tokens live `max_ttl` from the switch, not from the start of the fetch: the old
+        // key signs until then.
+        let switched = Instant::now().max(now);
+        if let Some(jwk) = old.key.public_jwk()
+            && old.key.kid() != key.kid()
+        {
+            self.retired.push((
+                jwk.clone(),
+                switched + Duration::from_secs(self.config.max_ttl),
+            ));
         }
         tracing::info!(
             old_kid = old.key.kid(),
@@ -486,5 +547,120 @@ impl Refresher {
 
     fn published(&self) -> Vec<Jwk> {
         self.retired.iter().map(|(jwk, _)| jwk.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenAuth;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+
+    fn config(algorithm: Algorithm, key_id: Option<&str>) -> TokenConfig {
+        TokenConfig {
+            algorithm,
+            key: KeySource::SecretsManager("jwt".into()),
+            key_refresh: Duration::from_secs(1),
+            kms_verify_keys: Vec::new(),
+            aws: None,
+            key_id: key_id.map(String::from),
+            issuer: "lambda-sidecar".into(),
+            audiences: Vec::new(),
+            default_subject: "fn".into(),
+            ttl: 900,
+            max_ttl: 3600,
+            allowed_claims: Default::default(),
+            typ: "JWT".into(),
+            auth: TokenAuth::Off,
+            jwks_uri: None,
+        }
+    }
+
+    fn es256_pem() -> Vec<u8> {
+        let der =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(der.as_ref())
+        )
+        .into_bytes()
+    }
+
+    fn fetched(material: &[u8], version: &str) -> Fetched {
+        Fetched {
+            material: material.to_vec(),
+            version: version.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_version_kid_is_the_key_id_and_what_tells_the_version_apart() {
+        let thumbprint = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        let cases: &[(&str, Option<&str>, &str, &str)] = &[
+            ("mykid", Some(thumbprint), "v2", "mykid-NzbLsXh8uDCc"),
+            ("mykid", Some("short"), "v2", "mykid-short"),
+            ("mykid", None, "3f2a-uuid", "mykid-3f2a-uuid"),
+            ("mykid", None, "2", "mykid-2"),
+        ];
+        for &(prefix, thumbprint, version, kid) in cases {
+            assert_eq!(version_kid(prefix, thumbprint, version), kid);
+        }
+    }
+
+    /// With `JWT_KEY_ID`, two versions of a rotating key never share a kid, one key keeps its
+    /// kid whatever its version id (as every environment and `lambda-sidecar jwks` see it),
+    /// and the JWK names the kid the tokens carry.
+    #[test]
+    fn each_version_of_a_rotating_key_has_a_kid_of_its_own() {
+        let es = config(Algorithm::ES256, Some("mykid"));
+        let (a, b) = (es256_pem(), es256_pem());
+        let first = parse_fetched(&es, &fetched(&a, "v1")).unwrap();
+        let second = parse_fetched(&es, &fetched(&b, "v2")).unwrap();
+        let again = parse_fetched(&es, &fetched(&a, "v3")).unwrap();
+        assert_ne!(first.kid(), second.kid());
+        assert_eq!(first.kid(), again.kid());
+        for key in [&first, &second] {
+            assert!(key.kid().starts_with("mykid-"), "{}", key.kid());
+            assert_eq!(
+                key.public_jwk().unwrap().common.key_id.as_deref(),
+                Some(key.kid())
+            );
+        }
+        // Without JWT_KEY_ID: the thumbprint, as before.
+        let plain = parse_fetched(&config(Algorithm::ES256, None), &fetched(&a, "v1")).unwrap();
+        assert!(first.kid()[6..].starts_with(&plain.kid()[..THUMBPRINT_CHARS]));
+
+        let secret = b"Qm9vZ2llIHdvb2dpZSBpcyBub3QgYSBzZWNyZXQgZm9yIHJlYWw".to_vec();
+        let hs = config(Algorithm::HS256, Some("mykid"));
+        let hmac = parse_fetched(&hs, &fetched(&secret, "v7")).unwrap();
+        assert_eq!(hmac.kid(), "mykid-v7");
+        let hs = config(Algorithm::HS256, None);
+        let hmac = parse_fetched(&hs, &fetched(&secret, "v7")).unwrap();
+        assert_eq!(hmac.kid(), "hs256-hmac-v7");
+    }
+
+    fn published_kids(ring: &KeyRing) -> Vec<String> {
+        let jwks: Value = serde_json::from_slice(&ring.jwks()).unwrap();
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The same key put again as a new version is published once.
+    #[test]
+    fn a_kid_is_published_once() {
+        let es = config(Algorithm::ES256, Some("mykid"));
+        let pem = es256_pem();
+        let key = parse_fetched(&es, &fetched(&pem, "v1")).unwrap();
+        let same = parse_fetched(&es, &fetched(&pem, "v2")).unwrap();
+        let retired: Vec<Jwk> = key.public_jwk().cloned().into_iter().collect();
+        let ring = KeyRing::new(key, "JWT", Vec::new());
+        ring.install(same, &retired);
+        assert_eq!(published_kids(&ring).len(), 1);
     }
 }

@@ -11,7 +11,7 @@ LAMBDA_METRICS = {
     "Invocations", "Errors", "Throttles", "Duration", "ConcurrentExecutions",
     "PostRuntimeExtensionsDuration",
 }
-# The sidecar's metrics the dashboard must show; each must be defined in src/signals.rs
+# The sidecar's metrics the dashboard must show; each must be defined in src/metrics/table.rs
 # (the one table every output is generated from), checked below.
 SIDECAR_METRICS = {
     "faas.invocations", "faas.errors", "faas.timeouts", "faas.invoke_duration",
@@ -20,7 +20,7 @@ SIDECAR_METRICS = {
     "sidecar.hold", "sidecar.export.failures", "sidecar.export.dropped_items",
     "sidecar.telemetry.events", "sidecar.telemetry.unknown_events",
 }
-DEFINED_METRICS = set(re.findall(r'name: "([a-z_.]+)"', (ROOT / "src/signals.rs").read_text()))
+DEFINED_METRICS = set(re.findall(r'name: "([a-z_.]+)"', (ROOT / "src/metrics/table.rs").read_text()))
 # Fn::Sub placeholders the body may use: a pseudo parameter and the function's logical id.
 PLACEHOLDERS = {"${AWS::Region}", "${ExampleFunction}"}
 
@@ -90,7 +90,7 @@ def test_only_known_placeholders():
 def test_every_sidecar_metric_on_the_dashboard_is_defined_in_signals():
     shown = {row[1] for row in metric_rows(dashboard()) if row and row[0] == "LambdaSidecar"}
     assert SIDECAR_METRICS <= DEFINED_METRICS, SIDECAR_METRICS - DEFINED_METRICS
-    assert shown <= DEFINED_METRICS, f"not defined in src/signals.rs: {shown - DEFINED_METRICS}"
+    assert shown <= DEFINED_METRICS, f"not defined in src/metrics/table.rs: {shown - DEFINED_METRICS}"
 
 
 def test_search_expressions_name_a_defined_metric_of_the_function():

@@ -1,19 +1,22 @@
-//! Every metric the sidecar emits, defined once.
+//! Every metric the sidecar emits, recorded once into every output.
 //!
-//! [`METRICS`] is the single source of truth for names, units (UCUM), descriptions,
-//! instrument kinds, histogram buckets and label keys. [`Metrics`] builds from it, for
-//! each definition, one `Instrument` holding both live forms of the metric: the OTel
-//! instrument (exported over OTLP) and the Prometheus family (served on `/metrics`, named
-//! by [`prometheus_name`]); every recording method feeds both through it, so the two
-//! outputs cannot disagree and no caller records anything twice. With `SIDECAR_EMF=on` the
-//! same methods also add their values to `export::emf`'s pending set, the third output
-//! (CloudWatch Embedded Metric Format, under the same dotted names). Names follow the OpenTelemetry FaaS
-//! semantic conventions where one exists (`faas.*`), `aws.lambda.*` for Lambda-specific
-//! figures and `sidecar.*` for the sidecar's own health.
+//! [`table`] defines each metric once ([`METRICS`]). [`Metrics`] builds from it, for each
+//! definition, one `Instrument` holding both live forms of the metric: the OTel instrument
+//! (exported over OTLP) and the Prometheus family (served on `/metrics`, named by
+//! [`prometheus_name`]); every recording method feeds both through it, so the two outputs
+//! cannot disagree and no caller records anything twice. With `SIDECAR_EMF=on` the same
+//! methods also add their values to a [`pending::Pending`] store, which `export::emf` turns
+//! into CloudWatch Embedded Metric Format documents (the third output, under the same dotted
+//! names).
 //!
 //! Architecture invariant: label values are always from small closed sets (status,
 //! event type, algorithm, outcome, signal); no request id, token or claim ever becomes
 //! a label.
+
+pub mod pending;
+pub mod table;
+
+pub use table::*;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
@@ -22,416 +25,9 @@ use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Reg
 
 use std::sync::Arc;
 
-use crate::export::emf;
-use crate::intake::events::Status;
+use crate::events::Status;
 use crate::records::TokenRecord;
-
-/// One metric's definition.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MetricDef {
-    /// OTel instrument name (dotted); exporters derive their own spelling from it
-    /// (Prometheus: [`prometheus_name`]).
-    pub name: &'static str,
-    /// UCUM unit: `s`, `By`, or a `{annotation}` for counts (`unit_word` lists the units
-    /// the Prometheus naming knows).
-    pub unit: &'static str,
-    pub description: &'static str,
-    pub kind: MetricKind,
-    /// The label (attribute) keys, in the order the recording methods fill them.
-    pub labels: &'static [&'static str],
-}
-
-/// The instrument a [`MetricDef`] becomes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum MetricKind {
-    /// Monotonic `u64` sum.
-    Counter,
-    /// `f64` distribution with explicit upper bucket boundaries (in the metric's unit).
-    Histogram { buckets: &'static [f64] },
-    /// Last `f64` value.
-    Gauge,
-}
-
-/// Latency buckets in seconds, 1 ms to Lambda's 15-minute maximum.
-const SECONDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0, 900.0,
-];
-
-/// Fine buckets in seconds for the sidecar's own latencies (token issue, post-runtime hold),
-/// which should stay in the sub-millisecond to few-millisecond range.
-const FAST_SECONDS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
-
-const MIB: f64 = 1024.0 * 1024.0;
-
-/// Memory buckets in bytes, spanning Lambda's 128 MiB to 10 GiB configurations.
-const MEMORY_BYTES: &[f64] = &[
-    32.0 * MIB,
-    64.0 * MIB,
-    128.0 * MIB,
-    256.0 * MIB,
-    512.0 * MIB,
-    1024.0 * MIB,
-    2048.0 * MIB,
-    4096.0 * MIB,
-    8192.0 * MIB,
-    10240.0 * MIB,
-];
-
-/// Label key: an invocation's outcome (`success`, `error`, `failure`, `timeout`, `unknown`).
-pub const STATUS: &str = "status";
-/// Label key: a telemetry event's `type` (`platform.start`, `function`, ...).
-pub const EVENT_TYPE: &str = "type";
-/// Label key: why an element was skipped (`unknown_type`, `malformed`).
-pub const REASON: &str = "reason";
-/// Label key: the JWT signing algorithm.
-pub const ALGORITHM: &str = "algorithm";
-/// Label key: a token request's outcome (`issued`, `rejected`).
-pub const OUTCOME: &str = "outcome";
-/// Label key: the OTLP signal (`traces`, `metrics`).
-pub const SIGNAL: &str = "signal";
-/// Label key: which of the sidecar's HTTP listeners (`token`, `telemetry`).
-pub const LISTENER: &str = "listener";
-/// Label key: what a key source failed to do (`sign`, `refresh`).
-pub const OPERATION: &str = "operation";
-
-pub const INVOCATIONS: MetricDef = MetricDef {
-    name: "faas.invocations",
-    unit: "{invocation}",
-    description: "Invocations that reached platform.runtimeDone, by status",
-    kind: MetricKind::Counter,
-    labels: &[STATUS],
-};
-pub const ERRORS: MetricDef = MetricDef {
-    name: "faas.errors",
-    unit: "{error}",
-    description: "Invocations that ended in error or failure (timeouts are counted apart)",
-    kind: MetricKind::Counter,
-    labels: &[],
-};
-pub const TIMEOUTS: MetricDef = MetricDef {
-    name: "faas.timeouts",
-    unit: "{timeout}",
-    description: "Invocations that hit the function timeout",
-    kind: MetricKind::Counter,
-    labels: &[],
-};
-pub const INVOKE_DURATION: MetricDef = MetricDef {
-    name: "faas.invoke_duration",
-    unit: "s",
-    description: "Runtime duration of an invocation (platform.runtimeDone durationMs)",
-    kind: MetricKind::Histogram { buckets: SECONDS },
-    labels: &[],
-};
-pub const INIT_DURATION: MetricDef = MetricDef {
-    name: "faas.init_duration",
-    unit: "s",
-    description: "Duration of the init phase (platform.initReport, else platform.report initDurationMs)",
-    kind: MetricKind::Histogram { buckets: SECONDS },
-    labels: &[],
-};
-pub const COLDSTARTS: MetricDef = MetricDef {
-    name: "faas.coldstarts",
-    unit: "{coldstart}",
-    description: "Cold starts: execution environments initialised on demand (AWS_LAMBDA_INITIALIZATION_TYPE on-demand) or restored from a SnapStart snapshot; provisioned-concurrency, Managed Instances and snap-start (snapshot) inits are not counted",
-    kind: MetricKind::Counter,
-    labels: &[],
-};
-pub const MEM_USAGE: MetricDef = MetricDef {
-    name: "faas.mem_usage",
-    unit: "By",
-    description: "Maximum memory used by an invocation (platform.report maxMemoryUsedMB)",
-    kind: MetricKind::Histogram {
-        buckets: MEMORY_BYTES,
-    },
-    labels: &[],
-};
-pub const BILLED_DURATION: MetricDef = MetricDef {
-    name: "aws.lambda.billed_duration",
-    unit: "s",
-    description: "Billed duration of an invocation (platform.report billedDurationMs)",
-    kind: MetricKind::Histogram { buckets: SECONDS },
-    labels: &[],
-};
-pub const MEMORY_SIZE: MetricDef = MetricDef {
-    name: "aws.lambda.memory_size",
-    unit: "By",
-    description: "Memory configured for the function (platform.report memorySizeMB)",
-    kind: MetricKind::Gauge,
-    labels: &[],
-};
-pub const RESTORE_DURATION: MetricDef = MetricDef {
-    name: "aws.lambda.restore_duration",
-    unit: "s",
-    description: "Duration of a SnapStart restore (platform.restoreReport, else platform.report restoreDurationMs)",
-    kind: MetricKind::Histogram { buckets: SECONDS },
-    labels: &[],
-};
-pub const PRODUCED_BYTES: MetricDef = MetricDef {
-    name: "aws.lambda.produced_bytes",
-    unit: "By",
-    description: "Response bytes produced by the function (platform.runtimeDone producedBytes)",
-    kind: MetricKind::Counter,
-    labels: &[],
-};
-pub const TELEMETRY_EVENTS: MetricDef = MetricDef {
-    name: "sidecar.telemetry.events",
-    unit: "{event}",
-    description: "Telemetry API events received, by type",
-    kind: MetricKind::Counter,
-    labels: &[EVENT_TYPE],
-};
-pub const TELEMETRY_UNKNOWN: MetricDef = MetricDef {
-    name: "sidecar.telemetry.unknown_events",
-    unit: "{event}",
-    description: "Telemetry API elements skipped: a type unknown to schema 2022-12-13, or a malformed element",
-    kind: MetricKind::Counter,
-    labels: &[REASON],
-};
-pub const LOGS_DROPPED: MetricDef = MetricDef {
-    name: "sidecar.telemetry.logs_dropped",
-    unit: "{record}",
-    description: "Telemetry records Lambda dropped before delivering them (platform.logsDropped)",
-    kind: MetricKind::Counter,
-    labels: &[],
-};
-pub const EVICTED: MetricDef = MetricDef {
-    name: "sidecar.telemetry.evicted",
-    unit: "{invocation}",
-    description: "Invocations evicted from the bounded derivation state before platform.runtimeDone arrived",
-    kind: MetricKind::Counter,
-    labels: &[],
-};
-pub const EXPORT_FAILURES: MetricDef = MetricDef {
-    name: "sidecar.export.failures",
-    unit: "{failure}",
-    description: "OTLP exports (traces, metrics, logs) that failed or ran out of time, and EMF lines that could not be written, by signal",
-    kind: MetricKind::Counter,
-    labels: &[SIGNAL],
-};
-pub const EXPORT_DROPPED: MetricDef = MetricDef {
-    name: "sidecar.export.dropped_items",
-    unit: "{item}",
-    description: "Items dropped because a bounded buffer was full: spans, metric batches, log records, records awaiting derivation or EMF lines",
-    kind: MetricKind::Counter,
-    labels: &[SIGNAL],
-};
-pub const HOLD: MetricDef = MetricDef {
-    name: "sidecar.hold",
-    unit: "s",
-    description: "Time the sidecar held an invocation open after the runtime finished (post-runtime hold)",
-    kind: MetricKind::Histogram {
-        buckets: FAST_SECONDS,
-    },
-    labels: &[],
-};
-pub const TOKEN_REQUESTS: MetricDef = MetricDef {
-    name: "sidecar.token.requests",
-    unit: "{request}",
-    description: "Token requests, by signing algorithm and outcome (issued, or the reason it was refused: bad_request, unauthorized, method_not_allowed, too_large, unsupported_media_type, error)",
-    kind: MetricKind::Counter,
-    labels: &[ALGORITHM, OUTCOME],
-};
-pub const TOKEN_DURATION: MetricDef = MetricDef {
-    name: "sidecar.token.duration",
-    unit: "s",
-    description: "Time to answer a token request, by signing algorithm",
-    kind: MetricKind::Histogram {
-        buckets: FAST_SECONDS,
-    },
-    labels: &[ALGORITHM],
-};
-pub const TOKEN_UNATTRIBUTED: MetricDef = MetricDef {
-    name: "sidecar.token.unattributed",
-    unit: "{span}",
-    description: "Token spans left without an invocation (a root span in a trace of its own), by reason: no_invocation (no invocation's window holds it, or the one it names never came), concurrent (Managed Instances: neither a request id nor a traceparent), overflow (pushed out of the bounded hold before the telemetry that decides arrived)",
-    kind: MetricKind::Counter,
-    labels: &[REASON],
-};
-pub const CONNECTIONS_REFUSED: MetricDef = MetricDef {
-    name: "sidecar.connections.refused",
-    unit: "{connection}",
-    description: "Connections refused or closed by a limit, by listener and reason (over_capacity, evicted, header_timeout, body_timeout)",
-    kind: MetricKind::Counter,
-    labels: &[LISTENER, REASON],
-};
-
-pub const KEY_FAILURES: MetricDef = MetricDef {
-    name: "sidecar.keys.failures",
-    unit: "{failure}",
-    description: "Key source calls that failed after start, by operation: sign (a KMS Sign for /token, answered 503) or refresh (a rotating key not re-read at INVOKE)",
-    kind: MetricKind::Counter,
-    labels: &[OPERATION],
-};
-
-/// Every metric the sidecar emits.
-pub const METRICS: &[MetricDef] = &[
-    INVOCATIONS,
-    ERRORS,
-    TIMEOUTS,
-    INVOKE_DURATION,
-    INIT_DURATION,
-    COLDSTARTS,
-    MEM_USAGE,
-    BILLED_DURATION,
-    MEMORY_SIZE,
-    RESTORE_DURATION,
-    PRODUCED_BYTES,
-    TELEMETRY_EVENTS,
-    TELEMETRY_UNKNOWN,
-    LOGS_DROPPED,
-    EVICTED,
-    EXPORT_FAILURES,
-    EXPORT_DROPPED,
-    HOLD,
-    TOKEN_REQUESTS,
-    TOKEN_DURATION,
-    TOKEN_UNATTRIBUTED,
-    CONNECTIONS_REFUSED,
-    KEY_FAILURES,
-];
-
-/// A metric's Prometheus name, exactly as Prometheus's own OTLP translation (otlptranslator,
-/// with suffixes and underscore escaping: what its OTLP receiver, Mimir and Amazon Managed
-/// Prometheus do) spells the OTLP metric. So one PromQL query serves both paths: a scrape of
-/// `/metrics`, and the OTLP export written into Prometheus.
-///
-/// The rules: every character outside `[a-zA-Z0-9:]` separates words (`faas.invoke_duration`
-/// is `faas`, `invoke`, `duration`); the unit's word is appended unless the name already has
-/// it as a word (`aws.lambda.produced_bytes` gets no second `bytes`); a `{annotation}` unit
-/// adds nothing; a counter (a monotonic sum) ends in one `total`. The words join with `_`.
-pub fn prometheus_name(def: &MetricDef) -> String {
-    let mut words: Vec<&str> = def
-        .name
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == ':'))
-        .filter(|word| !word.is_empty())
-        .collect();
-    if let Some(unit) = unit_word(def.unit)
-        && !words.contains(&unit)
-    {
-        words.push(unit);
-    }
-    if matches!(def.kind, MetricKind::Counter) {
-        words.retain(|word| *word != "total");
-        words.push("total");
-    }
-    words.join("_")
-}
-
-/// The word otlptranslator's unit map gives a UCUM unit. `None` for `{annotation}` units,
-/// which it drops, and for any unit not listed here: the definitions test refuses those, so
-/// a new unit is added here, with its word, before a metric can use it.
-fn unit_word(unit: &str) -> Option<&'static str> {
-    match unit {
-        "s" => Some("seconds"),
-        "ms" => Some("milliseconds"),
-        "By" => Some("bytes"),
-        _ => None,
-    }
-}
-
-/// What was lost or failed to export (the `signal` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    Traces,
-    Metrics,
-    /// Function and extension log records.
-    Logs,
-    /// Observations dropped before derivation (the pipeline's queue was full).
-    Records,
-    /// CloudWatch EMF lines or observations (`SIDECAR_EMF=on`).
-    Emf,
-}
-
-impl Signal {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Signal::Traces => "traces",
-            Signal::Metrics => "metrics",
-            Signal::Logs => "logs",
-            Signal::Records => "records",
-            Signal::Emf => "emf",
-        }
-    }
-}
-
-/// Why a telemetry element was skipped (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkipReason {
-    UnknownType,
-    Malformed,
-}
-
-impl SkipReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SkipReason::UnknownType => "unknown_type",
-            SkipReason::Malformed => "malformed",
-        }
-    }
-}
-
-/// Why a token span was left without an invocation (the `reason` label of
-/// `sidecar.token.unattributed`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unattributed {
-    /// No invocation's window holds the request, or the request id it names never came.
-    NoInvocation,
-    /// On Managed Instances, invocations overlap, and the caller sent neither a request id
-    /// nor a traceparent: time cannot tell which invocation asked.
-    Concurrent,
-    /// Pushed out of the bounded hold before the telemetry that decides arrived.
-    Overflow,
-}
-
-impl Unattributed {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Unattributed::NoInvocation => "no_invocation",
-            Unattributed::Concurrent => "concurrent",
-            Unattributed::Overflow => "overflow",
-        }
-    }
-}
-
-/// One of the sidecar's HTTP listeners (the `listener` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    Token,
-    Telemetry,
-    /// `SIDECAR_METRICS_ADDR`, in `serve` mode only.
-    Metrics,
-}
-
-/// What a key source failed to do after start (the `operation` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyOperation {
-    /// KMS did not sign a token.
-    Sign,
-    /// A Secrets Manager or SSM key could not be re-read (or its new version parsed).
-    Refresh,
-}
-
-impl KeyOperation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyOperation::Sign => "sign",
-            KeyOperation::Refresh => "refresh",
-        }
-    }
-}
-
-impl Listener {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Listener::Token => "token",
-            Listener::Telemetry => "telemetry",
-            Listener::Metrics => "metrics",
-        }
-    }
-}
+use pending::{Entry, Pending};
 
 /// One [`MetricDef`] in both live forms: `otel`, read by the OTLP exporter, and `prom`, the
 /// Prometheus family served on `/metrics`. Recording goes through its methods only, which
@@ -444,7 +40,7 @@ struct Instrument<O, P> {
     otel: O,
     prom: P,
     /// The EMF output's pending values, when `SIDECAR_EMF=on`.
-    emf: Option<Arc<emf::Pending>>,
+    emf: Option<Arc<Pending>>,
 }
 
 impl Instrument<Counter<u64>, IntCounterVec> {
@@ -467,30 +63,6 @@ impl Instrument<Counter<u64>, IntCounterVec> {
             series.inc_by(value);
         }
         self.emf(value as f64, &values);
-    }
-}
-
-/// Why a connection was refused or closed by a limit (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// At the cap with every connection busy: closed at accept.
-    OverCapacity,
-    /// At the cap: the oldest connection with no request in flight, closed to make room.
-    Evicted,
-    /// No complete request head within the header timeout.
-    HeaderTimeout,
-    /// A request body not received within the body timeout.
-    BodyTimeout,
-}
-
-impl Refusal {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::OverCapacity => "over_capacity",
-            Refusal::Evicted => "evicted",
-            Refusal::HeaderTimeout => "header_timeout",
-            Refusal::BodyTimeout => "body_timeout",
-        }
     }
 }
 
@@ -601,7 +173,7 @@ where
 struct Outputs<'a> {
     meter: &'a Meter,
     registry: Registry,
-    emf: Option<Arc<emf::Pending>>,
+    emf: Option<Arc<Pending>>,
 }
 
 /// Every metric of [`METRICS`] as an `Instrument`, with one typed recording method per
@@ -610,7 +182,7 @@ struct Outputs<'a> {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    emf: Option<Arc<emf::Pending>>,
+    emf: Option<Arc<Pending>>,
     invocations: Instrument<Counter<u64>, IntCounterVec>,
     errors: Instrument<Counter<u64>, IntCounterVec>,
     timeouts: Instrument<Counter<u64>, IntCounterVec>,
@@ -628,6 +200,7 @@ pub struct Metrics {
     evicted: Instrument<Counter<u64>, IntCounterVec>,
     export_failures: Instrument<Counter<u64>, IntCounterVec>,
     export_dropped: Instrument<Counter<u64>, IntCounterVec>,
+    export_abandoned: Instrument<Counter<u64>, IntCounterVec>,
     hold: Instrument<Histogram<f64>, HistogramVec>,
     token_requests: Instrument<Counter<u64>, IntCounterVec>,
     token_duration: Instrument<Histogram<f64>, HistogramVec>,
@@ -649,7 +222,7 @@ impl Metrics {
         Metrics::build(meter, Some(Arc::default()))
     }
 
-    fn build(meter: &Meter, emf: Option<Arc<emf::Pending>>) -> Self {
+    fn build(meter: &Meter, emf: Option<Arc<Pending>>) -> Self {
         let out = Outputs {
             meter,
             registry: Registry::new(),
@@ -675,6 +248,7 @@ impl Metrics {
             evicted: counter(&EVICTED),
             export_failures: counter(&EXPORT_FAILURES),
             export_dropped: counter(&EXPORT_DROPPED),
+            export_abandoned: counter(&EXPORT_ABANDONED),
             hold: histogram(&HOLD),
             token_requests: counter(&TOKEN_REQUESTS),
             token_duration: histogram(&TOKEN_DURATION),
@@ -688,7 +262,7 @@ impl Metrics {
 
     /// What every instrument recorded since the last call, for the EMF output (nothing when
     /// it is off), and how many observations its bound dropped meanwhile.
-    pub fn take_emf(&self) -> (Vec<emf::Entry>, u64) {
+    pub fn take_emf(&self) -> (Vec<Entry>, u64) {
         self.emf
             .as_ref()
             .map_or_else(|| (Vec::new(), 0), |pending| pending.take())
@@ -741,7 +315,7 @@ impl Metrics {
     }
 
     /// An environment finished its init phase: its duration, and one cold start when the
-    /// init was one (on demand: [`crate::derive::FunctionInfo::init_is_cold_start`]).
+    /// init was one (on demand: [`crate::function::FunctionInfo::init_is_cold_start`]).
     pub fn init(&self, seconds: f64, cold_start: bool) {
         if cold_start {
             self.coldstarts.add(1, []);
@@ -789,6 +363,14 @@ impl Metrics {
     pub fn dropped(&self, signal: Signal, items: u64) {
         if items > 0 {
             self.export_dropped.add(items, [signal.as_str()]);
+        }
+    }
+
+    /// The exporter stopped trying to deliver `items` of `signal`.
+    pub fn abandoned(&self, signal: Signal, reason: Abandoned, items: u64) {
+        if items > 0 {
+            self.export_abandoned
+                .add(items, [signal.as_str(), reason.as_str()]);
         }
     }
 
@@ -904,9 +486,12 @@ mod tests {
         metrics.dropped(Signal::Traces, 7);
         metrics.dropped(Signal::Records, 0);
         metrics.dropped(Signal::Records, 1);
+        metrics.abandoned(Signal::Traces, Abandoned::Retries, 0);
+        metrics.abandoned(Signal::Traces, Abandoned::Unanswered, 3);
         assert_eq!(
             testing::render(&source),
-            "sidecar.export.dropped_items{signal=records} = 1
+            "sidecar.export.abandoned_items{reason=unanswered,signal=traces} = 3
+sidecar.export.dropped_items{signal=records} = 1
 sidecar.export.dropped_items{signal=traces} = 7
 sidecar.export.failures{signal=metrics} = 1
 sidecar.export.failures{signal=traces} = 2"
@@ -992,6 +577,10 @@ sidecar.export.failures{signal=traces} = 2"
             (
                 "sidecar.export.dropped_items",
                 "sidecar_export_dropped_items_total",
+            ),
+            (
+                "sidecar.export.abandoned_items",
+                "sidecar_export_abandoned_items_total",
             ),
             ("sidecar.hold", "sidecar_hold_seconds"),
             ("sidecar.token.requests", "sidecar_token_requests_total"),
@@ -1183,9 +772,9 @@ sidecar.export.failures{signal=traces} = 2"
                     format!("{{{}}}", labels.join(","))
                 };
                 let value = match &e.value {
-                    emf::Recorded::Sum(sum) => format!("= {sum}"),
-                    emf::Recorded::Last(last) => format!("= {last}"),
-                    emf::Recorded::Values(values) => {
+                    pending::Recorded::Sum(sum) => format!("= {sum}"),
+                    pending::Recorded::Last(last) => format!("= {last}"),
+                    pending::Recorded::Values(values) => {
                         format!("count={} sum={}", values.len(), round(values.iter().sum()))
                     }
                 };
@@ -1207,6 +796,7 @@ sidecar.export.failures{signal=traces} = 2"
         metrics.skipped_events(SkipReason::Malformed, 1);
         metrics.export_failure(Signal::Metrics);
         metrics.dropped(Signal::Traces, 1);
+        metrics.abandoned(Signal::Logs, Abandoned::Unanswered, 2);
         metrics.invocation(Status::Success, None);
         metrics.token(&TokenRecord {
             start: std::time::SystemTime::UNIX_EPOCH,

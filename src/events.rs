@@ -34,7 +34,8 @@
 //!   [`ChildSpans::skipped`]) and [`MAX_LIST_ITEMS`] names in a subscription or extension
 //!   record (the rest ignored);
 //! - `function` and `extension` log lines are kept up to [`MAX_LOG_LINE_BYTES`], cut beyond
-//!   it and marked (see [`LogLine`]).
+//!   it and marked; a JSON object is validated and kept as its text, never as a parsed
+//!   tree (see [`LogLine`]).
 //!
 //! Architecture invariant: this module does no I/O and knows nothing about spans or
 //! metrics; it only turns bytes into [`TelemetryEvent`]s.
@@ -440,6 +441,12 @@ pub struct RestoreReport {
 /// the pipeline queue and its lines in the log buffer. A longer text line is cut at a
 /// character boundary; a longer JSON object is kept as its JSON text, cut likewise (a cut
 /// object is no longer an object). Either is marked `truncated`.
+///
+/// A JSON object is validated here but kept as its text, never as a parsed tree: parsed, it
+/// weighs several times its size (`{"a":[[],[],…]}` of 32 KB is ~10,000 lists, 20× the
+/// text as `serde_json::Value`s), and a parsed batch waits in the pipeline queue, which is
+/// bounded by the text's size. Derivation builds the log record's body from the text under
+/// a memory budget (`derive::logs`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogLine {
     Text {
@@ -447,18 +454,24 @@ pub enum LogLine {
         truncated: bool,
     },
     Json {
-        fields: serde_json::Map<String, serde_json::Value>,
-        /// The object's size as received: what it weighs in the queue and buffer bounds.
-        bytes: usize,
+        /// The object's JSON text, as received.
+        json: String,
+        /// Its top-level members derivation reads before it builds the body, when they are
+        /// strings: `requestId` (at most [`MAX_REQUEST_ID_BYTES`]), `level` and `extension`
+        /// (at most [`MAX_TEXT_BYTES`]); otherwise `None`. The last one wins when a member
+        /// is repeated, as in a parsed object.
+        request_id: Option<String>,
+        level: Option<String>,
+        extension: Option<String>,
     },
 }
 
 impl LogLine {
-    /// The line's size in bytes: its text, or its JSON encoding as received.
+    /// The line's size in bytes: its text, or its JSON text as received.
     pub fn bytes(&self) -> usize {
         match self {
             LogLine::Text { text, .. } => text.len(),
-            LogLine::Json { bytes, .. } => *bytes,
+            LogLine::Json { json, .. } => json.len(),
         }
     }
 }
@@ -490,14 +503,103 @@ impl<'de> Deserialize<'de> for LogLine {
                 Ok(cut(&text))
             }
             Some(b'{') if json.len() <= MAX_LOG_LINE_BYTES => serde_json::from_str(json)
-                .map(|fields| LogLine::Json {
-                    fields,
-                    bytes: json.len(),
+                .map(|members: Members| LogLine::Json {
+                    json: json.to_owned(),
+                    request_id: members.request_id,
+                    level: members.level,
+                    extension: members.extension,
                 })
                 .map_err(D::Error::custom),
             Some(b'{') => Ok(cut(json)),
             _ => Err(D::Error::custom("a log line as a string or a JSON object")),
         }
+    }
+}
+
+/// The members of a JSON log line that [`LogLine::Json`] keeps beside its text, read in one
+/// pass that validates the whole object and builds nothing else.
+#[derive(Default)]
+struct Members {
+    request_id: Option<String>,
+    level: Option<String>,
+    extension: Option<String>,
+}
+
+/// A member's name, as far as [`Members`] cares.
+enum Member {
+    RequestId,
+    Level,
+    Extension,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Member;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Member, E> {
+                Ok(match name {
+                    "requestId" => Member::RequestId,
+                    "level" => Member::Level,
+                    "extension" => Member::Extension,
+                    _ => Member::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(Name)
+    }
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Members::default();
+                while let Some(member) = map.next_key::<Member>()? {
+                    let (slot, max) = match member {
+                        Member::RequestId => (&mut members.request_id, MAX_REQUEST_ID_BYTES),
+                        Member::Level => (&mut members.level, MAX_TEXT_BYTES),
+                        Member::Extension => (&mut members.extension, MAX_TEXT_BYTES),
+                        Member::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value_seed(ShortString(max))?;
+                }
+                Ok(members)
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+/// A value kept when it is a string of at most this many bytes; any other is skipped.
+struct ShortString(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ShortString {
+    type Value = Option<String>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        let raw = <&RawValue>::deserialize(deserializer)?;
+        Ok(serde_json::from_str::<std::borrow::Cow<'_, str>>(raw.get())
+            .ok()
+            .filter(|text| text.len() <= self.0)
+            .map(std::borrow::Cow::into_owned))
     }
 }
 
@@ -841,11 +943,57 @@ unknown=0 malformed=0
               {"time":"2022-10-12T00:00:02.003Z","type":"function","record":42}
             ]"#,
             r#"+2000 function Function(Text { text: "START hello\n", truncated: false })
-+2001 function Function(Json { fields: {"level": String("INFO"), "message": String("hi"), "requestId": String("r1")}, bytes: 48 })
++2001 function Function(Json { json: "{\"level\":\"INFO\",\"message\":\"hi\",\"requestId\":\"r1\"}", request_id: Some("r1"), level: Some("INFO"), extension: None })
 +2002 extension ExtensionLog(Text { text: "ext says \"hi\"", truncated: false })
 unknown=0 malformed=1
 "#,
         );
+    }
+
+    /// A JSON line is kept as its text; the members derivation reads first are picked out
+    /// when they are strings within their bounds, the last one when repeated; a line that is
+    /// not valid JSON is malformed.
+    #[test]
+    fn a_json_line_keeps_its_text_and_the_members_read_first() {
+        let long_id = "r".repeat(MAX_REQUEST_ID_BYTES + 1);
+        let cases = [
+            (
+                r#"{"requestId":"r1","level":"WARN","extension":"x","a":[[],{}]}"#,
+                (Some("r1"), Some("WARN"), Some("x")),
+            ),
+            (
+                r#"{"level":"INFO","nested":{"level":"ERROR"},"level":"DEBUG"}"#,
+                (None, Some("DEBUG"), None),
+            ),
+            (
+                r#"{"requestId":42,"level":["INFO"],"extension":null}"#,
+                (None, None, None),
+            ),
+            (
+                r#"{"requestId":"r\u0031","lev\u0065l":"INFO"}"#,
+                (Some("r1"), Some("INFO"), None),
+            ),
+            (
+                &format!(r#"{{"requestId":"{long_id}"}}"#),
+                (None, None, None),
+            ),
+        ];
+        for (json, (request_id, level, extension)) in cases {
+            let line: LogLine = serde_json::from_str(json).unwrap();
+            assert_eq!(
+                line,
+                LogLine::Json {
+                    json: json.to_string(),
+                    request_id: request_id.map(String::from),
+                    level: level.map(String::from),
+                    extension: extension.map(String::from),
+                },
+                "{json}"
+            );
+        }
+        for broken in [r#"{"a":}"#, r#"{"a":1"#, r#"{"a":[1,]}"#] {
+            assert!(serde_json::from_str::<LogLine>(broken).is_err(), "{broken}");
+        }
     }
 
     #[test]

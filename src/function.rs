@@ -1,9 +1,10 @@
-//! The function being observed: what Lambda tells every extension about it, and the
-//! semantic-convention attributes derived from that.
+//! The function being observed: what Lambda tells every extension about it (read from the
+//! environment by `config::lambda`), and the semantic-convention attributes derived from that.
 
 use opentelemetry::{Array, KeyValue, StringValue, Value};
 
-use super::MIB;
+/// A mebibyte: Lambda configures memory in MB, which are MiB.
+const MIB: u64 = 1024 * 1024;
 
 /// The function being observed, from the environment Lambda gives every extension.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,24 +28,6 @@ pub struct FunctionInfo {
 }
 
 impl FunctionInfo {
-    /// Reads the Lambda variables through `var` (e.g. `|k| std::env::var(k).ok()`), so
-    /// tests need no process environment. Missing, empty or unparsable values are left
-    /// out rather than refused: they are Lambda's to set, not the user's.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
-        let present = |key: &str| var(key).filter(|value| !value.is_empty());
-        FunctionInfo {
-            name: present("AWS_LAMBDA_FUNCTION_NAME")
-                .unwrap_or_else(|| "unknown_function".to_owned()),
-            version: present("AWS_LAMBDA_FUNCTION_VERSION"),
-            region: present("AWS_REGION").or_else(|| present("AWS_DEFAULT_REGION")),
-            memory_mb: present("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-                .and_then(|mb| mb.trim().parse().ok()),
-            log_stream: present("AWS_LAMBDA_LOG_STREAM_NAME"),
-            log_group: present("AWS_LAMBDA_LOG_GROUP_NAME"),
-            initialization_type: present("AWS_LAMBDA_INITIALIZATION_TYPE"),
-        }
-    }
-
     /// `faas.max_memory`: the configured memory in bytes.
     pub fn max_memory_bytes(&self) -> Option<i64> {
         i64::try_from(self.memory_mb?.checked_mul(MIB)?).ok()

@@ -1,0 +1,258 @@
+//! Configuration: every environment variable the sidecar honours is listed in [`VARIABLES`],
+//! read here and nowhere else, and handed out as plain typed values:
+//!
+//! - [`Config`]: what every mode needs (the token service, the sidecar's own logs, the
+//!   telemetry settings), parsed once.
+//! - [`ExportConfig`]: the OTLP export and its sampler (`OTEL_*`), read by the extension
+//!   alone, after `Config`: `serve` and the print commands export nothing.
+//! - [`Lambda`]: what Lambda sets (the function, the Runtime API, the initialization type).
+//!   Never refused, so that the extension can still register, and report a `Config` error
+//!   through `init/error`.
+//!
+//! The sidecar shares its environment with the function it runs beside, so a typo must not
+//! silently turn into a default: an invalid value, or an unknown `SIDECAR_*` name, stops
+//! start-up with a [`ConfigError`] that names the variable and what it accepts. In extension
+//! mode that error is reported to Lambda through `init/error`, with [`ConfigError::error_type`]
+//! as its `Lambda-Extension-Function-Error-Type`.
+//!
+//! Every parser reads through a lookup function, so tests need no process environment; the
+//! process environment itself is read in one place, `ProcessEnv::read`. This module only
+//! parses text into plain values, and imports nothing from `token`: keys are turned into
+//! signing keys by `token::keys`, whose errors name the variable or the key source too.
+//!
+//! One file per domain: `token` (`JWT_*`, the key source, `/token`'s caller check), `aws`
+//! (the region, credentials — the variables, or the container credentials endpoint that
+//! SnapStart gives instead — and endpoints of the AWS key sources), `telemetry` (the
+//! Telemetry API subscription, flushes, EMF, `/metrics`, and `ExportConfig`), `lambda`,
+//! `logging` (the sidecar's own log lines); `lookup` has the typed accessors they parse
+//! through, `variables` the list.
+
+mod aws;
+mod lambda;
+mod logging;
+mod lookup;
+mod telemetry;
+#[cfg(test)]
+mod tests;
+mod token;
+mod variables;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+
+pub use aws::{
+    AwsCredentials, AwsService, AwsSettings, ContainerAuthorization, ContainerCredentials,
+    container_uri,
+};
+pub use lambda::Lambda;
+pub use logging::{LogConfig, LogFormat};
+use lookup::Env;
+pub use telemetry::{ExportConfig, FAAS_TRIGGERS, TelemetryConfig};
+pub use token::{
+    Algorithm, KeyMaterial, KeySource, SIDECAR_CLAIMS, TokenAuth, TokenConfig, is_https_url,
+};
+pub use variables::{Domain, Reader, SIDECAR_VARIABLES, VARIABLES, Variable, variable};
+
+/// Ports another party already owns inside a Lambda execution environment: 9001 (Runtime
+/// API), 9002/9003 (the lambda-extension crate's listeners), 3000 (Lambda Insights), 2773
+/// (Parameters and Secrets extension), 4317/4318 (OpenTelemetry collector layers).
+pub const RESERVED_PORTS: &[u16] = &[9001, 9002, 9003, 3000, 2773, 4317, 4318];
+
+/// The whole configuration, parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Port of the token service on 127.0.0.1 (`SIDECAR_PORT`).
+    pub port: u16,
+    pub log: LogConfig,
+    pub token: TokenConfig,
+    pub telemetry: TelemetryConfig,
+    /// `SIDECAR_METRICS_ADDR`: in `serve` mode only, a second listener serving `/metrics` alone,
+    /// without the `X-Sidecar-Token` header, for a Prometheus outside the container.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `SIDECAR_EMF=on`: the CloudWatch namespace (`SIDECAR_EMF_NAMESPACE`) of the EMF lines
+    /// written to stdout. `None` (the default): no EMF, because every line is billed as log
+    /// ingestion and every metric × dimension set as a custom metric (docs/signals.md,
+    /// "CloudWatch EMF").
+    pub emf_namespace: Option<String>,
+}
+
+/// A configuration value the sidecar refuses to start with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The value is echoed, except for the [`hidden`](Variable::hidden) variables.
+    #[error("{var}={} is not valid: expected {expected}", shown(.var, .value))]
+    Invalid {
+        var: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("{var} is required: {why}")]
+    Missing {
+        var: &'static str,
+        why: &'static str,
+    },
+    /// The value is not echoed: it is a secret.
+    #[error("JWT_SECRET is refused: {reason}")]
+    WeakSecret { reason: String },
+    #[error("{var} is not a usable key for {algorithm}: {reason}")]
+    InvalidKey {
+        var: &'static str,
+        algorithm: &'static str,
+        reason: String,
+    },
+    #[error("{var} is not a variable lambda-sidecar knows; known SIDECAR_ variables: {known}")]
+    Unknown { var: String, known: String },
+    /// The raw bytes are not echoed: they may be key material, and they would garble the log.
+    #[error("{var} is not valid: its value is not UTF-8 text (not shown); expected UTF-8 text")]
+    NotUtf8 { var: String },
+}
+
+/// Name prefixes of every variable the sidecar, or the OpenTelemetry SDK inside it, reads.
+/// A value under one of these that is not UTF-8 is a config error rather than "unset".
+const READ_PREFIXES: &[&str] = &["SIDECAR_", "JWT_", "OTEL_", "AWS_"];
+
+/// How an [`ConfigError::Invalid`] shows `value`: not at all for a hidden variable, and
+/// without the user info of a URL (`https://user:password@host` is how some endpoints carry
+/// credentials; JWT_JWKS_URI and JWT_ISSUER refuse it, and would otherwise print it).
+fn shown(var: &str, value: &str) -> String {
+    if variable(var).is_some_and(|v| v.hidden) {
+        return "<not shown>".to_string();
+    }
+    let redacted = value.split_once("://").and_then(|(scheme, rest)| {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        let (_, host) = authority.rsplit_once('@')?;
+        let tail = &rest[authority.len()..];
+        Some(format!("{scheme}://<user info not shown>@{host}{tail}"))
+    });
+    format!("{:?}", redacted.as_deref().unwrap_or(value))
+}
+
+impl ConfigError {
+    /// The `Lambda-Extension-Function-Error-Type` reported through `init/error`
+    /// (`Category.Reason`, as Lambda documents).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid { .. } => "Config.InvalidValue",
+            ConfigError::Missing { .. } => "Config.MissingValue",
+            ConfigError::WeakSecret { .. } => "Config.InvalidSecret",
+            ConfigError::InvalidKey { .. } => "Config.InvalidKey",
+            ConfigError::Unknown { .. } => "Config.UnknownVariable",
+            ConfigError::NotUtf8 { .. } => "Config.InvalidValue",
+        }
+    }
+}
+
+impl Config {
+    /// Parses the configuration from `lookup` (the process environment in production, a map in
+    /// tests). `vars` lists every variable name present, to catch unknown `SIDECAR_*` names.
+    pub fn parse<'a>(
+        lookup: impl Fn(&str) -> Option<String>,
+        vars: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Config, ConfigError> {
+        for var in vars {
+            if var.starts_with("SIDECAR_") && !SIDECAR_VARIABLES.contains(&var) {
+                return Err(ConfigError::Unknown {
+                    var: var.to_string(),
+                    known: SIDECAR_VARIABLES.join(", "),
+                });
+            }
+        }
+        let env = Env(&lookup);
+        Ok(Config {
+            port: env.port("SIDECAR_PORT", 3003)?,
+            log: logging::log_config(&env)?,
+            token: token::token_config(&env)?,
+            telemetry: telemetry::telemetry_config(&env)?,
+            metrics_addr: telemetry::metrics_addr(&env)?,
+            emf_namespace: telemetry::emf_namespace(&env)?,
+        })
+    }
+
+    /// Refuses what only `lambda-sidecar serve` can use. Nothing outside a Lambda execution
+    /// environment can connect to it, so `SIDECAR_METRICS_ADDR` there would be a listener no
+    /// Prometheus can reach: a mistake to report, not a setting to ignore.
+    pub fn check_extension_mode(&self) -> Result<(), ConfigError> {
+        match self.metrics_addr {
+            None => Ok(()),
+            Some(addr) => Err(ConfigError::Invalid {
+                var: "SIDECAR_METRICS_ADDR",
+                value: addr.to_string(),
+                expected: "unset inside Lambda, where nothing outside the execution environment \
+                           can connect: it is for `lambda-sidecar serve`. Scrape /metrics on \
+                           127.0.0.1:SIDECAR_PORT (with X-Sidecar-Token), or export over OTLP"
+                    .to_string(),
+            }),
+        }
+    }
+
+    /// Parses the process environment. A variable the sidecar reads whose value is not UTF-8
+    /// is refused first: read as text it would be unset, and a default would silently take
+    /// its place.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let env = ProcessEnv::read();
+        Config::from_process_env(&env, |k| env.get(k))
+    }
+
+    /// [`Config::from_env`] for the commands that print what relying parties need (`jwks`,
+    /// `openid-configuration`) and serve nothing: `/token`'s session token (and so
+    /// `SIDECAR_TOKEN_AUTH`) plays no part, and a deploy step has none to give. Everything
+    /// else, the key above all, is parsed and refused exactly as when serving.
+    pub fn from_env_to_publish() -> Result<Config, ConfigError> {
+        let env = ProcessEnv::read();
+        Config::from_process_env(&env, |k| match k {
+            "SIDECAR_TOKEN_AUTH" => Some("off".to_string()),
+            _ => env.get(k),
+        })
+    }
+
+    /// The process environment's names, read through `lookup`.
+    fn from_process_env(
+        env: &ProcessEnv,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        check_utf8(&env.0)?;
+        Config::parse(lookup, env.names())
+    }
+}
+
+/// The process environment. [`ProcessEnv::read`] is the one place the sidecar reads
+/// `std::env`: everything else parses through a lookup function, so that tests need no
+/// process environment and no other module reads a variable of its own.
+struct ProcessEnv(Vec<(OsString, OsString)>);
+
+impl ProcessEnv {
+    fn read() -> ProcessEnv {
+        ProcessEnv(std::env::vars_os().collect())
+    }
+
+    /// The value of `name`: `None` when unset or not UTF-8 (which [`check_utf8`] refuses,
+    /// for the variables the sidecar reads).
+    fn get(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.as_os_str() == name)
+            .and_then(|(_, v)| v.to_str())
+            .map(str::to_owned)
+    }
+
+    /// Every name that is UTF-8: a name that is not can't be one the sidecar reads.
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|(k, _)| k.to_str())
+    }
+}
+
+/// Refuses the first variable under [`READ_PREFIXES`] whose value is not UTF-8. A name that
+/// is not UTF-8 itself can't be one the sidecar reads, so it is skipped.
+fn check_utf8(vars: &[(OsString, OsString)]) -> Result<(), ConfigError> {
+    for (name, value) in vars {
+        if let Some(name) = name.to_str()
+            && READ_PREFIXES.iter().any(|p| name.starts_with(p))
+            && value.to_str().is_none()
+        {
+            return Err(ConfigError::NotUtf8 {
+                var: name.to_string(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! The telemetry side: the Telemetry API subscription (`SIDECAR_TELEMETRY_*`), the flushes
+//! (`SIDECAR_FLUSH_*`), `faas.trigger`, CloudWatch EMF (`SIDECAR_EMF*`) and the separate
+//! `/metrics` listener of `serve` (`SIDECAR_METRICS_ADDR`); and, apart from [`Config`],
+//! the OTLP export (the standard `OTEL_*` variables: [`ExportConfig`]) with its sampler.
+//!
+//! [`Config`]: super::Config
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use opentelemetry_otlp::Protocol;
+use opentelemetry_sdk::metrics::Temporality;
+
+use super::{ConfigError, Env, ProcessEnv};
+use crate::sampling::{Root, Sampler};
+
+/// `faas.trigger`'s well-known values (OpenTelemetry semantic conventions, FaaS spans):
+/// what caused the invocations. The sidecar cannot see the event, so the user says which
+/// applies (`SIDECAR_FAAS_TRIGGER`, default `other`, "if none of the others apply").
+pub const FAAS_TRIGGERS: [&str; 5] = ["datasource", "http", "pubsub", "timer", "other"];
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Telemetry API record types to subscribe to (`SIDECAR_TELEMETRY_TYPES`).
+    pub types: Vec<String>,
+    /// Telemetry API `buffering.timeoutMs` (`SIDECAR_TELEMETRY_BUFFER_MS`).
+    pub buffer_ms: u32,
+    /// Fixed listener port; `None` lets the OS pick a free one when the listener binds, so
+    /// the sidecar never clashes with another extension in the same function.
+    pub port: Option<u16>,
+    /// The most an INVOKE flush may take (`SIDECAR_FLUSH_TIMEOUT_MS`); the SHUTDOWN flush
+    /// has its own fixed cap (`lifecycle`).
+    pub flush_timeout: Duration,
+    /// `faas.trigger` on every invocation span (`SIDECAR_FAAS_TRIGGER`): one of
+    /// [`FAAS_TRIGGERS`].
+    pub faas_trigger: &'static str,
+    /// How often to flush when no INVOKE comes (`SIDECAR_FLUSH_INTERVAL_MS`): on Lambda
+    /// Managed Instances, where the sidecar registers for SHUTDOWN only.
+    pub flush_interval: Duration,
+}
+
+pub(super) fn telemetry_config(env: &Env<'_>) -> Result<TelemetryConfig, ConfigError> {
+    const TYPES: &[&str] = &["platform", "function", "extension"];
+    let types = match env.get("SIDECAR_TELEMETRY_TYPES") {
+        None => vec!["platform".to_string(), "function".to_string()],
+        Some(raw) => {
+            let types = env.list("SIDECAR_TELEMETRY_TYPES");
+            if types.is_empty() || types.iter().any(|t| !TYPES.contains(&t.as_str())) {
+                return Err(ConfigError::Invalid {
+                    var: "SIDECAR_TELEMETRY_TYPES",
+                    value: raw,
+                    expected: "a comma-separated subset of platform, function, extension"
+                        .to_string(),
+                });
+            }
+            types
+        }
+    };
+    let port = match env.get("SIDECAR_TELEMETRY_PORT") {
+        None => None,
+        Some(_) => Some(env.port("SIDECAR_TELEMETRY_PORT", 0)?),
+    };
+    Ok(TelemetryConfig {
+        types,
+        buffer_ms: env.number("SIDECAR_TELEMETRY_BUFFER_MS", 25, 25, 30_000)? as u32,
+        port,
+        flush_timeout: Duration::from_millis(env.number(
+            "SIDECAR_FLUSH_TIMEOUT_MS",
+            500,
+            1,
+            60_000,
+        )?),
+        faas_trigger: env.choice(
+            "SIDECAR_FAAS_TRIGGER",
+            &FAAS_TRIGGERS.map(|trigger| (trigger, trigger)),
+            "other",
+        )?,
+        // 1 s: an invocation's spans and counts reach the collector about a second after it
+        // ends, like a busy function's in the default model (flushed at the next INVOKE), at
+        // the cost of one request per signal per second. Collectors batch every 1–10 s; more
+        // than a minute would leave metrics stale on dashboards that scrape every minute.
+        flush_interval: Duration::from_millis(env.number(
+            "SIDECAR_FLUSH_INTERVAL_MS",
+            1_000,
+            100,
+            60_000,
+        )?),
+    })
+}
+
+/// `SIDECAR_METRICS_ADDR`: an IP address and a non-zero port, when set.
+pub(super) fn metrics_addr(env: &Env<'_>) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(raw) = env.get("SIDECAR_METRICS_ADDR") else {
+        return Ok(None);
+    };
+    raw.trim()
+        .parse::<SocketAddr>()
+        .ok()
+        .filter(|addr| addr.port() != 0)
+        .map(Some)
+        .ok_or_else(|| ConfigError::Invalid {
+            var: "SIDECAR_METRICS_ADDR",
+            value: raw,
+            expected: "an IP address and a port from 1 to 65535, such as 0.0.0.0:9464 or \
+                       [::]:9464"
+                .to_string(),
+        })
+}
+
+/// `SIDECAR_EMF` (`on` or `off`, the default) and, when on, its namespace.
+pub(super) fn emf_namespace(env: &Env<'_>) -> Result<Option<String>, ConfigError> {
+    match env.choice("SIDECAR_EMF", &[("on", true), ("off", false)], false)? {
+        false => Ok(None),
+        true => Ok(Some(emf_namespace_value(env.get("SIDECAR_EMF_NAMESPACE"))?)),
+    }
+}
+
+/// `SIDECAR_EMF_NAMESPACE`, default `LambdaSidecar`: CloudWatch accepts 1 to 255 characters
+/// from letters, digits and `.-_/#: ` (at least one not a space), and reserves the `AWS/`
+/// prefix for its own services. A namespace it refuses would drop every line silently.
+fn emf_namespace_value(raw: Option<String>) -> Result<String, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok("LambdaSidecar".to_string());
+    };
+    let valid = (1..=255).contains(&raw.chars().count())
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c))
+        && raw.chars().any(|c| c != ' ')
+        && !raw.starts_with("AWS/");
+    if valid {
+        Ok(raw)
+    } else {
+        Err(ConfigError::Invalid {
+            var: "SIDECAR_EMF_NAMESPACE",
+            value: raw,
+            expected: "1 to 255 characters from letters, digits, space and . - _ / # :, \
+                       not all spaces and not starting with AWS/"
+                .to_string(),
+        })
+    }
+}
+
+const TEMPORALITY_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+const SAMPLER_VAR: &str = "OTEL_TRACES_SAMPLER";
+const SAMPLER_ARG_VAR: &str = "OTEL_TRACES_SAMPLER_ARG";
+
+/// What a `grpc` protocol gets from a build without the `grpc` feature: tonic and h2 weigh
+/// about 0.45 MB of machine code, and http/protobuf (the default) needs neither.
+#[cfg(not(feature = "grpc"))]
+const GRPC_NOT_BUILT: &str = "http/protobuf: this build has no gRPC export \
+    (build with the `grpc` Cargo feature, e.g. LAYER_FEATURES=grpc scripts/package/layer.sh)";
+
+/// Where and how to export, read from the standard `OTEL_*` variables. Read apart from
+/// [`Config`](super::Config), by the extension alone: `serve` and the print commands export
+/// nothing, so an `OTEL_*` value is not theirs to refuse. Endpoints, headers, timeouts and
+/// compression are read by opentelemetry-otlp itself when the exporters are built
+/// (`export::ExportClients`), and `OTEL_RESOURCE_ATTRIBUTES` by the SDK's resource; the
+/// headers are checked here first ([`otlp_headers`]), as the SDK would skip a malformed one
+/// without a word.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportConfig {
+    pub traces: Option<Protocol>,
+    pub metrics: Option<Protocol>,
+    /// Function and extension logs. On by default like the other signals (the OTel spec's
+    /// `OTEL_LOGS_EXPORTER` default is `otlp`): the lines are already in CloudWatch Logs, so
+    /// a backend that also bills log ingestion bills them twice; `OTEL_LOGS_EXPORTER=none`
+    /// keeps them out (docs/signals.md, "Logs").
+    pub logs: Option<Protocol>,
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM file of CA certificates trusted besides the
+    /// compiled-in Mozilla roots (for a collector behind a private CA).
+    pub certificate: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: `cumulative` (default), `delta`
+    /// or `lowmemory`, case-insensitive as the spec says.
+    pub temporality: Temporality,
+    /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, handed to derivation.
+    pub sampler: Sampler,
+    /// `OTEL_SERVICE_NAME` is set: the SDK puts it in the resource. Unset, `service.name` is
+    /// the function's name (`export::resource`).
+    pub service_name_set: bool,
+}
+
+impl ExportConfig {
+    /// [`ExportConfig::parse`] of the process environment.
+    pub fn from_env() -> Result<ExportConfig, ConfigError> {
+        let env = ProcessEnv::read();
+        ExportConfig::parse(|k| env.get(k))
+    }
+
+    /// A signal is exported when an OTLP endpoint is configured for it (general or
+    /// per-signal) and its `OTEL_*_EXPORTER` is not `none`. Without an endpoint, nothing is
+    /// sent: a sidecar with no collector must not knock on localhost:4318 at every invoke.
+    pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<ExportConfig, ConfigError> {
+        let signal = |name: &'static str| -> Result<Option<Protocol>, ConfigError> {
+            let upper = name.to_ascii_uppercase();
+            // The names as `'static` strings, for the errors.
+            let (exporter_var, protocol_var) = match name {
+                "traces" => ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+                "metrics" => (
+                    "OTEL_METRICS_EXPORTER",
+                    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+                ),
+                _ => ("OTEL_LOGS_EXPORTER", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"),
+            };
+            if let Some(v) = lookup(exporter_var) {
+                match v.trim() {
+                    "none" => return Ok(None),
+                    "otlp" => {}
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            var: exporter_var,
+                            value: v,
+                            expected: "otlp or none".to_string(),
+                        });
+                    }
+                }
+            }
+            let endpoint = lookup("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .or_else(|| lookup(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")));
+            if endpoint.is_none_or(|e| e.trim().is_empty()) {
+                return Ok(None);
+            }
+            let (var, raw): (&'static str, _) = match lookup(protocol_var) {
+                Some(v) => (protocol_var, Some(v)),
+                None => (
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    lookup("OTEL_EXPORTER_OTLP_PROTOCOL"),
+                ),
+            };
+            match raw.as_deref().map(str::trim) {
+                None | Some("http/protobuf") => Ok(Some(Protocol::HttpBinary)),
+                #[cfg(feature = "grpc")]
+                Some("grpc") => Ok(Some(Protocol::Grpc)),
+                // gRPC export is an opt-in build (the `grpc` Cargo feature): refused here, at
+                // init, rather than exporting nothing.
+                #[cfg(not(feature = "grpc"))]
+                Some("grpc") => Err(ConfigError::Invalid {
+                    var,
+                    value: "grpc".to_string(),
+                    expected: GRPC_NOT_BUILT.to_string(),
+                }),
+                Some(other) => Err(ConfigError::Invalid {
+                    var,
+                    value: other.to_string(),
+                    expected: "http/protobuf or grpc".to_string(),
+                }),
+            }
+        };
+        for var in HEADERS_VARS {
+            if let Some(raw) = lookup(var) {
+                otlp_headers(var, &raw)?;
+            }
+        }
+        Ok(ExportConfig {
+            sampler: Sampler::parse(&lookup)?,
+            traces: signal("traces")?,
+            metrics: signal("metrics")?,
+            logs: signal("logs")?,
+            certificate: lookup("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|p| !p.is_empty()),
+            temporality: match lookup(TEMPORALITY_VAR) {
+                Some(v) if !v.trim().is_empty() => {
+                    v.trim().parse().map_err(|()| ConfigError::Invalid {
+                        var: TEMPORALITY_VAR,
+                        value: v,
+                        expected: "cumulative, delta or lowmemory".to_string(),
+                    })?
+                }
+                _ => Temporality::Cumulative,
+            },
+            service_name_set: lookup("OTEL_SERVICE_NAME").is_some(),
+        })
+    }
+}
+
+/// The variables that hold OTLP request headers: the general one, and the per-signal ones
+/// that replace it for their signal (not merged, as the spec says).
+const HEADERS_VARS: [&str; 4] = [
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+];
+
+/// What an `OTEL_EXPORTER_OTLP_*HEADERS` variable holds, as the OTel spec defines it.
+const HEADERS_FORM: &str = "comma-separated key=value pairs (the W3C Baggage list form, \
+    without properties), each key an HTTP header name, each value non-empty and \
+    percent-encoded where it needs it (%2C for a comma, %25 for a percent sign), such as \
+    authorization=Bearer%20<token>,x-tenant=orders";
+
+/// The headers an `OTEL_EXPORTER_OTLP_*HEADERS` value `raw` of `var` asks for, as (lowercase
+/// name, percent-decoded value): members split at `,`, each at its first `=`, blanks around
+/// members, keys and values trimmed, empty members skipped. opentelemetry-otlp reads the same
+/// variables when it builds the exporters and splits them the same way, but skips without a
+/// word a member with no `=`, an empty key or value, or what is not a valid header (and sends
+/// a value whose percent-encoding is broken as written): `Authorization Bearer X` started
+/// fine and sent nothing. Every such member is refused here instead, so what passes is what
+/// the SDK sends. The check uses the `http` crate's `HeaderName` and `HeaderValue`, as the
+/// SDK does. Errors name the variable, the member's position and, when it is a valid header
+/// name, its key; never a value (they hold API keys and tokens).
+pub(super) fn otlp_headers(
+    var: &'static str,
+    raw: &str,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let members: Vec<&str> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect();
+    let count = members.len();
+    let mut headers = Vec::with_capacity(count);
+    for (i, member) in members.into_iter().enumerate() {
+        let invalid = |what: String| ConfigError::Invalid {
+            var,
+            value: "<not shown>".to_string(),
+            expected: format!("{HEADERS_FORM}; member {} of {count} {what}", i + 1),
+        };
+        let (key, value) = member
+            .split_once('=')
+            .ok_or_else(|| invalid("has no '=' between key and value".to_string()))?;
+        let (key, value) = (key.trim(), value.trim());
+        let name = http::HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
+            invalid(if key.is_empty() {
+                "has an empty key".to_string()
+            } else {
+                "has a key that is not an HTTP header name (letters, digits and \
+                 !#$%&'*+-.^_`|~, no spaces)"
+                    .to_string()
+            })
+        })?;
+        let what = |problem: &str| invalid(format!("({name}) {problem}"));
+        if value.is_empty() {
+            return Err(what("has an empty value"));
+        }
+        let decoded = percent_decode(value).ok_or_else(|| {
+            what("has a '%' not followed by two hex digits, or encoding no UTF-8 text")
+        })?;
+        if http::HeaderValue::from_str(&decoded).is_err() {
+            return Err(what("has a value with control characters once decoded"));
+        }
+        headers.push((name.as_str().to_string(), decoded));
+    }
+    Ok(headers)
+}
+
+/// `raw` with every `%XX` replaced by the byte it encodes; `None` when a `%` is not followed
+/// by two hex digits or the bytes are not UTF-8.
+fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The sampler's variables are read here, with every other variable; `sampling` keeps the
+/// decision, pure.
+impl Sampler {
+    /// Reads `OTEL_TRACES_SAMPLER` (case-insensitive, as the spec says of enum values) and,
+    /// for the ratio samplers, `OTEL_TRACES_SAMPLER_ARG` (default 1.0). Unlike the spec's
+    /// "warn and use the default", an invalid value is a config error: silently exporting
+    /// every trace (or none) is the surprise an operator pays for.
+    pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<Sampler, ConfigError> {
+        let name = match lookup(SAMPLER_VAR) {
+            Some(v) if !v.trim().is_empty() => v,
+            _ => return Ok(Sampler::default()),
+        };
+        let ratio = || -> Result<f64, ConfigError> {
+            match lookup(SAMPLER_ARG_VAR) {
+                Some(arg) if !arg.trim().is_empty() => match arg.trim().parse::<f64>() {
+                    Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+                    _ => Err(ConfigError::Invalid {
+                        var: SAMPLER_ARG_VAR,
+                        value: arg,
+                        expected: "a sampling probability between 0 and 1, e.g. 0.25".to_owned(),
+                    }),
+                },
+                _ => Ok(1.0),
+            }
+        };
+        let (parent_based, root) = match name.trim().to_ascii_lowercase().as_str() {
+            "always_on" => (false, Root::AlwaysOn),
+            "always_off" => (false, Root::AlwaysOff),
+            "traceidratio" => (false, Root::Ratio(ratio()?)),
+            "parentbased_always_on" => (true, Root::AlwaysOn),
+            "parentbased_always_off" => (true, Root::AlwaysOff),
+            "parentbased_traceidratio" => (true, Root::Ratio(ratio()?)),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    var: SAMPLER_VAR,
+                    value: name,
+                    expected: "always_on, always_off, traceidratio, parentbased_always_on, \
+                               parentbased_always_off or parentbased_traceidratio"
+                        .to_owned(),
+                });
+            }
+        };
+        Ok(Sampler { parent_based, root })
+    }
+}

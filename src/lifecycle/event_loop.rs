@@ -1,0 +1,243 @@
+//! The event loop: what the sidecar does at INVOKE, at each tick of the Managed Instances
+//! timer and at SHUTDOWN, one event at a time. When to flush and for how long is asked of
+//! [`flush`]; this module reads the clock and does what it is told.
+//!
+//! At INVOKE: record it, flush what earlier invocations left and refresh a rotating key
+//! beside it, then let the crate call event/next. The flush runs while the function runs, so
+//! it only costs the function time when it outlasts the function.
+//! On Managed Instances (no INVOKE): a timer flushes what finished since the last tick, and
+//! refreshes a rotating key beside it.
+//! At SHUTDOWN: let accepted token requests finish, wait briefly for the `platform.report` of
+//! every invocation still in flight, flush, write the last EMF lines, return (exit 0).
+
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lambda_extension::{InvokeEvent, NextEvent, ShutdownEvent};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Interval, MissedTickBehavior};
+
+use super::LifecycleError;
+use super::client::Handoff;
+use super::flush::{self, FlushDecision, FlushEvent, FlushSettings, ShutdownWait};
+use super::startup::TokenServer;
+use crate::export::{Exporter, FlushReport};
+use crate::metrics::KeyOperation;
+use crate::pipeline::{Pipeline, Recorder};
+use crate::records::{InvokeRecord, Record};
+use crate::token::source::Refresher;
+
+/// Everything running after a successful start.
+pub(super) struct Sidecar {
+    pub(super) pipeline: Pipeline,
+    pub(super) recorder: Recorder,
+    pub(super) exporter: Exporter,
+    pub(super) flush: FlushSettings,
+    /// On Managed Instances, how long SHUTDOWN first lets buffered telemetry arrive: two
+    /// Telemetry API buffering periods (`SIDECAR_TELEMETRY_BUFFER_MS`). Zero otherwise.
+    pub(super) settle: Duration,
+    pub(super) tokens: TokenServer,
+    pub(super) telemetry_port: u16,
+    pub(super) stop_intake: watch::Sender<bool>,
+    /// Re-reads a Secrets Manager or SSM key at INVOKE, or at each tick on Managed Instances.
+    pub(super) refresher: Option<Refresher>,
+}
+
+/// Handles the events `next_events` (the crate's event/next loop) hands over on `handoffs`,
+/// and the timer's ticks, one at a time, until SHUTDOWN is handled or event/next fails.
+pub(super) async fn run(
+    mut sidecar: Sidecar,
+    next_events: impl Future<Output = Result<(), lambda_extension::Error>>,
+    mut handoffs: mpsc::Receiver<Handoff>,
+) -> Result<(), LifecycleError> {
+    let mut ticks = sidecar.flush.timer().map(timer);
+    tokio::pin!(next_events);
+    loop {
+        tokio::select! {
+            // SHUTDOWN before another tick: a tick due while a slow flush ran would
+            // otherwise win half the time and run a second flush into the deadline.
+            biased;
+            // The crate's loop only ends on an error (event/next failed).
+            result = &mut next_events => return result.map_err(LifecycleError::EventLoop),
+            handoff = handoffs.recv() => {
+                let Some((event, done)) = handoff else { return Ok(()) };
+                match event {
+                    NextEvent::Invoke(invoke) => {
+                        sidecar.on_invoke(invoke).await;
+                        let _ = done.send(());
+                    }
+                    NextEvent::Shutdown(shutdown) => {
+                        sidecar.on_shutdown(shutdown).await;
+                        return Ok(());
+                    }
+                }
+            }
+            () = tick(&mut ticks) => {
+                sidecar.on_tick().await;
+                // The next tick a full interval after this flush ended, not at once: a
+                // slow collector gets a flush per interval, not back-to-back flushes.
+                if let Some(ticks) = ticks.as_mut() {
+                    ticks.reset();
+                }
+            }
+        }
+    }
+}
+
+/// The timer of the periodic flush, first firing one `period` from now.
+fn timer(period: Duration) -> Interval {
+    let first = tokio::time::Instant::now() + period;
+    let mut ticks = tokio::time::interval_at(first, period);
+    // A flush that outlasts the interval delays the next tick rather than queuing a burst of
+    // them: one flush at a time (the loop runs one), at most one per interval.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
+}
+
+/// The next tick of the periodic flush; never, without one.
+async fn tick(ticks: &mut Option<Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Milliseconds since the Unix epoch, the clock Lambda's deadlines are given in.
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Sidecar {
+    /// INVOKE: record it, flush as the rules say, then record the hand-back: from then on the
+    /// sidecar no longer holds the invocation, which is how its post-runtime hold is measured.
+    async fn on_invoke(&mut self, invoke: InvokeEvent) {
+        let received = SystemTime::now();
+        tracing::info!(request_id = %invoke.request_id, "received INVOKE");
+        let xray = Some(invoke.tracing.value).filter(|v| !v.is_empty());
+        self.recorder.record(Record::Invoke(InvokeRecord {
+            request_id: invoke.request_id.clone(),
+            deadline_ms: invoke.deadline_ms,
+            invoked_arn: invoke.invoked_function_arn,
+            xray,
+            received,
+        }));
+        let event = FlushEvent::Invoke {
+            now_ms: epoch_ms(received),
+            deadline_ms: invoke.deadline_ms,
+        };
+        if let FlushDecision::Flush { budget } = flush::decide(self.flush, event) {
+            self.flush_at_invoke(budget).await;
+        }
+        self.recorder.record(Record::Resumed {
+            request_id: invoke.request_id,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// The INVOKE flush: what earlier invocations left, with the key refresh beside it under
+    /// the same budget, so that the refresh never holds the function longer than the flush.
+    async fn flush_at_invoke(&mut self, budget: Duration) {
+        let (spans, logs) = self.pipeline.drain().await;
+        self.exporter.queue_logs(logs);
+        let refresh = refresh_key(self.refresher.as_mut(), &self.recorder, budget);
+        let (report, ()) = tokio::join!(self.exporter.flush(spans, budget), refresh);
+        tracing::debug!(?report, "flushed at INVOKE");
+    }
+
+    /// The periodic flush (Managed Instances): what finished since the last one; the span
+    /// buffer's bound and its overflow count apply. Without a new record and with nothing
+    /// kept from a failed flush, the rules skip it (counts made outside records, such as
+    /// refused connections, go with the next flush). A rotating key is refreshed at every
+    /// tick, flush or not: no INVOKE comes to do it. Both end within the tick's budget.
+    async fn on_tick(&mut self) {
+        let drained = self.pipeline.drain_if_changed().await;
+        let pending = drained.is_some() || !self.exporter.idle();
+        let refresh = refresh_key(
+            self.refresher.as_mut(),
+            &self.recorder,
+            flush::tick_budget(self.flush),
+        );
+        let FlushDecision::Flush { budget } =
+            flush::decide(self.flush, FlushEvent::Tick { pending })
+        else {
+            refresh.await;
+            return;
+        };
+        let (spans, logs) = drained.unwrap_or_default();
+        self.exporter.queue_logs(logs);
+        let (report, ()) = tokio::join!(self.exporter.flush(spans, budget), refresh);
+        tracing::debug!(?report, "periodic flush");
+    }
+
+    /// SHUTDOWN: each step bounded by its own wait and by the deadline, less the margin
+    /// exiting needs ([`flush::shutdown_window`]), so the process exits before Lambda's
+    /// SIGKILL however slow the collector or the telemetry.
+    async fn on_shutdown(mut self, shutdown: ShutdownEvent) {
+        let now_ms = epoch_ms(SystemTime::now());
+        tracing::info!(reason = %shutdown.shutdown_reason, "received SHUTDOWN");
+        let deadline =
+            Instant::now() + flush::shutdown_window(self.flush, now_ms, shutdown.deadline_ms);
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let drain = flush::shutdown_wait(ShutdownWait::TokenRequests, left());
+        self.tokens.finish(drain).await;
+        let reports = flush::shutdown_wait(ShutdownWait::Reports, left());
+        self.await_reports(reports).await;
+        let (spans, logs) = self.pipeline.finish(SystemTime::now()).await;
+        self.exporter.queue_logs(logs);
+        let event = FlushEvent::Shutdown { left: left() };
+        if let FlushDecision::Flush { budget } = flush::decide(self.flush, event) {
+            log_shutdown_flush(&self.exporter.flush_last(spans, budget).await);
+        }
+        self.exporter
+            .emf_written(flush::shutdown_wait(ShutdownWait::Emf, left()))
+            .await;
+        let _ = self.stop_intake.send(true);
+    }
+
+    /// Waits at most `limit` for the `platform.report` of every invocation still in flight,
+    /// not only the last INVOKE's: on Managed Instances several run at once. No INVOKE names
+    /// them there, so one that began just before SHUTDOWN is known only from its
+    /// platform.start, which Lambda may still hold for a buffering period: `settle` lets it
+    /// arrive before the wait counts what is in flight.
+    async fn await_reports(&mut self, limit: Duration) {
+        let reports = async {
+            tokio::time::sleep(self.settle).await;
+            self.pipeline.await_reports().await;
+        };
+        if tokio::time::timeout(limit, reports).await.is_err() {
+            tracing::warn!("some platform.report did not arrive before the shutdown flush");
+        }
+    }
+}
+
+/// Re-reads a rotating key (Secrets Manager, SSM), giving up when `budget` runs out: its
+/// request is then dropped (cancelled), so nothing is in flight at the freeze. A failure
+/// keeps the current key signing, and is logged and counted.
+async fn refresh_key(refresher: Option<&mut Refresher>, recorder: &Recorder, budget: Duration) {
+    let Some(refresher) = refresher else {
+        return;
+    };
+    let failure = match tokio::time::timeout(budget, refresher.on_invoke(Instant::now())).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => format!("{e} ({})", e.error_type()),
+        Err(_) => "cut short by the flush budget".to_string(),
+    };
+    tracing::warn!(error = %failure, "key refresh failed; the current key keeps signing");
+    recorder.metrics().key_failure(KeyOperation::Refresh);
+}
+
+/// The last flush's outcome, at info: what the environment's end sent, and what it lost.
+fn log_shutdown_flush(report: &FlushReport) {
+    tracing::info!(
+        spans_sent = report.spans_sent,
+        spans_pending = report.spans_pending,
+        logs_sent = report.logs_sent,
+        logs_pending = report.logs_pending,
+        metrics_sent = report.metrics_sent,
+        timed_out = report.timed_out,
+        "shutdown flush done"
+    );
+}
