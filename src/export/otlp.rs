@@ -26,8 +26,11 @@ use opentelemetry_sdk::metrics::{
 };
 use opentelemetry_sdk::trace::SpanExporter as _;
 
-use super::answers::{Answers, NotingClient};
-use crate::config::{ConfigError, ExportConfig};
+use super::answers::{Answers, NotingClient, Outgoing};
+use super::headers::SecretHeaders;
+use super::sigv4::Signer;
+use crate::aws::CredentialProvider;
+use crate::config::{ConfigError, ExportConfig, OtlpSignal};
 use crate::function::FunctionInfo;
 
 /// The metrics side of the SDK: instruments are recorded into `provider`, read on demand.
@@ -204,8 +207,15 @@ pub(super) struct SignalAnswers {
 impl ExportClients {
     /// Endpoint, headers, timeout and compression come from the standard
     /// `OTEL_EXPORTER_OTLP_*` variables, read by opentelemetry-otlp itself. Retries are off:
-    /// a failed batch waits for the next flush instead of holding this one.
-    pub fn build(config: &ExportConfig, resource: &Resource) -> Result<ExportClients, ConfigError> {
+    /// a failed batch waits for the next flush instead of holding this one. Each OTLP/HTTP
+    /// client adds to its requests the headers of `secret` (`SIDECAR_OTLP_HEADERS_SOURCE`,
+    /// loaded by the caller), the CloudWatch Logs headers, and the SigV4 signature of the
+    /// signals `config.aws` signs.
+    pub fn build(
+        config: &ExportConfig,
+        resource: &Resource,
+        secret: Option<Arc<SecretHeaders>>,
+    ) -> Result<ExportClients, ConfigError> {
         fn invalid(
             var: &'static str,
         ) -> impl Fn(opentelemetry_otlp::ExporterBuildError) -> ConfigError {
@@ -224,9 +234,10 @@ impl ExportClients {
         #[cfg(feature = "grpc")]
         let grpc_tls = grpc_tls(ca.as_ref());
         let answers = SignalAnswers::default();
+        let outgoing = outgoing(config, secret)?;
         // The span, metric and log builders are different types with the same methods.
         macro_rules! exporter {
-            ($builder:expr, $protocol:expr, $answers:expr, $var:literal) => {
+            ($builder:expr, $protocol:expr, $answers:expr, $signal:expr, $var:literal) => {
                 match $protocol {
                     None => None,
                     #[cfg(feature = "grpc")]
@@ -240,7 +251,10 @@ impl ExportClients {
                     Some(protocol) => Some(
                         $builder
                             .with_http()
-                            .with_http_client(NotingClient::new(http.clone(), $answers.clone()))
+                            .with_http_client(
+                                NotingClient::new(http.clone(), $answers.clone())
+                                    .with_outgoing(outgoing($signal)),
+                            )
                             .with_protocol(protocol)
                             .with_retry_policy(RetryPolicy::disabled())
                             .build(),
@@ -254,18 +268,21 @@ impl ExportClients {
             SpanExporter::builder(),
             config.traces,
             answers.spans,
+            OtlpSignal::Traces,
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
         );
         let metrics = exporter!(
             MetricExporter::builder(),
             config.metrics,
             answers.metrics,
+            OtlpSignal::Metrics,
             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
         );
         let mut logs = exporter!(
             LogExporter::builder(),
             config.logs,
             answers.logs,
+            OtlpSignal::Logs,
             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
         );
         if let Some(exporter) = spans.as_mut() {
@@ -281,6 +298,64 @@ impl ExportClients {
             answers,
         })
     }
+}
+
+/// What each signal's client adds to its requests (see [`Outgoing`]): one credential
+/// provider for every signer, so that credentials from the container endpoint are fetched
+/// once for all three.
+fn outgoing(
+    config: &ExportConfig,
+    secret: Option<Arc<SecretHeaders>>,
+) -> Result<impl Fn(OtlpSignal) -> Outgoing, ConfigError> {
+    let credentials = match &config.aws.credentials {
+        None => None,
+        Some(credentials) => {
+            let failed = |reason: String| ConfigError::Invalid {
+                var: "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                value: String::new(),
+                expected: format!("a client for the container credentials endpoint ({reason})"),
+            };
+            let tls = crate::aws::tls_config().map_err(|e| failed(e.to_string()))?;
+            let provider =
+                CredentialProvider::new(credentials, tls).map_err(|e| failed(e.to_string()))?;
+            Some(Arc::new(provider))
+        }
+    };
+    let mut fixed = Vec::new();
+    if let Some(destination) = &config.aws.log_destination {
+        for (name, value, var) in [
+            (
+                "x-aws-log-group",
+                &destination.group,
+                "SIDECAR_OTLP_LOG_GROUP",
+            ),
+            (
+                "x-aws-log-stream",
+                &destination.stream,
+                "AWS_LAMBDA_LOG_STREAM_NAME",
+            ),
+        ] {
+            let value = http::HeaderValue::from_str(value).map_err(|_| ConfigError::Invalid {
+                var,
+                value: value.clone(),
+                expected: "a name that fits in an HTTP header (printable ASCII)".to_string(),
+            })?;
+            fixed.push((http::HeaderName::from_static(name), value));
+        }
+    }
+    let aws = config.aws.clone();
+    Ok(move |signal: OtlpSignal| Outgoing {
+        secret: secret.clone(),
+        fixed: match signal {
+            OtlpSignal::Logs => fixed.clone(),
+            OtlpSignal::Traces | OtlpSignal::Metrics => Vec::new(),
+        },
+        signer: aws
+            .target(signal)
+            .cloned()
+            .zip(credentials.clone())
+            .map(|(target, credentials)| Arc::new(Signer::new(target, credentials))),
+    })
 }
 
 /// The CA certificates of `OTEL_EXPORTER_OTLP_CERTIFICATE`, read once for both transports.
