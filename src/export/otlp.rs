@@ -632,6 +632,72 @@ mod tests {
         assert!(exporter.idle());
     }
 
+    /// `auto` mode never lets a request to AWS leave unsigned: with the credentials
+    /// unobtainable (a container credentials endpoint that is down), a request to
+    /// `xray.<region>.amazonaws.com` (resolved here to a local sink) is not sent at all, and
+    /// the failure says why; with credentials, the same request goes, signed.
+    #[tokio::test]
+    async fn an_aws_request_that_cannot_be_signed_never_leaves() {
+        use super::super::answers::Answer;
+        let sink = lambda_env::Sink::start().await.unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let host = "xray.us-east-1.amazonaws.com";
+        let endpoint = format!("http://{host}:{}/v1/traces", sink.addr().port());
+        let container = format!("http://127.0.0.1:{dead_port}/credentials");
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            ),
+        ];
+        let export = |credentials: &[(&str, &str)]| {
+            let mut vars: HashMap<&str, String> = credentials
+                .iter()
+                .map(|(k, v)| (*k, v.to_string()))
+                .collect();
+            vars.insert("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.clone());
+            let config = ExportConfig::parse(|k| vars.get(k).cloned()).unwrap();
+            assert!(
+                config.aws.traces.is_some(),
+                "auto signs an amazonaws.com host"
+            );
+            let http = reqwest::Client::builder()
+                .resolve(host, sink.addr())
+                .build()
+                .unwrap();
+            let answers = Answers::default();
+            let outgoing = outgoing(&config, None).unwrap()(OtlpSignal::Traces);
+            let client = NotingClient::new(http, answers.clone()).with_outgoing(outgoing);
+            let exporter = SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_endpoint(endpoint.clone())
+                .with_retry_policy(RetryPolicy::disabled())
+                .build()
+                .unwrap();
+            (exporter, answers)
+        };
+
+        let (exporter, answers) =
+            export(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", container.as_str())]);
+        let error = exporter.export(spans(2)).await.unwrap_err();
+        let answer = answers.take();
+        assert!(
+            matches!(&answer, Some(Answer::NotSent(why)) if why.contains("no AWS credentials")),
+            "{answer:?}"
+        );
+        let failure = answers.failure(error);
+        assert_eq!(failure.outcome, super::super::queue::Outcome::NotTaken);
+        assert_eq!(sink.counts().traces, 0, "an unsigned request left");
+
+        let (exporter, _) = export(&keys);
+        exporter.export(spans(2)).await.unwrap();
+        assert_eq!(sink.counts().traces, 1);
+    }
+
     /// The first batch of 1,000 spans: one request's worth.
     const MAX_REFUSED: usize = super::super::queue::MAX_BATCH;
 
