@@ -15,6 +15,8 @@
 //!   [`logging`] (JSON or text logs, each line marked as the sidecar's; never a secret).
 //! - Derivation: [`derive`] (records → spans, log records and metric updates; pure),
 //!   [`server`] (serving a router on a listener with a connection cap and timeouts),
+//!   [`aws`] (the AWS client, credentials, secrets and the one SigV4 signer, shared by the
+//!   edges),
 //!   [`pipeline`] (the task that feeds records, in order, to the derivation).
 //! - Edges: [`export`] (OTLP and CloudWatch EMF under one time budget), [`intake`] (the
 //!   Telemetry API listener), [`token`] (the localhost token service, its guard and keys).
@@ -26,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod config;
 pub mod derive;
 pub mod events;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use opentelemetry_otlp::Protocol;
 use opentelemetry_sdk::metrics::Temporality;
 
+use super::otlp::{OtlpAws, OtlpSignal, otlp_aws};
 use super::{ConfigError, Env, ProcessEnv};
 use crate::sampling::{Root, Sampler};
 
@@ -178,6 +179,9 @@ pub struct ExportConfig {
     /// `OTEL_SERVICE_NAME` is set: the SDK puts it in the resource. Unset, `service.name` is
     /// the function's name (`export::resource`).
     pub service_name_set: bool,
+    /// Straight to AWS: which signals are signed with SigV4, the CloudWatch Logs headers, the
+    /// exporter headers from a secret (`SIDECAR_OTLP_*`, `config/otlp.rs`).
+    pub aws: OtlpAws,
 }
 
 impl ExportConfig {
@@ -251,11 +255,21 @@ impl ExportConfig {
                 otlp_headers(var, &raw)?;
             }
         }
+        let (traces, metrics, logs) = (signal("traces")?, signal("metrics")?, signal("logs")?);
+        let aws = otlp_aws(
+            &Env(&lookup),
+            [
+                (OtlpSignal::Traces, traces),
+                (OtlpSignal::Metrics, metrics),
+                (OtlpSignal::Logs, logs),
+            ],
+        )?;
         Ok(ExportConfig {
             sampler: Sampler::parse(&lookup)?,
-            traces: signal("traces")?,
-            metrics: signal("metrics")?,
-            logs: signal("logs")?,
+            traces,
+            metrics,
+            logs,
+            aws,
             certificate: lookup("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|p| !p.is_empty()),
             temporality: match lookup(TEMPORALITY_VAR) {
                 Some(v) if !v.trim().is_empty() => {
@@ -297,10 +311,7 @@ const HEADERS_FORM: &str = "comma-separated key=value pairs (the W3C Baggage lis
 /// the SDK sends. The check uses the `http` crate's `HeaderName` and `HeaderValue`, as the
 /// SDK does. Errors name the variable, the member's position and, when it is a valid header
 /// name, its key; never a value (they hold API keys and tokens).
-pub(super) fn otlp_headers(
-    var: &'static str,
-    raw: &str,
-) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn otlp_headers(var: &'static str, raw: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let members: Vec<&str> = raw
         .split(',')
         .map(str::trim)

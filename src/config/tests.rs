@@ -417,6 +417,7 @@ fn a_pem_in_the_key_file_variable_is_not_echoed() {
     assert_eq!(
         hidden,
         [
+            "SIDECAR_OTLP_HEADERS_SOURCE",
             "JWT_SECRET",
             "JWT_PRIVATE_KEY",
             "JWT_PRIVATE_KEY_FILE",
@@ -770,7 +771,9 @@ fn snapstart_key_source_credentials() {
         e,
         ConfigError::Missing {
             var: "AWS_SECRET_ACCESS_KEY",
-            why: "JWT_KEY_SOURCE names an AWS key source; Lambda sets it for every extension",
+            why: "JWT_KEY_SOURCE names an AWS key source, which needs credentials: \
+                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or, as Lambda gives them with \
+                  SnapStart, AWS_CONTAINER_CREDENTIALS_FULL_URI",
         }
     );
     // Neither the keys nor the endpoint: the error names both.
@@ -1100,6 +1103,7 @@ fn export_configuration() {
         temporality: Temporality::Cumulative,
         sampler: Sampler::default(),
         service_name_set: false,
+        aws: Default::default(),
     };
     assert_eq!(export(&[]).unwrap(), none);
     let both = export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();
@@ -1357,6 +1361,22 @@ fn every_variable_looked_up_is_listed_and_every_listed_one_is_looked_up() {
             ("AWS_CONTAINER_CREDENTIALS_FULL_URI", CONTAINER_URI),
             ("AWS_CONTAINER_AUTHORIZATION_TOKEN", SESSION),
         ],
+        // Straight to CloudWatch, with exporter headers from a secret.
+        [
+            ("JWT_SECRET", SECRET),
+            ("SIDECAR_TOKEN_AUTH", "off"),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                "https://logs.eu-west-1.amazonaws.com/v1/logs",
+            ),
+            ("SIDECAR_OTLP_SIGV4", "auto"),
+            ("SIDECAR_OTLP_SIGV4_SERVICE", "logs"),
+            ("SIDECAR_OTLP_SIGV4_REGION", "eu-west-1"),
+            ("SIDECAR_OTLP_HEADERS_SOURCE", "ssm:/otlp/headers"),
+        ]
+        .into_iter()
+        .chain(AWS)
+        .collect(),
     ];
     let looked_up = RefCell::new(BTreeSet::new());
     for pairs in &configurations {
@@ -1414,6 +1434,13 @@ fn the_variable_list() {
             "SIDECAR_EMF",
             "SIDECAR_EMF_NAMESPACE",
             "SIDECAR_FAAS_TRIGGER",
+            "SIDECAR_OTLP_SIGV4",
+            "SIDECAR_OTLP_SIGV4_SERVICE",
+            "SIDECAR_OTLP_SIGV4_REGION",
+            "SIDECAR_OTLP_LOG_GROUP",
+            "SIDECAR_OTLP_METRICS_WITH_EMF",
+            "SIDECAR_OTLP_HEADERS_SOURCE",
+            "SIDECAR_OTLP_HEADERS_REFRESH_SECONDS",
         ]
     );
     let unknown = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_PROT", "4000")]).unwrap_err();

@@ -21,16 +21,19 @@
 //! Never: decides *when* to flush (the lifecycle does), or blocks a thread.
 //!
 //! The outputs live in submodules: [`otlp`] (the OTLP clients, configuration and the
-//! resource) and [`emf`] (CloudWatch Embedded Metric Format on stdout). The Prometheus page
+//! resource; `sigv4.rs` signs their requests for AWS, `headers.rs` adds the headers of a
+//! secret) and [`emf`] (CloudWatch Embedded Metric Format on stdout). The Prometheus page
 //! is read from the instruments themselves (`metrics::Metrics::prometheus_text`), not pushed
 //! at a flush, so it has no module here.
 
 mod answers;
 pub mod emf;
+mod headers;
 mod logs;
 mod metrics;
 pub mod otlp;
 mod queue;
+mod sigv4;
 mod spans;
 
 use std::sync::Arc;
@@ -38,6 +41,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry_sdk::trace::SpanData;
 
+pub use headers::{HeadersSourceError, SecretHeaders};
 pub use otlp::{ExportClients, MetricsSource, resource};
 
 use crate::items::LogEntry;

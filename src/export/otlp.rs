@@ -26,8 +26,11 @@ use opentelemetry_sdk::metrics::{
 };
 use opentelemetry_sdk::trace::SpanExporter as _;
 
-use super::answers::{Answers, NotingClient};
-use crate::config::{ConfigError, ExportConfig};
+use super::answers::{Answers, NotingClient, Outgoing};
+use super::headers::SecretHeaders;
+use super::sigv4::Signer;
+use crate::aws::CredentialProvider;
+use crate::config::{ConfigError, ExportConfig, OtlpSignal};
 use crate::function::FunctionInfo;
 
 /// The metrics side of the SDK: instruments are recorded into `provider`, read on demand.
@@ -204,8 +207,15 @@ pub(super) struct SignalAnswers {
 impl ExportClients {
     /// Endpoint, headers, timeout and compression come from the standard
     /// `OTEL_EXPORTER_OTLP_*` variables, read by opentelemetry-otlp itself. Retries are off:
-    /// a failed batch waits for the next flush instead of holding this one.
-    pub fn build(config: &ExportConfig, resource: &Resource) -> Result<ExportClients, ConfigError> {
+    /// a failed batch waits for the next flush instead of holding this one. Each OTLP/HTTP
+    /// client adds to its requests the headers of `secret` (`SIDECAR_OTLP_HEADERS_SOURCE`,
+    /// loaded by the caller), the CloudWatch Logs headers, and the SigV4 signature of the
+    /// signals `config.aws` signs.
+    pub fn build(
+        config: &ExportConfig,
+        resource: &Resource,
+        secret: Option<Arc<SecretHeaders>>,
+    ) -> Result<ExportClients, ConfigError> {
         fn invalid(
             var: &'static str,
         ) -> impl Fn(opentelemetry_otlp::ExporterBuildError) -> ConfigError {
@@ -224,9 +234,10 @@ impl ExportClients {
         #[cfg(feature = "grpc")]
         let grpc_tls = grpc_tls(ca.as_ref());
         let answers = SignalAnswers::default();
+        let outgoing = outgoing(config, secret)?;
         // The span, metric and log builders are different types with the same methods.
         macro_rules! exporter {
-            ($builder:expr, $protocol:expr, $answers:expr, $var:literal) => {
+            ($builder:expr, $protocol:expr, $answers:expr, $signal:expr, $var:literal) => {
                 match $protocol {
                     None => None,
                     #[cfg(feature = "grpc")]
@@ -240,7 +251,10 @@ impl ExportClients {
                     Some(protocol) => Some(
                         $builder
                             .with_http()
-                            .with_http_client(NotingClient::new(http.clone(), $answers.clone()))
+                            .with_http_client(
+                                NotingClient::new(http.clone(), $answers.clone())
+                                    .with_outgoing(outgoing($signal)),
+                            )
                             .with_protocol(protocol)
                             .with_retry_policy(RetryPolicy::disabled())
                             .build(),
@@ -254,18 +268,21 @@ impl ExportClients {
             SpanExporter::builder(),
             config.traces,
             answers.spans,
+            OtlpSignal::Traces,
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
         );
         let metrics = exporter!(
             MetricExporter::builder(),
             config.metrics,
             answers.metrics,
+            OtlpSignal::Metrics,
             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
         );
         let mut logs = exporter!(
             LogExporter::builder(),
             config.logs,
             answers.logs,
+            OtlpSignal::Logs,
             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
         );
         if let Some(exporter) = spans.as_mut() {
@@ -281,6 +298,64 @@ impl ExportClients {
             answers,
         })
     }
+}
+
+/// What each signal's client adds to its requests (see [`Outgoing`]): one credential
+/// provider for every signer, so that credentials from the container endpoint are fetched
+/// once for all three.
+fn outgoing(
+    config: &ExportConfig,
+    secret: Option<Arc<SecretHeaders>>,
+) -> Result<impl Fn(OtlpSignal) -> Outgoing, ConfigError> {
+    let credentials = match &config.aws.credentials {
+        None => None,
+        Some(credentials) => {
+            let failed = |reason: String| ConfigError::Invalid {
+                var: "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                value: String::new(),
+                expected: format!("a client for the container credentials endpoint ({reason})"),
+            };
+            let tls = crate::aws::tls_config().map_err(|e| failed(e.to_string()))?;
+            let provider =
+                CredentialProvider::new(credentials, tls).map_err(|e| failed(e.to_string()))?;
+            Some(Arc::new(provider))
+        }
+    };
+    let mut fixed = Vec::new();
+    if let Some(destination) = &config.aws.log_destination {
+        for (name, value, var) in [
+            (
+                "x-aws-log-group",
+                &destination.group,
+                "SIDECAR_OTLP_LOG_GROUP",
+            ),
+            (
+                "x-aws-log-stream",
+                &destination.stream,
+                "AWS_LAMBDA_LOG_STREAM_NAME",
+            ),
+        ] {
+            let value = http::HeaderValue::from_str(value).map_err(|_| ConfigError::Invalid {
+                var,
+                value: value.clone(),
+                expected: "a name that fits in an HTTP header (printable ASCII)".to_string(),
+            })?;
+            fixed.push((http::HeaderName::from_static(name), value));
+        }
+    }
+    let aws = config.aws.clone();
+    Ok(move |signal: OtlpSignal| Outgoing {
+        secret: secret.clone(),
+        fixed: match signal {
+            OtlpSignal::Logs => fixed.clone(),
+            OtlpSignal::Traces | OtlpSignal::Metrics => Vec::new(),
+        },
+        signer: aws
+            .target(signal)
+            .cloned()
+            .zip(credentials.clone())
+            .map(|(target, credentials)| Arc::new(Signer::new(target, credentials))),
+    })
 }
 
 /// The CA certificates of `OTEL_EXPORTER_OTLP_CERTIFICATE`, read once for both transports.
@@ -555,6 +630,72 @@ mod tests {
         );
         // Nothing waits, so the next flush does not sit out or send it again.
         assert!(exporter.idle());
+    }
+
+    /// `auto` mode never lets a request to AWS leave unsigned: with the credentials
+    /// unobtainable (a container credentials endpoint that is down), a request to
+    /// `xray.<region>.amazonaws.com` (resolved here to a local sink) is not sent at all, and
+    /// the failure says why; with credentials, the same request goes, signed.
+    #[tokio::test]
+    async fn an_aws_request_that_cannot_be_signed_never_leaves() {
+        use super::super::answers::Answer;
+        let sink = lambda_env::Sink::start().await.unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let host = "xray.us-east-1.amazonaws.com";
+        let endpoint = format!("http://{host}:{}/v1/traces", sink.addr().port());
+        let container = format!("http://127.0.0.1:{dead_port}/credentials");
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            ),
+        ];
+        let export = |credentials: &[(&str, &str)]| {
+            let mut vars: HashMap<&str, String> = credentials
+                .iter()
+                .map(|(k, v)| (*k, v.to_string()))
+                .collect();
+            vars.insert("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.clone());
+            let config = ExportConfig::parse(|k| vars.get(k).cloned()).unwrap();
+            assert!(
+                config.aws.traces.is_some(),
+                "auto signs an amazonaws.com host"
+            );
+            let http = reqwest::Client::builder()
+                .resolve(host, sink.addr())
+                .build()
+                .unwrap();
+            let answers = Answers::default();
+            let outgoing = outgoing(&config, None).unwrap()(OtlpSignal::Traces);
+            let client = NotingClient::new(http, answers.clone()).with_outgoing(outgoing);
+            let exporter = SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_endpoint(endpoint.clone())
+                .with_retry_policy(RetryPolicy::disabled())
+                .build()
+                .unwrap();
+            (exporter, answers)
+        };
+
+        let (exporter, answers) =
+            export(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", container.as_str())]);
+        let error = exporter.export(spans(2)).await.unwrap_err();
+        let answer = answers.take();
+        assert!(
+            matches!(&answer, Some(Answer::NotSent(why)) if why.contains("no AWS credentials")),
+            "{answer:?}"
+        );
+        let failure = answers.failure(error);
+        assert_eq!(failure.outcome, super::super::queue::Outcome::NotTaken);
+        assert_eq!(sink.counts().traces, 0, "an unsigned request left");
+
+        let (exporter, _) = export(&keys);
+        exporter.export(spans(2)).await.unwrap();
+        assert_eq!(sink.counts().traces, 1);
     }
 
     /// The first batch of 1,000 spans: one request's worth.

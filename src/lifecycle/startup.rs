@@ -25,7 +25,7 @@ use super::event_loop::Sidecar;
 use super::flush::FlushSettings;
 use crate::config::{Config, ConfigError, ExportConfig, Lambda};
 use crate::derive::Deriver;
-use crate::export::{ExportClients, Exporter, MetricsSource};
+use crate::export::{ExportClients, Exporter, HeadersSourceError, MetricsSource, SecretHeaders};
 use crate::function::FunctionInfo;
 use crate::intake;
 use crate::metrics::Metrics;
@@ -44,6 +44,8 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     KeySource(#[from] KeySourceError),
+    #[error(transparent)]
+    HeadersSource(#[from] HeadersSourceError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -60,6 +62,7 @@ impl StartupError {
         match self {
             StartupError::Config(e) => e.error_type(),
             StartupError::KeySource(e) => e.error_type(),
+            StartupError::HeadersSource(e) => e.error_type(),
             StartupError::Bind { .. } => "Extension.PortUnavailable",
             StartupError::Subscribe(_) => "Extension.TelemetrySubscriptionFailed",
             StartupError::Internal(_) => "Extension.InternalError",
@@ -119,6 +122,8 @@ pub(super) struct Prepared {
     /// Logs are exported: derive them, and subscribe to the log streams.
     logs: bool,
     keys: JoinHandle<Result<Loaded, LoadError>>,
+    /// The first read of `SIDECAR_OTLP_HEADERS_SOURCE`, when set.
+    headers: Option<JoinHandle<Result<(), HeadersSourceError>>>,
     telemetry: JoinHandle<SocketAddr>,
     built: JoinHandle<Result<Built, ConfigError>>,
 }
@@ -138,6 +143,9 @@ pub(super) fn prepare(
     let config = config?;
     config.check_extension_mode()?;
     let export_config = ExportConfig::from_env()?;
+    export_config
+        .aws
+        .check_emf(config.emf_namespace.is_some())?;
     let function = Lambda::from_env().function;
     let resource = crate::export::resource(&function, export_config.service_name_set);
     let token_config = config.token.clone();
@@ -149,11 +157,25 @@ pub(super) fn prepare(
         phase("key loaded");
         loaded
     });
+    let secret = export_config
+        .aws
+        .headers_source
+        .clone()
+        .map(SecretHeaders::new)
+        .transpose()?;
+    let headers = secret.clone().map(|secret| {
+        tokio::spawn(async move {
+            let loaded = secret.load().await;
+            phase("exporter headers loaded");
+            loaded
+        })
+    });
     let emf_namespace = config.emf_namespace.clone();
     let trigger = config.telemetry.faas_trigger;
     let built = tokio::task::spawn_blocking(move || {
         build(
             export_config,
+            secret,
             resource,
             function,
             emf_namespace,
@@ -165,6 +187,7 @@ pub(super) fn prepare(
         config,
         logs,
         keys,
+        headers,
         telemetry,
         built,
     })
@@ -176,13 +199,14 @@ pub(super) fn prepare(
 /// task.
 fn build(
     export_config: ExportConfig,
+    secret: Option<Arc<SecretHeaders>>,
     resource: Resource,
     function: FunctionInfo,
     emf_namespace: Option<String>,
     trigger: &'static str,
     managed_instances: bool,
 ) -> Result<Built, ConfigError> {
-    let clients = ExportClients::build(&export_config, &resource)?;
+    let clients = ExportClients::build(&export_config, &resource, secret)?;
     phase("export clients built");
     let source = Arc::new(MetricsSource::with_temporality(
         resource,
@@ -228,10 +252,14 @@ pub(super) async fn start(
         config,
         logs,
         keys,
+        headers,
         telemetry,
         built,
     } = prepared?;
     let Loaded { ring, refresher } = joined(keys).await??;
+    if let Some(headers) = headers {
+        joined(headers).await??;
+    }
     let Built {
         pipeline,
         recorder,

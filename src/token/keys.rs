@@ -25,7 +25,7 @@ use jsonwebtoken::jwk::{
 };
 use serde_json::json;
 
-use super::aws::AwsClient;
+use crate::aws::AwsClient;
 use crate::config::{ConfigError, KeyMaterial};
 
 pub use crate::config::Algorithm;
