@@ -47,7 +47,9 @@ pub use aws::{
 pub use lambda::Lambda;
 pub use logging::{LogConfig, LogFormat};
 use lookup::Env;
-pub use telemetry::{ExportConfig, FAAS_TRIGGERS, TelemetryConfig};
+pub use telemetry::{
+    ExportConfig, FAAS_TRIGGERS, FLUSH_STRATEGIES, FlushStrategy, TelemetryConfig,
+};
 pub use token::{
     Algorithm, KeyMaterial, KeySource, SIDECAR_CLAIMS, TokenAuth, TokenConfig, is_https_url,
 };

@@ -1414,6 +1414,8 @@ fn the_variable_list() {
             "SIDECAR_EMF",
             "SIDECAR_EMF_NAMESPACE",
             "SIDECAR_FAAS_TRIGGER",
+            "SIDECAR_FLUSH_STRATEGY",
+            "SIDECAR_FLUSH_MAX_AGE_MS",
         ]
     );
     let unknown = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_PROT", "4000")]).unwrap_err();
@@ -1429,4 +1431,35 @@ fn the_variable_list() {
         Some(Domain::Token)
     );
     assert_eq!(variable("PATH"), None);
+}
+
+/// `SIDECAR_FLUSH_STRATEGY` (default `adaptive`) and `SIDECAR_FLUSH_MAX_AGE_MS` (default 2 s).
+#[test]
+fn flush_strategy_and_max_age() {
+    use crate::config::FlushStrategy;
+    let default = parse(&[("JWT_SECRET", SECRET)]).unwrap().telemetry;
+    assert_eq!(default.flush_strategy, FlushStrategy::Adaptive);
+    assert_eq!(default.flush_max_age, Duration::from_secs(2));
+    for (value, strategy) in [
+        ("invoke", FlushStrategy::Invoke),
+        ("END", FlushStrategy::End),
+        ("periodic", FlushStrategy::Periodic),
+        (" adaptive ", FlushStrategy::Adaptive),
+    ] {
+        let set = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_STRATEGY", value)]).unwrap();
+        assert_eq!(set.telemetry.flush_strategy, strategy, "{value}");
+    }
+    let set = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_MAX_AGE_MS", "500")]).unwrap();
+    assert_eq!(set.telemetry.flush_max_age, Duration::from_millis(500));
+    for (var, bad) in [
+        ("SIDECAR_FLUSH_STRATEGY", "sometimes"),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "99"),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "60001"),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "2s"),
+    ] {
+        check(
+            &[("JWT_SECRET", SECRET), (var, bad)],
+            Some((var, "Config.InvalidValue")),
+        );
+    }
 }

@@ -86,6 +86,8 @@ pub const VARIABLES: &[Variable] = &[
     Variable::new("SIDECAR_EMF", Telemetry),
     Variable::new("SIDECAR_EMF_NAMESPACE", Telemetry),
     Variable::new("SIDECAR_FAAS_TRIGGER", Telemetry),
+    Variable::new("SIDECAR_FLUSH_STRATEGY", Telemetry),
+    Variable::new("SIDECAR_FLUSH_MAX_AGE_MS", Telemetry),
     Variable::new("JWT_ALGORITHM", Token),
     Variable::new("JWT_SECRET", Token).hidden(),
     Variable::new("JWT_PRIVATE_KEY", Token).hidden(),

@@ -2,9 +2,11 @@
 //! timer and at SHUTDOWN, one event at a time. When to flush and for how long is asked of
 //! [`flush`]; this module reads the clock and does what it is told.
 //!
-//! At INVOKE: record it, flush what earlier invocations left and refresh a rotating key
-//! beside it, then let the crate call event/next. The flush runs while the function runs, so
-//! it only costs the function time when it outlasts the function.
+//! At INVOKE: record it and refresh a rotating key, and flush as [`flush::decide`] says:
+//! at once, what earlier invocations left (the flush runs while the function runs, so it
+//! only costs the function time when it outlasts the function); or at the invocation's end,
+//! once its `platform.runtimeDone` has arrived and been derived (fresh data, for a short
+//! post-runtime hold); or not at all. Then let the crate call event/next.
 //! On Managed Instances (no INVOKE): a timer flushes what finished since the last tick, and
 //! refreshes a rotating key beside it.
 //! At SHUTDOWN: let accepted token requests finish, wait briefly for the `platform.report` of
@@ -19,7 +21,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use super::LifecycleError;
 use super::client::Handoff;
-use super::flush::{self, FlushDecision, FlushEvent, FlushSettings, ShutdownWait};
+use super::flush::{self, Cadence, FlushDecision, FlushEvent, FlushSettings, ShutdownWait};
 use super::startup::TokenServer;
 use crate::export::{Exporter, FlushReport};
 use crate::metrics::KeyOperation;
@@ -33,6 +35,8 @@ pub(super) struct Sidecar {
     pub(super) recorder: Recorder,
     pub(super) exporter: Exporter,
     pub(super) flush: FlushSettings,
+    /// The recent INVOKEs, which the `adaptive` and `periodic` rules read.
+    pub(super) cadence: Cadence,
     /// On Managed Instances, how long SHUTDOWN first lets buffered telemetry arrive: two
     /// Telemetry API buffering periods (`SIDECAR_TELEMETRY_BUFFER_MS`). Zero otherwise.
     pub(super) settle: Duration,
@@ -111,8 +115,10 @@ fn epoch_ms(t: SystemTime) -> u64 {
 }
 
 impl Sidecar {
-    /// INVOKE: record it, flush as the rules say, then record the hand-back: from then on the
-    /// sidecar no longer holds the invocation, which is how its post-runtime hold is measured.
+    /// INVOKE: record it, flush as the rules say (now, at the invocation's end, or not), with
+    /// the key refresh beside it under the same budget, so that the refresh never holds the
+    /// function longer than the flush; then record the hand-back: from then on the sidecar
+    /// no longer holds the invocation, which is how its post-runtime hold is measured.
     async fn on_invoke(&mut self, invoke: InvokeEvent) {
         let received = SystemTime::now();
         tracing::info!(request_id = %invoke.request_id, "received INVOKE");
@@ -124,27 +130,54 @@ impl Sidecar {
             xray,
             received,
         }));
+        let now_ms = epoch_ms(received);
         let event = FlushEvent::Invoke {
-            now_ms: epoch_ms(received),
+            now_ms,
             deadline_ms: invoke.deadline_ms,
+            recent: self.cadence.invoked(now_ms),
         };
-        if let FlushDecision::Flush { budget } = flush::decide(self.flush, event) {
-            self.flush_at_invoke(budget).await;
+        let decision = flush::decide(self.flush, event);
+        let refresh_budget = match decision {
+            FlushDecision::Flush { budget } | FlushDecision::AtEnd { budget, .. } => budget,
+            FlushDecision::Skip => flush::invoke_budget(self.flush, now_ms, invoke.deadline_ms),
+        };
+        if !matches!(decision, FlushDecision::Skip) {
+            self.cadence.flushed(now_ms);
         }
+        let Sidecar {
+            pipeline,
+            recorder,
+            exporter,
+            refresher,
+            ..
+        } = self;
+        let refresh = refresh_key(refresher.as_mut(), recorder, refresh_budget);
+        let flushed = async {
+            let budget = match decision {
+                FlushDecision::Flush { budget } => budget,
+                FlushDecision::AtEnd { wait, budget } => {
+                    let done = pipeline.await_runtime_done(&invoke.request_id);
+                    if tokio::time::timeout(wait, done).await.is_err() {
+                        tracing::warn!(
+                            request_id = %invoke.request_id,
+                            "platform.runtimeDone did not come in time; flushing without it"
+                        );
+                        recorder.metrics().end_missed();
+                    }
+                    budget
+                }
+                FlushDecision::Skip => return,
+            };
+            let (spans, logs) = pipeline.drain().await;
+            exporter.queue_logs(logs);
+            let report = exporter.flush(spans, budget).await;
+            tracing::debug!(?report, ?decision, "flushed for an INVOKE");
+        };
+        tokio::join!(flushed, refresh);
         self.recorder.record(Record::Resumed {
             request_id: invoke.request_id,
             at: SystemTime::now(),
         });
-    }
-
-    /// The INVOKE flush: what earlier invocations left, with the key refresh beside it under
-    /// the same budget, so that the refresh never holds the function longer than the flush.
-    async fn flush_at_invoke(&mut self, budget: Duration) {
-        let (spans, logs) = self.pipeline.drain().await;
-        self.exporter.queue_logs(logs);
-        let refresh = refresh_key(self.refresher.as_mut(), &self.recorder, budget);
-        let (report, ()) = tokio::join!(self.exporter.flush(spans, budget), refresh);
-        tracing::debug!(?report, "flushed at INVOKE");
     }
 
     /// The periodic flush (Managed Instances): what finished since the last one; the span

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::client::{ExtensionsApi, subscribed_types};
 use super::event_loop::Sidecar;
-use super::flush::FlushSettings;
+use super::flush::{self, Cadence, FlushSettings};
 use crate::config::{Config, ConfigError, ExportConfig, Lambda};
 use crate::derive::Deriver;
 use crate::export::{ExportClients, Exporter, MetricsSource};
@@ -36,6 +36,9 @@ use crate::token::{self, TokenService};
 /// The longest start-up waits for `sandbox.localdomain` to resolve. Lambda answers it from
 /// /etc/hosts at once; an emulator's resolver may instead wait on DNS.
 const RESOLVE_WAIT: Duration = Duration::from_secs(1);
+
+/// The Telemetry API's shortest `buffering.timeoutMs`.
+const FASTEST_BUFFER_MS: u32 = 25;
 
 /// Why start-up failed after register: each variant becomes an `init/error` error type.
 #[derive(Debug, thiserror::Error)]
@@ -247,9 +250,20 @@ pub(super) async fn start(
     phase("sandbox.localdomain resolved");
     let intake = start_intake(telemetry_addr, recorder.clone()).await?;
     let types = subscribed_types(&config.telemetry.types, logs);
+    let strategy = flush::strategy(
+        config.telemetry.flush_strategy,
+        managed_instances,
+        types.contains(&"platform"),
+    );
     // Only log streams configured and logs off: nothing to subscribe to.
     if !types.is_empty() {
-        let buffer_ms = config.telemetry.buffer_ms;
+        // An end flush holds the invocation until runtimeDone arrives: Lambda's shortest
+        // buffering then, whatever SIDECAR_TELEMETRY_BUFFER_MS says.
+        let buffer_ms = if strategy.may_flush_at_end() {
+            FASTEST_BUFFER_MS
+        } else {
+            config.telemetry.buffer_ms
+        };
         api.subscribe(&types, &intake.destination, buffer_ms, managed_instances)
             .await?;
         phase("subscribed");
@@ -262,7 +276,10 @@ pub(super) async fn start(
             cap: config.telemetry.flush_timeout,
             interval: config.telemetry.flush_interval,
             managed_instances,
+            strategy,
+            max_age: config.telemetry.flush_max_age,
         },
+        cadence: Cadence::default(),
         settle: if managed_instances {
             2 * Duration::from_millis(u64::from(config.telemetry.buffer_ms))
         } else {
