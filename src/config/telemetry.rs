@@ -42,6 +42,9 @@ pub struct TelemetryConfig {
     /// `SIDECAR_FLUSH_MAX_AGE_MS`: with the `adaptive` strategy, invocations further apart
     /// than this are flushed at their end, closer ones at the next INVOKE.
     pub flush_max_age: Duration,
+    /// `SIDECAR_SELF_TRACES`: the sidecar's own work (register, subscribe, key loading,
+    /// flushes, KMS signing) as spans beside the function's.
+    pub self_traces: bool,
 }
 
 /// When an invocation's spans, metrics and logs leave the sidecar (`SIDECAR_FLUSH_STRATEGY`;
@@ -139,6 +142,11 @@ pub(super) fn telemetry_config(env: &Env<'_>) -> Result<TelemetryConfig, ConfigE
             100,
             60_000,
         )?),
+        self_traces: env.choice(
+            "SIDECAR_SELF_TRACES",
+            &[("on", true), ("off", false)],
+            false,
+        )?,
     })
 }
 

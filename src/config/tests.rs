@@ -1416,6 +1416,7 @@ fn the_variable_list() {
             "SIDECAR_FAAS_TRIGGER",
             "SIDECAR_FLUSH_STRATEGY",
             "SIDECAR_FLUSH_MAX_AGE_MS",
+            "SIDECAR_SELF_TRACES",
         ]
     );
     let unknown = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_PROT", "4000")]).unwrap_err();
@@ -1433,13 +1434,15 @@ fn the_variable_list() {
     assert_eq!(variable("PATH"), None);
 }
 
-/// `SIDECAR_FLUSH_STRATEGY` (default `adaptive`) and `SIDECAR_FLUSH_MAX_AGE_MS` (default 2 s).
+/// `SIDECAR_FLUSH_STRATEGY` (default `adaptive`), `SIDECAR_FLUSH_MAX_AGE_MS` (default 2 s)
+/// and `SIDECAR_SELF_TRACES` (default off).
 #[test]
-fn flush_strategy_and_max_age() {
+fn flush_strategy_max_age_and_self_traces() {
     use crate::config::FlushStrategy;
     let default = parse(&[("JWT_SECRET", SECRET)]).unwrap().telemetry;
     assert_eq!(default.flush_strategy, FlushStrategy::Adaptive);
     assert_eq!(default.flush_max_age, Duration::from_secs(2));
+    assert!(!default.self_traces);
     for (value, strategy) in [
         ("invoke", FlushStrategy::Invoke),
         ("END", FlushStrategy::End),
@@ -1449,13 +1452,20 @@ fn flush_strategy_and_max_age() {
         let set = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_STRATEGY", value)]).unwrap();
         assert_eq!(set.telemetry.flush_strategy, strategy, "{value}");
     }
-    let set = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_MAX_AGE_MS", "500")]).unwrap();
+    let set = parse(&[
+        ("JWT_SECRET", SECRET),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "500"),
+        ("SIDECAR_SELF_TRACES", "on"),
+    ])
+    .unwrap();
     assert_eq!(set.telemetry.flush_max_age, Duration::from_millis(500));
+    assert!(set.telemetry.self_traces);
     for (var, bad) in [
         ("SIDECAR_FLUSH_STRATEGY", "sometimes"),
         ("SIDECAR_FLUSH_MAX_AGE_MS", "99"),
         ("SIDECAR_FLUSH_MAX_AGE_MS", "60001"),
         ("SIDECAR_FLUSH_MAX_AGE_MS", "2s"),
+        ("SIDECAR_SELF_TRACES", "yes"),
     ] {
         check(
             &[("JWT_SECRET", SECRET), (var, bad)],

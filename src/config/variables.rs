@@ -88,6 +88,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable::new("SIDECAR_FAAS_TRIGGER", Telemetry),
     Variable::new("SIDECAR_FLUSH_STRATEGY", Telemetry),
     Variable::new("SIDECAR_FLUSH_MAX_AGE_MS", Telemetry),
+    Variable::new("SIDECAR_SELF_TRACES", Telemetry),
     Variable::new("JWT_ALGORITHM", Token),
     Variable::new("JWT_SECRET", Token).hidden(),
     Variable::new("JWT_PRIVATE_KEY", Token).hidden(),

@@ -16,17 +16,20 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lambda_extension::{InvokeEvent, NextEvent, ShutdownEvent};
+use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
+use tracing::Instrument as _;
 
 use super::LifecycleError;
 use super::client::Handoff;
 use super::flush::{self, Cadence, FlushDecision, FlushEvent, FlushSettings, ShutdownWait};
 use super::startup::TokenServer;
 use crate::export::{Exporter, FlushReport};
-use crate::metrics::KeyOperation;
+use crate::metrics::{KeyOperation, Signal};
 use crate::pipeline::{Pipeline, Recorder};
 use crate::records::{InvokeRecord, Record};
+use crate::selftrace::{self, SelfTraces};
 use crate::token::source::Refresher;
 
 /// Everything running after a successful start.
@@ -45,6 +48,8 @@ pub(super) struct Sidecar {
     pub(super) stop_intake: watch::Sender<bool>,
     /// Re-reads a Secrets Manager or SSM key at INVOKE, or at each tick on Managed Instances.
     pub(super) refresher: Option<Refresher>,
+    /// The sidecar's own finished spans (`SIDECAR_SELF_TRACES=on`), sent with each flush.
+    pub(super) self_traces: Option<SelfTraces>,
 }
 
 /// Handles the events `next_events` (the crate's event/next loop) hands over on `handoffs`,
@@ -149,6 +154,7 @@ impl Sidecar {
             recorder,
             exporter,
             refresher,
+            self_traces,
             ..
         } = self;
         let refresh = refresh_key(refresher.as_mut(), recorder, refresh_budget);
@@ -168,9 +174,18 @@ impl Sidecar {
                 }
                 FlushDecision::Skip => return,
             };
+            let trigger = match decision {
+                FlushDecision::AtEnd { .. } => Trigger::End,
+                _ => Trigger::Invoke,
+            };
             let (spans, logs) = pipeline.drain().await;
             exporter.queue_logs(logs);
-            let report = exporter.flush(spans, budget).await;
+            let sent = Sent {
+                exporter,
+                recorder,
+                self_traces: self_traces.as_ref(),
+            };
+            let report = sent.flush(spans, budget, trigger).await;
             tracing::debug!(?report, ?decision, "flushed for an INVOKE");
         };
         tokio::join!(flushed, refresh);
@@ -201,7 +216,12 @@ impl Sidecar {
         };
         let (spans, logs) = drained.unwrap_or_default();
         self.exporter.queue_logs(logs);
-        let (report, ()) = tokio::join!(self.exporter.flush(spans, budget), refresh);
+        let sent = Sent {
+            exporter: &mut self.exporter,
+            recorder: &self.recorder,
+            self_traces: self.self_traces.as_ref(),
+        };
+        let (report, ()) = tokio::join!(sent.flush(spans, budget, Trigger::Tick), refresh);
         tracing::debug!(?report, "periodic flush");
     }
 
@@ -222,7 +242,12 @@ impl Sidecar {
         self.exporter.queue_logs(logs);
         let event = FlushEvent::Shutdown { left: left() };
         if let FlushDecision::Flush { budget } = flush::decide(self.flush, event) {
-            log_shutdown_flush(&self.exporter.flush_last(spans, budget).await);
+            let sent = Sent {
+                exporter: &mut self.exporter,
+                recorder: &self.recorder,
+                self_traces: self.self_traces.as_ref(),
+            };
+            log_shutdown_flush(&sent.flush(spans, budget, Trigger::Shutdown).await);
         }
         self.exporter
             .emf_written(flush::shutdown_wait(ShutdownWait::Emf, left()))
@@ -260,6 +285,102 @@ async fn refresh_key(refresher: Option<&mut Refresher>, recorder: &Recorder, bud
     };
     tracing::warn!(error = %failure, "key refresh failed; the current key keeps signing");
     recorder.metrics().key_failure(KeyOperation::Refresh);
+}
+
+/// What caused a flush: the `trigger` of its `sidecar.flush` span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    Invoke,
+    End,
+    Tick,
+    Shutdown,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Invoke => "invoke",
+            Trigger::End => "end",
+            Trigger::Tick => "tick",
+            Trigger::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What a flush sends with and through.
+struct Sent<'a> {
+    exporter: &'a mut Exporter,
+    recorder: &'a Recorder,
+    self_traces: Option<&'a SelfTraces>,
+}
+
+impl Sent<'_> {
+    /// Sends `spans` and the sidecar's own finished spans (their overflow counted) with what
+    /// the exporter holds, for `budget`, inside a `sidecar.flush` self-trace span that
+    /// records what it sent; SHUTDOWN's is the environment's last flush.
+    async fn flush(
+        self,
+        mut spans: Vec<SpanData>,
+        budget: Duration,
+        trigger: Trigger,
+    ) -> FlushReport {
+        if let Some(self_traces) = self.self_traces {
+            let (own, dropped) = self_traces.drain();
+            spans.extend(own);
+            self.recorder.metrics().dropped(Signal::Traces, dropped);
+        }
+        let span = tracing::info_span!(
+            target: selftrace::TARGET,
+            "sidecar.flush",
+            trigger = trigger.as_str(),
+            items = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+            metrics_sent = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        let flushed = match trigger {
+            Trigger::Shutdown => {
+                self.exporter
+                    .flush_last(spans, budget)
+                    .instrument(span.clone())
+                    .await
+            }
+            _ => {
+                self.exporter
+                    .flush(spans, budget)
+                    .instrument(span.clone())
+                    .await
+            }
+        };
+        if !span.is_disabled() {
+            // As i64: the OTel attribute type, where a u64 would become a string.
+            let items = flushed.spans_sent + flushed.logs_sent;
+            span.record("items", i64::try_from(items).unwrap_or(i64::MAX));
+            span.record(
+                "bytes",
+                i64::try_from(flushed.bytes_sent).unwrap_or(i64::MAX),
+            );
+            span.record("metrics_sent", flushed.metrics_sent);
+            span.record("outcome", outcome(&flushed));
+            span.record("duration_ms", flushed.duration.as_secs_f64() * 1e3);
+        }
+        flushed
+    }
+}
+
+/// A flush's outcome, in a word: everything given was sent, some waits for a later flush,
+/// a queue sat out backing off, or the budget ran out.
+fn outcome(report: &FlushReport) -> &'static str {
+    if report.timed_out {
+        "timed_out"
+    } else if report.backed_off {
+        "backed_off"
+    } else if report.spans_pending + report.logs_pending > 0 {
+        "partial"
+    } else {
+        "sent"
+    }
 }
 
 /// The last flush's outcome, at info: what the environment's end sent, and what it lost.

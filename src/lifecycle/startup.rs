@@ -19,6 +19,7 @@ use opentelemetry_sdk::Resource;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use super::client::{ExtensionsApi, subscribed_types};
 use super::event_loop::Sidecar;
@@ -30,6 +31,7 @@ use crate::function::FunctionInfo;
 use crate::intake;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Recorder};
+use crate::selftrace::{self, SelfTraces};
 use crate::token::source::{self, KeyRing, KeySourceError, LoadError, Loaded};
 use crate::token::{self, TokenService};
 
@@ -147,11 +149,15 @@ pub(super) fn prepare(
     let logs = export_config.logs.is_some();
     phase("extension config parsed");
     let telemetry = tokio::spawn(telemetry_addr(config.telemetry.port.unwrap_or(0)));
-    let keys = tokio::spawn(async move {
-        let loaded = source::load(&token_config).await;
-        phase("key loaded");
-        loaded
-    });
+    let key_load = tracing::info_span!(target: selftrace::TARGET, "sidecar.key_load");
+    let keys = tokio::spawn(
+        async move {
+            let loaded = source::load(&token_config).await;
+            phase("key loaded");
+            loaded
+        }
+        .instrument(key_load),
+    );
     let emf_namespace = config.emf_namespace.clone();
     let trigger = config.telemetry.faas_trigger;
     let built = tokio::task::spawn_blocking(move || {
@@ -226,6 +232,7 @@ pub(super) async fn start(
     prepared: Result<Prepared, StartupError>,
     api: &ExtensionsApi,
     managed_instances: bool,
+    self_traces: Option<SelfTraces>,
 ) -> Result<Sidecar, StartupError> {
     let Prepared {
         config,
@@ -264,7 +271,13 @@ pub(super) async fn start(
         } else {
             config.telemetry.buffer_ms
         };
+        let span = tracing::info_span!(
+            target: selftrace::TARGET,
+            "sidecar.subscribe",
+            telemetry.buffering_ms = buffer_ms,
+        );
         api.subscribe(&types, &intake.destination, buffer_ms, managed_instances)
+            .instrument(span)
             .await?;
         phase("subscribed");
     }
@@ -289,6 +302,7 @@ pub(super) async fn start(
         telemetry_port: intake.port,
         stop_intake: intake.stop,
         refresher,
+        self_traces,
     })
 }
 
