@@ -8,7 +8,8 @@
 //!
 //! - Vocabulary: [`events`] (the Telemetry API's event model), [`function`] (the function
 //!   being observed), [`items`] (what derivation hands to export, and the bounds both share),
-//!   [`sampling`] (the `OTEL_TRACES_SAMPLER` decision), [`records`] (what the lifecycle,
+//!   [`sampling`] (the `OTEL_TRACES_SAMPLER` decision), [`selftrace`] (the sidecar's own
+//!   work as spans, `SIDECAR_SELF_TRACES`), [`records`] (what the lifecycle,
 //!   intake and token service observed, as plain data), [`config`] (every environment
 //!   variable, read there alone, handed out as typed values), [`metrics`] (every metric,
 //!   defined once, and the instruments that feed OTLP, Prometheus and EMF from it),
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod records;
 pub mod sampling;
+pub mod selftrace;
 pub mod server;
 pub mod standalone;
 pub mod token;

@@ -25,6 +25,8 @@ use serde_json::Value;
 use super::answer::{BodyError, error_chain, read_body};
 use super::credentials::{CredentialProvider, Credentials, CredentialsError};
 use crate::config::{AwsService, AwsSettings};
+use crate::selftrace;
+use tracing::Instrument as _;
 
 /// The most of a response body read: the largest answer here (a 4 KiB RSA public key, a
 /// 64 KiB secret) fits many times over.
@@ -123,6 +125,35 @@ impl AwsClient {
             AwsService::Kms => "TrentService",
         };
         let target = format!("{prefix}.{action}");
+        // A self-trace span (`SIDECAR_SELF_TRACES`), as the semantic conventions name an AWS
+        // SDK call; disabled, and never built, when they are off.
+        let span = tracing::info_span!(
+            target: selftrace::TARGET,
+            "sidecar.aws_call",
+            otel.name = format!("{}/{action}", rpc_service(self.settings.service)),
+            otel.kind = "client",
+            rpc.system = "aws-api",
+            rpc.service = rpc_service(self.settings.service),
+            rpc.method = action,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self
+            .exchange(&target, body, timeout)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    /// [`AwsClient::call`]'s request and answer, under `timeout`.
+    async fn exchange(
+        &self,
+        target: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, AwsError> {
         let body = body.to_string().into_bytes();
         let exchange = async {
             let credentials = self.credentials.get().await?;
@@ -130,7 +161,7 @@ impl AwsClient {
                 &self.settings,
                 &credentials,
                 &self.url,
-                &target,
+                target,
                 &body,
                 SystemTime::now(),
             )?;
@@ -138,7 +169,7 @@ impl AwsClient {
                 .http
                 .post(&self.url)
                 .header("content-type", CONTENT_TYPE)
-                .header("x-amz-target", &target);
+                .header("x-amz-target", target);
             for (name, value) in headers {
                 request = request.header(name, value);
             }
@@ -171,6 +202,15 @@ impl AwsClient {
             return Ok(json);
         }
         Err(service_error(status, error_type.as_deref(), &json, &bytes))
+    }
+}
+
+/// The service as `rpc.service` names it for an AWS SDK call: the API's service id.
+fn rpc_service(service: AwsService) -> &'static str {
+    match service {
+        AwsService::SecretsManager => "SecretsManager",
+        AwsService::Ssm => "SSM",
+        AwsService::Kms => "KMS",
     }
 }
 

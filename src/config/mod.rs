@@ -51,7 +51,9 @@ pub use lambda::Lambda;
 pub use logging::{LogConfig, LogFormat};
 use lookup::Env;
 pub use otlp::{HeadersSource, LogDestination, OtlpAws, OtlpSignal, SigV4Mode, SigV4Target};
-pub use telemetry::{ExportConfig, FAAS_TRIGGERS, TelemetryConfig, otlp_headers};
+pub use telemetry::{
+    ExportConfig, FAAS_TRIGGERS, FLUSH_STRATEGIES, FlushStrategy, TelemetryConfig, otlp_headers,
+};
 pub use token::{
     Algorithm, KeyMaterial, KeySource, SIDECAR_CLAIMS, TokenAuth, TokenConfig, is_https_url,
 };

@@ -1441,6 +1441,9 @@ fn the_variable_list() {
             "SIDECAR_OTLP_METRICS_WITH_EMF",
             "SIDECAR_OTLP_HEADERS_SOURCE",
             "SIDECAR_OTLP_HEADERS_REFRESH_SECONDS",
+            "SIDECAR_FLUSH_STRATEGY",
+            "SIDECAR_FLUSH_MAX_AGE_MS",
+            "SIDECAR_SELF_TRACES",
         ]
     );
     let unknown = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_PROT", "4000")]).unwrap_err();
@@ -1456,4 +1459,44 @@ fn the_variable_list() {
         Some(Domain::Token)
     );
     assert_eq!(variable("PATH"), None);
+}
+
+/// `SIDECAR_FLUSH_STRATEGY` (default `adaptive`), `SIDECAR_FLUSH_MAX_AGE_MS` (default 2 s)
+/// and `SIDECAR_SELF_TRACES` (default off).
+#[test]
+fn flush_strategy_max_age_and_self_traces() {
+    use crate::config::FlushStrategy;
+    let default = parse(&[("JWT_SECRET", SECRET)]).unwrap().telemetry;
+    assert_eq!(default.flush_strategy, FlushStrategy::Adaptive);
+    assert_eq!(default.flush_max_age, Duration::from_secs(2));
+    assert!(!default.self_traces);
+    for (value, strategy) in [
+        ("invoke", FlushStrategy::Invoke),
+        ("END", FlushStrategy::End),
+        ("periodic", FlushStrategy::Periodic),
+        (" adaptive ", FlushStrategy::Adaptive),
+    ] {
+        let set = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_STRATEGY", value)]).unwrap();
+        assert_eq!(set.telemetry.flush_strategy, strategy, "{value}");
+    }
+    let set = parse(&[
+        ("JWT_SECRET", SECRET),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "500"),
+        ("SIDECAR_SELF_TRACES", "on"),
+    ])
+    .unwrap();
+    assert_eq!(set.telemetry.flush_max_age, Duration::from_millis(500));
+    assert!(set.telemetry.self_traces);
+    for (var, bad) in [
+        ("SIDECAR_FLUSH_STRATEGY", "sometimes"),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "99"),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "60001"),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "2s"),
+        ("SIDECAR_SELF_TRACES", "yes"),
+    ] {
+        check(
+            &[("JWT_SECRET", SECRET), (var, bad)],
+            Some((var, "Config.InvalidValue")),
+        );
+    }
 }

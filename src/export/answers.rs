@@ -15,6 +15,7 @@
 //! ([`super::sigv4`]). A request that cannot get them is not sent at all.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -45,14 +46,20 @@ pub(super) enum Answer {
     NotSent(String),
 }
 
-/// One exporter's note of [`Answer`], written by its [`NotingClient`], read by its queue.
+/// One exporter's note of [`Answer`], written by its [`NotingClient`], read by its queue;
+/// and the request bytes it sent, which the flush reports (`sidecar.flush` self-trace spans).
 #[derive(Debug, Clone, Default)]
-pub(super) struct Answers(Arc<Mutex<Option<Answer>>>);
+pub(super) struct Answers(Arc<Mutex<Option<Answer>>>, Arc<AtomicU64>);
 
 impl Answers {
     fn slot(&self) -> MutexGuard<'_, Option<Answer>> {
         // A panic while noting leaves nothing half-written: the slot is still usable.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The bytes of every request body sent so far (compressed, as sent).
+    pub(super) fn sent_bytes(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// The answer to the last request, if it failed; taken, so it is read once.
@@ -151,6 +158,8 @@ impl HttpClient for NotingClient {
                     return Err(Box::new(NotSent(why)) as HttpError);
                 }
             };
+            let bytes = request.body().len() as u64;
+            self.answers.1.fetch_add(bytes, Ordering::Relaxed);
             let secrets = secrets(request.headers());
             let sent = self.http.send_bytes(request).await;
             let answer = match &sent {

@@ -19,10 +19,11 @@ use opentelemetry_sdk::Resource;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use super::client::{ExtensionsApi, subscribed_types};
 use super::event_loop::Sidecar;
-use super::flush::FlushSettings;
+use super::flush::{self, Cadence, FlushSettings};
 use crate::config::{Config, ConfigError, ExportConfig, Lambda};
 use crate::derive::Deriver;
 use crate::export::{ExportClients, Exporter, HeadersSourceError, MetricsSource, SecretHeaders};
@@ -30,12 +31,16 @@ use crate::function::FunctionInfo;
 use crate::intake;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Recorder};
+use crate::selftrace::{self, SelfTraces};
 use crate::token::source::{self, KeyRing, KeySourceError, LoadError, Loaded};
 use crate::token::{self, TokenService};
 
 /// The longest start-up waits for `sandbox.localdomain` to resolve. Lambda answers it from
 /// /etc/hosts at once; an emulator's resolver may instead wait on DNS.
 const RESOLVE_WAIT: Duration = Duration::from_secs(1);
+
+/// The Telemetry API's shortest `buffering.timeoutMs`.
+const FASTEST_BUFFER_MS: u32 = 25;
 
 /// Why start-up failed after register: each variant becomes an `init/error` error type.
 #[derive(Debug, thiserror::Error)]
@@ -152,11 +157,15 @@ pub(super) fn prepare(
     let logs = export_config.logs.is_some();
     phase("extension config parsed");
     let telemetry = tokio::spawn(telemetry_addr(config.telemetry.port.unwrap_or(0)));
-    let keys = tokio::spawn(async move {
-        let loaded = source::load(&token_config).await;
-        phase("key loaded");
-        loaded
-    });
+    let key_load = tracing::info_span!(target: selftrace::TARGET, "sidecar.key_load");
+    let keys = tokio::spawn(
+        async move {
+            let loaded = source::load(&token_config).await;
+            phase("key loaded");
+            loaded
+        }
+        .instrument(key_load),
+    );
     let secret = export_config
         .aws
         .headers_source
@@ -247,6 +256,7 @@ pub(super) async fn start(
     prepared: Result<Prepared, StartupError>,
     api: &ExtensionsApi,
     managed_instances: bool,
+    self_traces: Option<SelfTraces>,
 ) -> Result<Sidecar, StartupError> {
     let Prepared {
         config,
@@ -275,10 +285,27 @@ pub(super) async fn start(
     phase("sandbox.localdomain resolved");
     let intake = start_intake(telemetry_addr, recorder.clone()).await?;
     let types = subscribed_types(&config.telemetry.types, logs);
+    let strategy = flush::strategy(
+        config.telemetry.flush_strategy,
+        managed_instances,
+        types.contains(&"platform"),
+    );
     // Only log streams configured and logs off: nothing to subscribe to.
     if !types.is_empty() {
-        let buffer_ms = config.telemetry.buffer_ms;
+        // An end flush holds the invocation until runtimeDone arrives: Lambda's shortest
+        // buffering then, whatever SIDECAR_TELEMETRY_BUFFER_MS says.
+        let buffer_ms = if strategy.may_flush_at_end() {
+            FASTEST_BUFFER_MS
+        } else {
+            config.telemetry.buffer_ms
+        };
+        let span = tracing::info_span!(
+            target: selftrace::TARGET,
+            "sidecar.subscribe",
+            telemetry.buffering_ms = buffer_ms,
+        );
         api.subscribe(&types, &intake.destination, buffer_ms, managed_instances)
+            .instrument(span)
             .await?;
         phase("subscribed");
     }
@@ -290,7 +317,10 @@ pub(super) async fn start(
             cap: config.telemetry.flush_timeout,
             interval: config.telemetry.flush_interval,
             managed_instances,
+            strategy,
+            max_age: config.telemetry.flush_max_age,
         },
+        cadence: Cadence::default(),
         settle: if managed_instances {
             2 * Duration::from_millis(u64::from(config.telemetry.buffer_ms))
         } else {
@@ -300,6 +330,7 @@ pub(super) async fn start(
         telemetry_port: intake.port,
         stop_intake: intake.stop,
         refresher,
+        self_traces,
     })
 }
 

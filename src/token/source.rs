@@ -28,6 +28,8 @@ use serde_json::{Value, json};
 use super::keys::SigningKey;
 use crate::aws::{AwsClient, AwsError, Fetched, SourceError};
 use crate::config::{Algorithm, ConfigError, KeyMaterial, KeySource, TokenConfig};
+use crate::selftrace;
+use tracing::Instrument as _;
 
 /// The longest one fetch at start (or at a refresh) may take. Lambda's init phase is 10 s.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -436,7 +438,12 @@ impl Refresher {
             return Ok(());
         }
         self.last_check = now;
-        let fetched = fetch(&self.client, &self.config.key).await?;
+        // A re-read is a key load too: its self-trace span holds its AWS call.
+        let span =
+            tracing::info_span!(target: selftrace::TARGET, "sidecar.key_load", refresh = true);
+        let fetched = fetch(&self.client, &self.config.key)
+            .instrument(span)
+            .await?;
         if fetched.version == self.version {
             return Ok(());
         }
