@@ -1434,6 +1434,9 @@ fn the_variable_list() {
             "SIDECAR_EMF",
             "SIDECAR_EMF_NAMESPACE",
             "SIDECAR_FAAS_TRIGGER",
+            "SIDECAR_FLUSH_STRATEGY",
+            "SIDECAR_FLUSH_MAX_AGE_MS",
+            "SIDECAR_SELF_TRACES",
             "SIDECAR_OTLP_SIGV4",
             "SIDECAR_OTLP_SIGV4_SERVICE",
             "SIDECAR_OTLP_SIGV4_REGION",
@@ -1441,9 +1444,6 @@ fn the_variable_list() {
             "SIDECAR_OTLP_METRICS_WITH_EMF",
             "SIDECAR_OTLP_HEADERS_SOURCE",
             "SIDECAR_OTLP_HEADERS_REFRESH_SECONDS",
-            "SIDECAR_FLUSH_STRATEGY",
-            "SIDECAR_FLUSH_MAX_AGE_MS",
-            "SIDECAR_SELF_TRACES",
         ]
     );
     let unknown = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_PROT", "4000")]).unwrap_err();
