@@ -63,6 +63,19 @@ impl Receiver {
             .unwrap()
     }
 
+    /// Waits until no request has arrived for `quiet`.
+    async fn quiet(&self, quiet: Duration) {
+        let mut seen = self.requests().await.len();
+        loop {
+            tokio::time::sleep(quiet).await;
+            let now = self.requests().await.len();
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
+
     async fn control(&self, body: Value) {
         reqwest::Client::new()
             .post(format!("{}/control", self.url))
@@ -242,6 +255,9 @@ async fn a_credential_change_between_invokes_is_used_from_the_next_request() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Between invokes: once that flush is over (nothing new for 250 ms), the sidecar waits,
+    // frozen, for the next INVOKE.
+    receiver.quiet(Duration::from_millis(250)).await;
     receiver.control(json!({"current": 1})).await;
     let report = run.await.unwrap().unwrap();
     assert_clean_exit(&report);
@@ -331,14 +347,24 @@ async fn headers_from_a_secret_follow_its_rotation() {
         .collect();
     let rotated = values.iter().position(|v| *v == "second-value");
     assert!(rotated.is_some(), "the rotation never arrived: {values:?}");
+    let rotated = rotated.unwrap();
     assert!(
-        values[..rotated.unwrap()]
+        values
             .iter()
-            .all(|v| *v == "first-value")
-            && values[rotated.unwrap()..]
-                .iter()
-                .all(|v| *v == "second-value"),
+            .all(|v| *v == "first-value" || *v == "second-value")
+    );
+    assert!(
+        values[..rotated].iter().all(|v| *v == "first-value"),
         "{values:?}"
+    );
+    // The request that re-reads the secret waits for it while the others of its flush (one
+    // per signal) go with the current headers: the old value may arrive just after the new
+    // one within that flush, never later.
+    let last_old = values.iter().rposition(|v| *v == "first-value").unwrap();
+    assert!(last_old < rotated + 3, "the old value went on: {values:?}");
+    assert!(
+        values.len() > rotated + 3,
+        "no flush after the rotation: {values:?}"
     );
     assert!(
         requests
