@@ -377,3 +377,46 @@ async fn headers_from_a_secret_follow_its_rotation() {
         "a header value was logged\n{log}"
     );
 }
+
+/// Logs to a log group of the user's (`SIDECAR_OTLP_LOG_GROUP`, in moto): the sidecar creates
+/// the environment's stream there at start (the endpoint writes to existing streams only) and
+/// names both in every logs request; a group that does not exist stops init, typed.
+#[tokio::test]
+async fn logs_to_a_group_of_ones_own_get_their_stream_created() {
+    let moto = Moto::start(&[]);
+    moto.python("boto3.client('logs').create_log_group(logGroupName='/otlp/orders')");
+    let receiver = Receiver::start(&[("testing", "testing", None)]);
+    let mut extra = moto.sidecar_env();
+    extra.extend([
+        ("AWS_SESSION_TOKEN", String::new()),
+        ("SIDECAR_TOKEN_AUTH", "off".to_string()),
+        ("SIDECAR_OTLP_LOG_GROUP", "/otlp/orders".to_string()),
+    ]);
+    let report = lambda_env::run(environment(&receiver, 2, &extra))
+        .await
+        .unwrap();
+    assert_clean_exit(&report);
+    let requests = all_verified(&receiver.requests().await, &report);
+    let logs = of_path(&requests, "/v1/logs");
+    assert!(!logs.is_empty());
+    let stream = logs[0]["headers"]["x-aws-log-stream"].as_str().unwrap();
+    assert!(
+        logs.iter()
+            .all(|r| r["headers"]["x-aws-log-group"] == "/otlp/orders"
+                && r["headers"]["x-aws-log-stream"] == stream),
+        "{logs:?}"
+    );
+    let streams = moto.python(
+        "print(json.dumps([s['logStreamName'] for s in boto3.client('logs')\
+         .describe_log_streams(logGroupName='/otlp/orders')['logStreams']]))",
+    );
+    assert_eq!(streams, json!([stream]).to_string());
+
+    extra.retain(|(k, _)| *k != "SIDECAR_OTLP_LOG_GROUP");
+    extra.push(("SIDECAR_OTLP_LOG_GROUP", "/otlp/missing".to_string()));
+    let report = lambda_env::run(environment(&receiver, 1, &extra))
+        .await
+        .unwrap();
+    let error = report.init.error.expect("init must fail");
+    assert_eq!(error.error_type, "LogStream.NotFound", "{error:?}");
+}

@@ -121,6 +121,7 @@ impl AwsClient {
             AwsService::SecretsManager => "secretsmanager",
             AwsService::Ssm => "AmazonSSM",
             AwsService::Kms => "TrentService",
+            AwsService::Logs => "Logs_20140328",
         };
         let target = format!("{prefix}.{action}");
         let body = body.to_string().into_bytes();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use opentelemetry_otlp::Protocol;
 
-use super::aws::{self, AwsCredentials, AwsSettings, Needed, SecretRef};
+use super::aws::{self, AwsCredentials, AwsService, AwsSettings, Needed, SecretRef};
 use super::{ConfigError, Env};
 
 /// `SIDECAR_OTLP_SIGV4`.
@@ -121,6 +121,10 @@ impl OtlpAws {
 pub struct LogDestination {
     pub group: String,
     pub stream: String,
+    /// A group of the user's (`SIDECAR_OTLP_LOG_GROUP`), where the stream is created at
+    /// start (the endpoint writes to existing streams only); `None` for the function's own
+    /// group, where Lambda has created it.
+    pub create_in: Option<AwsSettings>,
 }
 
 /// `SIDECAR_OTLP_HEADERS_SOURCE`: headers read from a secret, re-read every `refresh`.
@@ -136,6 +140,13 @@ const SIGV4_NEEDED: &str = "SIDECAR_OTLP_SIGV4 signs the OTLP requests (an endpo
     amazonaws.com, or SIDECAR_OTLP_SIGV4=on), which needs credentials: AWS_ACCESS_KEY_ID and \
     AWS_SECRET_ACCESS_KEY, or, as Lambda gives them with SnapStart, \
     AWS_CONTAINER_CREDENTIALS_FULL_URI";
+
+const LOG_GROUP_NEEDED: Needed = Needed {
+    region: "SIDECAR_OTLP_LOG_GROUP names a log group where the sidecar creates its stream; \
+             Lambda sets it for every extension",
+    credentials: "SIDECAR_OTLP_LOG_GROUP names a log group where the sidecar creates its \
+                  stream, which needs credentials",
+};
 
 const HEADERS_NEEDED: Needed = Needed {
     region: "SIDECAR_OTLP_HEADERS_SOURCE names an AWS secret; Lambda sets it for every \
@@ -326,9 +337,9 @@ fn protocol_var(signal: OtlpSignal) -> &'static str {
 }
 
 /// `SIDECAR_OTLP_LOG_GROUP` (default: the function's own, `AWS_LAMBDA_LOG_GROUP_NAME`, else
-/// `/aws/lambda/<function name>`) and the stream: the execution environment's own,
-/// `AWS_LAMBDA_LOG_STREAM_NAME`, which Lambda has created and which no other environment
-/// writes to.
+/// `/aws/lambda/<function name>`) and the stream: the execution environment's own name,
+/// `AWS_LAMBDA_LOG_STREAM_NAME`, which no other environment uses. In the function's own
+/// group Lambda has created it; in another, the sidecar creates it at start.
 fn log_destination(env: &Env<'_>) -> Result<LogDestination, ConfigError> {
     let function = env
         .get("AWS_LAMBDA_FUNCTION_NAME")
@@ -338,7 +349,8 @@ fn log_destination(env: &Env<'_>) -> Result<LogDestination, ConfigError> {
         .get("AWS_LAMBDA_LOG_GROUP_NAME")
         .filter(|g| !g.is_empty())
         .unwrap_or_else(|| format!("/aws/lambda/{function}"));
-    let group = env.get("SIDECAR_OTLP_LOG_GROUP").unwrap_or(default);
+    let custom = env.get("SIDECAR_OTLP_LOG_GROUP");
+    let group = custom.clone().unwrap_or(default);
     // CloudWatch Logs: 1-512 characters from a-z A-Z 0-9 _ - / . #
     let valid = (1..=512).contains(&group.len())
         && group
@@ -357,7 +369,15 @@ fn log_destination(env: &Env<'_>) -> Result<LogDestination, ConfigError> {
         .get("AWS_LAMBDA_LOG_STREAM_NAME")
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "lambda-sidecar".to_string());
-    Ok(LogDestination { group, stream })
+    let create_in = match custom {
+        Some(_) => Some(aws::aws_settings(env, AwsService::Logs, LOG_GROUP_NEEDED)?),
+        None => None,
+    };
+    Ok(LogDestination {
+        group,
+        stream,
+        create_in,
+    })
 }
 
 /// `SIDECAR_OTLP_HEADERS_SOURCE`: `secretsmanager:<id>` or `ssm:<name>`, with the AWS
@@ -573,12 +593,18 @@ mod tests {
             config.aws.log_destination,
             Some(LogDestination {
                 group: "/aws/lambda/orders".into(),
-                stream: "2026/12/04/[$LATEST]0123abcd".into()
+                stream: "2026/12/04/[$LATEST]0123abcd".into(),
+                create_in: None,
             })
         );
         let custom = ("SIDECAR_OTLP_LOG_GROUP", "/otlp/orders");
         let config = parse(&[&[logs, custom][..], &KEYS, &lambda].concat()).unwrap();
-        assert_eq!(config.aws.log_destination.unwrap().group, "/otlp/orders");
+        let destination = config.aws.log_destination.unwrap();
+        assert_eq!(destination.group, "/otlp/orders");
+        assert_eq!(
+            destination.create_in.map(|aws| aws.service),
+            Some(AwsService::Logs)
+        );
         let bad = ("SIDECAR_OTLP_LOG_GROUP", "no spaces allowed");
         let err = parse(&[&[logs, bad][..], &KEYS].concat()).unwrap_err();
         assert!(
