@@ -217,6 +217,9 @@ pub(super) fn otlp_aws(
                 ),
             });
         }
+        if target.is_some() {
+            check_headers(env, signal)?;
+        }
         match signal {
             OtlpSignal::Traces => config.traces = target,
             OtlpSignal::Metrics => config.metrics = target,
@@ -326,6 +329,39 @@ fn endpoint_of(env: &Env<'_>, signal: OtlpSignal) -> Option<String> {
         .filter(|e| !e.trim().is_empty())
         .or_else(|| env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .filter(|e| !e.trim().is_empty())
+}
+
+/// A signed signal's headers (`OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS`, else the general one)
+/// must not set what the signature sets: `authorization` or an `x-amz-*` header would be
+/// replaced without a word.
+fn check_headers(env: &Env<'_>, signal: OtlpSignal) -> Result<(), ConfigError> {
+    let own = match signal {
+        OtlpSignal::Traces => "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        OtlpSignal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        OtlpSignal::Logs => "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+    };
+    let var = if env.get(own).is_some() {
+        own
+    } else {
+        "OTEL_EXPORTER_OTLP_HEADERS"
+    };
+    let Some(raw) = env.get(var) else {
+        return Ok(());
+    };
+    let clash = super::otlp_headers(var, &raw)?
+        .into_iter()
+        .find(|(name, _)| name == "authorization" || name.starts_with("x-amz-"));
+    match clash {
+        None => Ok(()),
+        Some((name, _)) => Err(ConfigError::Invalid {
+            var,
+            value: "<not shown>".to_string(),
+            expected: format!(
+                "no {name} header while SIDECAR_OTLP_SIGV4 signs these requests: the SigV4 \
+                 signature sets it. Set SIDECAR_OTLP_SIGV4=off to send your own"
+            ),
+        }),
+    }
 }
 
 fn protocol_var(signal: OtlpSignal) -> &'static str {
@@ -624,6 +660,33 @@ mod tests {
         );
         let config = parse(&[&[xray, ("OTEL_LOGS_EXPORTER", "none")][..], &KEYS].concat()).unwrap();
         assert_eq!(config.aws.log_destination, None);
+    }
+
+    /// A header the signature sets, set by the user too: refused, naming the variable.
+    #[test]
+    fn headers_the_signature_sets_are_refused() {
+        let xray = (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://xray.eu-west-1.amazonaws.com",
+        );
+        for headers in ["authorization=Bearer%20abc", "x-amz-date=20260101T000000Z"] {
+            let err =
+                parse(&[&[xray, ("OTEL_EXPORTER_OTLP_HEADERS", headers)][..], &KEYS].concat())
+                    .unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("OTEL_EXPORTER_OTLP_HEADERS")
+                    && text.contains("SIDECAR_OTLP_SIGV4")
+                    && !text.contains("abc"),
+                "{text}"
+            );
+        }
+        // Unsigned, or another header: fine.
+        let off = ("SIDECAR_OTLP_SIGV4", "off");
+        let auth = ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20abc");
+        assert!(parse(&[xray, auth, off]).is_ok());
+        let tenant = ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=orders");
+        assert!(parse(&[&[xray, tenant][..], &KEYS].concat()).is_ok());
     }
 
     /// EMF and OTLP metrics to CloudWatch at once: refused unless asked for.
