@@ -420,3 +420,33 @@ async fn logs_to_a_group_of_ones_own_get_their_stream_created() {
     let error = report.init.error.expect("init must fail");
     assert_eq!(error.error_type, "LogStream.NotFound", "{error:?}");
 }
+
+/// EMF and OTLP metrics to CloudWatch at once would count every invocation twice: init
+/// fails naming SIDECAR_EMF and the variable that allows both, which then does.
+#[tokio::test]
+async fn emf_and_cloudwatch_otlp_metrics_are_refused_unless_both_are_asked_for() {
+    let receiver = Receiver::start(&[("ASIAEXAMPLE4", "secret-four", Some("token-four"))]);
+    let mut extra = vec![
+        ("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE4".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "secret-four".to_string()),
+        ("AWS_SESSION_TOKEN", "token-four".to_string()),
+        ("SIDECAR_OTLP_SIGV4_SERVICE", "monitoring".to_string()),
+        ("SIDECAR_EMF", "on".to_string()),
+    ];
+    let report = lambda_env::run(environment(&receiver, 1, &extra))
+        .await
+        .unwrap();
+    let error = report.init.error.as_ref().expect("init must fail");
+    assert_eq!(error.error_type, "Config.InvalidValue", "{error:?}");
+    let log = stderr_of(&report);
+    assert!(
+        log.contains("SIDECAR_EMF") && log.contains("SIDECAR_OTLP_METRICS_WITH_EMF"),
+        "{log}"
+    );
+
+    extra.push(("SIDECAR_OTLP_METRICS_WITH_EMF", "on".to_string()));
+    let report = lambda_env::run(environment(&receiver, 1, &extra))
+        .await
+        .unwrap();
+    assert_clean_exit(&report);
+}
