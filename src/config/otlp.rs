@@ -268,15 +268,7 @@ fn signing(
     let host = endpoint
         .and_then(|e| e.trim().parse::<http::Uri>().ok())
         .and_then(|u| u.host().map(str::to_ascii_lowercase));
-    let aws_labels = host.as_deref().and_then(|h| {
-        let labels: Vec<&str> = h.strip_suffix(".amazonaws.com")?.split('.').collect();
-        Some((
-            labels
-                .first()
-                .map(|s| s.trim_end_matches("-fips").to_string()),
-            labels.get(1).map(|s| s.to_string()),
-        ))
-    });
+    let aws_labels = host.as_deref().and_then(aws_host);
     let sign = match mode {
         SigV4Mode::Off => false,
         SigV4Mode::On => true,
@@ -289,12 +281,12 @@ fn signing(
     let service = overrides
         .service
         .clone()
-        .or(host_service.filter(|s| service_name(s)))
+        .or(host_service)
         .unwrap_or_else(|| signal.cloudwatch_service().to_string());
     let region = overrides
         .region
         .clone()
-        .or(host_region.filter(|r| aws::region_name(r)))
+        .or(host_region)
         .or_else(|| overrides.aws_region.clone())
         .ok_or(ConfigError::Missing {
             var: "SIDECAR_OTLP_SIGV4_REGION",
@@ -302,6 +294,41 @@ fn signing(
                   does not name; AWS_REGION would do too",
         })?;
     Ok(Some(SigV4Target { service, region }))
+}
+
+/// What an `*.amazonaws.com` host says of the service and region to sign for (`None`: not
+/// such a host, not signed in `auto` mode): a regional service endpoint,
+/// `<service>.<region>.amazonaws.com`, names both (`xray-fips.us-gov-west-1` is `xray`); an
+/// API Gateway, `<id>.execute-api.<region>.amazonaws.com`, names `execute-api` and its
+/// region; any other (a load balancer's `<name>.<region>.elb.amazonaws.com`) its region at
+/// most. `auto` signs all of them, so that nothing for AWS leaves unsigned; what a host does
+/// not name comes from the variables or the signal.
+fn aws_host(host: &str) -> Option<(Option<String>, Option<String>)> {
+    let labels: Vec<&str> = host.strip_suffix(".amazonaws.com")?.split('.').collect();
+    let region = labels.iter().copied().find(|l| region_shaped(l));
+    let service = match labels.as_slice() {
+        [service, region] if region_shaped(region) => Some(*service),
+        [_, service, region] if *service == "execute-api" && region_shaped(region) => {
+            Some(*service)
+        }
+        _ => None,
+    }
+    .map(|s| s.strip_suffix("-fips").unwrap_or(s))
+    .filter(|s| service_name(s));
+    Some((service.map(str::to_string), region.map(str::to_string)))
+}
+
+/// A region as AWS names them: two letters, one or more words, a number
+/// (`us-east-1`, `us-gov-west-1`, `ap-southeast-4`).
+fn region_shaped(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty()
 }
 
 /// A SigV4 service name: lowercase letters, digits and dashes.
@@ -482,7 +509,7 @@ mod tests {
             &'a Overrides,
             Option<SigV4Target>,
         );
-        let cases: [Case; 14] = [
+        let cases: [Case; 17] = [
             (Auto, Traces, Some(xray), &none, target("xray", "us-east-1")),
             (
                 Auto,
@@ -521,6 +548,28 @@ mod tests {
                 None,
             ),
             (Off, Traces, Some(xray), &region, None),
+            // Not a service endpoint, but AWS: signed all the same, with what the host says.
+            (
+                Auto,
+                Traces,
+                Some("https://otel-1234.ap-south-1.elb.amazonaws.com/v1/traces"),
+                &region,
+                target("xray", "ap-south-1"),
+            ),
+            (
+                Auto,
+                Logs,
+                Some("https://a1b2c3.execute-api.eu-west-2.amazonaws.com/otlp"),
+                &region,
+                target("execute-api", "eu-west-2"),
+            ),
+            (
+                Auto,
+                Metrics,
+                Some("https://weird.amazonaws.com/v1/metrics"),
+                &region,
+                target("monitoring", "eu-west-1"),
+            ),
             (
                 On,
                 Traces,
