@@ -239,6 +239,21 @@ pub(super) fn otlp_aws(
         false,
     )?;
     config.headers_source = headers_source(env)?;
+    if config.headers_source.is_some()
+        && let Some((signal, _)) = protocols
+            .iter()
+            .find(|(_, protocol)| protocol.is_some_and(|p| !http(p)))
+    {
+        return Err(ConfigError::Invalid {
+            var: "SIDECAR_OTLP_HEADERS_SOURCE",
+            value: "<not shown>".to_string(),
+            expected: format!(
+                "unset with {} (or OTEL_EXPORTER_OTLP_PROTOCOL)=grpc: the headers of a secret \
+                 are added to OTLP/HTTP requests only",
+                protocol_var(*signal)
+            ),
+        });
+    }
     Ok(config)
 }
 
@@ -848,5 +863,23 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ]);
         assert!(ok.is_ok(), "{ok:?}");
+        // Nor are the headers of a secret added to gRPC requests.
+        let err = parse(
+            &[
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                    ("SIDECAR_OTLP_HEADERS_SOURCE", "ssm:/otlp/key"),
+                ][..],
+                &KEYS,
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("SIDECAR_OTLP_HEADERS_SOURCE") && text.contains("PROTOCOL"),
+            "{text}"
+        );
     }
 }
