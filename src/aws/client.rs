@@ -123,6 +123,7 @@ impl AwsClient {
             AwsService::SecretsManager => "secretsmanager",
             AwsService::Ssm => "AmazonSSM",
             AwsService::Kms => "TrentService",
+            AwsService::Logs => "Logs_20140328",
         };
         let target = format!("{prefix}.{action}");
         // A self-trace span (`SIDECAR_SELF_TRACES`), as the semantic conventions name an AWS
@@ -211,6 +212,7 @@ fn rpc_service(service: AwsService) -> &'static str {
         AwsService::SecretsManager => "SecretsManager",
         AwsService::Ssm => "SSM",
         AwsService::Kms => "KMS",
+        AwsService::Logs => "CloudWatchLogs",
     }
 }
 
