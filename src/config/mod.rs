@@ -24,13 +24,14 @@
 //! (the region, credentials — the variables, or the container credentials endpoint that
 //! SnapStart gives instead — and endpoints of the AWS key sources), `telemetry` (the
 //! Telemetry API subscription, flushes, EMF, `/metrics`, and `ExportConfig`), `lambda`,
-//! `logging` (the sidecar's own log lines); `lookup` has the typed accessors they parse
+//! `logging` (the sidecar's own log lines), `receiver` (the OTLP receiver's switch and address); `lookup` has the typed accessors they parse
 //! through, `variables` the list.
 
 mod aws;
 mod lambda;
 mod logging;
 mod lookup;
+mod receiver;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -47,7 +48,8 @@ pub use aws::{
 pub use lambda::Lambda;
 pub use logging::{LogConfig, LogFormat};
 use lookup::Env;
-pub use telemetry::{ExportConfig, FAAS_TRIGGERS, TelemetryConfig};
+pub use receiver::{DEFAULT_RECEIVER_ADDR, ReceiverConfig};
+pub use telemetry::{Compression, ExportConfig, FAAS_TRIGGERS, ForwardTarget, TelemetryConfig};
 pub use token::{
     Algorithm, KeyMaterial, KeySource, SIDECAR_CLAIMS, TokenAuth, TokenConfig, is_https_url,
 };
@@ -74,6 +76,9 @@ pub struct Config {
     /// ingestion and every metric × dimension set as a custom metric (docs/signals.md,
     /// "CloudWatch EMF").
     pub emf_namespace: Option<String>,
+    /// The OTLP receiver for the function's own telemetry (`SIDECAR_OTLP_RECEIVER*`), when
+    /// on; extension mode only.
+    pub receiver: Option<ReceiverConfig>,
 }
 
 /// A configuration value the sidecar refuses to start with.
@@ -165,6 +170,7 @@ impl Config {
             telemetry: telemetry::telemetry_config(&env)?,
             metrics_addr: telemetry::metrics_addr(&env)?,
             emf_namespace: telemetry::emf_namespace(&env)?,
+            receiver: receiver::receiver_config(&env)?,
         })
     }
 

@@ -5,7 +5,8 @@
 //! source), the OTLP clients, metric instruments and pipeline built and
 //! `sandbox.localdomain` resolved *while* the extension registers (`prepare`); then
 //! (`start`) the token server starts (the function's own init may already ask for a
-//! token), the telemetry listener binds, and the Telemetry API subscription is made. Any
+//! token), the telemetry listener and the OTLP receiver bind, and the Telemetry API
+//! subscription is made. Any
 //! failure after register is a [`StartupError`], which becomes the `init/error` type; before
 //! register there is no extension id to report with, so it only logs and exits.
 //!
@@ -23,13 +24,14 @@ use tokio::task::JoinHandle;
 use super::client::{ExtensionsApi, subscribed_types};
 use super::event_loop::Sidecar;
 use super::flush::FlushSettings;
-use crate::config::{Config, ConfigError, ExportConfig, Lambda};
+use crate::config::{Config, ConfigError, ExportConfig, Lambda, ReceiverConfig};
 use crate::derive::Deriver;
 use crate::export::{ExportClients, Exporter, MetricsSource};
 use crate::function::FunctionInfo;
 use crate::intake;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Recorder};
+use crate::receiver;
 use crate::token::source::{self, KeyRing, KeySourceError, LoadError, Loaded};
 use crate::token::{self, TokenService};
 
@@ -151,6 +153,7 @@ pub(super) fn prepare(
     });
     let emf_namespace = config.emf_namespace.clone();
     let trigger = config.telemetry.faas_trigger;
+    let receiving = config.receiver.is_some();
     let built = tokio::task::spawn_blocking(move || {
         build(
             export_config,
@@ -159,6 +162,7 @@ pub(super) fn prepare(
             emf_namespace,
             trigger,
             managed_instances,
+            receiving,
         )
     });
     Ok(Prepared {
@@ -172,8 +176,9 @@ pub(super) fn prepare(
 
 /// Builds the telemetry side (see [`Prepared`]): the exporters' clients, the metric
 /// instruments, the exporter (writing EMF when `emf_namespace` is set) and the pipeline with
-/// its deriver. On a blocking thread of the runtime, so that `Pipeline::start` can spawn its
-/// task.
+/// its deriver (publishing the invocations' trace contexts when the OTLP receiver is on,
+/// `receiving`). On a blocking thread of the runtime, so that `Pipeline::start` can spawn
+/// its task.
 fn build(
     export_config: ExportConfig,
     resource: Resource,
@@ -181,6 +186,7 @@ fn build(
     emf_namespace: Option<String>,
     trigger: &'static str,
     managed_instances: bool,
+    receiving: bool,
 ) -> Result<Built, ConfigError> {
     let clients = ExportClients::build(&export_config, &resource)?;
     phase("export clients built");
@@ -206,6 +212,9 @@ fn build(
         .with_overlapping_invocations(managed_instances);
     if export_config.logs.is_some() {
         deriver = deriver.with_logs();
+    }
+    if receiving {
+        deriver = deriver.with_invocation_traces(exporter.invocation_traces());
     }
     let (pipeline, recorder) = Pipeline::start(deriver, metrics);
     phase("pipeline started");
@@ -246,6 +255,9 @@ pub(super) async fn start(
     let telemetry_addr = joined(telemetry).await?;
     phase("sandbox.localdomain resolved");
     let intake = start_intake(telemetry_addr, recorder.clone()).await?;
+    if let Some(receiver) = config.receiver {
+        start_receiver(receiver, &exporter, &recorder, &intake.stop).await?;
+    }
     let types = subscribed_types(&config.telemetry.types, logs);
     // Only log streams configured and logs off: nothing to subscribe to.
     if !types.is_empty() {
@@ -374,6 +386,35 @@ async fn start_intake(addr: SocketAddr, recorder: Recorder) -> Result<Intake, St
         destination,
         stop,
     })
+}
+
+/// Binds the OTLP receiver on `config.addr` and serves it until the intake stops (after the
+/// SHUTDOWN flush), handing what the function sends to `exporter`'s inbox. At the default
+/// address, a port already taken (another extension's OpenTelemetry collector) leaves the
+/// sidecar running without its receiver, with a warning; at an address the user set, it
+/// stops start-up.
+async fn start_receiver(
+    config: ReceiverConfig,
+    exporter: &Exporter,
+    recorder: &Recorder,
+    stop: &watch::Sender<bool>,
+) -> Result<(), StartupError> {
+    let listener = match bind(config.addr).await {
+        Ok(listener) => listener,
+        Err(e) if !config.explicit => {
+            tracing::warn!(error = %e, "OTLP receiver not started: its default port is taken");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    phase("OTLP receiver bound");
+    tokio::spawn(receiver::serve(
+        listener,
+        exporter.inbox(),
+        recorder.metrics(),
+        stopped(stop.subscribe()),
+    ));
+    Ok(())
 }
 
 /// Where the telemetry listener binds: the address `sandbox.localdomain` resolves to, which

@@ -1,0 +1,442 @@
+//! The function's own telemetry, taken by the OTLP receiver, on its way out: an [`Inbox`]
+//! the receiver offers decoded requests to (answering at once, never waiting on a flush),
+//! and one queue per signal that every flush empties it into, joins (`joining.rs`) and
+//! forwards as OTLP/HTTP protobuf through the exporters' own HTTP client, to the endpoint,
+//! headers and compression opentelemetry-otlp resolves for the sidecar's own exporters.
+//!
+//! Each signal's queue follows the rule of every queue (`queue.rs`): what a failed request
+//! carried stays for a later flush, within bounds. The bound is in encoded bytes, per signal
+//! ([`RECEIVED_BUFFER_BYTES`]), and it is the receiver that keeps it: a request that would
+//! take a signal past it is refused with 429 (the OTLP answer for "retry later"), so the
+//! SDK, not the sidecar, decides what to drop, and nothing accepted is dropped.
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use flate2::Compression as GzipLevel;
+use flate2::write::GzEncoder;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderName, HeaderValue};
+use opentelemetry_http::{Bytes, HttpClient as _};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::logs::v1::ResourceLogs;
+use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, metric};
+use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use prost::Message;
+
+use super::answers::{Answers, NotingClient};
+use super::joining;
+use super::queue::{Batches, Budget, Failure, Flushed, MAX_BATCH, Queue, flush_in_order};
+use crate::config::{Compression, ConfigError, ForwardTarget};
+use crate::items::InvocationTraces;
+use crate::metrics::{Metrics, Received, Signal};
+
+/// Most encoded bytes of one signal the receiver holds for export, accepted and not yet
+/// delivered: 4 MiB, as the log buffer ([`crate::items::LOG_BUFFER_BYTES`]), tens of
+/// thousands of typical spans; decoded, they take a small multiple of it.
+pub const RECEIVED_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most bytes forwarded in one request, under collectors' body limits.
+const MAX_FORWARD_BYTES: usize = 1024 * 1024;
+
+/// One of the three OTLP signals' top-level groups: what one request of the function
+/// carries per resource, and what the receiver queues.
+pub trait Payload: Message + Default + Clone + Send + Sync + 'static {
+    const SIGNAL: Signal;
+    /// The items it holds: spans, metric data points, log records.
+    fn items(&self) -> usize;
+    fn resource(&mut self) -> &mut Option<ProtoResource>;
+    /// This signal's part of the inbox.
+    fn part(inbox: &mut InboxState) -> &mut Part<Self>;
+}
+
+impl Payload for ResourceSpans {
+    const SIGNAL: Signal = Signal::Traces;
+    fn items(&self) -> usize {
+        self.scope_spans.iter().map(|s| s.spans.len()).sum()
+    }
+    fn resource(&mut self) -> &mut Option<ProtoResource> {
+        &mut self.resource
+    }
+    fn part(inbox: &mut InboxState) -> &mut Part<Self> {
+        &mut inbox.traces
+    }
+}
+
+impl Payload for ResourceMetrics {
+    const SIGNAL: Signal = Signal::Metrics;
+    fn items(&self) -> usize {
+        let points = |data: &metric::Data| match data {
+            metric::Data::Gauge(g) => g.data_points.len(),
+            metric::Data::Sum(s) => s.data_points.len(),
+            metric::Data::Histogram(h) => h.data_points.len(),
+            metric::Data::ExponentialHistogram(h) => h.data_points.len(),
+            metric::Data::Summary(s) => s.data_points.len(),
+        };
+        self.scope_metrics
+            .iter()
+            .flat_map(|s| &s.metrics)
+            .filter_map(|m| m.data.as_ref())
+            .map(points)
+            .sum()
+    }
+    fn resource(&mut self) -> &mut Option<ProtoResource> {
+        &mut self.resource
+    }
+    fn part(inbox: &mut InboxState) -> &mut Part<Self> {
+        &mut inbox.metrics
+    }
+}
+
+impl Payload for ResourceLogs {
+    const SIGNAL: Signal = Signal::Logs;
+    fn items(&self) -> usize {
+        self.scope_logs.iter().map(|s| s.log_records.len()).sum()
+    }
+    fn resource(&mut self) -> &mut Option<ProtoResource> {
+        &mut self.resource
+    }
+    fn part(inbox: &mut InboxState) -> &mut Part<Self> {
+        &mut inbox.logs
+    }
+}
+
+/// A payload as queued: with its item count and encoded size, measured once.
+#[derive(Debug, Clone)]
+pub struct Held<P> {
+    payload: P,
+    items: usize,
+    bytes: usize,
+}
+
+impl<P: Payload> Held<P> {
+    pub fn new(payload: P) -> Held<P> {
+        Held {
+            items: payload.items(),
+            bytes: payload.encoded_len(),
+            payload,
+        }
+    }
+
+    /// The items it holds.
+    pub fn items(&self) -> usize {
+        self.items
+    }
+}
+
+/// One signal's side of the inbox: what arrived since the last flush, and the bytes its
+/// export queue still holds.
+#[derive(Debug)]
+pub struct Part<P> {
+    /// The signal has an exporter to forward it through.
+    exported: bool,
+    arrived: Vec<Held<P>>,
+    arrived_bytes: usize,
+    queued_bytes: usize,
+}
+
+impl<P> Part<P> {
+    fn new(exported: bool) -> Part<P> {
+        Part {
+            exported,
+            arrived: Vec::new(),
+            arrived_bytes: 0,
+            queued_bytes: 0,
+        }
+    }
+}
+
+/// The three signals' parts of the inbox.
+#[derive(Debug)]
+pub struct InboxState {
+    traces: Part<ResourceSpans>,
+    metrics: Part<ResourceMetrics>,
+    logs: Part<ResourceLogs>,
+}
+
+/// What became of an offer to the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for the next flush.
+    Accepted,
+    /// It would take the signal past [`RECEIVED_BUFFER_BYTES`]: refused whole.
+    Full,
+    /// The signal is not exported: taken and dropped, as `OTEL_*_EXPORTER=none` asks.
+    NotExported,
+}
+
+/// Where the receiver hands what it decoded, for the next flush to forward. Cloned by the
+/// receiver; a lock held only to append or to take.
+#[derive(Debug, Clone)]
+pub struct Inbox(Arc<Mutex<InboxState>>);
+
+impl Inbox {
+    fn new(traces: bool, metrics: bool, logs: bool) -> Inbox {
+        Inbox(Arc::new(Mutex::new(InboxState {
+            traces: Part::new(traces),
+            metrics: Part::new(metrics),
+            logs: Part::new(logs),
+        })))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        // Every update leaves the state consistent: a panic while holding it loses nothing.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers one request's payloads, whole: accepted if they fit within the signal's bound.
+    pub fn offer<P: Payload>(&self, payloads: Vec<Held<P>>) -> Offer {
+        let bytes: usize = payloads.iter().map(|h| h.bytes).sum();
+        let mut state = self.lock();
+        let part = P::part(&mut state);
+        if !part.exported {
+            return Offer::NotExported;
+        }
+        if part.arrived_bytes + part.queued_bytes + bytes > RECEIVED_BUFFER_BYTES {
+            return Offer::Full;
+        }
+        part.arrived_bytes += bytes;
+        part.arrived.extend(payloads);
+        Offer::Accepted
+    }
+
+    /// Takes what arrived, now held by the export queue.
+    fn take<P: Payload>(&self) -> Vec<Held<P>> {
+        let mut state = self.lock();
+        let part = P::part(&mut state);
+        part.queued_bytes += part.arrived_bytes;
+        part.arrived_bytes = 0;
+        std::mem::take(&mut part.arrived)
+    }
+
+    /// The export queue holds `bytes` now.
+    fn queued<P: Payload>(&self, bytes: usize) {
+        P::part(&mut self.lock()).queued_bytes = bytes;
+    }
+
+    /// Nothing arrived since the last flush.
+    fn is_empty(&self) -> bool {
+        let state = self.lock();
+        state.traces.arrived.is_empty()
+            && state.metrics.arrived.is_empty()
+            && state.logs.arrived.is_empty()
+    }
+}
+
+/// The forwarders of the signals exported over OTLP/HTTP, built with the exporters.
+#[derive(Debug, Default)]
+pub struct Forwarders {
+    pub(super) traces: Option<Forwarder<ResourceSpans>>,
+    pub(super) metrics: Option<Forwarder<ResourceMetrics>>,
+    pub(super) logs: Option<Forwarder<ResourceLogs>>,
+    /// The sidecar's resource attributes the function's resources get where missing.
+    pub(super) resource: Vec<KeyValue>,
+}
+
+/// Sends one signal's payloads, encoded as the signal's export request, to its target.
+#[derive(Debug)]
+pub(super) struct Forwarder<P> {
+    client: NotingClient,
+    answers: Answers,
+    endpoint: http::Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    gzip: bool,
+    _payload: std::marker::PhantomData<fn(P)>,
+}
+
+impl<P: Payload> Forwarder<P> {
+    /// A forwarder to `target`, through `http` (the exporters' client).
+    pub(super) fn new(
+        target: &ForwardTarget,
+        http: &reqwest::Client,
+        var: &'static str,
+    ) -> Result<Forwarder<P>, ConfigError> {
+        let invalid = |expected: &str| ConfigError::Invalid {
+            var,
+            value: target.endpoint.clone(),
+            expected: expected.to_string(),
+        };
+        let endpoint = target
+            .endpoint
+            .parse::<http::Uri>()
+            .map_err(|_| invalid("an http or https URL"))?;
+        let headers = target
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
+        let answers = Answers::default();
+        Ok(Forwarder {
+            client: NotingClient::new(http.clone(), answers.clone()),
+            answers,
+            endpoint,
+            headers,
+            gzip: target.compression == Compression::Gzip,
+            _payload: std::marker::PhantomData,
+        })
+    }
+
+    /// The export request of `batch` (every signal's request holds its payloads in field
+    /// 1), compressed as configured.
+    fn body(&self, batch: &[Held<P>]) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::with_capacity(batch.iter().map(|h| h.bytes + 8).sum());
+        for held in batch {
+            prost::encoding::message::encode(1, &held.payload, &mut body);
+        }
+        if !self.gzip {
+            return Ok(body);
+        }
+        let mut gzip = GzEncoder::new(Vec::with_capacity(body.len() / 4), GzipLevel::fast());
+        gzip.write_all(&body)?;
+        gzip.finish()
+    }
+}
+
+impl<P: Payload> Batches for Forwarder<P> {
+    type Item = Held<P>;
+    const SIGNAL: Signal = P::SIGNAL;
+
+    /// Up to [`MAX_BATCH`] payloads and [`MAX_FORWARD_BYTES`]; a larger one goes alone.
+    fn batch_len(&self, queued: &[Held<P>]) -> usize {
+        let mut bytes = 0;
+        queued
+            .iter()
+            .take(MAX_BATCH)
+            .take_while(|held| {
+                bytes += held.bytes;
+                bytes <= MAX_FORWARD_BYTES
+            })
+            .count()
+            .max(1)
+    }
+
+    async fn send(&self, batch: &[Held<P>]) -> Result<(), Failure> {
+        let fail = |e: String| Failure::new(super::queue::Outcome::Rejected, e);
+        let body = self.body(batch).map_err(|e| fail(e.to_string()))?;
+        let mut request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(self.endpoint.clone())
+            .header(CONTENT_TYPE, "application/x-protobuf");
+        if self.gzip {
+            request = request.header(CONTENT_ENCODING, "gzip");
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Bytes::from(body))
+            .map_err(|e| fail(e.to_string()))?;
+        match self.client.send_bytes(request).await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(self
+                .answers
+                .failure_of(&format!("HTTP export failed: {}", response.status()))),
+            Err(e) => Err(self.answers.failure_of(&e.to_string())),
+        }
+    }
+}
+
+/// One signal's queue of received payloads, and its forwarder.
+pub(super) struct ReceivedQueue<P> {
+    sender: Option<Forwarder<P>>,
+    queued: Queue<Held<P>>,
+}
+
+impl<P: Payload> ReceivedQueue<P> {
+    fn new(sender: Option<Forwarder<P>>) -> ReceivedQueue<P> {
+        ReceivedQueue {
+            sender,
+            queued: Queue::default(),
+        }
+    }
+
+    /// Takes what arrived in `inbox`, completes each payload's resource, and sends what is
+    /// queued within `budget`; tells the inbox what is left.
+    async fn flush(
+        &mut self,
+        inbox: &Inbox,
+        resource: &[KeyValue],
+        prepare: impl FnOnce(&mut Vec<P>) -> usize,
+        budget: Budget,
+        metrics: &Metrics,
+    ) -> Flushed {
+        let mut arrived: Vec<P> = inbox.take::<P>().into_iter().map(|h| h.payload).collect();
+        let dropped = prepare(&mut arrived);
+        metrics.received(P::SIGNAL, Received::Unsampled, dropped as u64);
+        for payload in &mut arrived {
+            joining::add_resource(payload.resource(), resource);
+        }
+        self.queued.push(arrived.into_iter().map(Held::new));
+        let flushed = flush_in_order(self.sender.as_ref(), &mut self.queued, budget, metrics).await;
+        inbox.queued::<P>(self.queued.iter().map(|h| h.bytes).sum());
+        flushed
+    }
+}
+
+/// The three signals' queues of what the function sent, and what they share.
+pub(super) struct ReceivedQueues {
+    inbox: Inbox,
+    traces: ReceivedQueue<ResourceSpans>,
+    metrics: ReceivedQueue<ResourceMetrics>,
+    logs: ReceivedQueue<ResourceLogs>,
+    resource: Vec<KeyValue>,
+    /// The invocations' trace contexts the function's spans join.
+    invocations: InvocationTraces,
+}
+
+impl ReceivedQueues {
+    pub(super) fn new(forwarders: Forwarders) -> ReceivedQueues {
+        let inbox = Inbox::new(
+            forwarders.traces.is_some(),
+            forwarders.metrics.is_some(),
+            forwarders.logs.is_some(),
+        );
+        ReceivedQueues {
+            inbox,
+            traces: ReceivedQueue::new(forwarders.traces),
+            metrics: ReceivedQueue::new(forwarders.metrics),
+            logs: ReceivedQueue::new(forwarders.logs),
+            resource: forwarders.resource,
+            invocations: InvocationTraces::default(),
+        }
+    }
+
+    pub(super) fn inbox(&self) -> Inbox {
+        self.inbox.clone()
+    }
+
+    pub(super) fn invocations(&self) -> InvocationTraces {
+        self.invocations.clone()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.inbox.is_empty()
+            && self.traces.queued.is_empty()
+            && self.metrics.queued.is_empty()
+            && self.logs.queued.is_empty()
+    }
+
+    /// Forwards what arrived and what waits, the three signals side by side within `budget`.
+    pub(super) async fn flush(&mut self, budget: Budget, metrics: &Metrics) -> [Flushed; 3] {
+        let invocations = &self.invocations;
+        let (traces, metric_points, logs) = tokio::join!(
+            self.traces.flush(
+                &self.inbox,
+                &self.resource,
+                |spans| joining::join_spans(spans, invocations),
+                budget,
+                metrics
+            ),
+            self.metrics
+                .flush(&self.inbox, &self.resource, |_| 0, budget, metrics),
+            self.logs
+                .flush(&self.inbox, &self.resource, |_| 0, budget, metrics),
+        );
+        [traces, metric_points, logs]
+    }
+}
