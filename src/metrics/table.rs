@@ -267,7 +267,7 @@ pub const RECEIVER_ITEMS: MetricDef = MetricDef {
 pub const RECEIVER_REFUSED: MetricDef = MetricDef {
     name: "sidecar.receiver.refused_requests",
     unit: "{request}",
-    description: "Requests to the OTLP receiver refused whole, by signal and reason: undecodable (400), too_large (413), unsupported_media_type (415)",
+    description: "Requests to the OTLP receiver refused whole, by signal and reason: undecodable (400), too_large (413), unsupported_media_type (415), foreign_host (400: a Host other than the receiver's loopback address)",
     kind: MetricKind::Counter,
     labels: &[SIGNAL, REASON],
 };
@@ -499,6 +499,8 @@ pub enum RequestRefusal {
     Undecodable,
     TooLarge,
     UnsupportedMediaType,
+    /// A `Host` other than the receiver's own loopback address (DNS rebinding).
+    ForeignHost,
 }
 
 impl RequestRefusal {
@@ -507,6 +509,7 @@ impl RequestRefusal {
             RequestRefusal::Undecodable => "undecodable",
             RequestRefusal::TooLarge => "too_large",
             RequestRefusal::UnsupportedMediaType => "unsupported_media_type",
+            RequestRefusal::ForeignHost => "foreign_host",
         }
     }
 }

@@ -7,7 +7,8 @@
 //! the OTLP/HTTP specification defines: 200, with `partial_success` when invalid items were
 //! refused; 400 for a body that does not decode; 413 over [`decode::MAX_BODY_BYTES`]; 415
 //! for a content type or encoding OTLP does not define; 429 with `Retry-After` when the
-//! signal's queue is full. It answers as soon as the request is decoded and queued: the
+//! signal's queue is full; 400 for a `Host` other than its own loopback address (a page
+//! rebound to 127.0.0.1 by DNS, in a headless browser the function runs). It answers as soon as the request is decoded and queued: the
 //! function's SDK waits on this answer, so nothing here waits on a flush or the collector.
 //! It is served under the token listener's connection cap and timeouts (`server.rs`).
 //!
@@ -44,6 +45,9 @@ const RETRY_AFTER_SECONDS: &str = "1";
 struct Receiver {
     inbox: Inbox,
     metrics: Arc<Metrics>,
+    /// The `Host` values a request addressed to this listener carries: its address and
+    /// port, and `localhost` with the port.
+    hosts: Arc<[String]>,
 }
 
 /// Serves the receiver on an already-bound listener until `shutdown`, under the token
@@ -54,9 +58,11 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
     let app = router(Receiver {
         inbox,
         metrics: metrics.clone(),
+        hosts: [addr.to_string(), format!("localhost:{}", addr.port())].into(),
     });
     crate::server::serve(
         listener,
@@ -95,6 +101,12 @@ async fn receive<R: Request>(
 ) -> Response {
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let signal = R::Payload::SIGNAL;
+    if !crate::server::host_is_one_of(&headers, &receiver.hosts) {
+        receiver
+            .metrics
+            .receiver_refused(signal, RequestRefusal::ForeignHost);
+        return StatusCode::BAD_REQUEST.into_response();
+    }
     let Some(encoding) = Encoding::of(header(CONTENT_TYPE)) else {
         receiver
             .metrics
@@ -436,6 +448,16 @@ mod tests {
             .post("/v1/metrics", "text/plain", false, b"x".to_vec())
             .await;
         assert_eq!(response.status(), 415);
+        let rebound = setup
+            .client
+            .post(format!("http://{}/v1/traces", setup.addr))
+            .header("host", format!("attacker.example:{}", setup.addr.port()))
+            .header("content-type", "application/x-protobuf")
+            .body(traces(vec![span("forged", &[6; 8], &[])], 0).encode_to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rebound.status(), 400, "a DNS-rebound page is refused");
         let over = vec![0u8; MAX_BODY_BYTES + 1];
         let response = setup
             .post("/v1/traces", "application/x-protobuf", false, over.clone())
@@ -491,6 +513,7 @@ mod tests {
             "sidecar.receiver.refused_requests{reason=undecodable,signal=logs} = 1",
             "sidecar.receiver.refused_requests{reason=unsupported_media_type,signal=metrics} = 1",
             "sidecar.receiver.refused_requests{reason=too_large,signal=traces} = 2",
+            "sidecar.receiver.refused_requests{reason=foreign_host,signal=traces} = 1",
             "sidecar.receiver.items{outcome=queue_full,signal=traces} = 1",
         ] {
             assert!(rendered.contains(line), "{line} in {rendered}");
