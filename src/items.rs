@@ -80,12 +80,8 @@ impl InvocationTraces {
         traces.push_back(trace);
     }
 
-    /// The invocation whose trace id is `trace_id`, if one is remembered.
-    pub fn find(&self, trace_id: &[u8]) -> Option<InvocationTrace> {
-        self.lock()
-            .iter()
-            .rev()
-            .find(|t| t.trace_id[..] == *trace_id)
-            .copied()
+    /// Every invocation remembered, by trace id: one lock for a whole batch of lookups.
+    pub fn by_trace_id(&self) -> std::collections::HashMap<[u8; 16], InvocationTrace> {
+        self.lock().iter().map(|t| (t.trace_id, *t)).collect()
     }
 }

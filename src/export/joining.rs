@@ -60,10 +60,14 @@ pub(super) fn add_resource(resource: &mut Option<ProtoResource>, known: &[KeyVal
 /// invocation, returning how many; scopes and resources left empty go too.
 pub(super) fn join_spans(spans: &mut Vec<ResourceSpans>, traces: &InvocationTraces) -> usize {
     let mut unsampled = 0;
+    let invocations = traces.by_trace_id();
     for resource_spans in spans.iter_mut() {
         for scope in &mut resource_spans.scope_spans {
             scope.spans.retain_mut(|span| {
-                let Some(invocation) = traces.find(&span.trace_id) else {
+                let invocation = <[u8; 16]>::try_from(span.trace_id.as_slice())
+                    .ok()
+                    .and_then(|id| invocations.get(&id));
+                let Some(invocation) = invocation else {
                     return true;
                 };
                 if !invocation.sampled {
