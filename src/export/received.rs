@@ -200,6 +200,14 @@ impl Inbox {
         Offer::Accepted
     }
 
+    /// The signal's queue cannot take `bytes` more now: checked before a request is decoded,
+    /// so that a flood the queue refuses costs no decoding.
+    pub fn is_full<P: Payload>(&self, bytes: usize) -> bool {
+        let mut state = self.lock();
+        let part = P::part(&mut state);
+        part.exported && part.arrived_bytes + part.queued_bytes + bytes > RECEIVED_BUFFER_BYTES
+    }
+
     /// Takes what arrived, now held by the export queue.
     fn take<P: Payload>(&self) -> Vec<Held<P>> {
         let mut state = self.lock();

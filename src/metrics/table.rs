@@ -260,14 +260,14 @@ pub const KEY_FAILURES: MetricDef = MetricDef {
 pub const RECEIVER_ITEMS: MetricDef = MetricDef {
     name: "sidecar.receiver.items",
     unit: "{item}",
-    description: "Spans, metric data points and log records the function sent to the OTLP receiver, by signal and outcome: accepted (queued for export), invalid (refused in partial_success: a malformed id), queue_full (refused with 429: the bounded queue was full), unsampled (dropped at export: the invocation's trace is not sampled), not_exported (the signal has no OTLP/HTTP exporter)",
+    description: "Spans, metric data points and log records the function sent to the OTLP receiver, by signal and outcome: accepted (queued for export), invalid (refused in partial_success: a malformed id), unsampled (dropped at export: the invocation's trace is not sampled), not_exported (the signal has no OTLP/HTTP exporter)",
     kind: MetricKind::Counter,
     labels: &[SIGNAL, OUTCOME],
 };
 pub const RECEIVER_REFUSED: MetricDef = MetricDef {
     name: "sidecar.receiver.refused_requests",
     unit: "{request}",
-    description: "Requests to the OTLP receiver refused whole, by signal and reason: undecodable (400), too_large (413), unsupported_media_type (415), foreign_host (400: a Host other than the receiver's loopback address)",
+    description: "Requests to the OTLP receiver refused whole, by signal and reason: undecodable (400), too_large (413), unsupported_media_type (415), queue_full (429: the signal's queue had no room; the SDK may send it again), foreign_host (400: a Host other than the receiver's loopback address)",
     kind: MetricKind::Counter,
     labels: &[SIGNAL, REASON],
 };
@@ -475,7 +475,6 @@ impl Listener {
 pub enum Received {
     Accepted,
     Invalid,
-    QueueFull,
     Unsampled,
     NotExported,
 }
@@ -485,7 +484,6 @@ impl Received {
         match self {
             Received::Accepted => "accepted",
             Received::Invalid => "invalid",
-            Received::QueueFull => "queue_full",
             Received::Unsampled => "unsampled",
             Received::NotExported => "not_exported",
         }
@@ -499,6 +497,8 @@ pub enum RequestRefusal {
     Undecodable,
     TooLarge,
     UnsupportedMediaType,
+    /// 429: the signal's queue had no room for it.
+    QueueFull,
     /// A `Host` other than the receiver's own loopback address (DNS rebinding).
     ForeignHost,
 }
@@ -509,6 +509,7 @@ impl RequestRefusal {
             RequestRefusal::Undecodable => "undecodable",
             RequestRefusal::TooLarge => "too_large",
             RequestRefusal::UnsupportedMediaType => "unsupported_media_type",
+            RequestRefusal::QueueFull => "queue_full",
             RequestRefusal::ForeignHost => "foreign_host",
         }
     }

@@ -113,6 +113,20 @@ async fn receive<R: Request>(
             .receiver_refused(signal, RequestRefusal::UnsupportedMediaType);
         return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
     };
+    // A protobuf body decodes to about its own size: one the queue cannot take is refused
+    // before it is decoded. (Compressed or JSON, the decoded size is known only after.)
+    let plain = encoding == Encoding::Protobuf && header(CONTENT_ENCODING).is_none();
+    let estimate = match (&body, plain) {
+        (Ok(body), true) => Some(body.len()),
+        (Ok(_), false) => Some(0),
+        (Err(_), _) => None,
+    };
+    // Over the size bound, the answer is 413, whether or not there is room.
+    if let Some(estimate) = estimate.filter(|e| *e <= MAX_BODY_BYTES)
+        && receiver.inbox.is_full::<R::Payload>(estimate)
+    {
+        return receiver.queue_full(signal, encoding);
+    }
     let decoded = body
         .map_err(|rejection| match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => Refused::TooLarge,
@@ -131,19 +145,7 @@ async fn receive<R: Request>(
     let metrics = &receiver.metrics;
     metrics.received(signal, Received::Invalid, invalid as u64);
     match receiver.inbox.offer(held) {
-        Offer::Full => {
-            metrics.received(signal, Received::QueueFull, items as u64);
-            let body = decode::status("the sidecar's queue for this signal is full", encoding);
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [
-                    (CONTENT_TYPE, encoding.content_type()),
-                    (RETRY_AFTER, RETRY_AFTER_SECONDS),
-                ],
-                body,
-            )
-                .into_response()
-        }
+        Offer::Full => receiver.queue_full(signal, encoding),
         offer => {
             let outcome = match offer {
                 Offer::NotExported => Received::NotExported,
@@ -166,6 +168,22 @@ async fn receive<R: Request>(
 }
 
 impl Receiver {
+    /// 429 with `Retry-After`: the signal's queue has no room for the request.
+    fn queue_full(&self, signal: crate::metrics::Signal, encoding: Encoding) -> Response {
+        self.metrics
+            .receiver_refused(signal, RequestRefusal::QueueFull);
+        let body = decode::status("the sidecar's queue for this signal is full", encoding);
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                (CONTENT_TYPE, encoding.content_type()),
+                (RETRY_AFTER, RETRY_AFTER_SECONDS),
+            ],
+            body,
+        )
+            .into_response()
+    }
+
     /// The answer to a request refused whole, counted.
     fn refuse(
         &self,
@@ -514,7 +532,7 @@ mod tests {
             "sidecar.receiver.refused_requests{reason=unsupported_media_type,signal=metrics} = 1",
             "sidecar.receiver.refused_requests{reason=too_large,signal=traces} = 2",
             "sidecar.receiver.refused_requests{reason=foreign_host,signal=traces} = 1",
-            "sidecar.receiver.items{outcome=queue_full,signal=traces} = 1",
+            "sidecar.receiver.refused_requests{reason=queue_full,signal=traces} = 1",
         ] {
             assert!(rendered.contains(line), "{line} in {rendered}");
         }
