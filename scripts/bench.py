@@ -501,7 +501,8 @@ def token_latency():
 # sidecar, beside rotel receiving the same load and exporting to the same kind of sink.
 RECEIVER_SECONDS = 2.0
 RECEIVER_CONNECTIONS = 4
-RECEIVER_ROUNDS = 2
+RECEIVER_ROUNDS = 3
+DRAIN_SECONDS = 3.0
 BATCH_SPANS = 100
 # The export-call latency is taken at a busy function's pace: 200 batches a second.
 LATENCY_SECONDS = 2.0
@@ -610,6 +611,7 @@ def receiver(refs):
         body = os.path.join(work, "batch.pb")
         otlp_batch(body)
         per_cpu = {"sidecar": [], "rotel": []}
+        delivered = {"sidecar": [], "rotel": []}
         latency = {"sidecar": [], "rotel": []}
         for round_ in range(RECEIVER_ROUNDS):
             for kind in (["sidecar", "rotel"] if round_ % 2 == 0 else ["rotel", "sidecar"]):
@@ -620,14 +622,18 @@ def receiver(refs):
                     latency[kind].append((lat["p50_us"], lat["p99_us"]))
                     time.sleep(0.5)
                     cpu = cpu_seconds(collector.pid)
-                    post_load(refs["loadgen"], collector.port, RECEIVER_SECONDS, RECEIVER_CONNECTIONS, body)
-                    time.sleep(1.5)  # the last flush (sidecar) or batch (rotel) reaches the sink
+                    load_ = post_load(refs["loadgen"], collector.port, RECEIVER_SECONDS, RECEIVER_CONNECTIONS, body)
+                    # What was accepted reaches the sink: the sidecar's last flushes, rotel's
+                    # last batches, both counted in the CPU they cost.
+                    time.sleep(DRAIN_SECONDS)
                     cpu = cpu_seconds(collector.pid) - cpu
                 finally:
                     collector.stop()
                 # What arrived, less the latency run's spans (and a few of the sidecar's own).
-                arrived = sink.stop() - (lat["requests"] - lat["non_2xx"]) * BATCH_SPANS
+                arrived = sink.stop() - lat["requests"] * BATCH_SPANS  # loadgen's requests: the 2xx ones
                 per_cpu[kind].append(arrived / max(cpu, 0.01))
+                accepted = load_["requests"] * BATCH_SPANS
+                delivered[kind].append(arrived / max(accepted, 1))
         ratio = statistics.median(per_cpu["sidecar"]) / statistics.median(per_cpu["rotel"])
         p50 = statistics.median(l[0] for l in latency["sidecar"]) / 1000
         p99 = statistics.median(l[1] for l in latency["sidecar"]) / 1000
@@ -636,8 +642,11 @@ def receiver(refs):
         rows = [
             Row(f"OTLP receiver: spans per CPU-second through receive and export, 100-span batches,"
                 f" {RECEIVER_CONNECTIONS} connections, {RECEIVER_ROUNDS} interleaved rounds ({BUILD})",
-                f"{statistics.median(per_cpu['sidecar']):,.0f}", f"{statistics.median(per_cpu['rotel']):,.0f} rotel",
-                f"{ratio:.2f}×", "≥ 1.0×", ratio >= 1.0),
+                f"{statistics.median(per_cpu['sidecar']):,.0f} (of what it accepted,"
+                f" {min(delivered['sidecar']):.0%} delivered at least)",
+                f"{statistics.median(per_cpu['rotel']):,.0f} rotel ({min(delivered['rotel']):.0%})",
+                f"{ratio:.2f}× (rounds: {', '.join(f'{a / b:.2f}' for a, b in zip(per_cpu['sidecar'], per_cpu['rotel']))})",
+                "≥ 1.0×", ratio >= 1.0),
             Row(f"OTLP receiver: the function's export call, 100 spans, p50 / p99 (one connection,"
                 f" {1_000_000 // LATENCY_INTERVAL_US} calls/s for {LATENCY_SECONDS:.0f} s)",
                 f"{p50:.2f} / {p99:.2f} ms", f"{r50:.2f} / {r99:.2f} ms rotel", "—", "p99 ≤ 2 ms", p99 <= 2.0),

@@ -21,7 +21,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use opentelemetry_sdk::Resource;
 
-use crate::items::InvocationTraces;
+use super::received::Invocations;
+use opentelemetry_http::Bytes;
 
 /// The resource keys the sidecar adds to the function's resource where missing: what it
 /// knows of the function and its environment. Not `service.name` or `telemetry.sdk.*`, which
@@ -55,41 +56,67 @@ pub(super) fn add_resource(resource: &mut Option<ProtoResource>, known: &[KeyVal
     }
 }
 
-/// Joins `spans` to the invocations in `traces` (see the module's doc): re-parents the
-/// function's root spans under the invocation span, and drops the spans of an unsampled
-/// invocation, returning how many; scopes and resources left empty go too.
-pub(super) fn join_spans(spans: &mut Vec<ResourceSpans>, traces: &InvocationTraces) -> usize {
+/// Joins `spans` to `invocations` (see the module's doc): re-parents the function's root
+/// spans under the invocation span, and drops the spans of an unsampled invocation,
+/// returning how many; scopes left empty go too.
+pub(super) fn join_spans(spans: &mut ResourceSpans, invocations: &Invocations) -> usize {
     let mut unsampled = 0;
-    let invocations = traces.by_trace_id();
-    for resource_spans in spans.iter_mut() {
-        for scope in &mut resource_spans.scope_spans {
-            scope.spans.retain_mut(|span| {
-                let invocation = <[u8; 16]>::try_from(span.trace_id.as_slice())
-                    .ok()
-                    .and_then(|id| invocations.get(&id));
-                let Some(invocation) = invocation else {
-                    return true;
-                };
-                if !invocation.sampled {
-                    unsampled += 1;
-                    return false;
-                }
-                let parent = span.parent_span_id.as_slice();
-                let joins = parent.is_empty()
-                    || parent == [0; 8]
-                    || invocation.parent.is_some_and(|xray| parent == xray);
-                if joins && span.span_id != invocation.span_id {
-                    span.parent_span_id = invocation.span_id.to_vec();
-                }
-                true
-            });
-        }
-        resource_spans
-            .scope_spans
-            .retain(|scope| !scope.spans.is_empty());
+    for scope in &mut spans.scope_spans {
+        scope.spans.retain_mut(|span| {
+            let invocation = <[u8; 16]>::try_from(span.trace_id.as_slice())
+                .ok()
+                .and_then(|id| invocations.get(&id));
+            let Some(invocation) = invocation else {
+                return true;
+            };
+            if !invocation.sampled {
+                unsampled += 1;
+                return false;
+            }
+            let parent = span.parent_span_id.as_slice();
+            let joins = parent.is_empty()
+                || parent == [0; 8]
+                || invocation.parent.is_some_and(|xray| parent == xray);
+            if joins && span.span_id != invocation.span_id {
+                span.parent_span_id = invocation.span_id.to_vec();
+            }
+            true
+        });
     }
-    spans.retain(|r| !r.scope_spans.is_empty());
+    spans.scope_spans.retain(|scope| !scope.spans.is_empty());
     unsampled
+}
+
+/// The keys of `resource` among those the sidecar adds ([`SIDECAR_KEYS`]).
+pub(super) fn present_keys(resource: Option<&ProtoResource>) -> Vec<String> {
+    resource
+        .iter()
+        .flat_map(|r| &r.attributes)
+        .filter(|a| SIDECAR_KEYS.iter().any(|prefix| a.key.starts_with(prefix)))
+        .map(|a| a.key.clone())
+        .collect()
+}
+
+/// What [`add_resource`] would add to a resource that has the keys `present`, as a second
+/// occurrence of the payload's `resource` field (field 1 of `ResourceSpans`,
+/// `ResourceMetrics` and `ResourceLogs` alike), to append to its encoding: protobuf merges
+/// the two occurrences, so the attributes add up. Empty when nothing is missing.
+pub(super) fn resource_tail(known: &[KeyValue], present: &[String]) -> Bytes {
+    let missing: Vec<KeyValue> = known
+        .iter()
+        .filter(|a| !present.contains(&a.key))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Bytes::new();
+    }
+    let mut tail = Vec::new();
+    let resource = ProtoResource {
+        attributes: missing,
+        ..Default::default()
+    };
+    prost::encoding::message::encode(1, &resource, &mut tail);
+    Bytes::from(tail)
 }
 
 #[cfg(test)]
@@ -112,29 +139,29 @@ mod tests {
         }
     }
 
-    fn traces(sampled: bool) -> InvocationTraces {
-        let traces = InvocationTraces::default();
+    fn traces(sampled: bool) -> Invocations {
+        let traces = crate::items::InvocationTraces::default();
         traces.note(InvocationTrace {
             trace_id: TRACE,
             span_id: INVOCATION_SPAN,
             parent: Some(XRAY_PARENT),
             sampled,
         });
-        traces
+        traces.by_trace_id()
     }
 
     fn joined(spans: Vec<Span>, sampled: bool) -> (Vec<Span>, usize) {
-        let mut batch = vec![ResourceSpans {
+        let mut batch = ResourceSpans {
             scope_spans: vec![ScopeSpans {
                 spans,
                 ..Default::default()
             }],
             ..Default::default()
-        }];
+        };
         let dropped = join_spans(&mut batch, &traces(sampled));
         let spans = batch
+            .scope_spans
             .into_iter()
-            .flat_map(|r| r.scope_spans)
             .flat_map(|s| s.spans)
             .collect();
         (spans, dropped)

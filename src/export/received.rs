@@ -46,11 +46,39 @@ pub trait Payload: Message + Default + Clone + Send + Sync + 'static {
     /// The items it holds: spans, metric data points, log records.
     fn items(&self) -> usize;
     fn resource(&mut self) -> &mut Option<ProtoResource>;
+    fn resource_ref(&self) -> Option<&ProtoResource>;
+    /// The distinct trace ids of its spans (none for metrics and logs): what decides, at the
+    /// flush, whether it must be joined to an invocation.
+    fn trace_ids(&self) -> Vec<[u8; 16]> {
+        Vec::new()
+    }
+    /// Joins it to `invocations` (spans only: `joining::join_spans`); how many items that
+    /// dropped.
+    fn join(&mut self, _invocations: &Invocations) -> usize {
+        0
+    }
     /// This signal's part of the inbox.
     fn part(inbox: &mut InboxState) -> &mut Part<Self>;
 }
 
 impl Payload for ResourceSpans {
+    fn join(&mut self, invocations: &Invocations) -> usize {
+        joining::join_spans(self, invocations)
+    }
+    fn trace_ids(&self) -> Vec<[u8; 16]> {
+        let mut ids: Vec<[u8; 16]> = Vec::new();
+        for span in self.scope_spans.iter().flat_map(|s| &s.spans) {
+            if let Ok(id) = <[u8; 16]>::try_from(span.trace_id.as_slice())
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+    fn resource_ref(&self) -> Option<&ProtoResource> {
+        self.resource.as_ref()
+    }
     const SIGNAL: Signal = Signal::Traces;
     fn items(&self) -> usize {
         self.scope_spans.iter().map(|s| s.spans.len()).sum()
@@ -64,6 +92,9 @@ impl Payload for ResourceSpans {
 }
 
 impl Payload for ResourceMetrics {
+    fn resource_ref(&self) -> Option<&ProtoResource> {
+        self.resource.as_ref()
+    }
     const SIGNAL: Signal = Signal::Metrics;
     fn items(&self) -> usize {
         let points = |data: &metric::Data| match data {
@@ -89,6 +120,9 @@ impl Payload for ResourceMetrics {
 }
 
 impl Payload for ResourceLogs {
+    fn resource_ref(&self) -> Option<&ProtoResource> {
+        self.resource.as_ref()
+    }
     const SIGNAL: Signal = Signal::Logs;
     fn items(&self) -> usize {
         self.scope_logs.iter().map(|s| s.log_records.len()).sum()
@@ -101,26 +135,47 @@ impl Payload for ResourceLogs {
     }
 }
 
-/// A payload as queued: with its item count and encoded size, measured once.
+/// A payload as queued: its protobuf encoding (the request's own bytes when it came as
+/// protobuf: forwarding copies them rather than encoding the payload again), its item count,
+/// what the flush needs to decide on it without decoding it, and what the flush appends.
 #[derive(Debug, Clone)]
 pub struct Held<P> {
-    payload: P,
+    /// The payload's encoding, without its field tag and length.
+    raw: Bytes,
+    /// Appended to `raw` when forwarded: a second `resource` field (field 1 of every
+    /// signal's payload) with the sidecar's attributes the SDK's resource lacks. Protobuf
+    /// merges the two occurrences of the field, concatenating their attributes.
+    tail: Bytes,
     items: usize,
-    bytes: usize,
+    /// [`Payload::trace_ids`].
+    traces: Vec<[u8; 16]>,
+    /// The keys of its resource that the sidecar might otherwise add.
+    present: Vec<String>,
+    _payload: std::marker::PhantomData<fn(P)>,
 }
 
 impl<P: Payload> Held<P> {
-    pub fn new(payload: P) -> Held<P> {
+    /// `payload`, whose encoding is `raw` when the caller has it (the bytes it was decoded
+    /// from), else encoded here.
+    pub fn new(payload: &P, raw: Option<Bytes>) -> Held<P> {
         Held {
+            raw: raw.unwrap_or_else(|| Bytes::from(payload.encode_to_vec())),
+            tail: Bytes::new(),
             items: payload.items(),
-            bytes: payload.encoded_len(),
-            payload,
+            traces: payload.trace_ids(),
+            present: joining::present_keys(payload.resource_ref()),
+            _payload: std::marker::PhantomData,
         }
     }
 
     /// The items it holds.
     pub fn items(&self) -> usize {
         self.items
+    }
+
+    /// The bytes it weighs in the bound, and in a request.
+    fn bytes(&self) -> usize {
+        self.raw.len() + self.tail.len()
     }
 }
 
@@ -186,7 +241,7 @@ impl Inbox {
 
     /// Offers one request's payloads, whole: accepted if they fit within the signal's bound.
     pub fn offer<P: Payload>(&self, payloads: Vec<Held<P>>) -> Offer {
-        let bytes: usize = payloads.iter().map(|h| h.bytes).sum();
+        let bytes: usize = payloads.iter().map(Held::bytes).sum();
         let mut state = self.lock();
         let part = P::part(&mut state);
         if !part.exported {
@@ -292,9 +347,12 @@ impl<P: Payload> Forwarder<P> {
     /// The export request of `batch` (every signal's request holds its payloads in field
     /// 1), compressed as configured.
     fn body(&self, batch: &[Held<P>]) -> std::io::Result<Vec<u8>> {
-        let mut body = Vec::with_capacity(batch.iter().map(|h| h.bytes + 8).sum());
+        let mut body = Vec::with_capacity(batch.iter().map(|h| h.bytes() + 8).sum());
         for held in batch {
-            prost::encoding::message::encode(1, &held.payload, &mut body);
+            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut body);
+            prost::encoding::encode_varint(held.bytes() as u64, &mut body);
+            body.extend_from_slice(&held.raw);
+            body.extend_from_slice(&held.tail);
         }
         if !self.gzip {
             return Ok(body);
@@ -316,7 +374,7 @@ impl<P: Payload> Batches for Forwarder<P> {
             .iter()
             .take(MAX_BATCH)
             .take_while(|held| {
-                bytes += held.bytes;
+                bytes += held.bytes();
                 bytes <= MAX_FORWARD_BYTES
             })
             .count()
@@ -363,28 +421,44 @@ impl<P: Payload> ReceivedQueue<P> {
         }
     }
 
-    /// Takes what arrived in `inbox`, completes each payload's resource, and sends what is
-    /// queued within `budget`; tells the inbox what is left.
+    /// Takes what arrived in `inbox`, joins what `joins` (a payload in an invocation's
+    /// trace: decoded, joined by `join`, which returns how many spans it dropped, completed
+    /// and encoded again) and completes the others' resource with a `tail`; then sends what
+    /// is queued within `budget`, and tells the inbox what is left.
     async fn flush(
         &mut self,
         inbox: &Inbox,
         resource: &[KeyValue],
-        prepare: impl FnOnce(&mut Vec<P>) -> usize,
+        invocations: &Invocations,
         budget: Budget,
         metrics: &Metrics,
     ) -> Flushed {
-        let mut arrived: Vec<P> = inbox.take::<P>().into_iter().map(|h| h.payload).collect();
-        let dropped = prepare(&mut arrived);
-        metrics.received(P::SIGNAL, Received::Unsampled, dropped as u64);
-        for payload in &mut arrived {
-            joining::add_resource(payload.resource(), resource);
+        let mut unsampled = 0;
+        for mut held in inbox.take::<P>() {
+            if held.traces.iter().any(|id| invocations.contains_key(id)) {
+                let Ok(mut payload) = P::decode(held.raw.clone()) else {
+                    continue; // the receiver decoded these very bytes: not reached
+                };
+                unsampled += payload.join(invocations);
+                if payload.items() == 0 {
+                    continue;
+                }
+                joining::add_resource(payload.resource(), resource);
+                held = Held::new(&payload, None);
+            } else {
+                held.tail = joining::resource_tail(resource, &held.present);
+            }
+            self.queued.push([held]);
         }
-        self.queued.push(arrived.into_iter().map(Held::new));
+        metrics.received(P::SIGNAL, Received::Unsampled, unsampled as u64);
         let flushed = flush_in_order(self.sender.as_ref(), &mut self.queued, budget, metrics).await;
-        inbox.queued::<P>(self.queued.iter().map(|h| h.bytes).sum());
+        inbox.queued::<P>(self.queued.iter().map(Held::bytes).sum());
         flushed
     }
 }
+
+/// The invocations known at a flush, by trace id.
+pub type Invocations = std::collections::HashMap<[u8; 16], crate::items::InvocationTrace>;
 
 /// The three signals' queues of what the function sent, and what they share.
 pub(super) struct ReceivedQueues {
@@ -431,19 +505,14 @@ impl ReceivedQueues {
 
     /// Forwards what arrived and what waits, the three signals side by side within `budget`.
     pub(super) async fn flush(&mut self, budget: Budget, metrics: &Metrics) -> [Flushed; 3] {
-        let invocations = &self.invocations;
+        let invocations = self.invocations.by_trace_id();
         let (traces, metric_points, logs) = tokio::join!(
-            self.traces.flush(
-                &self.inbox,
-                &self.resource,
-                |spans| joining::join_spans(spans, invocations),
-                budget,
-                metrics
-            ),
+            self.traces
+                .flush(&self.inbox, &self.resource, &invocations, budget, metrics),
             self.metrics
-                .flush(&self.inbox, &self.resource, |_| 0, budget, metrics),
+                .flush(&self.inbox, &self.resource, &invocations, budget, metrics),
             self.logs
-                .flush(&self.inbox, &self.resource, |_| 0, budget, metrics),
+                .flush(&self.inbox, &self.resource, &invocations, budget, metrics),
         );
         [traces, metric_points, logs]
     }

@@ -4,6 +4,9 @@
 //! specification says to refuse, and the answers, in the request's own encoding.
 
 use std::io::Read as _;
+use std::ops::Range;
+
+use axum::body::Bytes;
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -70,7 +73,7 @@ pub enum Refused {
 
 /// The body as the encoder wrote it: gunzipped for `Content-Encoding: gzip` (no more than
 /// [`MAX_BODY_BYTES`]: a small gzip body may inflate a thousandfold), as it is otherwise.
-pub fn body(raw: &[u8], content_encoding: Option<&str>) -> Result<Vec<u8>, Refused> {
+pub fn body(raw: &Bytes, content_encoding: Option<&str>) -> Result<Bytes, Refused> {
     if raw.len() > MAX_BODY_BYTES {
         return Err(Refused::TooLarge);
     }
@@ -78,17 +81,17 @@ pub fn body(raw: &[u8], content_encoding: Option<&str>) -> Result<Vec<u8>, Refus
         .map(|e| e.trim().to_ascii_lowercase())
         .as_deref()
     {
-        None | Some("") | Some("identity") => Ok(raw.to_vec()),
+        None | Some("") | Some("identity") => Ok(raw.clone()),
         Some("gzip") => {
             let mut out = Vec::with_capacity(raw.len() * 4);
-            flate2::read::GzDecoder::new(raw)
+            flate2::read::GzDecoder::new(&raw[..])
                 .take(MAX_BODY_BYTES as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| Refused::Undecodable(format!("gzip: {e}")))?;
             if out.len() > MAX_BODY_BYTES {
                 return Err(Refused::TooLarge);
             }
-            Ok(out)
+            Ok(Bytes::from(out))
         }
         Some(_) => Err(Refused::UnsupportedMediaType),
     }
@@ -168,6 +171,27 @@ impl Request for ExportLogsServiceRequest {
     }
 }
 
+/// Where each occurrence of field 1 (length-delimited) lies in `message`: the payloads of an
+/// export request (`resource_spans`, `resource_metrics`, `resource_logs`), in order. `None`
+/// when the message holds any other field, or is malformed: the caller encodes the decoded
+/// payloads itself then.
+pub fn payload_ranges(message: &[u8]) -> Option<Vec<Range<usize>>> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut rest = message;
+    let mut ranges = Vec::new();
+    while !rest.is_empty() {
+        let (tag, wire_type) = decode_key(&mut rest).ok()?;
+        if tag != 1 || wire_type != WireType::LengthDelimited {
+            return None;
+        }
+        let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+        let start = message.len() - rest.len();
+        rest = rest.get(len..)?;
+        ranges.push(start..start + len);
+    }
+    Some(ranges)
+}
+
 /// Decodes `body` as `R` in `encoding`.
 pub fn decode<R: Request>(body: &[u8], encoding: Encoding) -> Result<R, Refused> {
     match encoding {
@@ -237,4 +261,31 @@ pub fn refuse_invalid_logs(logs: &mut [ResourceLogs]) -> usize {
         });
     }
     refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_ranges_are_each_payloads_own_bytes() {
+        let payload = |name: &str| ResourceSpans {
+            schema_url: name.to_string(),
+            ..Default::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![payload("a"), payload("bb")],
+        };
+        let bytes = request.encode_to_vec();
+        let ranges = payload_ranges(&bytes).unwrap();
+        let decoded: Vec<ResourceSpans> = ranges
+            .into_iter()
+            .map(|r| ResourceSpans::decode(&bytes[r]).unwrap())
+            .collect();
+        assert_eq!(decoded, request.resource_spans);
+        // Another field, or a truncated one: the caller encodes the payloads itself.
+        assert_eq!(payload_ranges(&[0x10, 0x01]), None);
+        assert_eq!(payload_ranges(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(payload_ranges(&[]), Some(vec![]));
+    }
 }

@@ -127,20 +127,38 @@ async fn receive<R: Request>(
     {
         return receiver.queue_full(signal, encoding);
     }
-    let decoded = body
+    let body = body
         .map_err(|rejection| match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => Refused::TooLarge,
             _ => Refused::Undecodable(rejection.body_text()),
         })
-        .and_then(|body| decode::body(&body, header(CONTENT_ENCODING)))
-        .and_then(|body| decode::decode::<R>(&body, encoding));
-    let request = match decoded {
-        Ok(request) => request,
-        Err(refused) => return receiver.refuse(signal, refused, encoding),
+        .and_then(|body| decode::body(&body, header(CONTENT_ENCODING)));
+    let decoded = body
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|body| decode::decode::<R>(body, encoding));
+    let (request, body) = match (decoded, body) {
+        (Ok(request), Ok(body)) => (request, body),
+        (Err(refused), _) | (_, Err(refused)) => return receiver.refuse(signal, refused, encoding),
     };
     let mut payloads = request.payloads();
     let invalid = R::refuse_invalid(&mut payloads);
-    let held: Vec<Held<R::Payload>> = payloads.into_iter().map(Held::new).collect();
+    // The request's own bytes of each payload, to forward without encoding it again; when
+    // items were taken out, or it came as JSON, each is encoded.
+    let ranges = match (encoding, invalid) {
+        (Encoding::Protobuf, 0) => {
+            decode::payload_ranges(&body).filter(|ranges| ranges.len() == payloads.len())
+        }
+        _ => None,
+    };
+    let held: Vec<Held<R::Payload>> = match ranges {
+        Some(ranges) => payloads
+            .iter()
+            .zip(ranges)
+            .map(|(payload, range)| Held::new(payload, Some(body.slice(range))))
+            .collect(),
+        None => payloads.iter().map(|p| Held::new(p, None)).collect(),
+    };
     let items: usize = held.iter().map(|h| h.items()).sum();
     let metrics = &receiver.metrics;
     metrics.received(signal, Received::Invalid, invalid as u64);
@@ -364,7 +382,11 @@ mod tests {
         let answer = ExportTraceServiceResponse::decode(response.bytes().await.unwrap()).unwrap();
         assert_eq!(answer.partial_success, None);
 
-        let gzipped = traces(vec![span("db", &[2; 8], &[1; 8])], 0).encode_to_vec();
+        // In a trace of no invocation: forwarded as received, the sidecar's resource
+        // attributes appended as a second `resource` field.
+        let mut other_trace = span("db", &[2; 8], &[1; 8]);
+        other_trace.trace_id = vec![0x33; 16];
+        let gzipped = traces(vec![other_trace], 0).encode_to_vec();
         let response = setup
             .post("/v1/traces", "application/x-protobuf", true, gzip(&gzipped))
             .await;
