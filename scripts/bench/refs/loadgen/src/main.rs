@@ -5,6 +5,7 @@
 //! `LOADGEN_CONTENT_TYPE`), each request is a `POST PATH` of that file instead: an OTLP export
 //! request, for the receiver's figures; `LOADGEN_INTERVAL_US=N` starts a connection's
 //! requests at least N µs apart (a function's pace, rather than as fast as answers come).
+//! A 429 with `Retry-After: S` pauses its connection S seconds, as an OTLP exporter does.
 //!
 //! Usage: `loadgen HOST:PORT PATH SECONDS CONNECTIONS [SIDECAR_TOKEN]`.
 //! Prints one line: `requests=N non_2xx=M errors=E seconds=S p50_us=P p99_us=Q` (the
@@ -14,20 +15,20 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Parses one response head at the start of `buf`: (head length, status, content length).
-fn head(buf: &[u8]) -> Option<(usize, u16, usize)> {
+/// Parses one response head at the start of `buf`: (head length, status, content length,
+/// `Retry-After` seconds).
+fn head(buf: &[u8]) -> Option<(usize, u16, usize, usize)> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let text = std::str::from_utf8(&buf[..end]).ok()?;
     let status = text.get(9..12)?.parse().ok()?;
-    let length = text
-        .lines()
-        .find_map(|l| {
+    let header = |wanted: &str| {
+        text.lines().find_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
+            name.eq_ignore_ascii_case(wanted)
                 .then(|| value.trim().parse().ok())?
         })
-        .unwrap_or(0);
-    Some((end, status, length))
+    };
+    Some((end, status, header("content-length").unwrap_or(0), header("retry-after").unwrap_or(0)))
 }
 
 /// One connection's counts: (2xx, other answers, errors, every request's latency in µs).
@@ -49,10 +50,13 @@ async fn connection(addr: String, request: Vec<u8>, stop: Instant, interval: Dur
             return (ok, bad, 1, latencies);
         }
         loop {
-            if let Some((end, status, length)) = head(&buf) {
+            if let Some((end, status, length, retry_after)) = head(&buf) {
                 if buf.len() >= end + length {
                     buf.drain(..end + length);
                     latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    if status == 429 && retry_after > 0 {
+                        next = next.max(Instant::now() + Duration::from_secs(retry_after as u64));
+                    }
                     if (200..300).contains(&status) {
                         ok += 1;
                     } else {
