@@ -124,7 +124,7 @@ test-packaging: packaging-deps build layers
 	$(PYTEST) -q tests/packaging
 
 test-example: deps build
-	cd examples/nodejs-function && npm ci --no-audit --no-fund --loglevel=error && npm test
+	cd examples/nodejs-function && npm ci --no-audit --no-fund --loglevel=error && LAMBDA_ENV_BIN=$(CARGO_TARGET_DIR)/release/lambda-env npm test
 
 # One layer in lambda-env (arm64 under qemu-aarch64-static); prints a summary.
 smoke-arm64 smoke-x86_64: smoke-%: packaging-deps build layer-%

@@ -89,7 +89,7 @@ def wait_port(port, timeout=10):
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def build_references():
+def build_references(groups=(["-p", "hs256-server", "-p", "loadgen"], ["-p", "extension-telemetry-basic"])):
     """Builds the references and loadgen from scripts/bench/refs in a scratch copy, with the
     repository's Cargo.lock (same lambda-extension, hyper, jsonwebtoken versions as the
     sidecar; --offline first, so nothing is fetched when the crates are already there). The
@@ -102,7 +102,7 @@ def build_references():
     shutil.copytree(REFS_SRC, src)  # copy2: mtimes kept, so unchanged sources stay fresh
     shutil.copy2(os.path.join(ROOT, "Cargo.lock"), src)
     env = {**os.environ, "CARGO_TARGET_DIR": REFS_TARGET}
-    for packages in (["-p", "hs256-server", "-p", "loadgen"], ["-p", "extension-telemetry-basic"]):
+    for packages in groups:
         for mode in (["--offline"], []):
             done = subprocess.run(["cargo", "build", "--release", "--quiet", *mode, *packages],
                                   cwd=src, env=env, check=False)
@@ -112,6 +112,9 @@ def build_references():
             sys.exit(f"bench: cannot build the references {packages}")
     release = os.path.join(REFS_TARGET, "release")
     return {name: os.path.join(release, name) for name in ("hs256-server", "loadgen", "extension-telemetry-basic")}
+
+
+LOADGEN_ONLY = (["-p", "loadgen"],)
 
 
 class Sink:
@@ -214,7 +217,8 @@ def cold_start(example):
     binary has no dynamic loading, part of what a cold start costs. Returns the rows and the
     breakdown's lines."""
     kinds = {"sidecar": ({}, SIDECAR), "otlp": ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, SIDECAR),
-             "example": ({}, example), "phases": ({"SIDECAR_LOG": STARTUP_LOG}, SIDECAR)}
+             "example": ({}, example), "phases": ({"SIDECAR_LOG": STARTUP_LOG}, SIDECAR),
+             "no_receiver": ({"SIDECAR_OTLP_RECEIVER": "off"}, SIDECAR)}
     inits = {k: [] for k in kinds}
     phases = []
     for run in range(COLD_RUNS):
@@ -237,6 +241,10 @@ def cold_start(example):
             f"{ratio:.2f}×", "≤ 0.80×", ratio <= 0.8),
         Row("cold start with OTLP/HTTP export configured", spread(inits["otlp"], "ms"),
             f"{ref:.1f} ms (example)", f"{statistics.median(inits['otlp']) / ref:.2f}×"),
+        Row("cold start, OTLP receiver on (the default) vs off", spread(inits["sidecar"], "ms"),
+            spread(inits["no_receiver"], "ms") + " off",
+            f"{statistics.median(inits['sidecar']) / statistics.median(inits['no_receiver']):.2f}×",
+            "within noise (issue 20)"),
     ], breakdown(phases, inits["phases"])
 
 
@@ -489,11 +497,211 @@ def token_latency():
     return rows
 
 
+# The OTLP receiver (issue 20): the function's own telemetry, received and forwarded by the
+# sidecar, beside rotel receiving the same load and exporting to the same kind of sink.
+RECEIVER_SECONDS = 3.0
+RECEIVER_CONNECTIONS = 4
+RECEIVER_ROUNDS = 3
+DRAIN_SECONDS = 3.0
+BATCH_SPANS = 100
+# The export-call latency is taken at a busy function's pace: 200 batches a second.
+LATENCY_SECONDS = 2.0
+LATENCY_INTERVAL_US = 5000
+
+
+def otlp_batch(path, spans=BATCH_SPANS):
+    """One ExportTraceServiceRequest of `spans` spans, as an SDK's batch: one resource, one
+    scope, five attributes a span, a trace of its own each (so no joining shortcut), written
+    to `path` with the official protobuf schema."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    def kv(key, value):
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+
+    now = time.time_ns()
+    request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(
+        resource={"attributes": [kv("service.name", "bench-function"), kv("telemetry.sdk.language", "nodejs")]},
+        scope_spans=[ScopeSpans(scope={"name": "bench"}, spans=[
+            Span(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"GET /orders/{i}", kind=3,
+                 start_time_unix_nano=now, end_time_unix_nano=now + 1_000_000,
+                 attributes=[kv("http.request.method", "GET"), kv("url.path", f"/orders/{i}"),
+                             kv("server.address", "api.example.com"), kv("db.system", "dynamodb"),
+                             kv("order.id", secrets.token_hex(8))])
+            for i in range(spans)])])])
+    with open(path, "wb") as f:
+        f.write(request.SerializeToString())
+
+
+class Collector:
+    """The receiving side of one run, pinned to SERVER_CORE, exporting to `sink`: the sidecar
+    in extension mode inside lambda-env on Lambda Managed Instances' model (no freeze, a flush
+    every 100 ms, one long invocation), or rotel-agent."""
+
+    def __init__(self, kind, sink):
+        self.kind, self.port = kind, free_port()
+        self.token_port, self.session = free_port(), secrets.token_hex(16)
+        self.work = tempfile.TemporaryDirectory()
+        if kind == "sidecar":
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
+                   "SIDECAR_OTLP_RECEIVER_ADDR": f"127.0.0.1:{self.port}", "SIDECAR_FLUSH_INTERVAL_MS": "100",
+                   "AWS_SESSION_TOKEN": self.session}
+            args = env_args(self.work.name, self.token_port, env, invokes=1, tokens=0, function_ms=30_000,
+                            extra=["--managed-instances", "--function-timeout-ms", "60000"])
+        else:
+            args = [rotel_agent(), "start", "--exporter", "otlp", "--otlp-exporter-protocol", "http",
+                    "--otlp-grpc-endpoint", f"127.0.0.1:{free_port()}",
+                    "--otlp-http-endpoint", f"127.0.0.1:{self.port}",
+                    "--otlp-exporter-endpoint", f"http://127.0.0.1:{sink.port}", "--batch-timeout", "100ms"]
+        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *args], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        self.pid = sidecar_pid(self.proc.pid) if kind == "sidecar" else self.proc.pid
+
+    def rss_kb(self, field="VmRSS:"):
+        with open(f"/proc/{self.pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith(field))
+
+    def refused_counted(self):
+        """The sidecar's own count of the requests its full queue refused (its /metrics)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.token_port, timeout=5)
+        conn.request("GET", "/metrics", headers={"X-Sidecar-Token": self.session})
+        text = conn.getresponse().read().decode()
+        for line in text.splitlines():
+            if line.startswith("sidecar_receiver_refused_requests_total") and 'reason="queue_full"' in line:
+                return int(float(line.split()[-1]))
+        return 0
+
+    def stop(self):
+        if self.kind == "sidecar":
+            subprocess.run(["kill", "-KILL", str(self.pid)], check=False)
+        self.proc.kill()
+        self.proc.wait()
+        self.work.cleanup()
+
+
+def rotel_agent():
+    import glob
+    found = os.environ.get("ROTEL_AGENT") or next(iter(glob.glob(
+        os.path.join(ROOT, ".venv", "lib", "*", "site-packages", "rotel", "rotel-agent"))), None)
+    if not found:
+        sys.exit("bench: rotel-agent not found: run `make deps` or set ROTEL_AGENT")
+    return found
+
+
+def post_load(loadgen, port, seconds, connections, body, interval_us=0):
+    """loadgen POSTing `body` to /v1/traces on LOAD_CORE, each connection's requests at least
+    `interval_us` apart: its fields (requests, non_2xx, p50_us, p99_us, ...)."""
+    args = ["taskset", "-c", LOAD_CORE, loadgen, f"127.0.0.1:{port}", "/v1/traces", str(seconds), str(connections)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=seconds + 30,
+                         env={**os.environ, "LOADGEN_BODY": body, "LOADGEN_INTERVAL_US": str(interval_us)}).stdout
+    return {k: float(v) for k, v in (kv.split("=") for kv in out.split())}
+
+
+def receiver(refs):
+    """Issue 20's figures, the sidecar beside rotel, interleaved, each on SERVER_CORE and
+    exporting to a sink of its own: spans per CPU-second of the receiving process, counted
+    where they arrive (the sink), after a 100-span-batch load of RECEIVER_SECONDS from
+    RECEIVER_CONNECTIONS connections that pause as a 429's Retry-After asks (as the SDKs'
+    exporters do); the export call's latency (one connection, the function's
+    view: POST to answer, at a busy function's pace while the flushes run); and, against a collector that answers after 2 s (so the sidecar's
+    queue fills), the peak RSS and its growth over the second half of the flood, with the
+    spans refused (429) and counted."""
+    with tempfile.TemporaryDirectory() as work:
+        body = os.path.join(work, "batch.pb")
+        otlp_batch(body)
+        per_cpu = {"sidecar": [], "rotel": []}
+        delivered = {"sidecar": [], "rotel": []}
+        wall = {"sidecar": [], "rotel": []}
+        latency = {"sidecar": [], "rotel": []}
+        for round_ in range(RECEIVER_ROUNDS):
+            for kind in (["sidecar", "rotel"] if round_ % 2 == 0 else ["rotel", "sidecar"]):
+                sink = Sink("ok")
+                collector = Collector(kind, sink)
+                try:
+                    lat = post_load(refs["loadgen"], collector.port, LATENCY_SECONDS, 1, body, LATENCY_INTERVAL_US)
+                    latency[kind].append((lat["p50_us"], lat["p99_us"]))
+                    time.sleep(0.5)
+                    cpu = cpu_seconds(collector.pid)
+                    load_ = post_load(refs["loadgen"], collector.port, RECEIVER_SECONDS, RECEIVER_CONNECTIONS, body)
+                    # What was accepted reaches the sink: the sidecar's last flushes, rotel's
+                    # last batches, both counted in the CPU they cost.
+                    time.sleep(DRAIN_SECONDS)
+                    cpu = cpu_seconds(collector.pid) - cpu
+                finally:
+                    collector.stop()
+                # What arrived, less the latency run's spans (and a few of the sidecar's own).
+                arrived = sink.stop() - lat["requests"] * BATCH_SPANS  # loadgen's requests: the 2xx ones
+                per_cpu[kind].append(arrived / max(cpu, 0.01))
+                accepted = load_["requests"] * BATCH_SPANS
+                delivered[kind].append(arrived / max(accepted, 1))
+                wall[kind].append(accepted / RECEIVER_SECONDS)
+        ratio = statistics.median(per_cpu["sidecar"]) / statistics.median(per_cpu["rotel"])
+        p50 = statistics.median(l[0] for l in latency["sidecar"]) / 1000
+        p99 = statistics.median(l[1] for l in latency["sidecar"]) / 1000
+        r50 = statistics.median(l[0] for l in latency["rotel"]) / 1000
+        r99 = statistics.median(l[1] for l in latency["rotel"]) / 1000
+        rows = [
+            Row(f"OTLP receiver: spans per CPU-second through receive and export, 100-span batches,"
+                f" {RECEIVER_CONNECTIONS} connections, {RECEIVER_ROUNDS} interleaved rounds ({BUILD})",
+                f"{statistics.median(per_cpu['sidecar']):,.0f} (of what it accepted,"
+                f" {min(delivered['sidecar']):.0%} delivered at least)",
+                f"{statistics.median(per_cpu['rotel']):,.0f} rotel ({min(delivered['rotel']):.0%})",
+                f"{ratio:.2f}× (rounds: {', '.join(f'{a / b:.2f}' for a, b in zip(per_cpu['sidecar'], per_cpu['rotel']))})",
+                "≥ 1.0×", ratio >= 1.0),
+            Row("OTLP receiver: spans accepted per second (wall), the same runs: the sidecar's queue (4 MiB)"
+                " empties once per flush (every 100 ms here) and a full one answers 429 with Retry-After: 1,"
+                " which loadgen honours as the SDKs do; rotel takes all, its memory unbounded (flood below)",
+                f"{statistics.median(wall['sidecar']):,.0f}", f"{statistics.median(wall['rotel']):,.0f} rotel"),
+            Row(f"OTLP receiver: the function's export call, 100 spans, p50 / p99 (one connection,"
+                f" {1_000_000 // LATENCY_INTERVAL_US} calls/s for {LATENCY_SECONDS:.0f} s)",
+                f"{p50:.2f} / {p99:.2f} ms", f"{r50:.2f} / {r99:.2f} ms rotel", "—", "p99 ≤ 2 ms", p99 <= 2.0),
+        ]
+        rows += flood(refs, body)
+    return rows
+
+
+def flood(refs, body):
+    """The flood: 4 connections for 4 s against a collector that answers after 2 s."""
+    rows = []
+    for kind in ("sidecar", "rotel"):
+        sink = Sink("slow:2000")
+        collector = Collector(kind, sink)
+        try:
+            half = {}
+            def sample():
+                time.sleep(2.0)
+                half["rss"] = collector.rss_kb()
+            import threading
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            load_ = post_load(refs["loadgen"], collector.port, 4.0, RECEIVER_CONNECTIONS, body)
+            sampler.join()
+            end, peak = collector.rss_kb(), collector.rss_kb("VmHWM:")
+            growth = (end - half["rss"]) / 1024
+            refused = int(load_["non_2xx"])
+            if kind == "sidecar":
+                counted = collector.refused_counted()
+                rows.append(Row("OTLP receiver under a flood (collector answering after 2 s, 4 s, 4 connections):"
+                                " peak RSS; RSS growth over the flood's second half; requests refused (429) / counted",
+                                f"{peak / 1024:.1f} MiB; {growth:+.1f} MiB; {refused:,} / {counted:,}",
+                                budget="flat (growth ≤ 2 MiB), every refusal counted",
+                                met=growth <= 2 and counted == refused))
+            else:
+                rows[-1].cells[2] = f"{peak / 1024:.1f} MiB; {growth:+.1f} MiB; {refused:,} refused (rotel)"
+        finally:
+            collector.stop()
+            sink.stop()
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description="issue 9's figures beside their references and budgets")
-    parser.add_argument("--only", choices=["token"],
+    parser.add_argument("--only", choices=["token", "receiver"],
                         help="token: only the /token req/s rows (5 interleaved rounds, under a minute once"
-                             " the references are built), to measure a change to the token path")
+                             " the references are built), to measure a change to the token path;"
+                             " receiver: only the OTLP receiver's rows (under a minute)")
     only = parser.parse_args().only
     for path in (SIDECAR, LAMBDA_ENV):
         if not os.path.exists(path):
@@ -501,10 +709,12 @@ def main():
     if not shutil.which("taskset"):
         sys.exit("bench: taskset (util-linux) is needed to pin the server and the load generator")
     started = time.time()
-    refs = build_references()
+    refs = build_references(LOADGEN_ONLY) if only == "receiver" else build_references()
     phases = []
     if only == "token":
         rows = token_rps(refs)
+    elif only == "receiver":
+        rows = receiver(refs)
     else:
         rows, phases = cold_start(refs["extension-telemetry-basic"])
         rows += token_rps(refs)
@@ -512,6 +722,7 @@ def main():
         rows += ci_time()
         rows += holds()
         rows += token_latency()
+        rows += receiver(refs)
     print(f"`make bench`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores,"
           f" {time.time() - started:.0f} s; candidate {os.path.relpath(SIDECAR, ROOT)} unless the row says otherwise\n")
     print("| figure | candidate | reference | ratio | budget | met? |")

@@ -32,3 +32,56 @@ pub struct LogEntry {
     pub record: SdkLogRecord,
     pub bytes: usize,
 }
+
+/// Invocations whose trace context is remembered for joining the function's own spans.
+/// Lambda runs one invocation at a time per environment (a few dozen on Managed Instances);
+/// a span exported this many invocations late is forwarded unjoined.
+pub const TRACES_KEPT: usize = 256;
+
+/// The trace context of one invocation traced by X-Ray: what the OTLP receiver's spans are
+/// joined to (docs/signals.md, "The function's own telemetry").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvocationTrace {
+    pub trace_id: [u8; 16],
+    /// The sidecar's invocation span.
+    pub span_id: [u8; 8],
+    /// The caller's X-Ray segment, the invocation span's remote parent.
+    pub parent: Option<[u8; 8]>,
+    /// The invocation's sampling decision: an unsampled one exports no span, the function's
+    /// included.
+    pub sampled: bool,
+}
+
+/// The latest invocations' trace contexts, at most [`TRACES_KEPT`]: written by derivation
+/// as it learns them, read by export when it forwards what the function sent. Shared
+/// through a lock held for a lookup or an insert only.
+#[derive(Debug, Clone, Default)]
+pub struct InvocationTraces(
+    std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<InvocationTrace>>>,
+);
+
+impl InvocationTraces {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<InvocationTrace>> {
+        // Every update is one push or one store: a panic leaves nothing half-written.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers `trace`, replacing what was known of its trace id; the oldest beyond
+    /// [`TRACES_KEPT`] is forgotten.
+    pub fn note(&self, trace: InvocationTrace) {
+        let mut traces = self.lock();
+        if let Some(known) = traces.iter_mut().find(|t| t.trace_id == trace.trace_id) {
+            *known = trace;
+            return;
+        }
+        if traces.len() >= TRACES_KEPT {
+            traces.pop_front();
+        }
+        traces.push_back(trace);
+    }
+
+    /// Every invocation remembered, by trace id: one lock for a whole batch of lookups.
+    pub fn by_trace_id(&self) -> std::collections::HashMap<[u8; 16], InvocationTrace> {
+        self.lock().iter().map(|t| (t.trace_id, *t)).collect()
+    }
+}

@@ -20,7 +20,9 @@
 //!   edges),
 //!   [`pipeline`] (the task that feeds records, in order, to the derivation).
 //! - Edges: [`export`] (OTLP and CloudWatch EMF under one time budget), [`intake`] (the
-//!   Telemetry API listener), [`token`] (the localhost token service, its guard and keys).
+//!   Telemetry API listener), [`token`] (the localhost token service, its guard and keys),
+//!   [`receiver`] (the OTLP receiver for the function's own telemetry, above `export`,
+//!   whose inbox it feeds).
 //! - Composition: [`lifecycle`] (the extension: register, start-up, the event loop and the
 //!   flush decision), [`standalone`] (the token service without Lambda); `src/main.rs`
 //!   picks the mode.
@@ -41,6 +43,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod receiver;
 pub mod records;
 pub mod sampling;
 pub mod selftrace;

@@ -94,6 +94,19 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const REFUSED: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
+/// Whether `headers` hold exactly one `Host`, and it is one of `hosts` (case-insensitive):
+/// a request a local client addressed to this listener, not one a DNS-rebound page or a URL
+/// naming another host sent here. Each listener says which names are its own.
+pub fn host_is_one_of(headers: &http::HeaderMap, hosts: &[String]) -> bool {
+    let mut given = headers.get_all(http::header::HOST).iter();
+    match (given.next(), given.next()) {
+        (Some(host), None) => hosts
+            .iter()
+            .any(|h| host.as_bytes().eq_ignore_ascii_case(h.as_bytes())),
+        _ => false,
+    }
+}
+
 /// A request a listener answers at once, before its [`Router`]: `/token`'s hot path
 /// (`GET /token`, issue 9). The router costs a boxed request body with its timer, a boxed
 /// response body, the middleware's and handler's futures and the route lookup per request,

@@ -5,7 +5,7 @@
 //! error leaves no process behind.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -161,6 +161,15 @@ pub struct EnvConfig {
     /// Managed Instances: send SHUTDOWN as soon as the last invocation is handed to a worker,
     /// while invocations still run; they finish and report during the shutdown phase.
     pub shutdown_in_flight: bool,
+    /// A runtime process (the command and its arguments) instead of the built-in function: it
+    /// gets what Lambda gives a runtime (`AWS_LAMBDA_RUNTIME_API`, the function's variables,
+    /// the credentials and `env`) and drives the Runtime API itself, as a real runtime does
+    /// (`_X_AMZN_TRACE_ID` from each invocation's `Lambda-Runtime-Trace-Id` is its to set).
+    /// Lambda freezes the whole sandbox, so with `freeze` its process group is stopped with
+    /// the extension's. Its stdout and stderr go to `runtime.stdout` and `runtime.stderr` in
+    /// the extension's work directory (not to the Telemetry API). The options of the built-in
+    /// function (`tokens_per_invoke`, `traceparent`, logs, …) do not apply to it.
+    pub runtime: Option<Vec<String>>,
 }
 
 impl Default for EnvConfig {
@@ -204,6 +213,7 @@ impl Default for EnvConfig {
             managed_instances: false,
             workers: 1,
             shutdown_in_flight: false,
+            runtime: None,
         }
     }
 }
@@ -223,6 +233,8 @@ pub struct Environment {
     client: reqwest::Client,
     server: Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>,
     child: Option<Child>,
+    /// The runtime process ([`EnvConfig::runtime`]), instead of `function`.
+    runtime: Option<Child>,
     tasks: Vec<JoinHandle<()>>,
     function: Option<JoinHandle<()>>,
     /// Managed Instances: the runtime workers besides `function`.
@@ -381,6 +393,7 @@ impl Environment {
             client,
             server: Some((stop_tx, server)),
             child: None,
+            runtime: None,
             tasks: Vec::new(),
             function: None,
             workers: Vec::new(),
@@ -391,6 +404,9 @@ impl Environment {
         };
         if let Some(path) = env.cfg.extension.clone() {
             env.spawn_extension(path).await?;
+        }
+        if let Some(command) = env.cfg.runtime.clone() {
+            env.spawn_runtime(&command)?;
         }
         env.spawn_function();
         if env.cfg.managed_instances {
@@ -547,7 +563,64 @@ impl Environment {
         }
     }
 
+    /// Starts the [`EnvConfig::runtime`] process, in a process group of its own, with the
+    /// variables Lambda gives a runtime: those the extension gets, less the log stream, and
+    /// the function's handler.
+    fn spawn_runtime(&mut self, command: &[String]) -> Result<(), EnvError> {
+        let Some((program, args)) = command.split_first() else {
+            return Ok(());
+        };
+        let path = PathBuf::from(program);
+        let dir = self
+            .stdout_path
+            .as_ref()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(std::env::temp_dir);
+        let file = |name: &str| {
+            std::fs::File::create(dir.join(name)).map_err(|source| EnvError::WorkDir {
+                path: dir.join(name),
+                source,
+            })
+        };
+        let mut cmd = Command::new(&path);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LANG", "en_US.UTF-8")
+            .env("TZ", ":UTC")
+            .env("AWS_LAMBDA_RUNTIME_API", self.runtime_api())
+            .env("AWS_LAMBDA_FUNCTION_NAME", &self.cfg.function_name)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", &self.cfg.function_version)
+            .env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                self.cfg.memory_mb.to_string(),
+            )
+            .env("AWS_REGION", REGION)
+            .env("AWS_DEFAULT_REGION", REGION)
+            .env("_HANDLER", "handler.handler")
+            .env(
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{}", self.cfg.function_name),
+            )
+            .env("AWS_LAMBDA_INITIALIZATION_TYPE", init_type(&self.cfg))
+            .envs(self.credentials.iter().map(|(k, v)| (k, v)))
+            .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(file("runtime.stdout")?)
+            .stderr(file("runtime.stderr")?)
+            .process_group(0)
+            .kill_on_drop(true);
+        self.runtime = Some(
+            cmd.spawn()
+                .map_err(|source| EnvError::Spawn { path, source })?,
+        );
+        Ok(())
+    }
+
     fn spawn_function(&mut self) {
+        if self.cfg.runtime.is_some() {
+            return;
+        }
         let cfg = self.function_config();
         if let Some(old) = self.function.take() {
             old.abort();
@@ -915,9 +988,10 @@ impl Environment {
         self.shared.hub.resume();
     }
 
-    /// Signals the extension's process group.
+    /// Signals the extension's process group, and the runtime's.
     fn signal(&self, sig: libc::c_int) {
-        if let Some(pid) = self.extension_pid() {
+        let runtime = self.runtime.as_ref().and_then(Child::id);
+        for pid in [self.extension_pid(), runtime].into_iter().flatten() {
             signal_group(pid, sig);
         }
     }
@@ -1041,6 +1115,9 @@ impl Drop for Environment {
         }
         if let Some(f) = self.function.take() {
             f.abort();
+        }
+        if let Some(pid) = self.runtime.as_ref().and_then(Child::id) {
+            signal_group(pid, libc::SIGKILL);
         }
         for w in &self.workers {
             w.abort();

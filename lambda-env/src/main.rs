@@ -14,7 +14,7 @@ const USAGE: &str = "usage:
                  [--function-timeout-ms MS] [--gap-ms MS] [--no-freeze] [--shutdown-ms MS]
                  [--snapstart] [--credentials-ttl-s S] [--inject-unknown] [--logs-dropped] [--fail-invoke I]...
                  [--timeout-invoke I]... [--unsampled-invoke I]... [--token-url URL] [--work-dir DIR] [--report FILE]
-                 [--managed-instances [--workers N] [--shutdown-in-flight]]
+                 [--managed-instances [--workers N] [--shutdown-in-flight]] [--runtime CMD]
                  [--env KEY=VAL]...
   lambda-env sink --listen 127.0.0.1:PORT [--out FILE] [--mode ok|fail:STATUS|slow:MS]";
 
@@ -85,6 +85,10 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, CliError
             "--unsampled-invoke" => cfg.unsampled_invokes.push(number(&mut args, &flag)?),
             "--token-url" => cfg.token_url = value(&mut args, &flag)?,
             "--work-dir" => cfg.work_dir = Some(value(&mut args, &flag)?.into()),
+            "--runtime" => {
+                let command = value(&mut args, &flag)?;
+                cfg.runtime = Some(command.split_whitespace().map(str::to_owned).collect());
+            }
             "--report" => report = Some(PathBuf::from(value(&mut args, &flag)?)),
             "--env" => {
                 let kv = value(&mut args, &flag)?;

@@ -25,7 +25,7 @@
 //! SnapStart gives instead — and endpoints of the AWS key sources), `telemetry` (the
 //! Telemetry API subscription, flushes, EMF, `/metrics`, and `ExportConfig`), `otlp` (OTLP
 //! straight to AWS: SigV4 signing, CloudWatch Logs headers, exporter headers from a secret),
-//! `lambda`,
+//! `receiver` (the OTLP receiver's switch and address), `lambda`,
 //! `logging` (the sidecar's own log lines); `lookup` has the typed accessors they parse
 //! through, `variables` the list.
 
@@ -34,6 +34,7 @@ mod lambda;
 mod logging;
 mod lookup;
 mod otlp;
+mod receiver;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -51,8 +52,10 @@ pub use lambda::Lambda;
 pub use logging::{LogConfig, LogFormat};
 use lookup::Env;
 pub use otlp::{HeadersSource, LogDestination, OtlpAws, OtlpSignal, SigV4Mode, SigV4Target};
+pub use receiver::{DEFAULT_RECEIVER_ADDR, ReceiverConfig};
 pub use telemetry::{
-    ExportConfig, FAAS_TRIGGERS, FLUSH_STRATEGIES, FlushStrategy, TelemetryConfig, otlp_headers,
+    Compression, ExportConfig, FAAS_TRIGGERS, FLUSH_STRATEGIES, FlushStrategy, ForwardTarget,
+    TelemetryConfig, otlp_headers,
 };
 pub use token::{
     Algorithm, KeyMaterial, KeySource, SIDECAR_CLAIMS, TokenAuth, TokenConfig, is_https_url,
@@ -80,6 +83,9 @@ pub struct Config {
     /// ingestion and every metric × dimension set as a custom metric (docs/signals.md,
     /// "CloudWatch EMF").
     pub emf_namespace: Option<String>,
+    /// The OTLP receiver for the function's own telemetry (`SIDECAR_OTLP_RECEIVER*`), when
+    /// on; extension mode only.
+    pub receiver: Option<ReceiverConfig>,
 }
 
 /// A configuration value the sidecar refuses to start with.
@@ -171,6 +177,7 @@ impl Config {
             telemetry: telemetry::telemetry_config(&env)?,
             metrics_addr: telemetry::metrics_addr(&env)?,
             emf_namespace: telemetry::emf_namespace(&env)?,
+            receiver: receiver::receiver_config(&env)?,
         })
     }
 

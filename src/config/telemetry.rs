@@ -244,6 +244,38 @@ pub struct ExportConfig {
     /// Straight to AWS: which signals are signed with SigV4, the CloudWatch Logs headers, the
     /// exporter headers from a secret (`SIDECAR_OTLP_*`, `config/otlp.rs`).
     pub aws: OtlpAws,
+    /// Where the function's own telemetry, taken by the OTLP receiver, is forwarded: the same
+    /// URL, headers and compression opentelemetry-otlp resolves for the sidecar's own
+    /// exporters, per signal exported over OTLP/HTTP.
+    pub forward: ForwardTargets,
+}
+
+/// One [`ForwardTarget`] per signal; `None` where the signal is not exported over OTLP/HTTP.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForwardTargets {
+    pub traces: Option<ForwardTarget>,
+    pub metrics: Option<ForwardTarget>,
+    pub logs: Option<ForwardTarget>,
+}
+
+/// An OTLP/HTTP endpoint, resolved as opentelemetry-otlp resolves it for its exporters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardTarget {
+    /// `OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT` as it is, else `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// with `/v1/{signal}` appended (the OTLP exporter specification's rule).
+    pub endpoint: String,
+    /// `OTEL_EXPORTER_OTLP_{SIGNAL}_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`: (lowercase
+    /// name, decoded value). Hold API keys: never logged.
+    pub headers: Vec<(String, String)>,
+    pub compression: Compression,
+}
+
+/// `OTEL_EXPORTER_OTLP_{SIGNAL}_COMPRESSION`, else `OTEL_EXPORTER_OTLP_COMPRESSION`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
 }
 
 impl ExportConfig {
@@ -344,9 +376,83 @@ impl ExportConfig {
                 _ => Temporality::Cumulative,
             },
             service_name_set: lookup("OTEL_SERVICE_NAME").is_some(),
+            forward: ForwardTargets {
+                traces: forward_target(&lookup, "traces", traces)?,
+                metrics: forward_target(&lookup, "metrics", metrics)?,
+                logs: forward_target(&lookup, "logs", logs)?,
+            },
         })
     }
 }
+
+/// Where `signal` (`traces`, `metrics`, `logs`), exported with `protocol`, is sent, as
+/// opentelemetry-otlp resolves it: `None` unless it is exported over OTLP/HTTP.
+fn forward_target(
+    lookup: &impl Fn(&str) -> Option<String>,
+    signal: &'static str,
+    protocol: Option<Protocol>,
+) -> Result<Option<ForwardTarget>, ConfigError> {
+    if protocol != Some(Protocol::HttpBinary) {
+        return Ok(None);
+    }
+    let upper = signal.to_ascii_uppercase();
+    let set = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+    let endpoint = match set(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")) {
+        Some(endpoint) => endpoint.trim().to_string(),
+        None => {
+            let base = set("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
+            let base = base.trim();
+            let path = format!("v1/{signal}");
+            match base.ends_with('/') {
+                true => format!("{base}{path}"),
+                false => format!("{base}/{path}"),
+            }
+        }
+    };
+    let (headers_var, compression_var) = match signal {
+        "traces" => (HEADERS_VARS[1], COMPRESSION_VARS[1]),
+        "metrics" => (HEADERS_VARS[2], COMPRESSION_VARS[2]),
+        _ => (HEADERS_VARS[3], COMPRESSION_VARS[3]),
+    };
+    let headers = match lookup(headers_var) {
+        Some(raw) => otlp_headers(headers_var, &raw)?,
+        None => match lookup(HEADERS_VARS[0]) {
+            Some(raw) => otlp_headers(HEADERS_VARS[0], &raw)?,
+            None => Vec::new(),
+        },
+    };
+    let mut compression = Compression::None;
+    for var in [compression_var, COMPRESSION_VARS[0]] {
+        if let Some(raw) = lookup(var) {
+            compression = match raw.trim().to_ascii_lowercase().as_str() {
+                "gzip" => Compression::Gzip,
+                "none" | "" => Compression::None,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        var,
+                        value: raw,
+                        expected: "gzip or none".to_string(),
+                    });
+                }
+            };
+            break;
+        }
+    }
+    Ok(Some(ForwardTarget {
+        endpoint,
+        headers,
+        compression,
+    }))
+}
+
+/// The variables that choose OTLP compression: the general one, and the per-signal ones that
+/// replace it for their signal.
+const COMPRESSION_VARS: [&str; 4] = [
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
+];
 
 /// The variables that hold OTLP request headers: the general one, and the per-signal ones
 /// that replace it for their signal (not merged, as the spec says).

@@ -1104,6 +1104,7 @@ fn export_configuration() {
         sampler: Sampler::default(),
         service_name_set: false,
         aws: Default::default(),
+        forward: Default::default(),
     };
     assert_eq!(export(&[]).unwrap(), none);
     let both = export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();
@@ -1445,6 +1446,8 @@ fn the_variable_list() {
             "SIDECAR_OTLP_METRICS_WITH_EMF",
             "SIDECAR_OTLP_HEADERS_SOURCE",
             "SIDECAR_OTLP_HEADERS_REFRESH_SECONDS",
+            "SIDECAR_OTLP_RECEIVER",
+            "SIDECAR_OTLP_RECEIVER_ADDR",
         ]
     );
     let unknown = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_PROT", "4000")]).unwrap_err();
@@ -1500,4 +1503,68 @@ fn flush_strategy_max_age_and_self_traces() {
             Some((var, "Config.InvalidValue")),
         );
     }
+}
+
+/// The receiver forwards the function's telemetry where opentelemetry-otlp sends the
+/// sidecar's: the per-signal endpoint as it is, else the general one with `/v1/{signal}`;
+/// the per-signal headers and compression replacing the general ones.
+#[test]
+fn forwarding_targets_resolve_as_the_otlp_exporter_does() {
+    let config = export(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+        (
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            "http://logs:4318/custom",
+        ),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=abc"),
+        ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-tenant=m"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "none"),
+    ])
+    .unwrap();
+    let target = |endpoint: &str, header: (&str, &str), compression| ForwardTarget {
+        endpoint: endpoint.to_string(),
+        headers: vec![(header.0.to_string(), header.1.to_string())],
+        compression,
+    };
+    assert_eq!(
+        config.forward.traces,
+        Some(target(
+            "http://collector:4318/v1/traces",
+            ("x-api-key", "abc"),
+            Compression::Gzip
+        ))
+    );
+    assert_eq!(
+        config.forward.metrics,
+        Some(target(
+            "http://collector:4318/v1/metrics",
+            ("x-tenant", "m"),
+            Compression::Gzip
+        ))
+    );
+    assert_eq!(
+        config.forward.logs,
+        Some(target(
+            "http://logs:4318/custom",
+            ("x-api-key", "abc"),
+            Compression::None
+        ))
+    );
+    let err = export(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd"),
+    ])
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"),
+        "{err}"
+    );
+    let none = export(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_LOGS_EXPORTER", "none"),
+    ])
+    .unwrap();
+    assert!(none.forward.logs.is_none() && none.forward.traces.is_some());
 }

@@ -3,7 +3,7 @@
 //! errors that must not show a value work from it, and a test checks that every variable a
 //! parser looks up is listed here.
 
-use Domain::{Aws, Lambda, Logging, Otlp, Telemetry, Token};
+use Domain::{Aws, Lambda, Logging, Otlp, Receiver, Telemetry, Token};
 
 /// The part of the configuration a variable belongs to: the file under `config/` that owns
 /// it. Other parts may read it too: `AWS_LAMBDA_FUNCTION_NAME` is the default JWT subject.
@@ -21,6 +21,8 @@ pub enum Domain {
     Lambda,
     /// `logging.rs`: the sidecar's own log lines.
     Logging,
+    /// `receiver.rs`: the OTLP receiver for the function's own telemetry.
+    Receiver,
 }
 
 /// Who reads a variable's value.
@@ -99,6 +101,8 @@ pub const VARIABLES: &[Variable] = &[
     // Names a secret; as for JWT_KEY_SOURCE, a value pasted here by mistake is not shown.
     Variable::new("SIDECAR_OTLP_HEADERS_SOURCE", Otlp).hidden(),
     Variable::new("SIDECAR_OTLP_HEADERS_REFRESH_SECONDS", Otlp),
+    Variable::new("SIDECAR_OTLP_RECEIVER", Receiver),
+    Variable::new("SIDECAR_OTLP_RECEIVER_ADDR", Receiver),
     Variable::new("JWT_ALGORITHM", Token),
     Variable::new("JWT_SECRET", Token).hidden(),
     Variable::new("JWT_PRIVATE_KEY", Token).hidden(),
@@ -172,10 +176,10 @@ pub const VARIABLES: &[Variable] = &[
     Variable::new("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", Telemetry).sdk(),
     Variable::new("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", Telemetry).sdk(),
     Variable::new("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", Telemetry).sdk(),
-    Variable::new("OTEL_EXPORTER_OTLP_COMPRESSION", Telemetry).sdk(),
-    Variable::new("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", Telemetry).sdk(),
-    Variable::new("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", Telemetry).sdk(),
-    Variable::new("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", Telemetry).sdk(),
+    Variable::new("OTEL_EXPORTER_OTLP_COMPRESSION", Telemetry),
+    Variable::new("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", Telemetry),
+    Variable::new("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", Telemetry),
+    Variable::new("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", Telemetry),
     // For an endpoint without a scheme; only the gRPC exporters read these.
     #[cfg(feature = "grpc")]
     Variable::new("OTEL_EXPORTER_OTLP_INSECURE", Telemetry).sdk(),

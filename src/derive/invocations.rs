@@ -19,6 +19,7 @@ use opentelemetry_sdk::trace::IdGenerator;
 use super::spans::{NewSpan, Outcome, flags};
 use super::{Shared, count, millis, seconds};
 use crate::events::{PlatformSpan, Report, RuntimeDone, Start, Status};
+use crate::items::InvocationTrace;
 use crate::metrics::pending::stamped;
 use crate::metrics::{Metrics, Signal};
 use crate::records::{InvokeRecord, RemoteParent, parse_xray};
@@ -84,6 +85,19 @@ impl Invocation {
             self.parent = xray.span_id;
             self.traced = true;
             self.sampled = sampler.decide(xray.sampled, xray.trace_id);
+        }
+    }
+
+    /// Publishes the trace context, once X-Ray's is known, for the function's own spans to
+    /// join (`items::InvocationTraces`).
+    fn publish(&self, shared: &Shared) {
+        if let (true, Some(traces)) = (self.traced, &shared.traces) {
+            traces.note(InvocationTrace {
+                trace_id: self.trace_id.to_bytes(),
+                span_id: self.span_id.to_bytes(),
+                parent: self.parent.map(SpanId::to_bytes),
+                sampled: self.sampled,
+            });
         }
     }
 
@@ -258,6 +272,7 @@ impl Invocations {
         invocation.received = Some(invoke.received);
         invocation.invoked_arn = Some(invoke.invoked_arn);
         invocation.learn_xray(invoke.xray.as_deref(), shared.sampler);
+        invocation.publish(shared);
     }
 
     /// `platform.start`: where the span and the invocation's window start.
@@ -270,6 +285,7 @@ impl Invocations {
                 start.tracing.as_ref().map(|t| t.value.as_str()),
                 shared.sampler,
             );
+            invocation.publish(shared);
         }
     }
 
@@ -305,6 +321,7 @@ impl Invocations {
             done.tracing.as_ref().map(|t| t.value.as_str()),
             shared.sampler,
         );
+        invocation.publish(shared);
         invocation.runtime_done = Some(time);
         invocation.ended = Some(time);
         stamped(invocation.start().unwrap_or(time), || {

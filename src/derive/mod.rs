@@ -30,7 +30,7 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData};
 
 use crate::events::{Batch, EventKind, LogLine, Report, TelemetryEvent};
 use crate::function::FunctionInfo;
-use crate::items::LogEntry;
+use crate::items::{InvocationTraces, LogEntry};
 use crate::metrics::pending::stamped;
 use crate::metrics::{Metrics, SkipReason};
 use crate::records::Record;
@@ -61,6 +61,9 @@ struct Shared {
     sampler: Sampler,
     ids: RandomIdGenerator,
     finished: Finished,
+    /// Where the invocations' trace contexts are published for the OTLP receiver's spans to
+    /// join, when it is on.
+    traces: Option<InvocationTraces>,
 }
 
 impl Shared {
@@ -118,8 +121,16 @@ impl Deriver {
                 sampler: Sampler::default(),
                 ids: RandomIdGenerator::default(),
                 finished: Finished::new(),
+                traces: None,
             },
         }
+    }
+
+    /// Publishes each X-Ray traced invocation's trace context in `traces`, for the function's
+    /// own spans (the OTLP receiver's) to join its tree.
+    pub fn with_invocation_traces(mut self, traces: InvocationTraces) -> Self {
+        self.shared.traces = Some(traces);
+        self
     }
 
     /// Also turns `function` and `extension` log lines into log records ([`Self::take_logs`]).

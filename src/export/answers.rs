@@ -69,7 +69,13 @@ impl Answers {
 
     /// A failed export of this exporter, `error`, classified with what the collector said.
     pub(super) fn failure(&self, error: OTelSdkError) -> Failure {
-        failure(&error.to_string(), self.take())
+        self.failure_of(&error.to_string())
+    }
+
+    /// A failed request of this exporter, `error` the client's text of it, classified with
+    /// what the collector said.
+    pub(super) fn failure_of(&self, error: &str) -> Failure {
+        failure(error, self.take())
     }
 }
 

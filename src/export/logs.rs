@@ -175,7 +175,7 @@ pub(super) mod tests {
             spans: None,
             metrics: None,
             logs: Some(exporter),
-            answers: Default::default(),
+            ..Default::default()
         };
         let mut exporter = Exporter::new(clients, source.clone(), Arc::new(metrics));
         exporter.queue_logs(entries(0..6));

@@ -11,7 +11,9 @@
 //! next flush: `spans.rs` (a bounded buffer, sent in batches), `logs.rs` (a buffer bounded in
 //! bytes, sent in batches by bytes) and `metrics.rs` (a delta batch kept until delivered).
 //! `queue.rs` holds what they share: the budget, the in-order batch loop, the per-queue
-//! report, and the rule for a batch whose request failed. Delivery is at-least-once within
+//! report, and the rule for a batch whose request failed. `received.rs` holds what the
+//! function sent to the OTLP receiver: one more queue per signal, flushed with the others,
+//! joined to the invocation's trace and resource by `joining.rs`. Delivery is at-least-once within
 //! bounds: what a failure or the timeout interrupts stays at the front of its queue for a
 //! later flush, and the queue backs off; a batch is given up, and counted, after 8 attempts,
 //! or after 2 unanswered ones (a request cut at the deadline may have been received, so it
@@ -29,11 +31,13 @@
 mod answers;
 pub mod emf;
 mod headers;
+mod joining;
 mod log_stream;
 mod logs;
 mod metrics;
 pub mod otlp;
 mod queue;
+mod received;
 mod sigv4;
 mod spans;
 
@@ -45,12 +49,14 @@ use opentelemetry_sdk::trace::SpanData;
 pub use headers::{HeadersSourceError, SecretHeaders};
 pub use log_stream::{LogStreamError, create_log_stream};
 pub use otlp::{ExportClients, MetricsSource, resource};
+pub use received::{Held, Inbox, Offer, Payload, RECEIVED_BUFFER_BYTES};
 
-use crate::items::LogEntry;
+use crate::items::{InvocationTraces, LogEntry};
 use crate::metrics::Metrics;
 use logs::LogQueue;
 use metrics::MetricQueue;
 use queue::Budget;
+use received::ReceivedQueues;
 use spans::SpanQueue;
 
 /// What one flush did, for logs and the sidecar's own metrics.
@@ -61,6 +67,9 @@ pub struct FlushReport {
     pub spans_dropped: usize,
     pub logs_sent: usize,
     pub logs_pending: usize,
+    /// The function's own items (from the OTLP receiver) delivered, and still waiting.
+    pub received_sent: usize,
+    pub received_pending: usize,
     pub metrics_sent: bool,
     /// The bytes of the OTLP/HTTP request bodies this flush sent, as sent (compressed when
     /// asked); 0 over gRPC, whose client does not show them.
@@ -76,6 +85,9 @@ pub struct Exporter {
     spans: SpanQueue,
     metrics: MetricQueue,
     logs: LogQueue,
+    /// What the function sent to the OTLP receiver, forwarded by the same flush.
+    received: ReceivedQueues,
+    metrics_recorder: Arc<Metrics>,
     /// The CloudWatch EMF output (`SIDECAR_EMF=on`), and the receipt of its last batch.
     emf: Option<emf::Writer>,
     emf_written: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -99,7 +111,9 @@ impl Exporter {
                 source,
                 metrics.clone(),
             ),
-            logs: LogQueue::new(clients.logs, clients.answers.logs, metrics),
+            logs: LogQueue::new(clients.logs, clients.answers.logs, metrics.clone()),
+            received: ReceivedQueues::new(clients.received),
+            metrics_recorder: metrics,
             emf: None,
             emf_written: None,
         }
@@ -126,10 +140,24 @@ impl Exporter {
         self.logs.queue(logs);
     }
 
+    /// Where the OTLP receiver hands what the function sent: every flush forwards it.
+    pub fn inbox(&self) -> Inbox {
+        self.received.inbox()
+    }
+
+    /// The invocations' trace contexts, for derivation to publish and the function's spans
+    /// to join at the flush.
+    pub fn invocation_traces(&self) -> InvocationTraces {
+        self.received.invocations()
+    }
+
     /// Nothing waits to be sent again: no span or log record kept from a failed flush, no
-    /// delta metrics batch undelivered.
+    /// delta metrics batch undelivered, nothing from the function.
     pub fn idle(&self) -> bool {
-        self.spans.is_empty() && self.logs.is_empty() && self.metrics.is_empty()
+        self.spans.is_empty()
+            && self.logs.is_empty()
+            && self.metrics.is_empty()
+            && self.received.is_empty()
     }
 
     /// Queues `spans`, then sends what is queued (in batches) and the current metrics,
@@ -152,10 +180,11 @@ impl Exporter {
         let started = Instant::now();
         let bytes_before = self.sent_bytes();
         let spans_dropped = self.spans.queue(spans);
-        let (spans, metrics, logs) = tokio::join!(
+        let (spans, metrics, logs, received) = tokio::join!(
             self.spans.flush(budget),
             self.metrics.flush(budget),
-            self.logs.flush(budget)
+            self.logs.flush(budget),
+            self.received.flush(budget, &self.metrics_recorder)
         );
         // EMF last, so it carries this flush's export failures.
         self.write_emf();
@@ -165,10 +194,18 @@ impl Exporter {
             spans_dropped,
             logs_sent: logs.sent,
             logs_pending: logs.pending,
+            received_sent: received.iter().map(|r| r.sent).sum(),
+            received_pending: received.iter().map(|r| r.pending).sum(),
             metrics_sent: metrics.sent > 0,
             bytes_sent: self.sent_bytes().saturating_sub(bytes_before),
-            timed_out: spans.timed_out || metrics.timed_out || logs.timed_out,
-            backed_off: spans.sat_out || metrics.sat_out || logs.sat_out,
+            timed_out: spans.timed_out
+                || metrics.timed_out
+                || logs.timed_out
+                || received.iter().any(|r| r.timed_out),
+            backed_off: spans.sat_out
+                || metrics.sat_out
+                || logs.sat_out
+                || received.iter().any(|r| r.sat_out),
             duration: started.elapsed(),
         }
     }
@@ -219,7 +256,7 @@ mod tests {
             spans: None,
             metrics: Some(metric_exporter),
             logs: Some(logs::tests::log_exporter(&sink)),
-            answers: Default::default(),
+            ..Default::default()
         };
         let mut exporter = Exporter::new(clients, source.clone(), Arc::new(metrics));
         exporter.queue_logs(logs::tests::entries(0..2));

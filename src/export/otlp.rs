@@ -28,6 +28,7 @@ use opentelemetry_sdk::trace::SpanExporter as _;
 
 use super::answers::{Answers, NotingClient, Outgoing};
 use super::headers::SecretHeaders;
+use super::received::{Forwarder, Forwarders};
 use super::sigv4::Signer;
 use crate::aws::CredentialProvider;
 use crate::config::{ConfigError, ExportConfig, OtlpSignal};
@@ -188,12 +189,16 @@ fn service_instance_id(log_stream: Option<&str>) -> String {
 
 /// The OTLP exporters, with their HTTP/gRPC clients: built once per process, on a
 /// blocking thread while it registers with the Extensions API.
+#[derive(Default)]
 pub struct ExportClients {
     pub(super) spans: Option<SpanExporter>,
     pub(super) metrics: Option<MetricExporter>,
     pub(super) logs: Option<LogExporter>,
     /// What the collector answered each exporter's failed requests (OTLP/HTTP only).
     pub(super) answers: SignalAnswers,
+    /// What forwards the function's own telemetry (the OTLP receiver's), through the same
+    /// HTTP client, for the signals exported over OTLP/HTTP.
+    pub(super) received: Forwarders,
 }
 
 /// One [`Answers`] per exporter.
@@ -292,11 +297,52 @@ impl ExportClients {
         if let Some(exporter) = logs.as_mut() {
             exporter.set_resource(resource);
         }
+        let forward = &config.forward;
+        let received = Forwarders {
+            traces: forward
+                .traces
+                .as_ref()
+                .map(|t| {
+                    Forwarder::new(
+                        t,
+                        &http,
+                        outgoing(OtlpSignal::Traces),
+                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    )
+                })
+                .transpose()?,
+            metrics: forward
+                .metrics
+                .as_ref()
+                .map(|t| {
+                    Forwarder::new(
+                        t,
+                        &http,
+                        outgoing(OtlpSignal::Metrics),
+                        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    )
+                })
+                .transpose()?,
+            logs: forward
+                .logs
+                .as_ref()
+                .map(|t| {
+                    Forwarder::new(
+                        t,
+                        &http,
+                        outgoing(OtlpSignal::Logs),
+                        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                    )
+                })
+                .transpose()?,
+            resource: super::joining::sidecar_attributes(resource),
+        };
         Ok(ExportClients {
             spans,
             metrics,
             logs,
             answers,
+            received,
         })
     }
 }
@@ -440,6 +486,36 @@ fn grpc_tls(ca: Option<&CustomCa>) -> ClientTlsConfig {
     }
 }
 
+/// Clients that forward the function's telemetry (only) to `base` + `/v1/{signal}`, with
+/// `resource`'s attributes, `gzip` or not: for the receiver's tests.
+#[cfg(test)]
+pub(crate) fn forwarding_to(base: &str, resource: &Resource, gzip: bool) -> ExportClients {
+    use crate::config::{Compression, ForwardTarget};
+    let http = http_client(None).unwrap();
+    let target = |signal: &str| ForwardTarget {
+        endpoint: format!("{base}/v1/{signal}"),
+        headers: vec![("x-api-key".to_string(), "forwarded".to_string())],
+        compression: if gzip {
+            Compression::Gzip
+        } else {
+            Compression::None
+        },
+    };
+    ExportClients {
+        received: Forwarders {
+            traces: Some(
+                Forwarder::new(&target("traces"), &http, Outgoing::default(), "T").unwrap(),
+            ),
+            metrics: Some(
+                Forwarder::new(&target("metrics"), &http, Outgoing::default(), "M").unwrap(),
+            ),
+            logs: Some(Forwarder::new(&target("logs"), &http, Outgoing::default(), "L").unwrap()),
+            resource: super::joining::sidecar_attributes(resource),
+        },
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,7 +594,7 @@ mod tests {
             spans: None,
             metrics: Some(exporter),
             logs: None,
-            answers: Default::default(),
+            ..Default::default()
         };
         let mut exporter = Exporter::new(clients, source, metrics);
         let report = exporter.flush(Vec::new(), Duration::from_secs(5)).await;
@@ -615,6 +691,7 @@ mod tests {
                 spans: answers,
                 ..SignalAnswers::default()
             },
+            ..Default::default()
         };
         let mut exporter = Exporter::new(clients, source.clone(), Arc::new(metrics));
         let report = exporter.flush(spans(1_000), Duration::from_secs(5)).await;

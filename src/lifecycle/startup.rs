@@ -5,7 +5,8 @@
 //! source), the OTLP clients, metric instruments and pipeline built and
 //! `sandbox.localdomain` resolved *while* the extension registers (`prepare`); then
 //! (`start`) the token server starts (the function's own init may already ask for a
-//! token), the telemetry listener binds, and the Telemetry API subscription is made. Any
+//! token), the telemetry listener and the OTLP receiver bind, and the Telemetry API
+//! subscription is made. Any
 //! failure after register is a [`StartupError`], which becomes the `init/error` type; before
 //! register there is no extension id to report with, so it only logs and exits.
 //!
@@ -24,7 +25,7 @@ use tracing::Instrument as _;
 use super::client::{ExtensionsApi, subscribed_types};
 use super::event_loop::Sidecar;
 use super::flush::{self, Cadence, FlushSettings};
-use crate::config::{Config, ConfigError, ExportConfig, Lambda};
+use crate::config::{Config, ConfigError, ExportConfig, Lambda, ReceiverConfig};
 use crate::derive::Deriver;
 use crate::export::{
     ExportClients, Exporter, HeadersSourceError, LogStreamError, MetricsSource, SecretHeaders,
@@ -34,6 +35,7 @@ use crate::function::FunctionInfo;
 use crate::intake;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Recorder};
+use crate::receiver;
 use crate::selftrace::{self, SelfTraces};
 use crate::token::source::{self, KeyRing, KeySourceError, LoadError, Loaded};
 use crate::token::{self, TokenService};
@@ -193,18 +195,14 @@ pub(super) fn prepare(
         .clone()
         .filter(|destination| destination.create_in.is_some())
         .map(|destination| tokio::spawn(async move { create_log_stream(&destination).await }));
-    let emf_namespace = config.emf_namespace.clone();
-    let trigger = config.telemetry.faas_trigger;
+    let shape = Shape {
+        emf_namespace: config.emf_namespace.clone(),
+        trigger: config.telemetry.faas_trigger,
+        managed_instances,
+        receiving: config.receiver.is_some(),
+    };
     let built = tokio::task::spawn_blocking(move || {
-        build(
-            export_config,
-            secret,
-            resource,
-            function,
-            emf_namespace,
-            trigger,
-            managed_instances,
-        )
+        build(export_config, secret, resource, function, shape)
     });
     Ok(Prepared {
         config,
@@ -217,19 +215,35 @@ pub(super) fn prepare(
     })
 }
 
+/// What [`build`] takes from the configuration and the platform besides the exporters'.
+struct Shape {
+    /// EMF on, in this namespace.
+    emf_namespace: Option<String>,
+    /// `faas.trigger` of the invocation spans.
+    trigger: &'static str,
+    /// Invocations may overlap (Lambda Managed Instances).
+    managed_instances: bool,
+    /// The OTLP receiver is on: the deriver publishes the invocations' trace contexts.
+    receiving: bool,
+}
+
 /// Builds the telemetry side (see [`Prepared`]): the exporters' clients, the metric
-/// instruments, the exporter (writing EMF when `emf_namespace` is set) and the pipeline with
-/// its deriver. On a blocking thread of the runtime, so that `Pipeline::start` can spawn its
+/// instruments, the exporter (writing EMF when `shape` says so) and the pipeline with its
+/// deriver. On a blocking thread of the runtime, so that `Pipeline::start` can spawn its
 /// task.
 fn build(
     export_config: ExportConfig,
     secret: Option<Arc<SecretHeaders>>,
     resource: Resource,
     function: FunctionInfo,
-    emf_namespace: Option<String>,
-    trigger: &'static str,
-    managed_instances: bool,
+    shape: Shape,
 ) -> Result<Built, ConfigError> {
+    let Shape {
+        emf_namespace,
+        trigger,
+        managed_instances,
+        receiving,
+    } = shape;
     let clients = ExportClients::build(&export_config, &resource, secret)?;
     phase("export clients built");
     let source = Arc::new(MetricsSource::with_temporality(
@@ -254,6 +268,9 @@ fn build(
         .with_overlapping_invocations(managed_instances);
     if export_config.logs.is_some() {
         deriver = deriver.with_logs();
+    }
+    if receiving {
+        deriver = deriver.with_invocation_traces(exporter.invocation_traces());
     }
     let (pipeline, recorder) = Pipeline::start(deriver, metrics);
     phase("pipeline started");
@@ -303,6 +320,9 @@ pub(super) async fn start(
     let telemetry_addr = joined(telemetry).await?;
     phase("sandbox.localdomain resolved");
     let intake = start_intake(telemetry_addr, recorder.clone()).await?;
+    if let Some(receiver) = config.receiver {
+        start_receiver(receiver, &exporter, &recorder, &intake.stop).await?;
+    }
     let types = subscribed_types(&config.telemetry.types, logs);
     let strategy = flush::strategy(
         config.telemetry.flush_strategy,
@@ -452,6 +472,35 @@ async fn start_intake(addr: SocketAddr, recorder: Recorder) -> Result<Intake, St
         destination,
         stop,
     })
+}
+
+/// Binds the OTLP receiver on `config.addr` and serves it until the intake stops (after the
+/// SHUTDOWN flush), handing what the function sends to `exporter`'s inbox. At the default
+/// address, a port already taken (another extension's OpenTelemetry collector) leaves the
+/// sidecar running without its receiver, with a warning; at an address the user set, it
+/// stops start-up.
+async fn start_receiver(
+    config: ReceiverConfig,
+    exporter: &Exporter,
+    recorder: &Recorder,
+    stop: &watch::Sender<bool>,
+) -> Result<(), StartupError> {
+    let listener = match bind(config.addr).await {
+        Ok(listener) => listener,
+        Err(e) if !config.explicit => {
+            tracing::warn!(error = %e, "OTLP receiver not started: its default port is taken");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    phase("OTLP receiver bound");
+    tokio::spawn(receiver::serve(
+        listener,
+        exporter.inbox(),
+        recorder.metrics(),
+        stopped(stop.subscribe()),
+    ));
+    Ok(())
 }
 
 /// Where the telemetry listener binds: the address `sandbox.localdomain` resolves to, which

@@ -208,6 +208,8 @@ pub struct Metrics {
     token_unattributed: Instrument<Counter<u64>, IntCounterVec>,
     connections_refused: Instrument<Counter<u64>, IntCounterVec>,
     key_failures: Instrument<Counter<u64>, IntCounterVec>,
+    receiver_items: Instrument<Counter<u64>, IntCounterVec>,
+    receiver_refused: Instrument<Counter<u64>, IntCounterVec>,
 }
 
 impl Metrics {
@@ -257,6 +259,8 @@ impl Metrics {
             token_unattributed: counter(&TOKEN_UNATTRIBUTED),
             connections_refused: counter(&CONNECTIONS_REFUSED),
             key_failures: counter(&KEY_FAILURES),
+            receiver_items: counter(&RECEIVER_ITEMS),
+            receiver_refused: counter(&RECEIVER_REFUSED),
             registry: out.registry.clone(),
             emf: out.emf.clone(),
         }
@@ -405,6 +409,18 @@ impl Metrics {
     }
 
     /// A connection to `listener` was refused or closed by a limit.
+    pub fn received(&self, signal: Signal, outcome: Received, items: u64) {
+        if items > 0 {
+            self.receiver_items
+                .add(items, [signal.as_str(), outcome.as_str()]);
+        }
+    }
+
+    pub fn receiver_refused(&self, signal: Signal, reason: RequestRefusal) {
+        self.receiver_refused
+            .add(1, [signal.as_str(), reason.as_str()]);
+    }
+
     pub fn connection_refused(&self, listener: Listener, reason: Refusal) {
         self.connections_refused
             .add(1, [listener.as_str(), reason.as_str()]);
@@ -602,6 +618,11 @@ sidecar.export.failures{signal=traces} = 2"
                 "sidecar_connections_refused_total",
             ),
             ("sidecar.keys.failures", "sidecar_keys_failures_total"),
+            ("sidecar.receiver.items", "sidecar_receiver_items_total"),
+            (
+                "sidecar.receiver.refused_requests",
+                "sidecar_receiver_refused_requests_total",
+            ),
         ];
         let mut defined: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
         let mut listed: Vec<&str> = expected.iter().map(|(otel, _)| *otel).collect();
@@ -819,6 +840,8 @@ sidecar.export.failures{signal=traces} = 2"
         metrics.token_unattributed(Unattributed::Concurrent);
         metrics.connection_refused(Listener::Metrics, Refusal::OverCapacity);
         metrics.key_failure(KeyOperation::Refresh);
+        metrics.received(Signal::Traces, Received::Accepted, 1);
+        metrics.receiver_refused(Signal::Logs, RequestRefusal::TooLarge);
         let text = metrics.prometheus_text().unwrap();
         for def in METRICS {
             let name = prometheus_name(def);

@@ -264,6 +264,20 @@ pub const KEY_FAILURES: MetricDef = MetricDef {
     kind: MetricKind::Counter,
     labels: &[OPERATION],
 };
+pub const RECEIVER_ITEMS: MetricDef = MetricDef {
+    name: "sidecar.receiver.items",
+    unit: "{item}",
+    description: "Spans, metric data points and log records the function sent to the OTLP receiver, by signal and outcome: accepted (queued for export), invalid (refused in partial_success: a malformed id), unsampled (dropped at export: the invocation's trace is not sampled), not_exported (the signal has no OTLP/HTTP exporter)",
+    kind: MetricKind::Counter,
+    labels: &[SIGNAL, OUTCOME],
+};
+pub const RECEIVER_REFUSED: MetricDef = MetricDef {
+    name: "sidecar.receiver.refused_requests",
+    unit: "{request}",
+    description: "Requests to the OTLP receiver refused whole, by signal and reason: undecodable (400), too_large (413), unsupported_media_type (415), queue_full (429: the signal's queue had no room; the SDK may send it again), foreign_host (400: a Host other than the receiver's loopback address)",
+    kind: MetricKind::Counter,
+    labels: &[SIGNAL, REASON],
+};
 
 /// Every metric the sidecar emits.
 pub const METRICS: &[MetricDef] = &[
@@ -292,6 +306,8 @@ pub const METRICS: &[MetricDef] = &[
     TOKEN_UNATTRIBUTED,
     CONNECTIONS_REFUSED,
     KEY_FAILURES,
+    RECEIVER_ITEMS,
+    RECEIVER_REFUSED,
 ];
 
 /// A metric's Prometheus name, exactly as Prometheus's own OTLP translation (otlptranslator,
@@ -428,6 +444,8 @@ pub enum Listener {
     Telemetry,
     /// `SIDECAR_METRICS_ADDR`, in `serve` mode only.
     Metrics,
+    /// The OTLP receiver (`SIDECAR_OTLP_RECEIVER_ADDR`).
+    Receiver,
 }
 
 /// What a key source failed to do after start (the `operation` label).
@@ -454,6 +472,53 @@ impl Listener {
             Listener::Token => "token",
             Listener::Telemetry => "telemetry",
             Listener::Metrics => "metrics",
+            Listener::Receiver => "receiver",
+        }
+    }
+}
+
+/// What became of items the function sent to the OTLP receiver (the `outcome` label of
+/// `sidecar.receiver.items`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    Accepted,
+    Invalid,
+    Unsampled,
+    NotExported,
+}
+
+impl Received {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Received::Accepted => "accepted",
+            Received::Invalid => "invalid",
+            Received::Unsampled => "unsampled",
+            Received::NotExported => "not_exported",
+        }
+    }
+}
+
+/// Why the OTLP receiver refused a whole request (the `reason` label of
+/// `sidecar.receiver.refused_requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestRefusal {
+    Undecodable,
+    TooLarge,
+    UnsupportedMediaType,
+    /// 429: the signal's queue had no room for it.
+    QueueFull,
+    /// A `Host` other than the receiver's own loopback address (DNS rebinding).
+    ForeignHost,
+}
+
+impl RequestRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestRefusal::Undecodable => "undecodable",
+            RequestRefusal::TooLarge => "too_large",
+            RequestRefusal::UnsupportedMediaType => "unsupported_media_type",
+            RequestRefusal::QueueFull => "queue_full",
+            RequestRefusal::ForeignHost => "foreign_host",
         }
     }
 }

@@ -167,17 +167,9 @@ impl TokenService {
                  request the path only",
             ));
         }
-        let mut hosts = headers.get_all(header::HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (Some(host), None)
-                if self
-                    .hosts
-                    .iter()
-                    .any(|h| host.as_bytes().eq_ignore_ascii_case(h.as_bytes())) =>
-            {
-                Ok(())
-            }
-            _ => Err(ApiError::new(
+        match crate::server::host_is_one_of(headers, &self.hosts) {
+            true => Ok(()),
+            false => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 &format!(
                     "the Host header must be {} or {}",

@@ -9,6 +9,7 @@
  */
 import { Hono } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { inSpan } from "./telemetry.js";
 import { currentTraceparent } from "./traceparent.js";
 
 /** What the sidecar's /token answers (a subset: the fields this example passes on). */
@@ -56,7 +57,7 @@ async function fetchToken(traceparent: string | undefined, subject?: string): Pr
   }
   let res: Response;
   try {
-    res = await fetch(sidecarUrl("/token"), init);
+    res = await inSpan("sidecar /token", () => fetch(sidecarUrl("/token"), init));
   } catch (err) {
     throw new SidecarError(`sidecar unreachable: ${(err as Error).message}`, 502);
   }

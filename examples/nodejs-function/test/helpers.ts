@@ -1,13 +1,44 @@
 // Test helpers: a free loopback port, and the real lambda-sidecar binary in `serve` mode.
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
-import { createServer, type AddressInfo } from "node:net";
+import { existsSync, readdirSync } from "node:fs";
+import { connect, createServer, type AddressInfo } from "node:net";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 /** The binary under test: LAMBDA_SIDECAR_BIN (as `make` exports it), else the release build. */
 export const LAMBDA_SIDECAR_BIN = resolve(ROOT, process.env.LAMBDA_SIDECAR_BIN ?? "target/x86_64-unknown-linux-musl/release/lambda-sidecar");
+
+/** lambda-env (the local Lambda environment): LAMBDA_ENV_BIN, else `make build`'s release build. */
+export const LAMBDA_ENV_BIN = resolve(ROOT, process.env.LAMBDA_ENV_BIN ?? "target/release/lambda-env");
+
+/** rotel-agent, the collector the tests put in front of lambda-env's sink: ROTEL_AGENT, else the venv's. */
+export function rotelAgent(): string {
+  if (process.env.ROTEL_AGENT) return process.env.ROTEL_AGENT;
+  const lib = resolve(ROOT, ".venv", "lib");
+  for (const python of existsSync(lib) ? readdirSync(lib) : []) {
+    const agent = resolve(lib, python, "site-packages", "rotel", "rotel-agent");
+    if (existsSync(agent)) return agent;
+  }
+  throw new Error("rotel-agent not found: run `make deps` or set ROTEL_AGENT");
+}
+
+/** Resolves once something listens on 127.0.0.1:`port`, or fails after `ms`. */
+export async function waitForPort(port: number, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const open = await new Promise<boolean>((ok) => {
+      const socket = connect(port, "127.0.0.1", () => {
+        socket.end();
+        ok(true);
+      });
+      socket.once("error", () => ok(false));
+    });
+    if (open) return;
+    await sleep(20);
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
 
 export function freePort(): Promise<number> {
   return new Promise((ok, fail) => {
