@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::{counter, rotel, rotel_at, stderr_of};
 use lambda_env::{
-    EnvConfig, InvokeStatus, LogRecordView, MIXED_LOG_LEVELS, MIXED_TEXT_LINES, Report, Sink,
-    SinkMode, SpanRecord, Traceparent,
+    EnvConfig, FUNCTION_USER_AGENT, InvokeStatus, LogRecordView, MIXED_LOG_LEVELS,
+    MIXED_TEXT_LINES, Report, Sink, SinkMode, SpanRecord, Traceparent,
 };
 
 const FUNCTION: &str = "e2e-orders";
@@ -383,6 +383,13 @@ async fn semantic_conventions_reach_the_collector() {
         assert_eq!(attributes["url.path"], "/token");
         assert_eq!(attributes["url.scheme"], "http");
         assert_eq!(attributes["http.response.status_code"], 200);
+        // The HTTP server span's recommended attributes (issue 21): from the Host header
+        // the function sent, its peer, the HTTP version and its User-Agent.
+        assert_eq!(attributes["server.address"], "127.0.0.1", "{attributes:?}");
+        assert!(attributes["server.port"].as_i64().is_some_and(|p| p > 0));
+        assert_eq!(attributes["client.address"], "127.0.0.1");
+        assert_eq!(attributes["network.protocol.version"], "1.1");
+        assert_eq!(attributes["user_agent.original"], FUNCTION_USER_AGENT);
         assert_eq!(span.status_code, 0, "a 200 leaves the status unset");
         assert!(!attributes.contains_key("faas.trigger"));
     }
@@ -740,7 +747,8 @@ fn invocation_id(log: &LogRecordView) -> &str {
 
 /// Each invocation's lines arrived once each, in its trace, with the invocation span as
 /// their span and its sampled flag (an unsampled invocation exports no span: its lines keep
-/// its X-Ray trace id with the flag off), and the severity and body the function wrote.
+/// its X-Ray trace id with the flag off), and the severity and body the function wrote: the
+/// severity text as written (`CRITICAL`, not FATAL's name), beside the number.
 fn assert_lines_of_each_invocation(report: &Report, logs: &[LogRecordView], spans: &[SpanRecord]) {
     for (i, invoke) in report.invokes.iter().enumerate() {
         let mine: Vec<&LogRecordView> = logs
@@ -777,7 +785,7 @@ fn assert_lines_of_each_invocation(report: &Report, logs: &[LogRecordView], span
                 )
             })
             .collect();
-        for (k, (level, number)) in MIXED_LOG_LEVELS.iter().zip([9, 13, 17]).enumerate() {
+        for (k, (level, number)) in MIXED_LOG_LEVELS.iter().zip([9, 13, 21]).enumerate() {
             let body = mine
                 .iter()
                 .find(|l| l.severity_number == number)

@@ -28,7 +28,7 @@ use crate::function::FunctionInfo;
 use crate::items::LogEntry;
 use crate::metrics::{Metrics, SkipReason};
 use crate::records::Record;
-use crate::sampling::Sampler;
+use crate::sampling::{Propagators, Sampler};
 
 mod invocations;
 mod logs;
@@ -53,6 +53,8 @@ struct Shared {
     /// [`FunctionInfo::attributes`], computed once.
     common: Vec<KeyValue>,
     sampler: Sampler,
+    /// Which incoming trace contexts are believed (`OTEL_PROPAGATORS`).
+    propagators: Propagators,
     ids: RandomIdGenerator,
     finished: Finished,
 }
@@ -110,6 +112,7 @@ impl Deriver {
                 common: function.attributes(),
                 function,
                 sampler: Sampler::default(),
+                propagators: Propagators::default(),
                 ids: RandomIdGenerator::default(),
                 finished: Finished::new(),
             },
@@ -125,6 +128,14 @@ impl Deriver {
     /// Samples with `sampler` instead of the default `parentbased_always_on`.
     pub fn with_sampler(mut self, sampler: Sampler) -> Self {
         self.shared.sampler = sampler;
+        self
+    }
+
+    /// Reads only the trace contexts `propagators` lists (`OTEL_PROPAGATORS`): without
+    /// `tracecontext` a `/token` caller's `traceparent` is ignored, without `xray` the X-Ray
+    /// context of the invocation (each invocation then starts a trace of its own).
+    pub fn with_propagators(mut self, propagators: Propagators) -> Self {
+        self.shared.propagators = propagators;
         self
     }
 
@@ -154,7 +165,10 @@ impl Deriver {
                 self.batch(batch);
                 self.settle(false);
             }
-            Record::Token(token) => {
+            Record::Token(mut token) => {
+                if !self.shared.propagators.tracecontext {
+                    token.traceparent = None;
+                }
                 self.tokens
                     .token(token, &mut self.invocations, &mut self.shared);
             }

@@ -11,6 +11,7 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap};
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
@@ -61,11 +62,19 @@ impl Answers {
 pub(super) struct NotingClient {
     http: reqwest::Client,
     answers: Answers,
+    /// The most one request may take (`OTEL_EXPORTER_OTLP_*TIMEOUT`): opentelemetry-otlp
+    /// applies its timeout only to a client it builds itself. The flush's budget may end a
+    /// request sooner.
+    timeout: Duration,
 }
 
 impl NotingClient {
-    pub(super) fn new(http: reqwest::Client, answers: Answers) -> NotingClient {
-        NotingClient { http, answers }
+    pub(super) fn new(http: reqwest::Client, answers: Answers, timeout: Duration) -> NotingClient {
+        NotingClient {
+            http,
+            answers,
+            timeout,
+        }
     }
 }
 
@@ -84,7 +93,11 @@ impl HttpClient for NotingClient {
         Box::pin(async move {
             *self.answers.slot() = None;
             let secrets = secrets(request.headers());
-            let sent = self.http.send_bytes(request).await;
+            let sent = match tokio::time::timeout(self.timeout, self.http.send_bytes(request)).await
+            {
+                Ok(sent) => sent,
+                Err(_) => Err(format!("no answer within {:?}", self.timeout).into()),
+            };
             let answer = match &sent {
                 Ok(response) if response.status().is_success() => return sent,
                 Ok(response) => Answer::Status {

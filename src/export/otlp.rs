@@ -5,8 +5,8 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
-use opentelemetry::{Key, KeyValue};
 #[cfg(feature = "grpc")]
 use opentelemetry_otlp::Protocol;
 #[cfg(feature = "grpc")]
@@ -24,6 +24,7 @@ use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::SpanExporter as _;
 
 use super::answers::{Answers, NotingClient};
@@ -102,34 +103,48 @@ impl MetricReader for SharedReader {
     }
 }
 
-/// The OTel resource: standard `OTEL_RESOURCE_ATTRIBUTES`/`OTEL_SERVICE_NAME` handling from
-/// the SDK, the function's identity per the FaaS and cloud semantic conventions,
-/// `service.name` defaulting to the function name, and `service.instance.id`.
+/// The OTel resource: `OTEL_RESOURCE_ATTRIBUTES`, the SDK's own `telemetry.sdk.*`, the
+/// function's identity per the FaaS and cloud semantic conventions, `service.name` and
+/// `service.instance.id`.
+///
+/// `service.name` is `OTEL_SERVICE_NAME`, else a `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`, else the function's name: the SDK specification gives
+/// `OTEL_SERVICE_NAME` the precedence (the SDK's own detectors apply the attributes
+/// variable last, so it would win; both are read by `config` and applied here in order).
 ///
 /// `service.instance.id` tells the execution environments of one function apart: backends
 /// that key series on `service.name` + `service.instance.id` (Prometheus's OTLP receiver,
 /// Mimir) would otherwise merge their counters into one series. An id set in
 /// `OTEL_RESOURCE_ATTRIBUTES` is replaced (with a warning), because that variable is the
 /// same in every environment of the function: kept, it would bring the collision back.
-pub fn resource(function: &FunctionInfo, service_name_set: bool) -> Resource {
-    let mut builder = Resource::builder().with_attributes(function.attributes());
-    if !service_name_set {
-        builder = builder.with_service_name(function.name.clone());
+pub fn resource(function: &FunctionInfo, config: &ExportConfig) -> Resource {
+    let mut explicit_instance = None;
+    let mut named = None;
+    let mut attributes = Vec::with_capacity(config.resource_attributes.len());
+    for (key, value) in &config.resource_attributes {
+        match key.as_str() {
+            SERVICE_INSTANCE_ID => explicit_instance = Some(value),
+            SERVICE_NAME => named = Some(value.clone()),
+            _ => attributes.push(KeyValue::new(key.clone(), value.clone())),
+        }
     }
-    let detected = builder.build();
-    if let Some(explicit) = detected.get(&Key::from_static_str(SERVICE_INSTANCE_ID)) {
+    if let Some(explicit) = explicit_instance {
         tracing::warn!(
             ignored = %explicit,
             "service.instance.id in OTEL_RESOURCE_ATTRIBUTES is shared by every execution \
              environment of the function; replaced by one per environment"
         );
     }
+    let service_name = config
+        .service_name
+        .clone()
+        .or(named)
+        .unwrap_or_else(|| function.name.clone());
     Resource::builder_empty()
-        .with_attributes(
-            detected
-                .iter()
-                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
-        )
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(attributes)
+        .with_attributes(function.attributes())
+        .with_attribute(KeyValue::new(SERVICE_NAME, service_name))
         .with_attribute(KeyValue::new(
             SERVICE_INSTANCE_ID,
             service_instance_id(function.log_stream.as_deref()),
@@ -137,6 +152,10 @@ pub fn resource(function: &FunctionInfo, service_name_set: bool) -> Resource {
         .build()
 }
 
+const SERVICE_NAME: &str = "service.name";
+
+/// The variable an exporter's build error names when no signal's is known.
+const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 const SERVICE_INSTANCE_ID: &str = "service.instance.id";
 
 /// The namespace the semantic conventions give for a `service.instance.id` made from an
@@ -202,9 +221,10 @@ pub(super) struct SignalAnswers {
 }
 
 impl ExportClients {
-    /// Endpoint, headers, timeout and compression come from the standard
-    /// `OTEL_EXPORTER_OTLP_*` variables, read by opentelemetry-otlp itself. Retries are off:
-    /// a failed batch waits for the next flush instead of holding this one.
+    /// Endpoint and timeout come from `config` (the `OTEL_EXPORTER_OTLP_*` variables, read
+    /// there); headers and compression from the standard variables, read by
+    /// opentelemetry-otlp itself. Retries are off: a failed batch waits for the next flush
+    /// instead of holding this one.
     pub fn build(config: &ExportConfig, resource: &Resource) -> Result<ExportClients, ConfigError> {
         fn invalid(
             var: &'static str,
@@ -224,50 +244,54 @@ impl ExportClients {
         #[cfg(feature = "grpc")]
         let grpc_tls = grpc_tls(ca.as_ref());
         let answers = SignalAnswers::default();
-        // The span, metric and log builders are different types with the same methods.
+        // The span, metric and log builders are different types with the same methods. The
+        // timeout is given to both transports: tonic applies it per request; reqwest, given
+        // as a client of our own, would not, so the `NotingClient` applies it.
         macro_rules! exporter {
-            ($builder:expr, $protocol:expr, $answers:expr, $var:literal) => {
-                match $protocol {
+            ($builder:expr, $otlp:expr, $answers:expr) => {
+                match $otlp {
                     None => None,
                     #[cfg(feature = "grpc")]
-                    Some(Protocol::Grpc) => Some(
+                    Some(
+                        otlp @ crate::config::Otlp {
+                            protocol: Protocol::Grpc,
+                            ..
+                        },
+                    ) => Some(
                         $builder
                             .with_tonic()
+                            .with_endpoint(otlp.endpoint.clone())
+                            .with_timeout(otlp.timeout)
                             .with_tls_config(grpc_tls.clone())
                             .with_retry_policy(RetryPolicy::disabled())
                             .build(),
                     ),
-                    Some(protocol) => Some(
+                    Some(otlp) => Some(
                         $builder
                             .with_http()
-                            .with_http_client(NotingClient::new(http.clone(), $answers.clone()))
-                            .with_protocol(protocol)
+                            .with_http_client(NotingClient::new(
+                                http.clone(),
+                                $answers.clone(),
+                                otlp.timeout,
+                            ))
+                            .with_endpoint(otlp.endpoint.clone())
+                            .with_timeout(otlp.timeout)
+                            .with_protocol(otlp.protocol)
                             .with_retry_policy(RetryPolicy::disabled())
                             .build(),
                     ),
                 }
                 .transpose()
-                .map_err(invalid($var))?
+                .map_err(invalid(
+                    $otlp
+                        .as_ref()
+                        .map_or(ENDPOINT_VAR, |otlp| otlp.endpoint_var),
+                ))?
             };
         }
-        let mut spans = exporter!(
-            SpanExporter::builder(),
-            config.traces,
-            answers.spans,
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-        );
-        let metrics = exporter!(
-            MetricExporter::builder(),
-            config.metrics,
-            answers.metrics,
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
-        );
-        let mut logs = exporter!(
-            LogExporter::builder(),
-            config.logs,
-            answers.logs,
-            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
-        );
+        let mut spans = exporter!(SpanExporter::builder(), &config.traces, answers.spans);
+        let metrics = exporter!(MetricExporter::builder(), &config.metrics, answers.metrics);
+        let mut logs = exporter!(LogExporter::builder(), &config.logs, answers.logs);
         if let Some(exporter) = spans.as_mut() {
             exporter.set_resource(resource);
         }
@@ -505,7 +529,11 @@ mod tests {
         use lambda_env::sink::REFUSAL_MESSAGE;
         let sink = lambda_env::Sink::start().await.unwrap();
         let answers = Answers::default();
-        let client = NotingClient::new(http_client(None).unwrap(), answers.clone());
+        let client = NotingClient::new(
+            http_client(None).unwrap(),
+            answers.clone(),
+            Duration::from_secs(10),
+        );
         let exporter = SpanExporter::builder()
             .with_http()
             .with_http_client(client)
@@ -557,8 +585,69 @@ mod tests {
         assert!(exporter.idle());
     }
 
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` bounds one request: against a collector that answers
+    /// after a minute, a flush with a 5 s budget gives up after the 200 ms timeout, not at
+    /// the budget (opentelemetry-otlp applies its timeout only to a client it builds).
+    #[tokio::test]
+    async fn the_otlp_timeout_bounds_each_request() {
+        let sink = lambda_env::Sink::start().await.unwrap();
+        sink.set_mode(lambda_env::SinkMode::Slow(Duration::from_secs(60)));
+        let endpoint = sink.endpoint();
+        let config = ExportConfig::parse(|k| match k {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some(format!("{endpoint}/v1/traces")),
+            "OTEL_EXPORTER_OTLP_TIMEOUT" => Some("200".to_string()),
+            _ => None,
+        })
+        .unwrap();
+        let resource = Resource::builder_empty().build();
+        let clients = ExportClients::build(&config, &resource).unwrap();
+        let (source, metrics) = crate::metrics::testing::source();
+        let mut exporter = Exporter::new(clients, Arc::new(source), Arc::new(metrics));
+        let report = exporter.flush(spans(1), Duration::from_secs(5)).await;
+        assert_eq!(report.spans_sent, 0, "{report:?}");
+        assert!(!report.timed_out, "the budget ran out first: {report:?}");
+        assert!(report.duration < Duration::from_secs(2), "{report:?}");
+    }
+
     /// The first batch of 1,000 spans: one request's worth.
     const MAX_REFUSED: usize = super::super::queue::MAX_BATCH;
+
+    /// `service.name`: `OTEL_SERVICE_NAME`, else the one in `OTEL_RESOURCE_ATTRIBUTES`,
+    /// else the function's name (the SDK's own detectors let the attributes win).
+    #[test]
+    fn otel_service_name_wins_over_resource_attributes() {
+        let function = FunctionInfo::from_vars(|key| {
+            (key == "AWS_LAMBDA_FUNCTION_NAME").then(|| "orders-fn".to_string())
+        });
+        let name = |pairs: &[(&str, &str)]| {
+            let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+            let config = ExportConfig::parse(|k| map.get(k).map(|v| v.to_string())).unwrap();
+            let resource = resource(&function, &config);
+            let get = |key: &'static str| {
+                resource
+                    .get(&opentelemetry::Key::from_static_str(key))
+                    .map(|v| v.to_string())
+            };
+            (get(SERVICE_NAME), get("team"), get("telemetry.sdk.name"))
+        };
+        let attributes = (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=from-attributes,team=a",
+        );
+        assert_eq!(
+            name(&[("OTEL_SERVICE_NAME", "from-service-name"), attributes]).0,
+            Some("from-service-name".to_string())
+        );
+        assert_eq!(
+            name(&[attributes]),
+            (
+                Some("from-attributes".to_string()),
+                Some("a".to_string()),
+                Some("opentelemetry".to_string())
+            )
+        );
+        assert_eq!(name(&[]).0, Some("orders-fn".to_string()));
+    }
 
     #[test]
     fn instance_id_is_a_uuid_v5_of_the_log_stream() {

@@ -135,11 +135,15 @@ pub(super) fn prepare(
     config: Result<Config, ConfigError>,
     managed_instances: bool,
 ) -> Result<Prepared, StartupError> {
-    let config = config?;
-    config.check_extension_mode()?;
-    let export_config = ExportConfig::from_env()?;
+    // Every configuration error at once: `Config`'s, the extension-mode check's and the
+    // export's.
+    let config = config.and_then(|config| config.check_extension_mode().map(|()| config));
+    let (config, export_config) = ConfigError::both(config, ExportConfig::from_env())?;
+    for warning in &export_config.warnings {
+        tracing::warn!("{warning}");
+    }
     let function = Lambda::from_env().function;
-    let resource = crate::export::resource(&function, export_config.service_name_set);
+    let resource = crate::export::resource(&function, &export_config);
     let token_config = config.token.clone();
     let logs = export_config.logs.is_some();
     phase("extension config parsed");
@@ -202,6 +206,7 @@ fn build(
     }
     let mut deriver = Deriver::new(function, metrics.clone())
         .with_sampler(export_config.sampler)
+        .with_propagators(export_config.propagators)
         .with_trigger(trigger)
         .with_overlapping_invocations(managed_instances);
     if export_config.logs.is_some() {
