@@ -337,6 +337,19 @@ async fn semantic_conventions_reach_the_collector() {
     assert!(delivered, "{spans:?}\n{}", stderr_of(&report));
 
     let function_arn = format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{FUNCTION}");
+    // The account and the resource id are on the resource (issue 21), from the account id
+    // register answers with: metrics (and logs) carry them, not only the invocation span.
+    let resource_id = format!("{function_arn}:7");
+    let metrics = sink.metrics();
+    assert!(!metrics.is_empty());
+    for resource in spans
+        .iter()
+        .map(|s| &s.resource)
+        .chain(metrics.iter().map(|m| &m.resource))
+    {
+        assert_eq!(resource["cloud.account.id"], ACCOUNT_ID, "{resource:?}");
+        assert_eq!(resource["cloud.resource_id"], resource_id.as_str());
+    }
     let invocations = invocation_spans(&spans);
     assert_eq!(invocations.len(), invokes);
     for (i, span) in invocations.iter().enumerate() {
@@ -770,6 +783,11 @@ fn assert_lines_of_each_invocation(report: &Report, logs: &[LogRecordView], span
             assert_eq!(log.flags & 1, u32::from(sampled), "sampled flag: {log:?}");
             assert_eq!(log.attributes["sidecar.log.source"], "function");
             assert_eq!(log.resource["service.name"], FUNCTION);
+            assert_eq!(
+                log.resource["cloud.account.id"],
+                lambda_env::env::ACCOUNT_ID,
+                "{log:?}"
+            );
         }
         let mut got: Vec<(i32, String, serde_json::Value)> = mine
             .iter()

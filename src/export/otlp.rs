@@ -105,7 +105,8 @@ impl MetricReader for SharedReader {
 
 /// The OTel resource: `OTEL_RESOURCE_ATTRIBUTES`, the SDK's own `telemetry.sdk.*`, the
 /// function's identity per the FaaS and cloud semantic conventions, `service.name` and
-/// `service.instance.id`.
+/// `service.instance.id`; and, with the `account` register answered with, `cloud.account.id`
+/// and `cloud.resource_id`, so that metrics and logs carry them as spans do.
 ///
 /// `service.name` is `OTEL_SERVICE_NAME`, else a `service.name` in
 /// `OTEL_RESOURCE_ATTRIBUTES`, else the function's name: the SDK specification gives
@@ -117,7 +118,7 @@ impl MetricReader for SharedReader {
 /// Mimir) would otherwise merge their counters into one series. An id set in
 /// `OTEL_RESOURCE_ATTRIBUTES` is replaced (with a warning), because that variable is the
 /// same in every environment of the function: kept, it would bring the collision back.
-pub fn resource(function: &FunctionInfo, config: &ExportConfig) -> Resource {
+pub fn resource(function: &FunctionInfo, config: &ExportConfig, account: Option<&str>) -> Resource {
     let mut explicit_instance = None;
     let mut named = None;
     let mut attributes = Vec::with_capacity(config.resource_attributes.len());
@@ -144,6 +145,7 @@ pub fn resource(function: &FunctionInfo, config: &ExportConfig) -> Resource {
         .with_detector(Box::new(TelemetryResourceDetector))
         .with_attributes(attributes)
         .with_attributes(function.attributes())
+        .with_attributes(account.map_or_else(Vec::new, |a| function.account_attributes(a)))
         .with_attribute(KeyValue::new(SERVICE_NAME, service_name))
         .with_attribute(KeyValue::new(
             SERVICE_INSTANCE_ID,
@@ -225,7 +227,7 @@ impl ExportClients {
     /// there); headers and compression from the standard variables, read by
     /// opentelemetry-otlp itself. Retries are off: a failed batch waits for the next flush
     /// instead of holding this one.
-    pub fn build(config: &ExportConfig, resource: &Resource) -> Result<ExportClients, ConfigError> {
+    pub fn build(config: &ExportConfig) -> Result<ExportClients, ConfigError> {
         fn invalid(
             var: &'static str,
         ) -> impl Fn(opentelemetry_otlp::ExporterBuildError) -> ConfigError {
@@ -289,21 +291,25 @@ impl ExportClients {
                 ))?
             };
         }
-        let mut spans = exporter!(SpanExporter::builder(), &config.traces, answers.spans);
+        let spans = exporter!(SpanExporter::builder(), &config.traces, answers.spans);
         let metrics = exporter!(MetricExporter::builder(), &config.metrics, answers.metrics);
-        let mut logs = exporter!(LogExporter::builder(), &config.logs, answers.logs);
-        if let Some(exporter) = spans.as_mut() {
-            exporter.set_resource(resource);
-        }
-        if let Some(exporter) = logs.as_mut() {
-            exporter.set_resource(resource);
-        }
+        let logs = exporter!(LogExporter::builder(), &config.logs, answers.logs);
         Ok(ExportClients {
             spans,
             metrics,
             logs,
             answers,
         })
+    }
+
+    /// The resource spans and logs carry (metrics carry their provider's).
+    pub fn set_resource(&mut self, resource: &Resource) {
+        if let Some(exporter) = self.spans.as_mut() {
+            exporter.set_resource(resource);
+        }
+        if let Some(exporter) = self.logs.as_mut() {
+            exporter.set_resource(resource);
+        }
     }
 }
 
@@ -599,8 +605,7 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        let resource = Resource::builder_empty().build();
-        let clients = ExportClients::build(&config, &resource).unwrap();
+        let clients = ExportClients::build(&config).unwrap();
         let (source, metrics) = crate::metrics::testing::source();
         let mut exporter = Exporter::new(clients, Arc::new(source), Arc::new(metrics));
         let report = exporter.flush(spans(1), Duration::from_secs(5)).await;
@@ -622,7 +627,7 @@ mod tests {
         let name = |pairs: &[(&str, &str)]| {
             let map: HashMap<&str, &str> = pairs.iter().copied().collect();
             let config = ExportConfig::parse(|k| map.get(k).map(|v| v.to_string())).unwrap();
-            let resource = resource(&function, &config);
+            let resource = resource(&function, &config, None);
             let get = |key: &'static str| {
                 resource
                     .get(&opentelemetry::Key::from_static_str(key))

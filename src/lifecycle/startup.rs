@@ -15,7 +15,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry_sdk::Resource;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -121,6 +120,9 @@ pub(super) struct Prepared {
     keys: JoinHandle<Result<Loaded, LoadError>>,
     telemetry: JoinHandle<SocketAddr>,
     built: JoinHandle<Result<Built, ConfigError>>,
+    /// The account id register answers with: the resource's `cloud.account.id` (see
+    /// [`build`]).
+    account: std::sync::mpsc::SyncSender<Option<String>>,
 }
 
 /// The telemetry side, built before register (see [`Prepared`]).
@@ -143,7 +145,6 @@ pub(super) fn prepare(
         tracing::warn!("{warning}");
     }
     let function = Lambda::from_env().function;
-    let resource = crate::export::resource(&function, &export_config);
     let token_config = config.token.clone();
     let logs = export_config.logs.is_some();
     phase("extension config parsed");
@@ -155,10 +156,11 @@ pub(super) fn prepare(
     });
     let emf_namespace = config.emf_namespace.clone();
     let trigger = config.telemetry.faas_trigger;
+    let (account, account_id) = std::sync::mpsc::sync_channel(1);
     let built = tokio::task::spawn_blocking(move || {
         build(
             export_config,
-            resource,
+            account_id,
             function,
             emf_namespace,
             trigger,
@@ -171,23 +173,41 @@ pub(super) fn prepare(
         keys,
         telemetry,
         built,
+        account,
     })
+}
+
+impl Prepared {
+    /// Hands the build the account id register answered with (`None` when Lambda gave
+    /// none), for the resource.
+    pub(super) fn registered(&self, account_id: Option<String>) {
+        // The build took it already, or ended: nothing waits for it.
+        let _ = self.account.try_send(account_id);
+    }
 }
 
 /// Builds the telemetry side (see [`Prepared`]): the exporters' clients, the metric
 /// instruments, the exporter (writing EMF when `emf_namespace` is set) and the pipeline with
 /// its deriver. On a blocking thread of the runtime, so that `Pipeline::start` can spawn its
 /// task.
+///
+/// The resource waits for register's account id (`account_id`), so that metrics and logs
+/// carry `cloud.account.id` and `cloud.resource_id` as spans do: the clients, the costly
+/// part, are built first, while register is under way. If register fails, the sender is
+/// dropped with `Prepared` and the build goes on without the account.
 fn build(
     export_config: ExportConfig,
-    resource: Resource,
+    account_id: std::sync::mpsc::Receiver<Option<String>>,
     function: FunctionInfo,
     emf_namespace: Option<String>,
     trigger: &'static str,
     managed_instances: bool,
 ) -> Result<Built, ConfigError> {
-    let clients = ExportClients::build(&export_config, &resource)?;
+    let mut clients = ExportClients::build(&export_config)?;
     phase("export clients built");
+    let account = account_id.recv().ok().flatten();
+    let resource = crate::export::resource(&function, &export_config, account.as_deref());
+    clients.set_resource(&resource);
     let source = Arc::new(MetricsSource::with_temporality(
         resource,
         export_config.temporality,
@@ -235,6 +255,7 @@ pub(super) async fn start(
         keys,
         telemetry,
         built,
+        account: _,
     } = prepared?;
     let Loaded { ring, refresher } = joined(keys).await??;
     let Built {
