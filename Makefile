@@ -102,7 +102,8 @@ fuzz:
 # The logic lives in scripts/package/; docs/deploying.md walks through it.
 #   make layer-arm64 layer-x86_64   dist/lambda-sidecar-<arch>.zip (static musl build, cargo-zigbuild)
 #   make test-packaging             template lint (cfn-lint, sam validate), dashboard, zips, sam build, smoke runs of both zips
-#   make test-example               examples/nodejs-function: npm test against the real sidecar
+#   make test-example               examples/nodejs-function (npm test) and examples/python-function (pytest),
+#                                   and docs/your-function.md's client snippets, against the real sidecar
 #   make deploy                     sam build + sam deploy (--guided the first time); needs AWS credentials
 #   make publish-layer              the layer alone, for your own functions (docs/your-function.md)
 #   make publish-jwks               after a deploy with PublishJwks=true: the JWKS and discovery document to its bucket
@@ -126,6 +127,7 @@ test-packaging: packaging-deps build layers
 
 test-example: deps build
 	cd examples/nodejs-function && npm ci --no-audit --no-fund --loglevel=error && npm test
+	$(PYTEST) -q examples/python-function/tests
 
 # One layer in lambda-env (arm64 under qemu-aarch64-static); prints a summary.
 smoke-arm64 smoke-x86_64: smoke-%: packaging-deps build layer-%
