@@ -123,6 +123,7 @@ packaging-deps:
 	$(ROOT)/scripts/package/ensure-sam.sh
 
 test-packaging: packaging-deps build layers
+	cd tests/cdk && npm ci --no-audit --no-fund --loglevel=error
 	$(PYTEST) -q tests/packaging
 
 test-example: deps build

@@ -48,9 +48,10 @@ def translate(template, params):
     return transform(template, params, NoManagedPolicies())
 
 
-def cfn_lint(path):
+def cfn_lint(path, ignore=()):
+    ignored = ["--ignore-checks", *ignore] if ignore else []
     r = subprocess.run(
-        [tool("cfn-lint"), "--format", "json", "-c", "I", "--", str(path)],
+        [tool("cfn-lint"), "--format", "json", "-c", "I", *ignored, "--", str(path)],
         capture_output=True, text=True, timeout=300,
     )
     assert json.loads(r.stdout or "[]") == [], r.stdout
@@ -189,3 +190,62 @@ def test_the_cli_snippet_adds_the_layer_the_key_source_and_the_grant(moto):
     assert policy["Statement"] == [
         {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": secret}
     ]
+
+
+CDK = ROOT / "tests" / "cdk"
+
+
+def test_the_cdk_snippet_synthesises_lints_and_grants_the_secret(tmp_path):
+    """The TypeScript snippet, inside a stack, synthesised by aws-cdk-lib (tests/cdk, installed
+    by `make test-packaging`), and the template it makes linted and read."""
+    assert (CDK / "node_modules" / "aws-cdk-lib").exists(), "run: cd tests/cdk && npm ci"
+    code = snippet("cdk")
+    imports = "\n".join(l for l in code.splitlines() if l.startswith("import "))
+    body = "\n".join("    " + l for l in code.splitlines() if not l.startswith("import "))
+    (tmp_path / "node_modules").symlink_to(CDK / "node_modules")
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "index.mjs").write_text("export const handler = async () => ({});\n")
+    (tmp_path / "stack.ts").write_text(f"""import * as cdk from "aws-cdk-lib";
+import {{ Construct }} from "constructs";
+{imports}
+
+class MyFunctionStack extends cdk.Stack {{
+  constructor(scope: Construct, id: string) {{
+    super(scope, id, {{ env: {{ account: "123456789012", region: "{REGION}" }} }});
+    const jwtSecretArn = "{SECRET_ARN}";
+    const sidecarLayerArn = "{LAYER_ARN}";
+{body}
+  }}
+}}
+
+const app = new cdk.App({{ outdir: "cdk.out" }});
+new MyFunctionStack(app, "MyFunctionStack");
+app.synth();
+""")
+    r = subprocess.run(
+        ["node", "--import", "tsx", "stack.ts"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    path = tmp_path / "cdk.out" / "MyFunctionStack.template.json"
+    # What aws-cdk-lib itself writes, not the snippet: Fn::Join where Sub would do (I1022),
+    # and a DependsOn on the role beside its GetAtt (W3005).
+    cfn_lint(path, ignore=("I1022", "W3005"))
+    resources = json.loads(path.read_text())["Resources"]
+    (fn,) = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
+    assert fn["Layers"] == [LAYER_ARN]
+    assert fn["Architectures"] == ["arm64"]
+    assert fn["Environment"]["Variables"]["JWT_KEY_SOURCE"] == f"secretsmanager:{SECRET_ARN}"
+    statements = [
+        s
+        for r in resources.values()
+        if r["Type"] == "AWS::IAM::Policy"
+        for s in r["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    assert statements == [
+        {
+            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+            "Effect": "Allow",
+            "Resource": SECRET_ARN,
+        }
+    ], statements
