@@ -610,6 +610,106 @@ async fn a_config_error_reaches_init_error_and_exits_non_zero() {
     assert!(report.invokes.is_empty());
 }
 
+/// Issue 21: a fresh setup with mistakes in `SIDECAR_*`, `JWT_*` and `OTEL_*` alike hears of
+/// all of them in the one `init/error` (its type the first one's), each naming the variable
+/// the user set: the general OTLP endpoint without a scheme, not the traces one it was
+/// read for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_config_error_reaches_init_error_at_once() {
+    let mut config = environment(1, 0, &[]);
+    config.env.extend(
+        [
+            ("JWT_TTL_SECONDS", "forever"),
+            ("SIDECAR_PROT", "4000"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let report = lambda_env::run(config).await.unwrap();
+    let error = report.init.error.as_ref().expect("init must fail");
+    let message = error.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.starts_with("4 configuration errors: "), "{message}");
+    for named in [
+        "SIDECAR_PROT",
+        "did you mean SIDECAR_PORT?",
+        "JWT_TTL_SECONDS",
+        "OTEL_EXPORTER_OTLP_ENDPOINT=\"collector:4318\"",
+        "OTEL_TRACES_SAMPLER",
+    ] {
+        assert!(message.contains(named), "{named} missing: {message}");
+    }
+    assert!(
+        !message.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        "{message}"
+    );
+    assert!(!message.contains("super_secret"), "{message}");
+    assert_eq!(error.error_type, "Config.UnknownVariable");
+    assert_eq!(error.exit_code, Some(1));
+}
+
+/// Issue 21: `serve` checks the `OTEL_*` variables as the extension does (an endpoint it
+/// would refuse stops `serve`, exit 2, naming it), and says which valid ones it ignores; a
+/// `JWT_*` near miss is a warning.
+#[test]
+fn serve_checks_otel_variables_and_names_those_it_ignores() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    let serve = |extra: &[(&str, &str)]| {
+        let mut command = Command::new(common::sidecar_bin());
+        command
+            .arg("serve")
+            .env_clear()
+            .env("JWT_SECRET", common::random_hex(36))
+            .env("AWS_SESSION_TOKEN", common::random_hex(16))
+            .env("SIDECAR_PORT", lambda_env::free_port().unwrap().to_string())
+            .env("SIDECAR_LOG_FORMAT", "text")
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    let refused = serve(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "htp://collector:4318")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT=\"htp://collector:4318\""),
+        "{stderr}"
+    );
+
+    let mut child = serve(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_SERVICE_NAME", "orders"),
+        ("JWT_AUDIENCES", "orders-api"),
+    ])
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        let serving = line.contains("serving tokens");
+        seen.push(line);
+        if serving {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = seen.join("\n");
+    assert!(
+        log.contains("did you mean JWT_AUDIENCE?"),
+        "no near-miss warning:\n{log}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("ignored")
+            && l.contains("OTEL_EXPORTER_OTLP_ENDPOINT")
+            && l.contains("OTEL_SERVICE_NAME")),
+        "no warning naming the ignored OTEL_* variables:\n{log}"
+    );
+}
+
 /// A malformed `OTEL_EXPORTER_OTLP_HEADERS` (the audit's `Authorization Bearer X`, a space
 /// where the `=` goes) stops init with `init/error`, naming the variable and the form it
 /// takes, and without its value anywhere. Before, the sidecar started and sent no header.
