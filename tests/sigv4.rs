@@ -63,6 +63,19 @@ impl Receiver {
             .unwrap()
     }
 
+    /// Waits until no request has arrived for `quiet`.
+    async fn quiet(&self, quiet: Duration) {
+        let mut seen = self.requests().await.len();
+        loop {
+            tokio::time::sleep(quiet).await;
+            let now = self.requests().await.len();
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
+
     async fn control(&self, body: Value) {
         reqwest::Client::new()
             .post(format!("{}/control", self.url))
@@ -242,6 +255,9 @@ async fn a_credential_change_between_invokes_is_used_from_the_next_request() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Between invokes: once that flush is over (nothing new for 250 ms), the sidecar waits,
+    // frozen, for the next INVOKE.
+    receiver.quiet(Duration::from_millis(250)).await;
     receiver.control(json!({"current": 1})).await;
     let report = run.await.unwrap().unwrap();
     assert_clean_exit(&report);
@@ -331,14 +347,24 @@ async fn headers_from_a_secret_follow_its_rotation() {
         .collect();
     let rotated = values.iter().position(|v| *v == "second-value");
     assert!(rotated.is_some(), "the rotation never arrived: {values:?}");
+    let rotated = rotated.unwrap();
     assert!(
-        values[..rotated.unwrap()]
+        values
             .iter()
-            .all(|v| *v == "first-value")
-            && values[rotated.unwrap()..]
-                .iter()
-                .all(|v| *v == "second-value"),
+            .all(|v| *v == "first-value" || *v == "second-value")
+    );
+    assert!(
+        values[..rotated].iter().all(|v| *v == "first-value"),
         "{values:?}"
+    );
+    // The request that re-reads the secret waits for it while the others of its flush (one
+    // per signal) go with the current headers: the old value may arrive just after the new
+    // one within that flush, never later.
+    let last_old = values.iter().rposition(|v| *v == "first-value").unwrap();
+    assert!(last_old < rotated + 3, "the old value went on: {values:?}");
+    assert!(
+        values.len() > rotated + 3,
+        "no flush after the rotation: {values:?}"
     );
     assert!(
         requests
@@ -350,4 +376,77 @@ async fn headers_from_a_secret_follow_its_rotation() {
         !log.contains("first-value") && !log.contains("second-value"),
         "a header value was logged\n{log}"
     );
+}
+
+/// Logs to a log group of the user's (`SIDECAR_OTLP_LOG_GROUP`, in moto): the sidecar creates
+/// the environment's stream there at start (the endpoint writes to existing streams only) and
+/// names both in every logs request; a group that does not exist stops init, typed.
+#[tokio::test]
+async fn logs_to_a_group_of_ones_own_get_their_stream_created() {
+    let moto = Moto::start(&[]);
+    moto.python("boto3.client('logs').create_log_group(logGroupName='/otlp/orders')");
+    let receiver = Receiver::start(&[("testing", "testing", None)]);
+    let mut extra = moto.sidecar_env();
+    extra.extend([
+        ("AWS_SESSION_TOKEN", String::new()),
+        ("SIDECAR_TOKEN_AUTH", "off".to_string()),
+        ("SIDECAR_OTLP_LOG_GROUP", "/otlp/orders".to_string()),
+    ]);
+    let report = lambda_env::run(environment(&receiver, 2, &extra))
+        .await
+        .unwrap();
+    assert_clean_exit(&report);
+    let requests = all_verified(&receiver.requests().await, &report);
+    let logs = of_path(&requests, "/v1/logs");
+    assert!(!logs.is_empty());
+    let stream = logs[0]["headers"]["x-aws-log-stream"].as_str().unwrap();
+    assert!(
+        logs.iter()
+            .all(|r| r["headers"]["x-aws-log-group"] == "/otlp/orders"
+                && r["headers"]["x-aws-log-stream"] == stream),
+        "{logs:?}"
+    );
+    let streams = moto.python(
+        "print(json.dumps([s['logStreamName'] for s in boto3.client('logs')\
+         .describe_log_streams(logGroupName='/otlp/orders')['logStreams']]))",
+    );
+    assert_eq!(streams, json!([stream]).to_string());
+
+    extra.retain(|(k, _)| *k != "SIDECAR_OTLP_LOG_GROUP");
+    extra.push(("SIDECAR_OTLP_LOG_GROUP", "/otlp/missing".to_string()));
+    let report = lambda_env::run(environment(&receiver, 1, &extra))
+        .await
+        .unwrap();
+    let error = report.init.error.expect("init must fail");
+    assert_eq!(error.error_type, "LogStream.NotFound", "{error:?}");
+}
+
+/// EMF and OTLP metrics to CloudWatch at once would count every invocation twice: init
+/// fails naming SIDECAR_EMF and the variable that allows both, which then does.
+#[tokio::test]
+async fn emf_and_cloudwatch_otlp_metrics_are_refused_unless_both_are_asked_for() {
+    let receiver = Receiver::start(&[("ASIAEXAMPLE4", "secret-four", Some("token-four"))]);
+    let mut extra = vec![
+        ("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE4".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "secret-four".to_string()),
+        ("AWS_SESSION_TOKEN", "token-four".to_string()),
+        ("SIDECAR_OTLP_SIGV4_SERVICE", "monitoring".to_string()),
+        ("SIDECAR_EMF", "on".to_string()),
+    ];
+    let report = lambda_env::run(environment(&receiver, 1, &extra))
+        .await
+        .unwrap();
+    let error = report.init.error.as_ref().expect("init must fail");
+    assert_eq!(error.error_type, "Config.InvalidValue", "{error:?}");
+    let log = stderr_of(&report);
+    assert!(
+        log.contains("SIDECAR_EMF") && log.contains("SIDECAR_OTLP_METRICS_WITH_EMF"),
+        "{log}"
+    );
+
+    extra.push(("SIDECAR_OTLP_METRICS_WITH_EMF", "on".to_string()));
+    let report = lambda_env::run(environment(&receiver, 1, &extra))
+        .await
+        .unwrap();
+    assert_clean_exit(&report);
 }

@@ -11,7 +11,9 @@ refresh margin, so it asks again for every request).
 
 Run by tests/sigv4.rs: `python tests/sigv4_receiver.py CONFIG_JSON`, where CONFIG_JSON is
 {"credentials": [{"key": ..., "secret": ..., "token": ...|null}, ...]}: the sets a signature
-is checked against (by access key id). It prints its port on the first line of stdout.
+is checked against (by access key id); with "accept_unsigned": true (scripts/measure_sigv4.py,
+to time unsigned export against the same receiver) a request without a signature is
+recorded as such and answered 200. It prints its port on the first line of stdout.
 
 - `POST /v1/traces|metrics|logs`: checked and recorded; 200 with an empty OTLP answer when
   the signature verifies, else 403 with the reason, as AWS answers.
@@ -54,7 +56,14 @@ REPORTED = ("x-api-key", "x-tenant", "x-aws-log-group", "x-aws-log-stream")
 MAX_SKEW = datetime.timedelta(minutes=5)
 SIGNING = threading.Lock()
 
-STATE = {"lock": threading.Lock(), "requests": [], "current": 0, "secrets": {}, "sets": []}
+STATE = {
+    "lock": threading.Lock(),
+    "requests": [],
+    "current": 0,
+    "secrets": {},
+    "sets": [],
+    "accept_unsigned": False,
+}
 
 
 def verify(method, path, headers, body):
@@ -208,7 +217,7 @@ class Handler(BaseHTTPRequestHandler):
             record["why"] = f"body does not decode: {e}"
         with STATE["lock"]:
             STATE["requests"].append(record)
-        if record["valid"]:
+        if record["valid"] or (STATE["accept_unsigned"] and why == "not signed"):
             self.answer(200, b"", "application/x-protobuf")
         else:
             message = {"message": record["why"]}
@@ -219,6 +228,7 @@ def main():
     config = json.loads(sys.argv[1])
     STATE["sets"] = config["credentials"]
     STATE["secrets"] = {c["key"]: (c["secret"], c.get("token")) for c in config["credentials"]}
+    STATE["accept_unsigned"] = config.get("accept_unsigned", False)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()

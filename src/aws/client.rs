@@ -123,6 +123,7 @@ impl AwsClient {
             AwsService::SecretsManager => "secretsmanager",
             AwsService::Ssm => "AmazonSSM",
             AwsService::Kms => "TrentService",
+            AwsService::Logs => "Logs_20140328",
         };
         let target = format!("{prefix}.{action}");
         // A self-trace span (`SIDECAR_SELF_TRACES`), as the semantic conventions name an AWS

@@ -18,6 +18,8 @@ pub enum AwsService {
     SecretsManager,
     Ssm,
     Kms,
+    /// CloudWatch Logs: the log stream of OTLP logs in a group of the user's.
+    Logs,
 }
 
 impl AwsService {
@@ -27,6 +29,7 @@ impl AwsService {
             AwsService::SecretsManager => "secretsmanager",
             AwsService::Ssm => "ssm",
             AwsService::Kms => "kms",
+            AwsService::Logs => "logs",
         }
     }
 
@@ -36,6 +39,7 @@ impl AwsService {
             AwsService::SecretsManager => "AWS_ENDPOINT_URL_SECRETS_MANAGER",
             AwsService::Ssm => "AWS_ENDPOINT_URL_SSM",
             AwsService::Kms => "AWS_ENDPOINT_URL_KMS",
+            AwsService::Logs => "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
         }
     }
 }

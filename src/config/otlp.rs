@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use opentelemetry_otlp::Protocol;
 
-use super::aws::{self, AwsCredentials, AwsSettings, Needed, SecretRef};
+use super::aws::{self, AwsCredentials, AwsService, AwsSettings, Needed, SecretRef};
 use super::{ConfigError, Env};
 
 /// `SIDECAR_OTLP_SIGV4`.
@@ -121,6 +121,10 @@ impl OtlpAws {
 pub struct LogDestination {
     pub group: String,
     pub stream: String,
+    /// A group of the user's (`SIDECAR_OTLP_LOG_GROUP`), where the stream is created at
+    /// start (the endpoint writes to existing streams only); `None` for the function's own
+    /// group, where Lambda has created it.
+    pub create_in: Option<AwsSettings>,
 }
 
 /// `SIDECAR_OTLP_HEADERS_SOURCE`: headers read from a secret, re-read every `refresh`.
@@ -136,6 +140,13 @@ const SIGV4_NEEDED: &str = "SIDECAR_OTLP_SIGV4 signs the OTLP requests (an endpo
     amazonaws.com, or SIDECAR_OTLP_SIGV4=on), which needs credentials: AWS_ACCESS_KEY_ID and \
     AWS_SECRET_ACCESS_KEY, or, as Lambda gives them with SnapStart, \
     AWS_CONTAINER_CREDENTIALS_FULL_URI";
+
+const LOG_GROUP_NEEDED: Needed = Needed {
+    region: "SIDECAR_OTLP_LOG_GROUP names a log group where the sidecar creates its stream; \
+             Lambda sets it for every extension",
+    credentials: "SIDECAR_OTLP_LOG_GROUP names a log group where the sidecar creates its \
+                  stream, which needs credentials",
+};
 
 const HEADERS_NEEDED: Needed = Needed {
     region: "SIDECAR_OTLP_HEADERS_SOURCE names an AWS secret; Lambda sets it for every \
@@ -206,6 +217,9 @@ pub(super) fn otlp_aws(
                 ),
             });
         }
+        if target.is_some() {
+            check_headers(env, signal)?;
+        }
         match signal {
             OtlpSignal::Traces => config.traces = target,
             OtlpSignal::Metrics => config.metrics = target,
@@ -225,6 +239,21 @@ pub(super) fn otlp_aws(
         false,
     )?;
     config.headers_source = headers_source(env)?;
+    if config.headers_source.is_some()
+        && let Some((signal, _)) = protocols
+            .iter()
+            .find(|(_, protocol)| protocol.is_some_and(|p| !http(p)))
+    {
+        return Err(ConfigError::Invalid {
+            var: "SIDECAR_OTLP_HEADERS_SOURCE",
+            value: "<not shown>".to_string(),
+            expected: format!(
+                "unset with {} (or OTEL_EXPORTER_OTLP_PROTOCOL)=grpc: the headers of a secret \
+                 are added to OTLP/HTTP requests only",
+                protocol_var(*signal)
+            ),
+        });
+    }
     Ok(config)
 }
 
@@ -254,15 +283,7 @@ fn signing(
     let host = endpoint
         .and_then(|e| e.trim().parse::<http::Uri>().ok())
         .and_then(|u| u.host().map(str::to_ascii_lowercase));
-    let aws_labels = host.as_deref().and_then(|h| {
-        let labels: Vec<&str> = h.strip_suffix(".amazonaws.com")?.split('.').collect();
-        Some((
-            labels
-                .first()
-                .map(|s| s.trim_end_matches("-fips").to_string()),
-            labels.get(1).map(|s| s.to_string()),
-        ))
-    });
+    let aws_labels = host.as_deref().and_then(aws_host);
     let sign = match mode {
         SigV4Mode::Off => false,
         SigV4Mode::On => true,
@@ -275,12 +296,12 @@ fn signing(
     let service = overrides
         .service
         .clone()
-        .or(host_service.filter(|s| service_name(s)))
+        .or(host_service)
         .unwrap_or_else(|| signal.cloudwatch_service().to_string());
     let region = overrides
         .region
         .clone()
-        .or(host_region.filter(|r| aws::region_name(r)))
+        .or(host_region)
         .or_else(|| overrides.aws_region.clone())
         .ok_or(ConfigError::Missing {
             var: "SIDECAR_OTLP_SIGV4_REGION",
@@ -288,6 +309,41 @@ fn signing(
                   does not name; AWS_REGION would do too",
         })?;
     Ok(Some(SigV4Target { service, region }))
+}
+
+/// What an `*.amazonaws.com` host says of the service and region to sign for (`None`: not
+/// such a host, not signed in `auto` mode): a regional service endpoint,
+/// `<service>.<region>.amazonaws.com`, names both (`xray-fips.us-gov-west-1` is `xray`); an
+/// API Gateway, `<id>.execute-api.<region>.amazonaws.com`, names `execute-api` and its
+/// region; any other (a load balancer's `<name>.<region>.elb.amazonaws.com`) its region at
+/// most. `auto` signs all of them, so that nothing for AWS leaves unsigned; what a host does
+/// not name comes from the variables or the signal.
+fn aws_host(host: &str) -> Option<(Option<String>, Option<String>)> {
+    let labels: Vec<&str> = host.strip_suffix(".amazonaws.com")?.split('.').collect();
+    let region = labels.iter().copied().find(|l| region_shaped(l));
+    let service = match labels.as_slice() {
+        [service, region] if region_shaped(region) => Some(*service),
+        [_, service, region] if *service == "execute-api" && region_shaped(region) => {
+            Some(*service)
+        }
+        _ => None,
+    }
+    .map(|s| s.strip_suffix("-fips").unwrap_or(s))
+    .filter(|s| service_name(s));
+    Some((service.map(str::to_string), region.map(str::to_string)))
+}
+
+/// A region as AWS names them: two letters, one or more words, a number
+/// (`us-east-1`, `us-gov-west-1`, `ap-southeast-4`).
+fn region_shaped(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty()
 }
 
 /// A SigV4 service name: lowercase letters, digits and dashes.
@@ -317,6 +373,39 @@ fn endpoint_of(env: &Env<'_>, signal: OtlpSignal) -> Option<String> {
         .filter(|e| !e.trim().is_empty())
 }
 
+/// A signed signal's headers (`OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS`, else the general one)
+/// must not set what the signature sets: `authorization` or an `x-amz-*` header would be
+/// replaced without a word.
+fn check_headers(env: &Env<'_>, signal: OtlpSignal) -> Result<(), ConfigError> {
+    let own = match signal {
+        OtlpSignal::Traces => "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        OtlpSignal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        OtlpSignal::Logs => "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+    };
+    let var = if env.get(own).is_some() {
+        own
+    } else {
+        "OTEL_EXPORTER_OTLP_HEADERS"
+    };
+    let Some(raw) = env.get(var) else {
+        return Ok(());
+    };
+    let clash = super::otlp_headers(var, &raw)?
+        .into_iter()
+        .find(|(name, _)| name == "authorization" || name.starts_with("x-amz-"));
+    match clash {
+        None => Ok(()),
+        Some((name, _)) => Err(ConfigError::Invalid {
+            var,
+            value: "<not shown>".to_string(),
+            expected: format!(
+                "no {name} header while SIDECAR_OTLP_SIGV4 signs these requests: the SigV4 \
+                 signature sets it. Set SIDECAR_OTLP_SIGV4=off to send your own"
+            ),
+        }),
+    }
+}
+
 fn protocol_var(signal: OtlpSignal) -> &'static str {
     match signal {
         OtlpSignal::Traces => "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
@@ -326,9 +415,9 @@ fn protocol_var(signal: OtlpSignal) -> &'static str {
 }
 
 /// `SIDECAR_OTLP_LOG_GROUP` (default: the function's own, `AWS_LAMBDA_LOG_GROUP_NAME`, else
-/// `/aws/lambda/<function name>`) and the stream: the execution environment's own,
-/// `AWS_LAMBDA_LOG_STREAM_NAME`, which Lambda has created and which no other environment
-/// writes to.
+/// `/aws/lambda/<function name>`) and the stream: the execution environment's own name,
+/// `AWS_LAMBDA_LOG_STREAM_NAME`, which no other environment uses. In the function's own
+/// group Lambda has created it; in another, the sidecar creates it at start.
 fn log_destination(env: &Env<'_>) -> Result<LogDestination, ConfigError> {
     let function = env
         .get("AWS_LAMBDA_FUNCTION_NAME")
@@ -338,7 +427,8 @@ fn log_destination(env: &Env<'_>) -> Result<LogDestination, ConfigError> {
         .get("AWS_LAMBDA_LOG_GROUP_NAME")
         .filter(|g| !g.is_empty())
         .unwrap_or_else(|| format!("/aws/lambda/{function}"));
-    let group = env.get("SIDECAR_OTLP_LOG_GROUP").unwrap_or(default);
+    let custom = env.get("SIDECAR_OTLP_LOG_GROUP");
+    let group = custom.clone().unwrap_or(default);
     // CloudWatch Logs: 1-512 characters from a-z A-Z 0-9 _ - / . #
     let valid = (1..=512).contains(&group.len())
         && group
@@ -357,7 +447,15 @@ fn log_destination(env: &Env<'_>) -> Result<LogDestination, ConfigError> {
         .get("AWS_LAMBDA_LOG_STREAM_NAME")
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "lambda-sidecar".to_string());
-    Ok(LogDestination { group, stream })
+    let create_in = match custom {
+        Some(_) => Some(aws::aws_settings(env, AwsService::Logs, LOG_GROUP_NEEDED)?),
+        None => None,
+    };
+    Ok(LogDestination {
+        group,
+        stream,
+        create_in,
+    })
 }
 
 /// `SIDECAR_OTLP_HEADERS_SOURCE`: `secretsmanager:<id>` or `ssm:<name>`, with the AWS
@@ -426,7 +524,7 @@ mod tests {
             &'a Overrides,
             Option<SigV4Target>,
         );
-        let cases: [Case; 14] = [
+        let cases: [Case; 17] = [
             (Auto, Traces, Some(xray), &none, target("xray", "us-east-1")),
             (
                 Auto,
@@ -465,6 +563,28 @@ mod tests {
                 None,
             ),
             (Off, Traces, Some(xray), &region, None),
+            // Not a service endpoint, but AWS: signed all the same, with what the host says.
+            (
+                Auto,
+                Traces,
+                Some("https://otel-1234.ap-south-1.elb.amazonaws.com/v1/traces"),
+                &region,
+                target("xray", "ap-south-1"),
+            ),
+            (
+                Auto,
+                Logs,
+                Some("https://a1b2c3.execute-api.eu-west-2.amazonaws.com/otlp"),
+                &region,
+                target("execute-api", "eu-west-2"),
+            ),
+            (
+                Auto,
+                Metrics,
+                Some("https://weird.amazonaws.com/v1/metrics"),
+                &region,
+                target("monitoring", "eu-west-1"),
+            ),
             (
                 On,
                 Traces,
@@ -573,12 +693,18 @@ mod tests {
             config.aws.log_destination,
             Some(LogDestination {
                 group: "/aws/lambda/orders".into(),
-                stream: "2026/12/04/[$LATEST]0123abcd".into()
+                stream: "2026/12/04/[$LATEST]0123abcd".into(),
+                create_in: None,
             })
         );
         let custom = ("SIDECAR_OTLP_LOG_GROUP", "/otlp/orders");
         let config = parse(&[&[logs, custom][..], &KEYS, &lambda].concat()).unwrap();
-        assert_eq!(config.aws.log_destination.unwrap().group, "/otlp/orders");
+        let destination = config.aws.log_destination.unwrap();
+        assert_eq!(destination.group, "/otlp/orders");
+        assert_eq!(
+            destination.create_in.map(|aws| aws.service),
+            Some(AwsService::Logs)
+        );
         let bad = ("SIDECAR_OTLP_LOG_GROUP", "no spaces allowed");
         let err = parse(&[&[logs, bad][..], &KEYS].concat()).unwrap_err();
         assert!(
@@ -598,6 +724,33 @@ mod tests {
         );
         let config = parse(&[&[xray, ("OTEL_LOGS_EXPORTER", "none")][..], &KEYS].concat()).unwrap();
         assert_eq!(config.aws.log_destination, None);
+    }
+
+    /// A header the signature sets, set by the user too: refused, naming the variable.
+    #[test]
+    fn headers_the_signature_sets_are_refused() {
+        let xray = (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://xray.eu-west-1.amazonaws.com",
+        );
+        for headers in ["authorization=Bearer%20abc", "x-amz-date=20260101T000000Z"] {
+            let err =
+                parse(&[&[xray, ("OTEL_EXPORTER_OTLP_HEADERS", headers)][..], &KEYS].concat())
+                    .unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("OTEL_EXPORTER_OTLP_HEADERS")
+                    && text.contains("SIDECAR_OTLP_SIGV4")
+                    && !text.contains("abc"),
+                "{text}"
+            );
+        }
+        // Unsigned, or another header: fine.
+        let off = ("SIDECAR_OTLP_SIGV4", "off");
+        let auth = ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20abc");
+        assert!(parse(&[xray, auth, off]).is_ok());
+        let tenant = ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=orders");
+        assert!(parse(&[&[xray, tenant][..], &KEYS].concat()).is_ok());
     }
 
     /// EMF and OTLP metrics to CloudWatch at once: refused unless asked for.
@@ -710,5 +863,23 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ]);
         assert!(ok.is_ok(), "{ok:?}");
+        // Nor are the headers of a secret added to gRPC requests.
+        let err = parse(
+            &[
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                    ("SIDECAR_OTLP_HEADERS_SOURCE", "ssm:/otlp/key"),
+                ][..],
+                &KEYS,
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("SIDECAR_OTLP_HEADERS_SOURCE") && text.contains("PROTOCOL"),
+            "{text}"
+        );
     }
 }

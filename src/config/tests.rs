@@ -1373,6 +1373,7 @@ fn every_variable_looked_up_is_listed_and_every_listed_one_is_looked_up() {
             ("SIDECAR_OTLP_SIGV4_SERVICE", "logs"),
             ("SIDECAR_OTLP_SIGV4_REGION", "eu-west-1"),
             ("SIDECAR_OTLP_HEADERS_SOURCE", "ssm:/otlp/headers"),
+            ("SIDECAR_OTLP_LOG_GROUP", "/otlp/orders"),
         ]
         .into_iter()
         .chain(AWS)

@@ -134,6 +134,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable::new("AWS_ENDPOINT_URL_SECRETS_MANAGER", Aws),
     Variable::new("AWS_ENDPOINT_URL_SSM", Aws),
     Variable::new("AWS_ENDPOINT_URL_KMS", Aws),
+    Variable::new("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", Aws),
     Variable::new("AWS_LAMBDA_RUNTIME_API", Lambda),
     Variable::new("AWS_LAMBDA_FUNCTION_NAME", Lambda),
     Variable::new("AWS_LAMBDA_FUNCTION_VERSION", Lambda),

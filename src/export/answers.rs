@@ -117,17 +117,14 @@ impl Outgoing {
 }
 
 impl NotingClient {
-    pub(super) fn new(http: reqwest::Client, answers: Answers) -> NotingClient {
+    /// `outgoing` is what this exporter's requests must carry: every OTLP/HTTP request goes
+    /// through a `NotingClient`, so that none can skip its signature or its headers.
+    pub(super) fn new(http: reqwest::Client, answers: Answers, outgoing: Outgoing) -> NotingClient {
         NotingClient {
             http,
             answers,
-            outgoing: Outgoing::default(),
+            outgoing,
         }
-    }
-
-    pub(super) fn with_outgoing(mut self, outgoing: Outgoing) -> NotingClient {
-        self.outgoing = outgoing;
-        self
     }
 }
 

@@ -29,6 +29,7 @@
 mod answers;
 pub mod emf;
 mod headers;
+mod log_stream;
 mod logs;
 mod metrics;
 pub mod otlp;
@@ -42,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime};
 use opentelemetry_sdk::trace::SpanData;
 
 pub use headers::{HeadersSourceError, SecretHeaders};
+pub use log_stream::{LogStreamError, create_log_stream};
 pub use otlp::{ExportClients, MetricsSource, resource};
 
 use crate::items::LogEntry;

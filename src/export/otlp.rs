@@ -251,10 +251,11 @@ impl ExportClients {
                     Some(protocol) => Some(
                         $builder
                             .with_http()
-                            .with_http_client(
-                                NotingClient::new(http.clone(), $answers.clone())
-                                    .with_outgoing(outgoing($signal)),
-                            )
+                            .with_http_client(NotingClient::new(
+                                http.clone(),
+                                $answers.clone(),
+                                outgoing($signal),
+                            ))
                             .with_protocol(protocol)
                             .with_retry_policy(RetryPolicy::disabled())
                             .build(),
@@ -580,7 +581,11 @@ mod tests {
         use lambda_env::sink::REFUSAL_MESSAGE;
         let sink = lambda_env::Sink::start().await.unwrap();
         let answers = Answers::default();
-        let client = NotingClient::new(http_client(None).unwrap(), answers.clone());
+        let client = NotingClient::new(
+            http_client(None).unwrap(),
+            answers.clone(),
+            Outgoing::default(),
+        );
         let exporter = SpanExporter::builder()
             .with_http()
             .with_http_client(client)
@@ -670,7 +675,7 @@ mod tests {
                 .unwrap();
             let answers = Answers::default();
             let outgoing = outgoing(&config, None).unwrap()(OtlpSignal::Traces);
-            let client = NotingClient::new(http, answers.clone()).with_outgoing(outgoing);
+            let client = NotingClient::new(http, answers.clone(), outgoing);
             let exporter = SpanExporter::builder()
                 .with_http()
                 .with_http_client(client)

@@ -26,7 +26,10 @@ use super::event_loop::Sidecar;
 use super::flush::{self, Cadence, FlushSettings};
 use crate::config::{Config, ConfigError, ExportConfig, Lambda};
 use crate::derive::Deriver;
-use crate::export::{ExportClients, Exporter, HeadersSourceError, MetricsSource, SecretHeaders};
+use crate::export::{
+    ExportClients, Exporter, HeadersSourceError, LogStreamError, MetricsSource, SecretHeaders,
+    create_log_stream,
+};
 use crate::function::FunctionInfo;
 use crate::intake;
 use crate::metrics::Metrics;
@@ -51,6 +54,8 @@ pub enum StartupError {
     KeySource(#[from] KeySourceError),
     #[error(transparent)]
     HeadersSource(#[from] HeadersSourceError),
+    #[error(transparent)]
+    LogStream(#[from] LogStreamError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -68,6 +73,7 @@ impl StartupError {
             StartupError::Config(e) => e.error_type(),
             StartupError::KeySource(e) => e.error_type(),
             StartupError::HeadersSource(e) => e.error_type(),
+            StartupError::LogStream(e) => e.error_type(),
             StartupError::Bind { .. } => "Extension.PortUnavailable",
             StartupError::Subscribe(_) => "Extension.TelemetrySubscriptionFailed",
             StartupError::Internal(_) => "Extension.InternalError",
@@ -129,6 +135,8 @@ pub(super) struct Prepared {
     keys: JoinHandle<Result<Loaded, LoadError>>,
     /// The first read of `SIDECAR_OTLP_HEADERS_SOURCE`, when set.
     headers: Option<JoinHandle<Result<(), HeadersSourceError>>>,
+    /// The OTLP logs' stream, created in a group of the user's (`SIDECAR_OTLP_LOG_GROUP`).
+    log_stream: Option<JoinHandle<Result<(), LogStreamError>>>,
     telemetry: JoinHandle<SocketAddr>,
     built: JoinHandle<Result<Built, ConfigError>>,
 }
@@ -179,6 +187,12 @@ pub(super) fn prepare(
             loaded
         })
     });
+    let log_stream = export_config
+        .aws
+        .log_destination
+        .clone()
+        .filter(|destination| destination.create_in.is_some())
+        .map(|destination| tokio::spawn(async move { create_log_stream(&destination).await }));
     let emf_namespace = config.emf_namespace.clone();
     let trigger = config.telemetry.faas_trigger;
     let built = tokio::task::spawn_blocking(move || {
@@ -197,6 +211,7 @@ pub(super) fn prepare(
         logs,
         keys,
         headers,
+        log_stream,
         telemetry,
         built,
     })
@@ -263,12 +278,16 @@ pub(super) async fn start(
         logs,
         keys,
         headers,
+        log_stream,
         telemetry,
         built,
     } = prepared?;
     let Loaded { ring, refresher } = joined(keys).await??;
     if let Some(headers) = headers {
         joined(headers).await??;
+    }
+    if let Some(log_stream) = log_stream {
+        joined(log_stream).await??;
     }
     let Built {
         pipeline,
