@@ -8,13 +8,16 @@
 //!
 //! - Vocabulary: [`events`] (the Telemetry API's event model), [`function`] (the function
 //!   being observed), [`items`] (what derivation hands to export, and the bounds both share),
-//!   [`sampling`] (the `OTEL_TRACES_SAMPLER` decision), [`records`] (what the lifecycle,
+//!   [`sampling`] (the `OTEL_TRACES_SAMPLER` decision), [`selftrace`] (the sidecar's own
+//!   work as spans, `SIDECAR_SELF_TRACES`), [`records`] (what the lifecycle,
 //!   intake and token service observed, as plain data), [`config`] (every environment
 //!   variable, read there alone, handed out as typed values), [`metrics`] (every metric,
 //!   defined once, and the instruments that feed OTLP, Prometheus and EMF from it),
 //!   [`logging`] (JSON or text logs, each line marked as the sidecar's; never a secret).
 //! - Derivation: [`derive`] (records → spans, log records and metric updates; pure),
 //!   [`server`] (serving a router on a listener with a connection cap and timeouts),
+//!   [`aws`] (the AWS client, credentials, secrets and the one SigV4 signer, shared by the
+//!   edges),
 //!   [`pipeline`] (the task that feeds records, in order, to the derivation).
 //! - Edges: [`export`] (OTLP and CloudWatch EMF under one time budget), [`intake`] (the
 //!   Telemetry API listener), [`token`] (the localhost token service, its guard and keys).
@@ -26,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod config;
 pub mod derive;
 pub mod events;
@@ -39,6 +43,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod records;
 pub mod sampling;
+pub mod selftrace;
 pub mod server;
 pub mod standalone;
 pub mod token;

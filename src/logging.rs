@@ -13,12 +13,13 @@ use std::fmt;
 use std::io::IsTerminal as _;
 
 use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
+use crate::selftrace::{self, SelfTraces};
 
 /// The name in the mark.
 pub const MARK_NAME: &str = "lambda-sidecar";
@@ -33,14 +34,20 @@ pub const MARK_TEXT: &str = "[lambda-sidecar] ";
 const SILENCED: &[&str] = &["aws_sigv4"];
 
 /// Installs the global subscriber. Logs go to stderr so that stdout stays free for
-/// machine-readable output (CloudWatch EMF lines).
-pub fn init(config: &LogConfig) {
+/// machine-readable output (CloudWatch EMF lines). With `self_traces`, the spans of
+/// [`selftrace::TARGET`] also become OpenTelemetry spans (never log lines); without, that
+/// target is off like the silenced ones, so its call sites cost nothing.
+pub fn init(config: &LogConfig, self_traces: Option<&SelfTraces>) {
     // Validated by `Config::parse`; the fallback only serves the default configuration.
     let mut filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    for target in SILENCED {
+    for target in SILENCED.iter().chain([&selftrace::TARGET]) {
         if let Ok(directive) = format!("{target}=off").parse() {
             filter = filter.add_directive(directive);
         }
+    }
+    if let Some(self_traces) = self_traces {
+        init_layered(config, filter, self_traces);
+        return;
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -58,6 +65,37 @@ pub fn init(config: &LogConfig) {
             .map_event_format(|inner| Marked { inner, json: false })
             .try_init(),
     };
+    if let Err(e) = result {
+        eprintln!("lambda-sidecar: logging could not be initialised: {e}");
+    }
+}
+
+/// [`init`] with self-traces on: the log lines as without, each layer with its own filter.
+fn init_layered(config: &LogConfig, filter: EnvFilter, self_traces: &SelfTraces) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match config.format {
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .map_event_format(|inner| Marked { inner, json: true })
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => fmt
+            .map_event_format(|inner| Marked { inner, json: false })
+            .with_filter(filter)
+            .boxed(),
+    };
+    let result = tracing_subscriber::registry()
+        .with(fmt)
+        .with(self_traces.layer())
+        .try_init();
     if let Err(e) = result {
         eprintln!("lambda-sidecar: logging could not be initialised: {e}");
     }

@@ -6,6 +6,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use lambda_sidecar::config::{Config, ConfigError, ExportConfig, Lambda, LogConfig, LogFormat};
+use lambda_sidecar::selftrace::SelfTraces;
 use lambda_sidecar::token::discovery;
 use lambda_sidecar::token::source::LoadError;
 use lambda_sidecar::{lifecycle, logging, standalone};
@@ -65,7 +66,15 @@ fn main() -> ExitCode {
         filter: "info".to_string(),
         format: LogFormat::Json,
     };
-    logging::init(config.as_ref().map_or(&fallback, |c| &c.log));
+    // The sidecar's own spans go out with the extension's exports: `serve` has none.
+    let self_traces = config
+        .as_ref()
+        .is_ok_and(|c| !serve && c.telemetry.self_traces)
+        .then(SelfTraces::new);
+    logging::init(
+        config.as_ref().map_or(&fallback, |c| &c.log),
+        self_traces.as_ref(),
+    );
     for warning in config.iter().flat_map(|c| &c.warnings) {
         tracing::warn!("{warning}");
     }
@@ -112,7 +121,7 @@ fn main() -> ExitCode {
         eprintln!("lambda-sidecar: {e}");
         return ExitCode::from(2);
     }
-    match runtime.block_on(lifecycle::run(config)) {
+    match runtime.block_on(lifecycle::run(config, self_traces)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "extension stopped");

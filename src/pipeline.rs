@@ -54,6 +54,8 @@ enum Msg {
     DrainIfChanged(oneshot::Sender<Option<Derived>>),
     /// Answered once no invocation awaits its `platform.report`.
     AwaitReports(oneshot::Sender<()>),
+    /// Answered once the request id's `platform.runtimeDone` (or its report) is ingested.
+    AwaitRuntimeDone(String, oneshot::Sender<()>),
     Finish {
         now: SystemTime,
         reply: oneshot::Sender<Derived>,
@@ -149,6 +151,16 @@ impl Pipeline {
         let _ = self.ask(Msg::AwaitReports).await;
     }
 
+    /// Resolves once `platform.runtimeDone` of `request_id` has been ingested, and with it the
+    /// invocation's span and metrics derived (or its report, if runtimeDone was lost), or
+    /// the task ended: what an end flush waits for. The caller bounds the wait.
+    pub async fn await_runtime_done(&self, request_id: &str) {
+        let request_id = request_id.to_owned();
+        let _ = self
+            .ask(|reply| Msg::AwaitRuntimeDone(request_id, reply))
+            .await;
+    }
+
     /// Closes what will never complete (at SHUTDOWN) and returns every span and log record
     /// not yet drained.
     pub async fn finish(&self, now: SystemTime) -> Derived {
@@ -166,6 +178,9 @@ impl Pipeline {
 
 async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: Arc<AtomicUsize>) {
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    // End flushes waiting for a runtimeDone: one at a time (the lifecycle handles one INVOKE
+    // at a time), and a waiter that gave up is dropped at the next record.
+    let mut ends: Vec<(String, oneshot::Sender<()>)> = Vec::new();
     // A record arrived since the last drain.
     let mut changed = false;
     while let Some(msg) = rx.recv().await {
@@ -178,6 +193,17 @@ async fn run(mut deriver: Deriver, mut rx: mpsc::Receiver<Msg>, queued_events: A
                     for waiter in waiting.drain(..) {
                         let _ = waiter.send(());
                     }
+                }
+                ends.retain(|(_, waiter)| !waiter.is_closed());
+                while let Some(i) = ends.iter().position(|(id, _)| deriver.runtime_done(id)) {
+                    let _ = ends.swap_remove(i).1.send(());
+                }
+            }
+            Msg::AwaitRuntimeDone(request_id, reply) => {
+                if deriver.runtime_done(&request_id) {
+                    let _ = reply.send(());
+                } else {
+                    ends.push((request_id, reply));
                 }
             }
             Msg::Drain(reply) => {

@@ -368,3 +368,52 @@ async fn no_emf_unless_turned_on() {
     let (_, lines) = run(None).await;
     assert!(lines.iter().all(|l| !l.contains("_aws")), "{lines:?}");
 }
+
+/// Each invocation's figures carry its own time, not the time of the flush that wrote them:
+/// with `SIDECAR_FLUSH_STRATEGY=invoke` and invocations 1.5 s apart, every flush comes more
+/// than a second after the invocation it writes (its platform.report, at the next INVOKE or
+/// SHUTDOWN), yet each `faas.invocations` document is stamped with its invocation's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emf_timestamps_are_the_invocations() {
+    let port = free_port().unwrap();
+    let env = [
+        ("JWT_SECRET", random_secret()),
+        ("SIDECAR_PORT", port.to_string()),
+        ("SIDECAR_EMF", "on".to_string()),
+        ("SIDECAR_FLUSH_STRATEGY", "invoke".to_string()),
+    ];
+    let config = EnvConfig {
+        extension: Some(sidecar_bin()),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        function_name: FUNCTION.to_string(),
+        invokes: 3,
+        gap_ms: 1_500,
+        ..EnvConfig::default()
+    };
+    let report = lambda_env::run(config).await.unwrap();
+    let log = stderr_of(&report);
+    assert_eq!(report.shutdown.exit_code, Some(0), "{log}");
+    let stdout = std::fs::read_to_string(report.stdout_path.as_ref().unwrap()).unwrap();
+    let mut stamps: Vec<u64> = stdout
+        .lines()
+        .filter(|l| l.contains("_aws"))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        // An invocation's own document: faas.invocations counted, not the flush's zero.
+        .filter(|doc| doc["faas.invocations"].as_f64().is_some_and(|n| n > 0.0))
+        .map(|doc| doc["_aws"]["Timestamp"].as_u64().unwrap())
+        .collect();
+    stamps.sort_unstable();
+    assert_eq!(stamps.len(), report.invokes.len(), "{stdout}");
+    for (stamp, invoke) in stamps.iter().zip(&report.invokes) {
+        // platform.start's time has millisecond precision: the stamp is its start, give or
+        // take that millisecond, and well before its end.
+        let (start, end) = (invoke.started_unix_ms, invoke.responded_unix_ms);
+        assert!(
+            (start - 2.0..=end).contains(&(*stamp as f64)),
+            "stamped {stamp}, invocation ran {start:.0} to {end:.0}\n{stdout}"
+        );
+    }
+}

@@ -680,10 +680,12 @@ impl Environment {
             .token_calls
             .remove(&started.request_id)
             .unwrap_or_default();
+        let report = started.into_report(&outcome, function_ms, tokens);
         InvokeReport {
             hold_ms,
             extensions_returned: returned,
-            ..started.into_report(&outcome, function_ms, tokens)
+            frozen_unix_ms: report.responded_unix_ms + hold_ms,
+            ..report
         }
     }
 

@@ -115,6 +115,16 @@ pub struct InvokeReport {
     pub hold_ms: f64,
     /// False when an INVOKE extension had not called `event/next` again by the deadline.
     pub extensions_returned: bool,
+    /// When the invocation started (Unix ms, wall clock).
+    #[serde(default)]
+    pub started_unix_ms: f64,
+    /// When the runtime responded (or the deadline came): `platform.runtimeDone`'s moment.
+    #[serde(default)]
+    pub responded_unix_ms: f64,
+    /// When the invocation ended and the environment froze: the response plus the hold
+    /// (Managed Instances, which do not freeze: the response).
+    #[serde(default)]
+    pub frozen_unix_ms: f64,
     pub status: InvokeStatus,
     pub tokens: Vec<TokenCall>,
 }

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -64,6 +64,10 @@ pub struct SpanRecord {
     pub status_message: String,
     pub resource: Map<String, Value>,
     pub scope: String,
+    /// When the sink received the request that carried it (Unix ns): how fresh the data
+    /// was on arrival, against the invocation's `frozen_unix_ms` or `responded_unix_ms`.
+    #[serde(default)]
+    pub received_unix_nanos: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -546,6 +550,9 @@ fn attrs(kvs: &[KeyValue]) -> Map<String, Value> {
 }
 
 fn spans_of(req: ExportTraceServiceRequest) -> Vec<SpanRecord> {
+    let received = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let mut out = Vec::new();
     for rs in req.resource_spans {
         let resource = rs
@@ -570,6 +577,7 @@ fn spans_of(req: ExportTraceServiceRequest) -> Vec<SpanRecord> {
                     status_message,
                     resource: resource.clone(),
                     scope: scope.clone(),
+                    received_unix_nanos: received,
                 });
             }
         }

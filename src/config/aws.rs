@@ -18,6 +18,8 @@ pub enum AwsService {
     SecretsManager,
     Ssm,
     Kms,
+    /// CloudWatch Logs: the log stream of OTLP logs in a group of the user's.
+    Logs,
 }
 
 impl AwsService {
@@ -27,6 +29,7 @@ impl AwsService {
             AwsService::SecretsManager => "secretsmanager",
             AwsService::Ssm => "ssm",
             AwsService::Kms => "kms",
+            AwsService::Logs => "logs",
         }
     }
 
@@ -36,13 +39,42 @@ impl AwsService {
             AwsService::SecretsManager => "AWS_ENDPOINT_URL_SECRETS_MANAGER",
             AwsService::Ssm => "AWS_ENDPOINT_URL_SSM",
             AwsService::Kms => "AWS_ENDPOINT_URL_KMS",
+            AwsService::Logs => "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
+        }
+    }
+}
+
+/// A secret the sidecar reads from AWS (a signing key, exporter headers): only its name here;
+/// `aws::secrets` fetches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `secretsmanager:<secret id or ARN>`: its `SecretString`.
+    SecretsManager(String),
+    /// `ssm:<parameter name>`: a SecureString parameter.
+    Ssm(String),
+}
+
+impl SecretRef {
+    /// What errors and logs call it: `kind:id` (an id is not secret).
+    pub fn describe(&self) -> String {
+        match self {
+            SecretRef::SecretsManager(id) => format!("secretsmanager:{id}"),
+            SecretRef::Ssm(name) => format!("ssm:{name}"),
+        }
+    }
+
+    /// The service it is read from.
+    pub fn service(&self) -> AwsService {
+        match self {
+            SecretRef::SecretsManager(_) => AwsService::SecretsManager,
+            SecretRef::Ssm(_) => AwsService::Ssm,
         }
     }
 }
 
 /// Region, credentials and endpoint of the one AWS service a key source talks to, from the
 /// variables Lambda gives every extension.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AwsSettings {
     pub service: AwsService,
     pub region: String,
@@ -53,7 +85,7 @@ pub struct AwsSettings {
 
 /// Where the AWS calls get their credentials. The variables win when they are set, as in
 /// the AWS SDKs' default chain.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum AwsCredentials {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`: fixed for the
     /// life of the environment.
@@ -68,7 +100,7 @@ pub enum AwsCredentials {
 }
 
 /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` and how to authorize the `GET` to it.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ContainerCredentials {
     /// The URI, checked by [`container_uri`]: https, or http to a loopback or link-local
     /// address.
@@ -77,7 +109,7 @@ pub struct ContainerCredentials {
 }
 
 /// The `Authorization` header of the `GET` to the container credentials endpoint.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum ContainerAuthorization {
     /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: the file is read at each fetch, as the AWS
     /// SDKs read it (EKS rotates it); it wins over the variable, as in the SDKs.
@@ -121,31 +153,66 @@ impl std::fmt::Debug for AwsSettings {
     }
 }
 
-/// Region, credentials and endpoint for `service`, as the AWS SDKs read them.
-pub(super) fn aws_settings(env: &Env<'_>, service: AwsService) -> Result<AwsSettings, ConfigError> {
-    const WHY: &str = "JWT_KEY_SOURCE names an AWS key source; Lambda sets it for every extension";
-    let required = |var: &'static str| {
-        env.get(var)
-            .filter(|v| !v.trim().is_empty())
-            .ok_or(ConfigError::Missing { var, why: WHY })
+/// Why the AWS variables are needed, for the errors when they are missing: who asks for them
+/// (`JWT_KEY_SOURCE names an AWS key source`, …).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Needed {
+    /// Why a region is needed.
+    pub(super) region: &'static str,
+    /// Why credentials are needed, and where they come from.
+    pub(super) credentials: &'static str,
+}
+
+/// What the key sources need the AWS variables for.
+pub(super) const KEY_SOURCE: Needed = Needed {
+    region: "JWT_KEY_SOURCE names an AWS key source; Lambda sets it for every extension",
+    credentials: "JWT_KEY_SOURCE names an AWS key source, which needs credentials: \
+                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or, as Lambda gives them with \
+                  SnapStart, AWS_CONTAINER_CREDENTIALS_FULL_URI",
+};
+
+/// `AWS_REGION`, else `AWS_DEFAULT_REGION`, checked to be a region name; `None` when neither
+/// is set.
+pub(super) fn region(env: &Env<'_>) -> Result<Option<String>, ConfigError> {
+    let Some((var, region)) = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .into_iter()
+        .find_map(|var| {
+            env.get(var)
+                .filter(|r| !r.trim().is_empty())
+                .map(|r| (var, r))
+        })
+    else {
+        return Ok(None);
     };
-    let region = match env.get("AWS_REGION").filter(|r| !r.is_empty()) {
-        Some(region) => region,
-        None => required("AWS_DEFAULT_REGION").map_err(|_| ConfigError::Missing {
-            var: "AWS_REGION",
-            why: WHY,
-        })?,
-    };
-    if !region
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(ConfigError::Invalid {
-            var: "AWS_REGION",
+    if region_name(&region) {
+        Ok(Some(region))
+    } else {
+        Err(ConfigError::Invalid {
+            var,
             value: region,
             expected: "a region name such as eu-west-1".to_string(),
-        });
+        })
     }
+}
+
+/// A region name as AWS spells them: letters, digits and dashes.
+pub(super) fn region_name(region: &str) -> bool {
+    !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Region, credentials and endpoint for `service`, as the AWS SDKs read them.
+pub(super) fn aws_settings(
+    env: &Env<'_>,
+    service: AwsService,
+    needed: Needed,
+) -> Result<AwsSettings, ConfigError> {
+    let region = region(env)?.ok_or(ConfigError::Missing {
+        var: "AWS_REGION",
+        why: needed.region,
+    })?;
     let (endpoint_var, endpoint) = match env.get(service.endpoint_variable()) {
         Some(url) => (service.endpoint_variable(), url),
         None => match env.get("AWS_ENDPOINT_URL") {
@@ -170,29 +237,38 @@ pub(super) fn aws_settings(env: &Env<'_>, service: AwsService) -> Result<AwsSett
             });
         }
     }
-    let set = |var: &str| env.get(var).is_some_and(|v| !v.trim().is_empty());
-    let credentials = if set("AWS_ACCESS_KEY_ID") || set("AWS_SECRET_ACCESS_KEY") {
-        AwsCredentials::Keys {
-            access_key_id: required("AWS_ACCESS_KEY_ID")?,
-            secret_access_key: required("AWS_SECRET_ACCESS_KEY")?,
-            session_token: env.get("AWS_SESSION_TOKEN").filter(|t| !t.is_empty()),
-        }
-    } else if let Some(container) = container_credentials(env)? {
-        AwsCredentials::Container(container)
-    } else {
-        return Err(ConfigError::Missing {
-            var: "AWS_ACCESS_KEY_ID",
-            why: "JWT_KEY_SOURCE names an AWS key source, which needs credentials: \
-                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or, as Lambda gives them with \
-                  SnapStart, AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        });
-    };
     Ok(AwsSettings {
         service,
         region,
-        credentials,
+        credentials: credentials(env, needed.credentials)?,
         endpoint,
     })
+}
+
+/// The credentials as the AWS SDKs' default chain reads them here: the access-key
+/// variables when set, else the container credentials endpoint; neither is a
+/// [`ConfigError::Missing`] with `why`.
+pub(super) fn credentials(env: &Env<'_>, why: &'static str) -> Result<AwsCredentials, ConfigError> {
+    let set = |var: &str| env.get(var).is_some_and(|v| !v.trim().is_empty());
+    let required = |var: &'static str| {
+        env.get(var)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or(ConfigError::Missing { var, why })
+    };
+    if set("AWS_ACCESS_KEY_ID") || set("AWS_SECRET_ACCESS_KEY") {
+        Ok(AwsCredentials::Keys {
+            access_key_id: required("AWS_ACCESS_KEY_ID")?,
+            secret_access_key: required("AWS_SECRET_ACCESS_KEY")?,
+            session_token: env.get("AWS_SESSION_TOKEN").filter(|t| !t.is_empty()),
+        })
+    } else if let Some(container) = container_credentials(env)? {
+        Ok(AwsCredentials::Container(container))
+    } else {
+        Err(ConfigError::Missing {
+            var: "AWS_ACCESS_KEY_ID",
+            why,
+        })
+    }
 }
 
 /// The container credentials endpoint, when `AWS_CONTAINER_CREDENTIALS_FULL_URI` is set.

@@ -23,7 +23,9 @@
 //! One file per domain: `token` (`JWT_*`, the key source, `/token`'s caller check), `aws`
 //! (the region, credentials — the variables, or the container credentials endpoint that
 //! SnapStart gives instead — and endpoints of the AWS key sources), `telemetry` (the
-//! Telemetry API subscription, flushes, EMF, `/metrics`, and `ExportConfig`), `lambda`,
+//! Telemetry API subscription, flushes, EMF, `/metrics`, and `ExportConfig`), `otlp` (OTLP
+//! straight to AWS: SigV4 signing, CloudWatch Logs headers, exporter headers from a secret),
+//! `lambda`,
 //! `logging` (the sidecar's own log lines); `lookup` has the typed accessors they parse
 //! through, `variables` the list.
 
@@ -31,6 +33,7 @@ mod aws;
 mod lambda;
 mod logging;
 mod lookup;
+mod otlp;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -42,12 +45,16 @@ use std::net::SocketAddr;
 
 pub use aws::{
     AwsCredentials, AwsService, AwsSettings, ContainerAuthorization, ContainerCredentials,
-    container_uri,
+    SecretRef, container_uri,
 };
 pub use lambda::Lambda;
 pub use logging::{LogConfig, LogFormat};
 use lookup::Env;
-pub use telemetry::{ExportConfig, FAAS_TRIGGERS, Otlp, TelemetryConfig};
+pub use otlp::{HeadersSource, LogDestination, OtlpAws, OtlpSignal, SigV4Mode, SigV4Target};
+pub use telemetry::{
+    ExportConfig, FAAS_TRIGGERS, FLUSH_STRATEGIES, FlushStrategy, Otlp, TelemetryConfig,
+    otlp_headers,
+};
 pub use token::{
     Algorithm, KeyMaterial, KeySource, SIDECAR_CLAIMS, TokenAuth, TokenConfig, is_https_url,
 };

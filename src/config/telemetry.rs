@@ -11,6 +11,7 @@ use std::time::Duration;
 use opentelemetry_otlp::Protocol;
 use opentelemetry_sdk::metrics::Temporality;
 
+use super::otlp::{OtlpAws, OtlpSignal, otlp_aws};
 use super::{ConfigError, Env, Errors, ProcessEnv};
 use crate::sampling::{Propagators, Root, Sampler};
 
@@ -37,6 +38,47 @@ pub struct TelemetryConfig {
     /// How often to flush when no INVOKE comes (`SIDECAR_FLUSH_INTERVAL_MS`): on Lambda
     /// Managed Instances, where the sidecar registers for SHUTDOWN only.
     pub flush_interval: Duration,
+    /// When an invocation's telemetry is sent (`SIDECAR_FLUSH_STRATEGY`).
+    pub flush_strategy: FlushStrategy,
+    /// `SIDECAR_FLUSH_MAX_AGE_MS`: with the `adaptive` strategy, invocations further apart
+    /// than this are flushed at their end, closer ones at the next INVOKE.
+    pub flush_max_age: Duration,
+    /// `SIDECAR_SELF_TRACES`: the sidecar's own work (register, subscribe, key loading,
+    /// flushes, KMS signing) as spans beside the function's.
+    pub self_traces: bool,
+}
+
+/// When an invocation's spans, metrics and logs leave the sidecar (`SIDECAR_FLUSH_STRATEGY`;
+/// docs/signals.md, "When telemetry is sent", compares them with `make bench`'s figures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushStrategy {
+    /// At the next INVOKE, beside the function: no hold, but the data waits for that INVOKE.
+    Invoke,
+    /// At the end of each invocation, once its `platform.runtimeDone` has arrived: fresh,
+    /// for a short post-runtime hold that Lambda bills.
+    End,
+    /// At an INVOKE once `SIDECAR_FLUSH_INTERVAL_MS` has passed since the last flush (on
+    /// Managed Instances, every interval on a timer).
+    Periodic,
+    /// Per invocation, from the recent gaps between invocations: `End` when they are rarer
+    /// than `SIDECAR_FLUSH_MAX_AGE_MS`, else `Invoke`.
+    Adaptive,
+}
+
+/// The values of `SIDECAR_FLUSH_STRATEGY`.
+pub const FLUSH_STRATEGIES: [(&str, FlushStrategy); 4] = [
+    ("invoke", FlushStrategy::Invoke),
+    ("end", FlushStrategy::End),
+    ("periodic", FlushStrategy::Periodic),
+    ("adaptive", FlushStrategy::Adaptive),
+];
+
+impl FlushStrategy {
+    /// The strategy may wait for `platform.runtimeDone` before the sidecar hands an
+    /// invocation back: the Telemetry API must then deliver it as soon as it can.
+    pub fn may_flush_at_end(self) -> bool {
+        matches!(self, FlushStrategy::End | FlushStrategy::Adaptive)
+    }
 }
 
 pub(super) fn telemetry_config(env: &Env<'_>) -> Result<TelemetryConfig, ConfigError> {
@@ -85,6 +127,27 @@ pub(super) fn telemetry_config(env: &Env<'_>) -> Result<TelemetryConfig, ConfigE
             100,
             60_000,
         )?),
+        flush_strategy: env.choice(
+            "SIDECAR_FLUSH_STRATEGY",
+            &FLUSH_STRATEGIES,
+            FlushStrategy::Adaptive,
+        )?,
+        // 2 s: the age a dashboard or an alarm does not notice (they refresh every 10 s to a
+        // minute), and the gap below which an end flush would cost the most for the least:
+        // invocations that close together each pay a post-runtime hold (the runtimeDone
+        // delivery, ~25 ms, and the flush) that delays the next one, while at the next INVOKE
+        // the data leaves at most one gap (< 2 s) later, with no hold at all.
+        flush_max_age: Duration::from_millis(env.number(
+            "SIDECAR_FLUSH_MAX_AGE_MS",
+            2_000,
+            100,
+            60_000,
+        )?),
+        self_traces: env.choice(
+            "SIDECAR_SELF_TRACES",
+            &[("on", true), ("off", false)],
+            false,
+        )?,
     })
 }
 
@@ -191,6 +254,9 @@ pub struct ExportConfig {
     /// environment ([`ExportConfig::from_env`]; [`ExportConfig::parse`] leaves it empty):
     /// what `serve`, which exports nothing, names as checked and ignored.
     pub set: Vec<&'static str>,
+    /// Straight to AWS: which signals are signed with SigV4, the CloudWatch Logs headers, the
+    /// exporter headers from a secret (`SIDECAR_OTLP_*`, `config/otlp.rs`).
+    pub aws: OtlpAws,
 }
 
 /// Where and how one signal is exported over OTLP.
@@ -302,6 +368,18 @@ impl ExportConfig {
                 _ => Ok(Temporality::Cumulative),
             })
             .unwrap_or(Temporality::Cumulative);
+        // Straight to AWS (config/otlp.rs), for the signals that export.
+        let protocol = |otlp: &Option<Otlp>| otlp.as_ref().map(|o| o.protocol);
+        let aws = errors
+            .take(otlp_aws(
+                &env,
+                [
+                    (OtlpSignal::Traces, protocol(&traces)),
+                    (OtlpSignal::Metrics, protocol(&metrics)),
+                    (OtlpSignal::Logs, protocol(&logs)),
+                ],
+            ))
+            .unwrap_or_default();
         errors.into_result()?;
         let mut warnings = Vec::new();
         let propagators = propagators(lookup(PROPAGATORS_VAR), &mut warnings);
@@ -311,6 +389,7 @@ impl ExportConfig {
             traces,
             metrics,
             logs,
+            aws,
             certificate: lookup("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|p| !p.is_empty()),
             temporality,
             propagators,
@@ -509,10 +588,7 @@ const HEADERS_FORM: &str = "comma-separated key=value pairs (the W3C Baggage lis
 /// the SDK sends. The check uses the `http` crate's `HeaderName` and `HeaderValue`, as the
 /// SDK does. Errors name the variable, the member's position and, when it is a valid header
 /// name, its key; never a value (they hold API keys and tokens).
-pub(super) fn otlp_headers(
-    var: &'static str,
-    raw: &str,
-) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn otlp_headers(var: &'static str, raw: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let members: Vec<&str> = raw
         .split(',')
         .map(str::trim)

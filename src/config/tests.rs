@@ -417,6 +417,7 @@ fn a_pem_in_the_key_file_variable_is_not_echoed() {
     assert_eq!(
         hidden,
         [
+            "SIDECAR_OTLP_HEADERS_SOURCE",
             "JWT_SECRET",
             "JWT_PRIVATE_KEY",
             "JWT_PRIVATE_KEY_FILE",
@@ -770,7 +771,9 @@ fn snapstart_key_source_credentials() {
         e,
         ConfigError::Missing {
             var: "AWS_SECRET_ACCESS_KEY",
-            why: "JWT_KEY_SOURCE names an AWS key source; Lambda sets it for every extension",
+            why: "JWT_KEY_SOURCE names an AWS key source, which needs credentials: \
+                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or, as Lambda gives them with \
+                  SnapStart, AWS_CONTAINER_CREDENTIALS_FULL_URI",
         }
     );
     // Neither the keys nor the endpoint: the error names both.
@@ -1104,6 +1107,7 @@ fn export_configuration() {
         resource_attributes: Vec::new(),
         warnings: Vec::new(),
         set: Vec::new(),
+        aws: Default::default(),
     };
     assert_eq!(export(&[]).unwrap(), none);
     let both = export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();
@@ -1362,6 +1366,23 @@ fn every_variable_looked_up_is_listed_and_every_listed_one_is_looked_up() {
             ("AWS_CONTAINER_CREDENTIALS_FULL_URI", CONTAINER_URI),
             ("AWS_CONTAINER_AUTHORIZATION_TOKEN", SESSION),
         ],
+        // Straight to CloudWatch, with exporter headers from a secret.
+        [
+            ("JWT_SECRET", SECRET),
+            ("SIDECAR_TOKEN_AUTH", "off"),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                "https://logs.eu-west-1.amazonaws.com/v1/logs",
+            ),
+            ("SIDECAR_OTLP_SIGV4", "auto"),
+            ("SIDECAR_OTLP_SIGV4_SERVICE", "logs"),
+            ("SIDECAR_OTLP_SIGV4_REGION", "eu-west-1"),
+            ("SIDECAR_OTLP_HEADERS_SOURCE", "ssm:/otlp/headers"),
+            ("SIDECAR_OTLP_LOG_GROUP", "/otlp/orders"),
+        ]
+        .into_iter()
+        .chain(AWS)
+        .collect(),
     ];
     let looked_up = RefCell::new(BTreeSet::new());
     for pairs in &configurations {
@@ -1419,6 +1440,16 @@ fn the_variable_list() {
             "SIDECAR_EMF",
             "SIDECAR_EMF_NAMESPACE",
             "SIDECAR_FAAS_TRIGGER",
+            "SIDECAR_FLUSH_STRATEGY",
+            "SIDECAR_FLUSH_MAX_AGE_MS",
+            "SIDECAR_SELF_TRACES",
+            "SIDECAR_OTLP_SIGV4",
+            "SIDECAR_OTLP_SIGV4_SERVICE",
+            "SIDECAR_OTLP_SIGV4_REGION",
+            "SIDECAR_OTLP_LOG_GROUP",
+            "SIDECAR_OTLP_METRICS_WITH_EMF",
+            "SIDECAR_OTLP_HEADERS_SOURCE",
+            "SIDECAR_OTLP_HEADERS_REFRESH_SECONDS",
         ]
     );
     let unknown = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_PROT", "4000")]).unwrap_err();
@@ -1707,5 +1738,45 @@ fn edit_distances() {
     ] {
         assert_eq!(super::edit_distance(a, b), distance, "{a} {b}");
         assert_eq!(super::edit_distance(b, a), distance, "{b} {a}");
+    }
+}
+
+/// `SIDECAR_FLUSH_STRATEGY` (default `adaptive`), `SIDECAR_FLUSH_MAX_AGE_MS` (default 2 s)
+/// and `SIDECAR_SELF_TRACES` (default off).
+#[test]
+fn flush_strategy_max_age_and_self_traces() {
+    use crate::config::FlushStrategy;
+    let default = parse(&[("JWT_SECRET", SECRET)]).unwrap().telemetry;
+    assert_eq!(default.flush_strategy, FlushStrategy::Adaptive);
+    assert_eq!(default.flush_max_age, Duration::from_secs(2));
+    assert!(!default.self_traces);
+    for (value, strategy) in [
+        ("invoke", FlushStrategy::Invoke),
+        ("END", FlushStrategy::End),
+        ("periodic", FlushStrategy::Periodic),
+        (" adaptive ", FlushStrategy::Adaptive),
+    ] {
+        let set = parse(&[("JWT_SECRET", SECRET), ("SIDECAR_FLUSH_STRATEGY", value)]).unwrap();
+        assert_eq!(set.telemetry.flush_strategy, strategy, "{value}");
+    }
+    let set = parse(&[
+        ("JWT_SECRET", SECRET),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "500"),
+        ("SIDECAR_SELF_TRACES", "on"),
+    ])
+    .unwrap();
+    assert_eq!(set.telemetry.flush_max_age, Duration::from_millis(500));
+    assert!(set.telemetry.self_traces);
+    for (var, bad) in [
+        ("SIDECAR_FLUSH_STRATEGY", "sometimes"),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "99"),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "60001"),
+        ("SIDECAR_FLUSH_MAX_AGE_MS", "2s"),
+        ("SIDECAR_SELF_TRACES", "yes"),
+    ] {
+        check(
+            &[("JWT_SECRET", SECRET), (var, bad)],
+            Some((var, "Config.InvalidValue")),
+        );
     }
 }

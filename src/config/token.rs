@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::aws::{AwsService, AwsSettings, aws_settings, container_token};
+use super::aws::{AwsService, AwsSettings, KEY_SOURCE, SecretRef, aws_settings, container_token};
 use super::{ConfigError, Env};
 
 /// Claims only the sidecar sets. A request that names one is refused, never silently ignored
@@ -184,6 +184,17 @@ impl KeySource {
             KeySource::SecretsManager(id) => format!("secretsmanager:{id}"),
             KeySource::Ssm(name) => format!("ssm:{name}"),
             KeySource::Kms(key) => format!("kms:{key}"),
+        }
+    }
+}
+
+impl KeySource {
+    /// The secret a `secretsmanager:` or `ssm:` source reads; `None` for the others.
+    pub fn secret(&self) -> Option<SecretRef> {
+        match self {
+            KeySource::SecretsManager(id) => Some(SecretRef::SecretsManager(id.clone())),
+            KeySource::Ssm(name) => Some(SecretRef::Ssm(name.clone())),
+            KeySource::Env(_) | KeySource::Kms(_) => None,
         }
     }
 }
@@ -381,9 +392,11 @@ pub(super) fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
     let key_refresh = Duration::from_secs(env.number("JWT_KEY_REFRESH_SECONDS", 300, 1, 86_400)?);
     let aws = match &key {
         KeySource::Env(_) => None,
-        KeySource::SecretsManager(_) => Some(aws_settings(env, AwsService::SecretsManager)?),
-        KeySource::Ssm(_) => Some(aws_settings(env, AwsService::Ssm)?),
-        KeySource::Kms(_) => Some(aws_settings(env, AwsService::Kms)?),
+        KeySource::SecretsManager(_) => {
+            Some(aws_settings(env, AwsService::SecretsManager, KEY_SOURCE)?)
+        }
+        KeySource::Ssm(_) => Some(aws_settings(env, AwsService::Ssm, KEY_SOURCE)?),
+        KeySource::Kms(_) => Some(aws_settings(env, AwsService::Kms, KEY_SOURCE)?),
     };
     let key_id = env.get("JWT_KEY_ID");
     if let Some(kid) = &key_id

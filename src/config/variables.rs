@@ -3,7 +3,7 @@
 //! errors that must not show a value work from it, and a test checks that every variable a
 //! parser looks up is listed here.
 
-use Domain::{Aws, Lambda, Logging, Telemetry, Token};
+use Domain::{Aws, Lambda, Logging, Otlp, Telemetry, Token};
 
 /// The part of the configuration a variable belongs to: the file under `config/` that owns
 /// it. Other parts may read it too: `AWS_LAMBDA_FUNCTION_NAME` is the default JWT subject.
@@ -15,6 +15,8 @@ pub enum Domain {
     Aws,
     /// `telemetry.rs`: the Telemetry API subscription, flushes, EMF, `/metrics`, OTLP export.
     Telemetry,
+    /// `otlp.rs`: OTLP straight to AWS (SigV4, CloudWatch Logs headers, headers from a secret).
+    Otlp,
     /// `lambda.rs`: what Lambda sets about the function and the execution environment.
     Lambda,
     /// `logging.rs`: the sidecar's own log lines.
@@ -86,6 +88,17 @@ pub const VARIABLES: &[Variable] = &[
     Variable::new("SIDECAR_EMF", Telemetry),
     Variable::new("SIDECAR_EMF_NAMESPACE", Telemetry),
     Variable::new("SIDECAR_FAAS_TRIGGER", Telemetry),
+    Variable::new("SIDECAR_FLUSH_STRATEGY", Telemetry),
+    Variable::new("SIDECAR_FLUSH_MAX_AGE_MS", Telemetry),
+    Variable::new("SIDECAR_SELF_TRACES", Telemetry),
+    Variable::new("SIDECAR_OTLP_SIGV4", Otlp),
+    Variable::new("SIDECAR_OTLP_SIGV4_SERVICE", Otlp),
+    Variable::new("SIDECAR_OTLP_SIGV4_REGION", Otlp),
+    Variable::new("SIDECAR_OTLP_LOG_GROUP", Otlp),
+    Variable::new("SIDECAR_OTLP_METRICS_WITH_EMF", Otlp),
+    // Names a secret; as for JWT_KEY_SOURCE, a value pasted here by mistake is not shown.
+    Variable::new("SIDECAR_OTLP_HEADERS_SOURCE", Otlp).hidden(),
+    Variable::new("SIDECAR_OTLP_HEADERS_REFRESH_SECONDS", Otlp),
     Variable::new("JWT_ALGORITHM", Token),
     Variable::new("JWT_SECRET", Token).hidden(),
     Variable::new("JWT_PRIVATE_KEY", Token).hidden(),
@@ -121,6 +134,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable::new("AWS_ENDPOINT_URL_SECRETS_MANAGER", Aws),
     Variable::new("AWS_ENDPOINT_URL_SSM", Aws),
     Variable::new("AWS_ENDPOINT_URL_KMS", Aws),
+    Variable::new("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", Aws),
     Variable::new("AWS_LAMBDA_RUNTIME_API", Lambda),
     Variable::new("AWS_LAMBDA_FUNCTION_NAME", Lambda),
     Variable::new("AWS_LAMBDA_FUNCTION_VERSION", Lambda),

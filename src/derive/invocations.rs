@@ -19,6 +19,7 @@ use opentelemetry_sdk::trace::IdGenerator;
 use super::spans::{NewSpan, Outcome, flags};
 use super::{Shared, count, millis, seconds};
 use crate::events::{PlatformSpan, Report, RuntimeDone, Start, Status};
+use crate::metrics::pending::stamped;
 use crate::metrics::{Metrics, Signal};
 use crate::records::{InvokeRecord, RemoteParent, parse_xray};
 
@@ -225,6 +226,13 @@ impl Invocations {
         self.by_id.iter()
     }
 
+    /// `request_id`'s runtimeDone has been ingested, or it was reported or closed.
+    pub(super) fn has_ended(&self, request_id: &str) -> bool {
+        self.by_id
+            .get(request_id)
+            .map_or_else(|| self.finished(request_id), |i| i.runtime_done.is_some())
+    }
+
     /// `request_id` was reported (or closed at SHUTDOWN) lately: its events are stale.
     pub(super) fn finished(&self, request_id: &str) -> bool {
         self.recent.iter().any(|id| id == request_id)
@@ -269,7 +277,9 @@ impl Invocations {
         if let Some(invocation) = self.by_id.get_mut(request_id) {
             invocation.resumed = Some(at);
             if let Some(done) = invocation.runtime_done {
-                metrics.hold(hold_seconds(done, at));
+                stamped(invocation.start().unwrap_or(done), || {
+                    metrics.hold(hold_seconds(done, at));
+                });
             }
         }
     }
@@ -292,7 +302,9 @@ impl Invocations {
         invocation.learn_xray(done.tracing.as_ref().map(|t| t.value.as_str()), shared);
         invocation.runtime_done = Some(time);
         invocation.ended = Some(time);
-        record_runtime_done(&shared.metrics, time, &done, invocation.resumed);
+        stamped(invocation.start().unwrap_or(time), || {
+            record_runtime_done(&shared.metrics, time, &done, invocation.resumed);
+        });
         let outcome = Outcome::reported(done.status, done.error_type.as_deref());
         invocation.span(
             &done.request_id,
@@ -314,11 +326,17 @@ impl Invocations {
     pub(super) fn report(&mut self, time: SystemTime, report: &Report, metrics: &Metrics) {
         let figures = &report.metrics;
         let bytes = |mb: u64| mb.saturating_mul(MIB) as f64;
-        metrics.report(
-            figures.billed_duration_ms.map(seconds),
-            figures.max_memory_used_mb.map(bytes),
-            figures.memory_size_mb.map(bytes),
-        );
+        let started = self
+            .by_id
+            .get(&report.request_id)
+            .and_then(Invocation::start);
+        stamped(started.unwrap_or(time), || {
+            metrics.report(
+                figures.billed_duration_ms.map(seconds),
+                figures.max_memory_used_mb.map(bytes),
+                figures.memory_size_mb.map(bytes),
+            );
+        });
         if let Some(invocation) = self.by_id.get_mut(&report.request_id)
             && invocation.ended.is_none()
         {

@@ -9,6 +9,11 @@
 //! what Lambda says about the function, the metrics, the sampler and the finished spans
 //! (`spans.rs`) — the `Deriver` owns and lends them.
 //!
+//! Every metric value recorded while applying a record is stamped, for EMF, with the time
+//! of what it describes: an invocation's figures with the invocation's start, a token
+//! request's with the request's, any other event's with the event's
+//! (`metrics::pending::stamped`).
+//!
 //! Architecture invariants: no I/O and no clock reads (every time comes from a record,
 //! or from the caller of [`Deriver::finish_pending`]), so derivation is a pure function
 //! of its input and tests drive it directly; state is bounded ([`MAX_PENDING`]
@@ -26,6 +31,7 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData};
 use crate::events::{Batch, EventKind, LogLine, Report, TelemetryEvent};
 use crate::function::FunctionInfo;
 use crate::items::LogEntry;
+use crate::metrics::pending::stamped;
 use crate::metrics::{Metrics, SkipReason};
 use crate::records::Record;
 use crate::sampling::{Propagators, Sampler};
@@ -169,8 +175,10 @@ impl Deriver {
                 if !self.shared.propagators.tracecontext {
                     token.traceparent = None;
                 }
-                self.tokens
-                    .token(token, &mut self.invocations, &mut self.shared);
+                stamped(token.start, || {
+                    self.tokens
+                        .token(token, &mut self.invocations, &mut self.shared);
+                });
             }
             Record::Resumed { request_id, at } => {
                 self.invocations
@@ -182,6 +190,12 @@ impl Deriver {
     /// Invocations seen and not yet reported (`platform.report`): what SHUTDOWN waits for.
     pub fn in_flight(&self) -> usize {
         self.invocations.len()
+    }
+
+    /// `platform.runtimeDone` of `request_id` has been ingested (its span and invocation
+    /// metrics derived), or its report (runtimeDone lost), or SHUTDOWN closed it.
+    pub fn runtime_done(&self, request_id: &str) -> bool {
+        self.invocations.has_ended(request_id)
     }
 
     /// The spans finished since the last call, oldest first.
@@ -218,7 +232,8 @@ impl Deriver {
         metrics.skipped_events(SkipReason::Malformed, count(batch.malformed));
         for event in batch.events {
             self.shared.metrics.telemetry_event(event.kind.type_name());
-            self.event(event);
+            // The event's figures carry its time in EMF (an invocation's, its start's).
+            stamped(event.time, || self.event(event));
         }
     }
 

@@ -8,16 +8,25 @@
 //! InvalidArgument`. So the OTLP/HTTP exporters send through a [`NotingClient`], which notes
 //! in [`Answers`] what the collector answered a request that failed (its status and
 //! message), or whether a connection was made at all, for the queue to read back.
+//!
+//! The same client is where a request gets what the sidecar adds to it ([`Outgoing`]): the
+//! headers of a secret (`SIDECAR_OTLP_HEADERS_SOURCE`), the CloudWatch Logs headers, and
+//! last, over the request exactly as it will be sent, the SigV4 signature
+//! ([`super::sigv4`]). A request that cannot get them is not sent at all.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderMap};
+use http::{HeaderName, HeaderValue};
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_sdk::error::OTelSdkError;
 
+use super::headers::SecretHeaders;
 use super::queue::{Failure, Outcome};
+use super::sigv4::Signer;
 
 /// Longest collector message kept for the log, in bytes.
 const MAX_MESSAGE: usize = 256;
@@ -32,16 +41,25 @@ pub(super) enum Answer {
     /// The collector answered this status (not a success), with this message (bounded,
     /// with the request's header values taken out).
     Status { code: u16, message: String },
+    /// The request was not sent: it could not get what it must carry (a signature, the
+    /// headers of the secret), and must not go without.
+    NotSent(String),
 }
 
-/// One exporter's note of [`Answer`], written by its [`NotingClient`], read by its queue.
+/// One exporter's note of [`Answer`], written by its [`NotingClient`], read by its queue;
+/// and the request bytes it sent, which the flush reports (`sidecar.flush` self-trace spans).
 #[derive(Debug, Clone, Default)]
-pub(super) struct Answers(Arc<Mutex<Option<Answer>>>);
+pub(super) struct Answers(Arc<Mutex<Option<Answer>>>, Arc<AtomicU64>);
 
 impl Answers {
     fn slot(&self) -> MutexGuard<'_, Option<Answer>> {
         // A panic while noting leaves nothing half-written: the slot is still usable.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The bytes of every request body sent so far (compressed, as sent).
+    pub(super) fn sent_bytes(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// The answer to the last request, if it failed; taken, so it is read once.
@@ -56,27 +74,75 @@ impl Answers {
 }
 
 /// The OTLP/HTTP exporters' client: the shared reqwest client, noting what each request
-/// that failed was answered. One per exporter (each with its own [`Answers`]); the reqwest
-/// client, and its connection pool, are shared.
+/// that failed was answered. One per exporter (each with its own [`Answers`] and
+/// [`Outgoing`]); the reqwest client, and its connection pool, are shared.
 #[derive(Debug, Clone)]
 pub(super) struct NotingClient {
     http: reqwest::Client,
     answers: Answers,
+    outgoing: Outgoing,
     /// The most one request may take (`OTEL_EXPORTER_OTLP_*TIMEOUT`): opentelemetry-otlp
     /// applies its timeout only to a client it builds itself. The flush's budget may end a
     /// request sooner.
     timeout: Duration,
 }
 
+/// What one exporter's client adds to every request, in this order.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Outgoing {
+    /// The headers of `SIDECAR_OTLP_HEADERS_SOURCE` (every signal).
+    pub(super) secret: Option<Arc<SecretHeaders>>,
+    /// Headers fixed at start: `x-aws-log-group` and `x-aws-log-stream` (logs to CloudWatch
+    /// Logs).
+    pub(super) fixed: Vec<(HeaderName, HeaderValue)>,
+    /// The SigV4 signer, for a signal whose requests are signed: last, over the rest.
+    pub(super) signer: Option<Arc<Signer>>,
+}
+
+impl Outgoing {
+    /// `request` with everything added, or why it must not be sent.
+    async fn dress(&self, mut request: Request<Bytes>) -> Result<Request<Bytes>, String> {
+        if let Some(secret) = &self.secret {
+            let headers = secret.current(Instant::now()).await.ok_or_else(|| {
+                "the headers of SIDECAR_OTLP_HEADERS_SOURCE are not loaded".to_string()
+            })?;
+            for (name, value) in headers.iter() {
+                request.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        for (name, value) in &self.fixed {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut request, SystemTime::now()).await?;
+        }
+        Ok(request)
+    }
+}
+
 impl NotingClient {
-    pub(super) fn new(http: reqwest::Client, answers: Answers, timeout: Duration) -> NotingClient {
+    /// `outgoing` is what this exporter's requests must carry: every OTLP/HTTP request goes
+    /// through a `NotingClient`, so that none can skip its signature or its headers.
+    /// `timeout` bounds each request.
+    pub(super) fn new(
+        http: reqwest::Client,
+        answers: Answers,
+        outgoing: Outgoing,
+        timeout: Duration,
+    ) -> NotingClient {
         NotingClient {
             http,
             answers,
+            outgoing,
             timeout,
         }
     }
 }
+
+/// A request [`Outgoing`] refused to let go: the export fails without a connection made.
+#[derive(Debug, thiserror::Error)]
+#[error("not sent: {0}")]
+struct NotSent(String);
 
 type Sending<'a> = Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send + 'a>>;
 
@@ -92,6 +158,16 @@ impl HttpClient for NotingClient {
     {
         Box::pin(async move {
             *self.answers.slot() = None;
+            let request = match self.outgoing.dress(request).await {
+                Ok(request) => request,
+                Err(why) => {
+                    tracing::warn!(reason = %why, "an OTLP request was not sent");
+                    *self.answers.slot() = Some(Answer::NotSent(why.clone()));
+                    return Err(Box::new(NotSent(why)) as HttpError);
+                }
+            };
+            let bytes = request.body().len() as u64;
+            self.answers.1.fetch_add(bytes, Ordering::Relaxed);
             let secrets = secrets(request.headers());
             let sent = match tokio::time::timeout(self.timeout, self.http.send_bytes(request)).await
             {
@@ -144,7 +220,7 @@ pub(super) fn grpc_outcome(code: &str) -> Outcome {
 pub(super) fn outcome(error: &str, answer: Option<&Answer>) -> Outcome {
     match answer {
         Some(Answer::Status { code, .. }) => http_outcome(*code),
-        Some(Answer::Unreachable) => Outcome::NotTaken,
+        Some(Answer::Unreachable | Answer::NotSent(_)) => Outcome::NotTaken,
         Some(Answer::Broken) => Outcome::Unanswered,
         None => {
             if let Some(code) = word_after(error, "status code: ").and_then(|c| c.parse().ok()) {
@@ -182,6 +258,7 @@ fn failure(error: &str, answer: Option<Answer>) -> Failure {
         }
         Some(Answer::Unreachable) => format!("{error} (no connection to the collector)"),
         Some(Answer::Broken) => format!("{error} (the connection failed mid-request)"),
+        Some(Answer::NotSent(why)) => format!("not sent: {why}"),
         None => error.to_owned(),
     };
     Failure::new(outcome, detail)

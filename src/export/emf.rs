@@ -6,9 +6,10 @@
 //! Nothing is recorded for EMF by hand: every `Instrument` of `metrics` that OTLP and
 //! Prometheus read also adds its values to one [`Pending`](crate::metrics::pending::Pending) (when `SIDECAR_EMF=on`), and each
 //! flush turns what it holds into documents ([`documents`]) and hands them to a writer
-//! thread ([`Writer`]). The lifecycle flushes at each INVOKE and at SHUTDOWN, so a flush's
-//! documents carry the previous invocation's platform.report figures and the token and health
-//! figures since the last flush.
+//! thread ([`Writer`]). A flush's documents carry what was recorded since the last one (an
+//! invocation's platform.report figures come after its end, so with the flush after it),
+//! each under the time of what it describes: an invocation's figures carry the invocation's
+//! time, however late the flush (`metrics::pending::stamped`).
 //!
 //! Values are what happened since the last flush (deltas), as CloudWatch expects: counters
 //! are sums, histograms the raw observations (a plain array: CloudWatch computes the
@@ -248,16 +249,24 @@ impl Writer {
     }
 
     /// Turns what the instruments recorded since the last flush into EMF lines and queues
-    /// them. The receiver resolves once they are written (the shutdown flush waits on it,
-    /// bounded, so the last lines are out before the process exits).
+    /// them: each value under the time of what it describes ([`Entry::time_ms`]), else
+    /// `timestamp_ms`, the flush's. The receiver resolves once they are written (the
+    /// shutdown flush waits on it, bounded, so the last lines are out before the process
+    /// exits).
     pub fn flush(&self, timestamp_ms: u64) -> Option<oneshot::Receiver<()>> {
         let (mut entries, overflow) = self.metrics.take_emf();
         // Counted now, emitted with the next flush.
         self.metrics.dropped(Signal::Emf, overflow);
         zero_counters(&mut entries);
-        let lines: Vec<String> = documents(&self.namespace, &self.function, timestamp_ms, &entries)
+        let mut by_time: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
+        for entry in entries {
+            let time = entry.time_ms.unwrap_or(timestamp_ms);
+            by_time.entry(time).or_default().push(entry);
+        }
+        let lines: Vec<String> = by_time
             .iter()
-            .map(Value::to_string)
+            .flat_map(|(time, entries)| documents(&self.namespace, &self.function, *time, entries))
+            .map(|document| document.to_string())
             .collect();
         let count = lines.len() as u64;
         let (done, written) = oneshot::channel();
@@ -465,6 +474,68 @@ mod tests {
         drop(release);
     }
 
+    /// An output the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Two invocations an hour apart, flushed together later still: each one's figures carry
+    /// its own time; the sidecar's own counts and the zeros, the flush's.
+    #[test]
+    fn each_value_carries_the_time_of_what_it_describes() {
+        use crate::metrics::pending::stamped;
+        use std::time::{Duration, UNIX_EPOCH};
+        let source =
+            crate::export::MetricsSource::new(opentelemetry_sdk::Resource::builder_empty().build());
+        let metrics = Arc::new(Metrics::with_emf(&source.meter()));
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        let (first, second, flushed) = (1_700_000_000_123, 1_700_003_600_456, 1_700_007_200_000);
+        stamped(at(first), || {
+            metrics.invocation(crate::events::Status::Success, Some(0.02));
+            // Within the same second: the same document, at the second's first stamp.
+            stamped(at(first + 500), || metrics.hold(0.001));
+            metrics.invocation(crate::events::Status::Success, Some(0.03));
+        });
+        stamped(at(second), || {
+            metrics.invocation(crate::events::Status::Error, Some(0.5));
+        });
+        metrics.export_failure(Signal::Traces);
+        let output = Captured::default();
+        let writer = Writer::with_output(output.clone(), "NS".into(), "f".into(), metrics);
+        writer.flush(flushed).unwrap().blocking_recv().unwrap();
+        let text = String::from_utf8(output.0.lock().unwrap().clone()).unwrap();
+        let docs: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let time_of = |doc: &Value| doc["_aws"]["Timestamp"].as_u64().unwrap();
+        let times_of = |name: &str| -> Vec<(u64, Value)> {
+            let mut found: Vec<(u64, Value)> = docs
+                .iter()
+                .filter(|d| d.get(name).is_some())
+                .map(|d| (time_of(d), d[name].clone()))
+                .collect();
+            found.sort_by_key(|(t, _)| *t);
+            found
+        };
+        // Successful invocations only: the second is an error (faas.errors).
+        assert_eq!(times_of("faas.invocations"), [(first, json!(2))], "{text}");
+        assert_eq!(times_of("sidecar.hold"), [(first, json!([0.001]))]);
+        assert_eq!(times_of("faas.errors"), [(second, json!(1))]);
+        assert_eq!(times_of("sidecar.export.failures"), [(flushed, json!(1))]);
+        // Counters with nothing recorded get their zero at the flush's time.
+        assert_eq!(times_of("sidecar.token.requests"), [(flushed, json!(0))]);
+    }
+
     #[test]
     fn more_than_100_values_are_split_over_documents() {
         let pending = Pending::default();
@@ -513,6 +584,7 @@ mod tests {
                 def,
                 labels: vec![],
                 value: Recorded::Sum(1),
+                time_ms: None,
             })
             .collect();
         let docs = documents("NS", "f", 0, &entries);

@@ -21,16 +21,20 @@
 //! Never: decides *when* to flush (the lifecycle does), or blocks a thread.
 //!
 //! The outputs live in submodules: [`otlp`] (the OTLP clients, configuration and the
-//! resource) and [`emf`] (CloudWatch Embedded Metric Format on stdout). The Prometheus page
+//! resource; `sigv4.rs` signs their requests for AWS, `headers.rs` adds the headers of a
+//! secret) and [`emf`] (CloudWatch Embedded Metric Format on stdout). The Prometheus page
 //! is read from the instruments themselves (`metrics::Metrics::prometheus_text`), not pushed
 //! at a flush, so it has no module here.
 
 mod answers;
 pub mod emf;
+mod headers;
+mod log_stream;
 mod logs;
 mod metrics;
 pub mod otlp;
 mod queue;
+mod sigv4;
 mod spans;
 
 use std::sync::Arc;
@@ -38,6 +42,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry_sdk::trace::SpanData;
 
+pub use headers::{HeadersSourceError, SecretHeaders};
+pub use log_stream::{LogStreamError, create_log_stream};
 pub use otlp::{ExportClients, MetricsSource, resource};
 
 use crate::items::LogEntry;
@@ -56,6 +62,9 @@ pub struct FlushReport {
     pub logs_sent: usize,
     pub logs_pending: usize,
     pub metrics_sent: bool,
+    /// The bytes of the OTLP/HTTP request bodies this flush sent, as sent (compressed when
+    /// asked); 0 over gRPC, whose client does not show them.
+    pub bytes_sent: u64,
     pub timed_out: bool,
     /// A queue with something to send sat this flush out, backing off after failed ones.
     pub backed_off: bool,
@@ -70,6 +79,8 @@ pub struct Exporter {
     /// The CloudWatch EMF output (`SIDECAR_EMF=on`), and the receipt of its last batch.
     emf: Option<emf::Writer>,
     emf_written: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The exporters' clients' notes, read for the bytes each flush sent.
+    answers: otlp::SignalAnswers,
 }
 
 impl Exporter {
@@ -78,7 +89,9 @@ impl Exporter {
         source: Arc<MetricsSource>,
         metrics: Arc<Metrics>,
     ) -> Exporter {
+        let answers = clients.answers.clone();
         Exporter {
+            answers,
             spans: SpanQueue::new(clients.spans, clients.answers.spans, metrics.clone()),
             metrics: MetricQueue::new(
                 clients.metrics,
@@ -137,6 +150,7 @@ impl Exporter {
 
     async fn flush_under(&mut self, spans: Vec<SpanData>, budget: Budget) -> FlushReport {
         let started = Instant::now();
+        let bytes_before = self.sent_bytes();
         let spans_dropped = self.spans.queue(spans);
         let (spans, metrics, logs) = tokio::join!(
             self.spans.flush(budget),
@@ -152,10 +166,17 @@ impl Exporter {
             logs_sent: logs.sent,
             logs_pending: logs.pending,
             metrics_sent: metrics.sent > 0,
+            bytes_sent: self.sent_bytes().saturating_sub(bytes_before),
             timed_out: spans.timed_out || metrics.timed_out || logs.timed_out,
             backed_off: spans.sat_out || metrics.sat_out || logs.sat_out,
             duration: started.elapsed(),
         }
+    }
+
+    /// The bytes every exporter has sent so far.
+    fn sent_bytes(&self) -> u64 {
+        let answers = &self.answers;
+        answers.spans.sent_bytes() + answers.metrics.sent_bytes() + answers.logs.sent_bytes()
     }
 
     /// Hands the metrics recorded since the last flush to the EMF writer; it never waits on

@@ -27,8 +27,11 @@ use opentelemetry_sdk::metrics::{
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::SpanExporter as _;
 
-use super::answers::{Answers, NotingClient};
-use crate::config::{ConfigError, ExportConfig};
+use super::answers::{Answers, NotingClient, Outgoing};
+use super::headers::SecretHeaders;
+use super::sigv4::Signer;
+use crate::aws::CredentialProvider;
+use crate::config::{ConfigError, ExportConfig, OtlpSignal};
 use crate::function::FunctionInfo;
 
 /// The metrics side of the SDK: instruments are recorded into `provider`, read on demand.
@@ -226,8 +229,14 @@ impl ExportClients {
     /// Endpoint and timeout come from `config` (the `OTEL_EXPORTER_OTLP_*` variables, read
     /// there); headers and compression from the standard variables, read by
     /// opentelemetry-otlp itself. Retries are off: a failed batch waits for the next flush
-    /// instead of holding this one.
-    pub fn build(config: &ExportConfig) -> Result<ExportClients, ConfigError> {
+    /// instead of holding this one. Each OTLP/HTTP client adds to its requests the headers
+    /// of `secret` (`SIDECAR_OTLP_HEADERS_SOURCE`, loaded by the caller), the CloudWatch Logs
+    /// headers, and the SigV4 signature of the signals `config.aws` signs. The resource is
+    /// set apart ([`ExportClients::set_resource`]), once register has told the account.
+    pub fn build(
+        config: &ExportConfig,
+        secret: Option<Arc<SecretHeaders>>,
+    ) -> Result<ExportClients, ConfigError> {
         fn invalid(
             var: &'static str,
         ) -> impl Fn(opentelemetry_otlp::ExporterBuildError) -> ConfigError {
@@ -246,11 +255,12 @@ impl ExportClients {
         #[cfg(feature = "grpc")]
         let grpc_tls = grpc_tls(ca.as_ref());
         let answers = SignalAnswers::default();
+        let outgoing = outgoing(config, secret)?;
         // The span, metric and log builders are different types with the same methods. The
         // timeout is given to both transports: tonic applies it per request; reqwest, given
         // as a client of our own, would not, so the `NotingClient` applies it.
         macro_rules! exporter {
-            ($builder:expr, $otlp:expr, $answers:expr) => {
+            ($builder:expr, $otlp:expr, $answers:expr, $signal:expr) => {
                 match $otlp {
                     None => None,
                     #[cfg(feature = "grpc")]
@@ -274,6 +284,7 @@ impl ExportClients {
                             .with_http_client(NotingClient::new(
                                 http.clone(),
                                 $answers.clone(),
+                                outgoing($signal),
                                 otlp.timeout,
                             ))
                             .with_endpoint(otlp.endpoint.clone())
@@ -291,9 +302,24 @@ impl ExportClients {
                 ))?
             };
         }
-        let spans = exporter!(SpanExporter::builder(), &config.traces, answers.spans);
-        let metrics = exporter!(MetricExporter::builder(), &config.metrics, answers.metrics);
-        let logs = exporter!(LogExporter::builder(), &config.logs, answers.logs);
+        let spans = exporter!(
+            SpanExporter::builder(),
+            &config.traces,
+            answers.spans,
+            OtlpSignal::Traces
+        );
+        let metrics = exporter!(
+            MetricExporter::builder(),
+            &config.metrics,
+            answers.metrics,
+            OtlpSignal::Metrics
+        );
+        let logs = exporter!(
+            LogExporter::builder(),
+            &config.logs,
+            answers.logs,
+            OtlpSignal::Logs
+        );
         Ok(ExportClients {
             spans,
             metrics,
@@ -311,6 +337,64 @@ impl ExportClients {
             exporter.set_resource(resource);
         }
     }
+}
+
+/// What each signal's client adds to its requests (see [`Outgoing`]): one credential
+/// provider for every signer, so that credentials from the container endpoint are fetched
+/// once for all three.
+fn outgoing(
+    config: &ExportConfig,
+    secret: Option<Arc<SecretHeaders>>,
+) -> Result<impl Fn(OtlpSignal) -> Outgoing, ConfigError> {
+    let credentials = match &config.aws.credentials {
+        None => None,
+        Some(credentials) => {
+            let failed = |reason: String| ConfigError::Invalid {
+                var: "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                value: String::new(),
+                expected: format!("a client for the container credentials endpoint ({reason})"),
+            };
+            let tls = crate::aws::tls_config().map_err(|e| failed(e.to_string()))?;
+            let provider =
+                CredentialProvider::new(credentials, tls).map_err(|e| failed(e.to_string()))?;
+            Some(Arc::new(provider))
+        }
+    };
+    let mut fixed = Vec::new();
+    if let Some(destination) = &config.aws.log_destination {
+        for (name, value, var) in [
+            (
+                "x-aws-log-group",
+                &destination.group,
+                "SIDECAR_OTLP_LOG_GROUP",
+            ),
+            (
+                "x-aws-log-stream",
+                &destination.stream,
+                "AWS_LAMBDA_LOG_STREAM_NAME",
+            ),
+        ] {
+            let value = http::HeaderValue::from_str(value).map_err(|_| ConfigError::Invalid {
+                var,
+                value: value.clone(),
+                expected: "a name that fits in an HTTP header (printable ASCII)".to_string(),
+            })?;
+            fixed.push((http::HeaderName::from_static(name), value));
+        }
+    }
+    let aws = config.aws.clone();
+    Ok(move |signal: OtlpSignal| Outgoing {
+        secret: secret.clone(),
+        fixed: match signal {
+            OtlpSignal::Logs => fixed.clone(),
+            OtlpSignal::Traces | OtlpSignal::Metrics => Vec::new(),
+        },
+        signer: aws
+            .target(signal)
+            .cloned()
+            .zip(credentials.clone())
+            .map(|(target, credentials)| Arc::new(Signer::new(target, credentials))),
+    })
 }
 
 /// The CA certificates of `OTEL_EXPORTER_OTLP_CERTIFICATE`, read once for both transports.
@@ -538,6 +622,7 @@ mod tests {
         let client = NotingClient::new(
             http_client(None).unwrap(),
             answers.clone(),
+            Outgoing::default(),
             Duration::from_secs(10),
         );
         let exporter = SpanExporter::builder()
@@ -605,13 +690,80 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        let clients = ExportClients::build(&config).unwrap();
+        let clients = ExportClients::build(&config, None).unwrap();
         let (source, metrics) = crate::metrics::testing::source();
         let mut exporter = Exporter::new(clients, Arc::new(source), Arc::new(metrics));
         let report = exporter.flush(spans(1), Duration::from_secs(5)).await;
         assert_eq!(report.spans_sent, 0, "{report:?}");
         assert!(!report.timed_out, "the budget ran out first: {report:?}");
         assert!(report.duration < Duration::from_secs(2), "{report:?}");
+    }
+
+    /// `auto` mode never lets a request to AWS leave unsigned: with the credentials
+    /// unobtainable (a container credentials endpoint that is down), a request to
+    /// `xray.<region>.amazonaws.com` (resolved here to a local sink) is not sent at all, and
+    /// the failure says why; with credentials, the same request goes, signed.
+    #[tokio::test]
+    async fn an_aws_request_that_cannot_be_signed_never_leaves() {
+        use super::super::answers::Answer;
+        let sink = lambda_env::Sink::start().await.unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let host = "xray.us-east-1.amazonaws.com";
+        let endpoint = format!("http://{host}:{}/v1/traces", sink.addr().port());
+        let container = format!("http://127.0.0.1:{dead_port}/credentials");
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            ),
+        ];
+        let export = |credentials: &[(&str, &str)]| {
+            let mut vars: HashMap<&str, String> = credentials
+                .iter()
+                .map(|(k, v)| (*k, v.to_string()))
+                .collect();
+            vars.insert("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.clone());
+            let config = ExportConfig::parse(|k| vars.get(k).cloned()).unwrap();
+            assert!(
+                config.aws.traces.is_some(),
+                "auto signs an amazonaws.com host"
+            );
+            let http = reqwest::Client::builder()
+                .resolve(host, sink.addr())
+                .build()
+                .unwrap();
+            let answers = Answers::default();
+            let outgoing = outgoing(&config, None).unwrap()(OtlpSignal::Traces);
+            let client =
+                NotingClient::new(http, answers.clone(), outgoing, Duration::from_secs(10));
+            let exporter = SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_endpoint(endpoint.clone())
+                .with_retry_policy(RetryPolicy::disabled())
+                .build()
+                .unwrap();
+            (exporter, answers)
+        };
+
+        let (exporter, answers) =
+            export(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", container.as_str())]);
+        let error = exporter.export(spans(2)).await.unwrap_err();
+        let answer = answers.take();
+        assert!(
+            matches!(&answer, Some(Answer::NotSent(why)) if why.contains("no AWS credentials")),
+            "{answer:?}"
+        );
+        let failure = answers.failure(error);
+        assert_eq!(failure.outcome, super::super::queue::Outcome::NotTaken);
+        assert_eq!(sink.counts().traces, 0, "an unsigned request left");
+
+        let (exporter, _) = export(&keys);
+        exporter.export(spans(2)).await.unwrap();
+        assert_eq!(sink.counts().traces, 1);
     }
 
     /// The first batch of 1,000 spans: one request's worth.

@@ -2,9 +2,11 @@
 //! timer and at SHUTDOWN, one event at a time. When to flush and for how long is asked of
 //! [`flush`]; this module reads the clock and does what it is told.
 //!
-//! At INVOKE: record it, flush what earlier invocations left and refresh a rotating key
-//! beside it, then let the crate call event/next. The flush runs while the function runs, so
-//! it only costs the function time when it outlasts the function.
+//! At INVOKE: record it and refresh a rotating key, and flush as [`flush::decide`] says:
+//! at once, what earlier invocations left (the flush runs while the function runs, so it
+//! only costs the function time when it outlasts the function); or at the invocation's end,
+//! once its `platform.runtimeDone` has arrived and been derived (fresh data, for a short
+//! post-runtime hold); or not at all. Then let the crate call event/next.
 //! On Managed Instances (no INVOKE): a timer flushes what finished since the last tick, and
 //! refreshes a rotating key beside it.
 //! At SHUTDOWN: let accepted token requests finish, wait briefly for the `platform.report` of
@@ -14,17 +16,20 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lambda_extension::{InvokeEvent, NextEvent, ShutdownEvent};
+use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
+use tracing::Instrument as _;
 
 use super::LifecycleError;
 use super::client::Handoff;
-use super::flush::{self, FlushDecision, FlushEvent, FlushSettings, ShutdownWait};
+use super::flush::{self, Cadence, FlushDecision, FlushEvent, FlushSettings, ShutdownWait};
 use super::startup::TokenServer;
 use crate::export::{Exporter, FlushReport};
-use crate::metrics::KeyOperation;
+use crate::metrics::{KeyOperation, Signal};
 use crate::pipeline::{Pipeline, Recorder};
 use crate::records::{InvokeRecord, Record};
+use crate::selftrace::{self, SelfTraces};
 use crate::token::source::Refresher;
 
 /// Everything running after a successful start.
@@ -33,6 +38,8 @@ pub(super) struct Sidecar {
     pub(super) recorder: Recorder,
     pub(super) exporter: Exporter,
     pub(super) flush: FlushSettings,
+    /// The recent INVOKEs, which the `adaptive` and `periodic` rules read.
+    pub(super) cadence: Cadence,
     /// On Managed Instances, how long SHUTDOWN first lets buffered telemetry arrive: two
     /// Telemetry API buffering periods (`SIDECAR_TELEMETRY_BUFFER_MS`). Zero otherwise.
     pub(super) settle: Duration,
@@ -41,6 +48,8 @@ pub(super) struct Sidecar {
     pub(super) stop_intake: watch::Sender<bool>,
     /// Re-reads a Secrets Manager or SSM key at INVOKE, or at each tick on Managed Instances.
     pub(super) refresher: Option<Refresher>,
+    /// The sidecar's own finished spans (`SIDECAR_SELF_TRACES=on`), sent with each flush.
+    pub(super) self_traces: Option<SelfTraces>,
 }
 
 /// Handles the events `next_events` (the crate's event/next loop) hands over on `handoffs`,
@@ -111,8 +120,10 @@ fn epoch_ms(t: SystemTime) -> u64 {
 }
 
 impl Sidecar {
-    /// INVOKE: record it, flush as the rules say, then record the hand-back: from then on the
-    /// sidecar no longer holds the invocation, which is how its post-runtime hold is measured.
+    /// INVOKE: record it, flush as the rules say (now, at the invocation's end, or not), with
+    /// the key refresh beside it under the same budget, so that the refresh never holds the
+    /// function longer than the flush; then record the hand-back: from then on the sidecar
+    /// no longer holds the invocation, which is how its post-runtime hold is measured.
     async fn on_invoke(&mut self, invoke: InvokeEvent) {
         let received = SystemTime::now();
         tracing::info!(request_id = %invoke.request_id, "received INVOKE");
@@ -124,27 +135,64 @@ impl Sidecar {
             xray,
             received,
         }));
+        let now_ms = epoch_ms(received);
         let event = FlushEvent::Invoke {
-            now_ms: epoch_ms(received),
+            now_ms,
             deadline_ms: invoke.deadline_ms,
+            recent: self.cadence.invoked(now_ms),
         };
-        if let FlushDecision::Flush { budget } = flush::decide(self.flush, event) {
-            self.flush_at_invoke(budget).await;
+        let decision = flush::decide(self.flush, event);
+        let refresh_budget = match decision {
+            FlushDecision::Flush { budget } | FlushDecision::AtEnd { budget, .. } => budget,
+            FlushDecision::Skip => flush::invoke_budget(self.flush, now_ms, invoke.deadline_ms),
+        };
+        if !matches!(decision, FlushDecision::Skip) {
+            self.cadence.flushed(now_ms);
         }
+        let Sidecar {
+            pipeline,
+            recorder,
+            exporter,
+            refresher,
+            self_traces,
+            ..
+        } = self;
+        let refresh = refresh_key(refresher.as_mut(), recorder, refresh_budget);
+        let flushed = async {
+            let budget = match decision {
+                FlushDecision::Flush { budget } => budget,
+                FlushDecision::AtEnd { wait, budget } => {
+                    let done = pipeline.await_runtime_done(&invoke.request_id);
+                    if tokio::time::timeout(wait, done).await.is_err() {
+                        tracing::warn!(
+                            request_id = %invoke.request_id,
+                            "platform.runtimeDone did not come in time; flushing without it"
+                        );
+                        recorder.metrics().end_missed();
+                    }
+                    budget
+                }
+                FlushDecision::Skip => return,
+            };
+            let trigger = match decision {
+                FlushDecision::AtEnd { .. } => Trigger::End,
+                _ => Trigger::Invoke,
+            };
+            let (spans, logs) = pipeline.drain().await;
+            exporter.queue_logs(logs);
+            let sent = Sent {
+                exporter,
+                recorder,
+                self_traces: self_traces.as_ref(),
+            };
+            let report = sent.flush(spans, budget, trigger).await;
+            tracing::debug!(?report, ?decision, "flushed for an INVOKE");
+        };
+        tokio::join!(flushed, refresh);
         self.recorder.record(Record::Resumed {
             request_id: invoke.request_id,
             at: SystemTime::now(),
         });
-    }
-
-    /// The INVOKE flush: what earlier invocations left, with the key refresh beside it under
-    /// the same budget, so that the refresh never holds the function longer than the flush.
-    async fn flush_at_invoke(&mut self, budget: Duration) {
-        let (spans, logs) = self.pipeline.drain().await;
-        self.exporter.queue_logs(logs);
-        let refresh = refresh_key(self.refresher.as_mut(), &self.recorder, budget);
-        let (report, ()) = tokio::join!(self.exporter.flush(spans, budget), refresh);
-        tracing::debug!(?report, "flushed at INVOKE");
     }
 
     /// The periodic flush (Managed Instances): what finished since the last one; the span
@@ -168,7 +216,12 @@ impl Sidecar {
         };
         let (spans, logs) = drained.unwrap_or_default();
         self.exporter.queue_logs(logs);
-        let (report, ()) = tokio::join!(self.exporter.flush(spans, budget), refresh);
+        let sent = Sent {
+            exporter: &mut self.exporter,
+            recorder: &self.recorder,
+            self_traces: self.self_traces.as_ref(),
+        };
+        let (report, ()) = tokio::join!(sent.flush(spans, budget, Trigger::Tick), refresh);
         tracing::debug!(?report, "periodic flush");
     }
 
@@ -189,7 +242,12 @@ impl Sidecar {
         self.exporter.queue_logs(logs);
         let event = FlushEvent::Shutdown { left: left() };
         if let FlushDecision::Flush { budget } = flush::decide(self.flush, event) {
-            log_shutdown_flush(&self.exporter.flush_last(spans, budget).await);
+            let sent = Sent {
+                exporter: &mut self.exporter,
+                recorder: &self.recorder,
+                self_traces: self.self_traces.as_ref(),
+            };
+            log_shutdown_flush(&sent.flush(spans, budget, Trigger::Shutdown).await);
         }
         self.exporter
             .emf_written(flush::shutdown_wait(ShutdownWait::Emf, left()))
@@ -227,6 +285,102 @@ async fn refresh_key(refresher: Option<&mut Refresher>, recorder: &Recorder, bud
     };
     tracing::warn!(error = %failure, "key refresh failed; the current key keeps signing");
     recorder.metrics().key_failure(KeyOperation::Refresh);
+}
+
+/// What caused a flush: the `trigger` of its `sidecar.flush` span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    Invoke,
+    End,
+    Tick,
+    Shutdown,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Invoke => "invoke",
+            Trigger::End => "end",
+            Trigger::Tick => "tick",
+            Trigger::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What a flush sends with and through.
+struct Sent<'a> {
+    exporter: &'a mut Exporter,
+    recorder: &'a Recorder,
+    self_traces: Option<&'a SelfTraces>,
+}
+
+impl Sent<'_> {
+    /// Sends `spans` and the sidecar's own finished spans (their overflow counted) with what
+    /// the exporter holds, for `budget`, inside a `sidecar.flush` self-trace span that
+    /// records what it sent; SHUTDOWN's is the environment's last flush.
+    async fn flush(
+        self,
+        mut spans: Vec<SpanData>,
+        budget: Duration,
+        trigger: Trigger,
+    ) -> FlushReport {
+        if let Some(self_traces) = self.self_traces {
+            let (own, dropped) = self_traces.drain();
+            spans.extend(own);
+            self.recorder.metrics().dropped(Signal::Traces, dropped);
+        }
+        let span = tracing::info_span!(
+            target: selftrace::TARGET,
+            "sidecar.flush",
+            trigger = trigger.as_str(),
+            items = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+            metrics_sent = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        let flushed = match trigger {
+            Trigger::Shutdown => {
+                self.exporter
+                    .flush_last(spans, budget)
+                    .instrument(span.clone())
+                    .await
+            }
+            _ => {
+                self.exporter
+                    .flush(spans, budget)
+                    .instrument(span.clone())
+                    .await
+            }
+        };
+        if !span.is_disabled() {
+            // As i64: the OTel attribute type, where a u64 would become a string.
+            let items = flushed.spans_sent + flushed.logs_sent;
+            span.record("items", i64::try_from(items).unwrap_or(i64::MAX));
+            span.record(
+                "bytes",
+                i64::try_from(flushed.bytes_sent).unwrap_or(i64::MAX),
+            );
+            span.record("metrics_sent", flushed.metrics_sent);
+            span.record("outcome", outcome(&flushed));
+            span.record("duration_ms", flushed.duration.as_secs_f64() * 1e3);
+        }
+        flushed
+    }
+}
+
+/// A flush's outcome, in a word: everything given was sent, some waits for a later flush,
+/// a queue sat out backing off, or the budget ran out.
+fn outcome(report: &FlushReport) -> &'static str {
+    if report.timed_out {
+        "timed_out"
+    } else if report.backed_off {
+        "backed_off"
+    } else if report.spans_pending + report.logs_pending > 0 {
+        "partial"
+    } else {
+        "sent"
+    }
 }
 
 /// The last flush's outcome, at info: what the environment's end sent, and what it lost.

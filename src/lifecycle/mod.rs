@@ -14,7 +14,10 @@
 
 use std::time::Instant;
 
+use tracing::Instrument as _;
+
 use crate::config::{Config, ConfigError, Lambda};
+use crate::selftrace::{self, SelfTraces};
 
 mod client;
 mod event_loop;
@@ -38,12 +41,17 @@ pub enum LifecycleError {
 /// Runs the extension until SHUTDOWN. `config` is the already-parsed configuration, or the
 /// error to report once registered: a start-up failure after register goes to `init/error`
 /// (then the process exits 1); before register there is no extension id to report with.
-pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleError> {
+/// `self_traces`: where the sidecar's own spans wait for a flush, when they are on.
+pub async fn run(
+    config: Result<Config, ConfigError>,
+    self_traces: Option<SelfTraces>,
+) -> Result<(), LifecycleError> {
     let started = Instant::now();
     let managed_instances = Lambda::from_env().managed_instances();
     // Key, pipeline and DNS overlap with registration (see `Prepared`).
     let prepared = startup::prepare(config, managed_instances);
     let registered = client::register(managed_instances)
+        .instrument(tracing::info_span!(target: selftrace::TARGET, "sidecar.register"))
         .await
         .map_err(LifecycleError::Register)?;
     phase("registered");
@@ -55,7 +63,8 @@ pub async fn run(config: Result<Config, ConfigError>) -> Result<(), LifecycleErr
         function = %registered.function_name,
         "registered"
     );
-    let sidecar = match startup::start(prepared, &registered.api, managed_instances).await {
+    let started_up = startup::start(prepared, &registered.api, managed_instances, self_traces);
+    let sidecar = match started_up.await {
         Ok(sidecar) => sidecar,
         Err(e) => {
             tracing::error!(error_type = e.error_type(), error = %e, "start-up failed");

@@ -18,23 +18,31 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use super::client::{ExtensionsApi, subscribed_types};
 use super::event_loop::Sidecar;
-use super::flush::FlushSettings;
+use super::flush::{self, Cadence, FlushSettings};
 use crate::config::{Config, ConfigError, ExportConfig, Lambda};
 use crate::derive::Deriver;
-use crate::export::{ExportClients, Exporter, MetricsSource};
+use crate::export::{
+    ExportClients, Exporter, HeadersSourceError, LogStreamError, MetricsSource, SecretHeaders,
+    create_log_stream,
+};
 use crate::function::FunctionInfo;
 use crate::intake;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Recorder};
+use crate::selftrace::{self, SelfTraces};
 use crate::token::source::{self, KeyRing, KeySourceError, LoadError, Loaded};
 use crate::token::{self, TokenService};
 
 /// The longest start-up waits for `sandbox.localdomain` to resolve. Lambda answers it from
 /// /etc/hosts at once; an emulator's resolver may instead wait on DNS.
 const RESOLVE_WAIT: Duration = Duration::from_secs(1);
+
+/// The Telemetry API's shortest `buffering.timeoutMs`.
+const FASTEST_BUFFER_MS: u32 = 25;
 
 /// Why start-up failed after register: each variant becomes an `init/error` error type.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +51,10 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     KeySource(#[from] KeySourceError),
+    #[error(transparent)]
+    HeadersSource(#[from] HeadersSourceError),
+    #[error(transparent)]
+    LogStream(#[from] LogStreamError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -59,6 +71,8 @@ impl StartupError {
         match self {
             StartupError::Config(e) => e.error_type(),
             StartupError::KeySource(e) => e.error_type(),
+            StartupError::HeadersSource(e) => e.error_type(),
+            StartupError::LogStream(e) => e.error_type(),
             StartupError::Bind { .. } => "Extension.PortUnavailable",
             StartupError::Subscribe(_) => "Extension.TelemetrySubscriptionFailed",
             StartupError::Internal(_) => "Extension.InternalError",
@@ -118,6 +132,10 @@ pub(super) struct Prepared {
     /// Logs are exported: derive them, and subscribe to the log streams.
     logs: bool,
     keys: JoinHandle<Result<Loaded, LoadError>>,
+    /// The first read of `SIDECAR_OTLP_HEADERS_SOURCE`, when set.
+    headers: Option<JoinHandle<Result<(), HeadersSourceError>>>,
+    /// The OTLP logs' stream, created in a group of the user's (`SIDECAR_OTLP_LOG_GROUP`).
+    log_stream: Option<JoinHandle<Result<(), LogStreamError>>>,
     telemetry: JoinHandle<SocketAddr>,
     built: JoinHandle<Result<Built, ConfigError>>,
     /// The account id register answers with: the resource's `cloud.account.id` (see
@@ -141,6 +159,9 @@ pub(super) fn prepare(
     // export's.
     let config = config.and_then(|config| config.check_extension_mode().map(|()| config));
     let (config, export_config) = ConfigError::both(config, ExportConfig::from_env())?;
+    export_config
+        .aws
+        .check_emf(config.emf_namespace.is_some())?;
     for warning in &export_config.warnings {
         tracing::warn!("{warning}");
     }
@@ -149,11 +170,34 @@ pub(super) fn prepare(
     let logs = export_config.logs.is_some();
     phase("extension config parsed");
     let telemetry = tokio::spawn(telemetry_addr(config.telemetry.port.unwrap_or(0)));
-    let keys = tokio::spawn(async move {
-        let loaded = source::load(&token_config).await;
-        phase("key loaded");
-        loaded
+    let key_load = tracing::info_span!(target: selftrace::TARGET, "sidecar.key_load");
+    let keys = tokio::spawn(
+        async move {
+            let loaded = source::load(&token_config).await;
+            phase("key loaded");
+            loaded
+        }
+        .instrument(key_load),
+    );
+    let secret = export_config
+        .aws
+        .headers_source
+        .clone()
+        .map(SecretHeaders::new)
+        .transpose()?;
+    let headers = secret.clone().map(|secret| {
+        tokio::spawn(async move {
+            let loaded = secret.load().await;
+            phase("exporter headers loaded");
+            loaded
+        })
     });
+    let log_stream = export_config
+        .aws
+        .log_destination
+        .clone()
+        .filter(|destination| destination.create_in.is_some())
+        .map(|destination| tokio::spawn(async move { create_log_stream(&destination).await }));
     let emf_namespace = config.emf_namespace.clone();
     let trigger = config.telemetry.faas_trigger;
     let (account, account_id) = std::sync::mpsc::sync_channel(1);
@@ -161,6 +205,7 @@ pub(super) fn prepare(
         build(
             export_config,
             account_id,
+            secret,
             function,
             emf_namespace,
             trigger,
@@ -171,6 +216,8 @@ pub(super) fn prepare(
         config,
         logs,
         keys,
+        headers,
+        log_stream,
         telemetry,
         built,
         account,
@@ -198,12 +245,13 @@ impl Prepared {
 fn build(
     export_config: ExportConfig,
     account_id: std::sync::mpsc::Receiver<Option<String>>,
+    secret: Option<Arc<SecretHeaders>>,
     function: FunctionInfo,
     emf_namespace: Option<String>,
     trigger: &'static str,
     managed_instances: bool,
 ) -> Result<Built, ConfigError> {
-    let mut clients = ExportClients::build(&export_config)?;
+    let mut clients = ExportClients::build(&export_config, secret)?;
     phase("export clients built");
     let account = account_id.recv().ok().flatten();
     let resource = crate::export::resource(&function, &export_config, account.as_deref());
@@ -248,16 +296,25 @@ pub(super) async fn start(
     prepared: Result<Prepared, StartupError>,
     api: &ExtensionsApi,
     managed_instances: bool,
+    self_traces: Option<SelfTraces>,
 ) -> Result<Sidecar, StartupError> {
     let Prepared {
         config,
         logs,
         keys,
+        headers,
+        log_stream,
         telemetry,
         built,
         account: _,
     } = prepared?;
     let Loaded { ring, refresher } = joined(keys).await??;
+    if let Some(headers) = headers {
+        joined(headers).await??;
+    }
+    if let Some(log_stream) = log_stream {
+        joined(log_stream).await??;
+    }
     let Built {
         pipeline,
         recorder,
@@ -273,10 +330,27 @@ pub(super) async fn start(
     phase("sandbox.localdomain resolved");
     let intake = start_intake(telemetry_addr, recorder.clone()).await?;
     let types = subscribed_types(&config.telemetry.types, logs);
+    let strategy = flush::strategy(
+        config.telemetry.flush_strategy,
+        managed_instances,
+        types.contains(&"platform"),
+    );
     // Only log streams configured and logs off: nothing to subscribe to.
     if !types.is_empty() {
-        let buffer_ms = config.telemetry.buffer_ms;
+        // An end flush holds the invocation until runtimeDone arrives: Lambda's shortest
+        // buffering then, whatever SIDECAR_TELEMETRY_BUFFER_MS says.
+        let buffer_ms = if strategy.may_flush_at_end() {
+            FASTEST_BUFFER_MS
+        } else {
+            config.telemetry.buffer_ms
+        };
+        let span = tracing::info_span!(
+            target: selftrace::TARGET,
+            "sidecar.subscribe",
+            telemetry.buffering_ms = buffer_ms,
+        );
         api.subscribe(&types, &intake.destination, buffer_ms, managed_instances)
+            .instrument(span)
             .await?;
         phase("subscribed");
     }
@@ -288,7 +362,10 @@ pub(super) async fn start(
             cap: config.telemetry.flush_timeout,
             interval: config.telemetry.flush_interval,
             managed_instances,
+            strategy,
+            max_age: config.telemetry.flush_max_age,
         },
+        cadence: Cadence::default(),
         settle: if managed_instances {
             2 * Duration::from_millis(u64::from(config.telemetry.buffer_ms))
         } else {
@@ -298,6 +375,7 @@ pub(super) async fn start(
         telemetry_port: intake.port,
         stop_intake: intake.stop,
         refresher,
+        self_traces,
     })
 }
 

@@ -202,6 +202,7 @@ pub struct Metrics {
     export_dropped: Instrument<Counter<u64>, IntCounterVec>,
     export_abandoned: Instrument<Counter<u64>, IntCounterVec>,
     hold: Instrument<Histogram<f64>, HistogramVec>,
+    end_missed: Instrument<Counter<u64>, IntCounterVec>,
     token_requests: Instrument<Counter<u64>, IntCounterVec>,
     token_duration: Instrument<Histogram<f64>, HistogramVec>,
     token_unattributed: Instrument<Counter<u64>, IntCounterVec>,
@@ -250,6 +251,7 @@ impl Metrics {
             export_dropped: counter(&EXPORT_DROPPED),
             export_abandoned: counter(&EXPORT_ABANDONED),
             hold: histogram(&HOLD),
+            end_missed: counter(&END_MISSED),
             token_requests: counter(&TOKEN_REQUESTS),
             token_duration: histogram(&TOKEN_DURATION),
             token_unattributed: counter(&TOKEN_UNATTRIBUTED),
@@ -378,6 +380,11 @@ impl Metrics {
     /// The post-runtime hold of one invocation.
     pub fn hold(&self, seconds: f64) {
         self.hold.record(seconds, []);
+    }
+
+    /// An end flush gave up waiting for its invocation's `platform.runtimeDone`.
+    pub fn end_missed(&self) {
+        self.end_missed.add(1, []);
     }
 
     /// One finished token request.
@@ -584,6 +591,7 @@ sidecar.export.failures{signal=traces} = 2"
                 "sidecar_export_abandoned_items_total",
             ),
             ("sidecar.hold", "sidecar_hold_seconds"),
+            ("sidecar.flush.end_missed", "sidecar_flush_end_missed_total"),
             ("sidecar.token.requests", "sidecar_token_requests_total"),
             ("sidecar.token.duration", "sidecar_token_duration_seconds"),
             (
@@ -699,6 +707,7 @@ sidecar.export.failures{signal=traces} = 2"
         metrics.export_failure(Signal::Traces);
         metrics.dropped(Signal::Records, 4);
         metrics.hold(0.001);
+        metrics.end_missed();
         metrics.token(&token(TokenOutcome::Issued, 2));
         metrics.token(&token(TokenOutcome::Issued, 3));
         metrics.token(&token(TokenOutcome::Rejected { status: 401 }, 1));

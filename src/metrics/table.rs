@@ -220,6 +220,13 @@ pub const HOLD: MetricDef = MetricDef {
     },
     labels: &[],
 };
+pub const END_MISSED: MetricDef = MetricDef {
+    name: "sidecar.flush.end_missed",
+    unit: "{invocation}",
+    description: "Invocations whose end flush gave up waiting for platform.runtimeDone before the deadline (their telemetry left with a later flush)",
+    kind: MetricKind::Counter,
+    labels: &[],
+};
 pub const TOKEN_REQUESTS: MetricDef = MetricDef {
     name: "sidecar.token.requests",
     unit: "{request}",
@@ -280,6 +287,7 @@ pub const METRICS: &[MetricDef] = &[
     EXPORT_DROPPED,
     EXPORT_ABANDONED,
     HOLD,
+    END_MISSED,
     TOKEN_REQUESTS,
     TOKEN_DURATION,
     TOKEN_UNATTRIBUTED,

@@ -25,8 +25,10 @@ use jsonwebtoken::jwk::{
 };
 use serde_json::json;
 
-use super::aws::AwsClient;
+use crate::aws::AwsClient;
 use crate::config::{ConfigError, KeyMaterial};
+use crate::selftrace;
+use tracing::Instrument as _;
 
 pub use crate::config::Algorithm;
 
@@ -408,7 +410,11 @@ impl SigningKey {
     /// makes one `Sign` call, bounded by [`KMS_SIGN_TIMEOUT`].
     pub async fn sign(&self, message: &[u8]) -> Result<Signature, SignError> {
         match &self.signer {
-            Signer::Kms(kms) => Ok(Signature::Bytes(kms.sign(message).await?)),
+            Signer::Kms(kms) => {
+                let span = tracing::info_span!(target: selftrace::TARGET, "sidecar.kms_sign");
+                let signed = kms.sign(message).instrument(span).await?;
+                Ok(Signature::Bytes(signed))
+            }
             _ => self.sign_now(message),
         }
     }

@@ -14,10 +14,7 @@
 //! parsed [`TokenConfig`] and a loaded [`KeyRing`]), parses keys per request, or writes a
 //! token, secret or claim value into a log line or a telemetry record.
 
-mod answer;
-pub mod aws;
 pub mod claims;
-pub mod credentials;
 pub mod discovery;
 pub mod keys;
 pub mod source;

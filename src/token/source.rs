@@ -25,29 +25,17 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::Jwk;
 use serde_json::{Value, json};
 
-use super::aws::{AwsClient, AwsError};
 use super::keys::SigningKey;
+use crate::aws::{AwsClient, AwsError, Fetched, SourceError};
 use crate::config::{Algorithm, ConfigError, KeyMaterial, KeySource, TokenConfig};
+use crate::selftrace;
+use tracing::Instrument as _;
 
 /// The longest one fetch at start (or at a refresh) may take. Lambda's init phase is 10 s.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What went wrong with a key source, as `init/error` reports it (`KeySource.<Kind>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeySourceErrorKind {
-    NotFound,
-    AccessDenied,
-    /// The key is not one the algorithm can use (or not a SecureString, or not SIGN_VERIFY).
-    WrongKeyType,
-    KeyDisabled,
-    /// No answer in time: network, DNS, TLS or the timeout.
-    Unreachable,
-    /// Any other error the service answered.
-    ServiceError,
-    /// No credentials to call the service with: the container credentials endpoint
-    /// (SnapStart) failed, refused the authorization token or answered something unusable.
-    NoCredentials,
-}
+pub use crate::aws::SourceErrorKind as KeySourceErrorKind;
 
 /// A key source that could not give a usable key. Names the source, never the key.
 #[derive(Debug, thiserror::Error)]
@@ -72,31 +60,18 @@ impl KeySourceError {
     }
 
     fn from_aws(origin: &str, error: AwsError) -> KeySourceError {
-        let kind = match &error {
-            AwsError::Unreachable(_) => KeySourceErrorKind::Unreachable,
-            AwsError::Credentials(_) => KeySourceErrorKind::NoCredentials,
-            AwsError::Service { code, .. } => match code.as_str() {
-                "ResourceNotFoundException" | "ParameterNotFound" | "NotFoundException" => {
-                    KeySourceErrorKind::NotFound
-                }
-                "AccessDeniedException"
-                | "AccessDenied"
-                | "UnrecognizedClientException"
-                | "InvalidClientTokenId"
-                | "ExpiredTokenException"
-                | "SignatureDoesNotMatch"
-                | "InvalidSignatureException" => KeySourceErrorKind::AccessDenied,
-                "DisabledException" | "KMSInvalidStateException" => KeySourceErrorKind::KeyDisabled,
-                "InvalidKeyUsageException" | "UnsupportedOperationException" => {
-                    KeySourceErrorKind::WrongKeyType
-                }
-                _ => KeySourceErrorKind::ServiceError,
-            },
-        };
         KeySourceError {
-            kind,
+            kind: KeySourceErrorKind::of(&error),
             origin: origin.to_string(),
             detail: error.to_string(),
+        }
+    }
+
+    fn from_source(origin: &str, error: SourceError) -> KeySourceError {
+        KeySourceError {
+            kind: error.kind,
+            origin: origin.to_string(),
+            detail: error.detail,
         }
     }
 
@@ -296,65 +271,14 @@ pub async fn load(config: &TokenConfig) -> Result<Loaded, LoadError> {
     Ok(Loaded { ring, refresher })
 }
 
-/// A key's text and version as Secrets Manager or SSM returned it.
-struct Fetched {
-    material: Vec<u8>,
-    version: String,
-}
-
 async fn fetch(client: &AwsClient, source: &KeySource) -> Result<Fetched, KeySourceError> {
     let origin = source.describe();
-    let (action, body) = match source {
-        KeySource::SecretsManager(id) => ("GetSecretValue", json!({ "SecretId": id })),
-        KeySource::Ssm(name) => (
-            "GetParameter",
-            json!({ "Name": name, "WithDecryption": true }),
-        ),
-        _ => return Err(KeySourceError::wrong_type(&origin, "not fetchable".into())),
-    };
-    let answer = client
-        .call(action, &body, FETCH_TIMEOUT)
+    let secret = source
+        .secret()
+        .ok_or_else(|| KeySourceError::wrong_type(&origin, "not fetchable".into()))?;
+    crate::aws::fetch(client, &secret, FETCH_TIMEOUT)
         .await
-        .map_err(|e| KeySourceError::from_aws(&origin, e))?;
-    let text = |v: &Value| v.as_str().map(str::to_string);
-    let (material, version) = match source {
-        KeySource::SecretsManager(_) => {
-            let material = match (answer.get("SecretString"), answer.get("SecretBinary")) {
-                (Some(s), _) => text(s).map(String::into_bytes),
-                (None, Some(b)) => b.as_str().and_then(|b| STANDARD.decode(b).ok()),
-                (None, None) => None,
-            };
-            (material, answer.get("VersionId").and_then(text))
-        }
-        _ => {
-            let parameter = answer.get("Parameter").unwrap_or(&Value::Null);
-            let kind = parameter.get("Type").and_then(Value::as_str);
-            if kind != Some("SecureString") {
-                return Err(KeySourceError::wrong_type(
-                    &origin,
-                    format!(
-                        "the parameter is of type {}, not SecureString: a key must be stored \
-                         encrypted",
-                        kind.unwrap_or("unknown")
-                    ),
-                ));
-            }
-            (
-                parameter
-                    .get("Value")
-                    .and_then(text)
-                    .map(String::into_bytes),
-                parameter.get("Version").map(Value::to_string),
-            )
-        }
-    };
-    match (material, version) {
-        (Some(material), Some(version)) => Ok(Fetched { material, version }),
-        _ => Err(KeySourceError::wrong_type(
-            &origin,
-            "the answer holds no key text and version".into(),
-        )),
-    }
+        .map_err(|e| KeySourceError::from_source(&origin, e))
 }
 
 /// Parses a fetched key as `env` would parse the same text. The kid of an HMAC key names the
@@ -514,7 +438,12 @@ impl Refresher {
             return Ok(());
         }
         self.last_check = now;
-        let fetched = fetch(&self.client, &self.config.key).await?;
+        // A re-read is a key load too: its self-trace span holds its AWS call.
+        let span =
+            tracing::info_span!(target: selftrace::TARGET, "sidecar.key_load", refresh = true);
+        let fetched = fetch(&self.client, &self.config.key)
+            .instrument(span)
+            .await?;
         if fetched.version == self.version {
             return Ok(());
         }

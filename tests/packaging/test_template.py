@@ -145,3 +145,37 @@ def test_the_example_jwt_authorizer_trusts_the_published_issuer(template):
     route = res["JwtProtectedRoute"]["Properties"]
     assert route["AuthorizationType"] == "JWT"
     assert route["AuthorizerId"] == {"Ref": "JwtAuthorizer"}
+
+
+def test_aws_native_export_sets_the_endpoints_and_only_their_permissions(template):
+    # Issue 22: off by default; on, the traces and metrics endpoints of the stack's region
+    # (signed by the sidecar, SIDECAR_OTLP_SIGV4=auto) and the actions they authorize.
+    param = template["Parameters"]["AwsNativeExport"]
+    assert param["Default"] == "false"
+    assert template["Conditions"]["UsesAwsNativeExport"] == {
+        "Fn::Equals": [{"Ref": "AwsNativeExport"}, "true"]
+    }
+    env = template["Resources"]["ExampleFunction"]["Properties"]["Environment"]["Variables"]
+    for var, host, path in [
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "xray", "traces"),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "monitoring", "metrics"),
+    ]:
+        condition, value, otherwise = env[var]["Fn::If"]
+        assert condition == "UsesAwsNativeExport"
+        assert value == {"Fn::Sub": f"https://{host}.${{AWS::Region}}.${{AWS::URLSuffix}}/v1/{path}"}
+        assert otherwise == {"Ref": "AWS::NoValue"}
+    assert "SIDECAR_OTLP_SIGV4" not in env, "auto, the default, signs amazonaws.com hosts"
+    policy = template["Resources"]["AwsNativeExportPolicy"]
+    assert policy["Condition"] == "UsesAwsNativeExport"
+    assert policy["Properties"]["Roles"] == [{"Ref": "ExampleFunctionRole"}]
+    actions = sorted(
+        action
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        for action in (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+    )
+    assert actions == ["cloudwatch:PutMetricData", "xray:PutSpans", "xray:PutSpansForIndexing"]
+    assert all(
+        s["Effect"] == "Allow" for s in policy["Properties"]["PolicyDocument"]["Statement"]
+    )

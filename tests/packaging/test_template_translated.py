@@ -216,6 +216,10 @@ def test_guided_deploy_accepts_an_empty_answer_for_every_optional_parameter(temp
 def test_emf_is_a_parameter_on_by_default():
     assert Stack(JwtSecretArn=SECRET).environment()["SIDECAR_EMF"] == "on"
     assert Stack(JwtSecretArn=SECRET, Emf="off").environment()["SIDECAR_EMF"] == "off"
+    # With the AWS-native export its CloudWatch metrics and EMF would count twice (the
+    # sidecar refuses both at init unless told otherwise): EMF is off.
+    native = Stack(JwtSecretArn=SECRET, AwsNativeExport="true").environment()
+    assert native["SIDECAR_EMF"] == "off"
 
 
 def test_the_layers_list_current_runtimes():

@@ -65,7 +65,12 @@ impl Started {
         function_ms: f64,
         tokens: Vec<TokenCall>,
     ) -> InvokeReport {
+        let started_unix_ms = unix_ms(self.wall);
+        let responded_unix_ms = started_unix_ms + ms(outcome.at.saturating_duration_since(self.at));
         InvokeReport {
+            started_unix_ms,
+            responded_unix_ms,
+            frozen_unix_ms: responded_unix_ms,
             request_id: self.request_id,
             trace_id: self.xray.trace_id,
             xray_value: self.xray.value,
@@ -89,6 +94,12 @@ impl Started {
             payload: json!({"invoke": index, "simulate": simulate}),
         }
     }
+}
+
+/// `t` in milliseconds since the Unix epoch.
+fn unix_ms(t: SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 /// What invoke `index` asks the function to simulate: [`SIMULATE_ERROR`] on the

@@ -1,4 +1,5 @@
-//! The credentials the AWS calls (`token::aws`) sign with: the variables Lambda gives every
+//! The credentials the AWS calls (`aws::client`) and the signed OTLP requests (`export::sigv4`)
+//! sign with: the variables Lambda gives every
 //! extension, fixed for the environment's life, or, when those are absent, the container
 //! credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`), which Lambda gives instead
 //! with SnapStart so that no credentials expire inside a snapshot.
@@ -416,7 +417,7 @@ mod tests {
             uri: uri.to_string(),
             authorization,
         });
-        CredentialProvider::new(&credentials, crate::token::aws::tls_config().unwrap()).unwrap()
+        CredentialProvider::new(&credentials, crate::aws::tls_config().unwrap()).unwrap()
     }
 
     fn token() -> ContainerAuthorization {
@@ -430,8 +431,7 @@ mod tests {
             secret_access_key: "secret".into(),
             session_token: Some("session".into()),
         };
-        let provider =
-            CredentialProvider::new(&keys, crate::token::aws::tls_config().unwrap()).unwrap();
+        let provider = CredentialProvider::new(&keys, crate::aws::tls_config().unwrap()).unwrap();
         let got = provider.get().await.unwrap();
         assert_eq!(
             (got.access_key_id.as_str(), got.secret_access_key.as_str()),

@@ -1,5 +1,6 @@
-//! The AWS calls the key sources make (Secrets Manager, SSM, KMS): JSON 1.1 requests signed
-//! with SigV4 by the `aws-sigv4` crate and sent with reqwest, already in the tree.
+//! The AWS calls the key sources and the exporter headers make (Secrets Manager, SSM, KMS):
+//! JSON 1.1 requests signed with SigV4 by the `aws-sigv4` crate and sent with reqwest, already
+//! in the tree. [`sign_request`] is also what signs OTLP requests (`export::sigv4`).
 //!
 //! Why `aws-sigv4` rather than the AWS SDK for Rust or SigV4 written here: docs/performance.md,
 //! "Key sources" has the measured figures. In short, the SDK costs megabytes of binary for four
@@ -24,6 +25,8 @@ use serde_json::Value;
 use super::answer::{BodyError, error_chain, read_body};
 use super::credentials::{CredentialProvider, Credentials, CredentialsError};
 use crate::config::{AwsService, AwsSettings};
+use crate::selftrace;
+use tracing::Instrument as _;
 
 /// The most of a response body read: the largest answer here (a 4 KiB RSA public key, a
 /// 64 KiB secret) fits many times over.
@@ -59,7 +62,7 @@ pub struct AwsClient {
 
 /// The TLS configuration of every AWS client: Mozilla's roots compiled in, as for the OTLP
 /// client (export/otlp.rs): reading the system store costs milliseconds of cold start.
-pub(crate) fn tls_config() -> Result<rustls::ClientConfig, AwsError> {
+pub fn tls_config() -> Result<rustls::ClientConfig, AwsError> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -120,8 +123,38 @@ impl AwsClient {
             AwsService::SecretsManager => "secretsmanager",
             AwsService::Ssm => "AmazonSSM",
             AwsService::Kms => "TrentService",
+            AwsService::Logs => "Logs_20140328",
         };
         let target = format!("{prefix}.{action}");
+        // A self-trace span (`SIDECAR_SELF_TRACES`), as the semantic conventions name an AWS
+        // SDK call; disabled, and never built, when they are off.
+        let span = tracing::info_span!(
+            target: selftrace::TARGET,
+            "sidecar.aws_call",
+            otel.name = format!("{}/{action}", rpc_service(self.settings.service)),
+            otel.kind = "client",
+            rpc.system = "aws-api",
+            rpc.service = rpc_service(self.settings.service),
+            rpc.method = action,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self
+            .exchange(&target, body, timeout)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    /// [`AwsClient::call`]'s request and answer, under `timeout`.
+    async fn exchange(
+        &self,
+        target: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, AwsError> {
         let body = body.to_string().into_bytes();
         let exchange = async {
             let credentials = self.credentials.get().await?;
@@ -129,7 +162,7 @@ impl AwsClient {
                 &self.settings,
                 &credentials,
                 &self.url,
-                &target,
+                target,
                 &body,
                 SystemTime::now(),
             )?;
@@ -137,7 +170,7 @@ impl AwsClient {
                 .http
                 .post(&self.url)
                 .header("content-type", CONTENT_TYPE)
-                .header("x-amz-target", &target);
+                .header("x-amz-target", target);
             for (name, value) in headers {
                 request = request.header(name, value);
             }
@@ -170,6 +203,16 @@ impl AwsClient {
             return Ok(json);
         }
         Err(service_error(status, error_type.as_deref(), &json, &bytes))
+    }
+}
+
+/// The service as `rpc.service` names it for an AWS SDK call: the API's service id.
+fn rpc_service(service: AwsService) -> &'static str {
+    match service {
+        AwsService::SecretsManager => "SecretsManager",
+        AwsService::Ssm => "SSM",
+        AwsService::Kms => "KMS",
+        AwsService::Logs => "CloudWatchLogs",
     }
 }
 
@@ -232,7 +275,41 @@ fn sign(
     body: &[u8],
     now: SystemTime,
 ) -> Result<Vec<(&'static str, String)>, AwsError> {
-    let failed = |e: &dyn std::error::Error| AwsError::Unreachable(format!("signing: {e}"));
+    let headers = [("content-type", CONTENT_TYPE), ("x-amz-target", target)];
+    sign_request(
+        settings.service.signing_name(),
+        &settings.region,
+        credentials,
+        ("POST", url),
+        &headers,
+        body,
+        now,
+    )
+    .map_err(|e| AwsError::Unreachable(e.to_string()))
+}
+
+/// A request that could not be signed: a URL without a host, a header value that is not
+/// text. Names what was wrong, never a credential.
+#[derive(Debug, thiserror::Error)]
+#[error("signing: {0}")]
+pub struct SignError(String);
+
+/// The SigV4 headers (`x-amz-date`, `authorization`, and `x-amz-security-token` with a
+/// session token) for `method` `url` with `headers` and `body`, signed for `service` in
+/// `region` at `now` by the `aws-sigv4` crate, with its default settings (the payload's
+/// SHA-256 in the canonical request, not sent as a header; the path normalised and encoded
+/// twice, as for every service but S3). Every header in `headers` is signed, with `host`
+/// (from `url`): the caller passes what it sends.
+pub fn sign_request(
+    service: &str,
+    region: &str,
+    credentials: &Credentials,
+    (method, url): (&str, &str),
+    headers: &[(&str, &str)],
+    body: &[u8],
+    now: SystemTime,
+) -> Result<Vec<(&'static str, String)>, SignError> {
+    let failed = |e: &dyn std::error::Error| SignError(e.to_string());
     let identity = aws_credential_types::Credentials::new(
         &credentials.access_key_id,
         &credentials.secret_access_key,
@@ -243,16 +320,20 @@ fn sign(
     .into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
-        .region(&settings.region)
-        .name(settings.service.signing_name())
+        .region(region)
+        .name(service)
         .time(now)
         .settings(SigningSettings::default())
         .build()
         .map_err(|e| failed(&e))?
         .into();
-    let headers = [("content-type", CONTENT_TYPE), ("x-amz-target", target)];
-    let request = SignableRequest::new("POST", url, headers.into_iter(), SignableBody::Bytes(body))
-        .map_err(|e| failed(&e))?;
+    let request = SignableRequest::new(
+        method,
+        url,
+        headers.iter().copied(),
+        SignableBody::Bytes(body),
+    )
+    .map_err(|e| failed(&e))?;
     let (instructions, _signature) = aws_sigv4::http_request::sign(request, &params)
         .map_err(|e| failed(&e))?
         .into_parts();
