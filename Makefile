@@ -102,8 +102,10 @@ fuzz:
 # The logic lives in scripts/package/; docs/deploying.md walks through it.
 #   make layer-arm64 layer-x86_64   dist/lambda-sidecar-<arch>.zip (static musl build, cargo-zigbuild)
 #   make test-packaging             template lint (cfn-lint, sam validate), dashboard, zips, sam build, smoke runs of both zips
-#   make test-example               examples/nodejs-function: npm test against the real sidecar
+#   make test-example               examples/nodejs-function (npm test) and examples/python-function (pytest),
+#                                   and docs/your-function.md's client snippets, against the real sidecar
 #   make deploy                     sam build + sam deploy (--guided the first time); needs AWS credentials
+#   make publish-layer              the layer alone, for your own functions (docs/your-function.md)
 #   make publish-jwks               after a deploy with PublishJwks=true: the JWKS and discovery document to its bucket
 .PHONY: build-arm64 build-x86_64 layer-arm64 layer-x86_64 layers packaging-deps test-packaging test-example smoke-arm64 smoke-x86_64 deploy
 
@@ -121,10 +123,12 @@ packaging-deps:
 	$(ROOT)/scripts/package/ensure-sam.sh
 
 test-packaging: packaging-deps build layers
+	cd tests/cdk && npm ci --no-audit --no-fund --loglevel=error
 	$(PYTEST) -q tests/packaging
 
 test-example: deps build
 	cd examples/nodejs-function && npm ci --no-audit --no-fund --loglevel=error && LAMBDA_ENV_BIN=$(CARGO_TARGET_DIR)/release/lambda-env npm test
+	$(PYTEST) -q examples/python-function/tests
 
 # One layer in lambda-env (arm64 under qemu-aarch64-static); prints a summary.
 smoke-arm64 smoke-x86_64: smoke-%: packaging-deps build layer-%
@@ -132,6 +136,23 @@ smoke-arm64 smoke-x86_64: smoke-%: packaging-deps build layer-%
 
 deploy: layers
 	$(ROOT)/scripts/package/deploy.sh $(DEPLOY_ARGS)
+
+# The layer alone in your account, for your own functions (docs/your-function.md): publishes
+# dist/lambda-sidecar-<arch>.zip with the AWS CLI and prints the layer version's ARN.
+#   make publish-layer LAYER_ARCH=arm64 AWS_REGION=<region> [LAYER_NAME=lambda-sidecar-arm64]
+# publish-layer-zip publishes LAYER_ZIP as it is (what tests/packaging runs against moto).
+LAYER_ARCH ?= $(HOST_ARCH)
+LAYER_NAME ?= lambda-sidecar-$(LAYER_ARCH)
+LAYER_ZIP ?= $(ROOT)/dist/lambda-sidecar-$(LAYER_ARCH).zip
+.PHONY: publish-layer publish-layer-zip
+publish-layer: layer-$(LAYER_ARCH)
+	$(MAKE) --no-print-directory publish-layer-zip
+publish-layer-zip:
+	@test -n "$(AWS_REGION)" || { echo "AWS_REGION=<region> is required" >&2; exit 2; }
+	aws lambda publish-layer-version --region "$(AWS_REGION)" --layer-name "$(LAYER_NAME)" \
+		--description "lambda-sidecar extension (JWT issuer + Telemetry API to OTLP), $(LAYER_ARCH)" \
+		--license-info Apache-2.0 --compatible-architectures "$(LAYER_ARCH)" \
+		--zip-file "fileb://$(LAYER_ZIP)" --query LayerVersionArn --output text
 
 # After a deploy with PublishJwks=true: the JWKS and the OIDC discovery document of the key the
 # function signs with, written to the JwksBucket output's .well-known/, where API Gateway and

@@ -233,7 +233,7 @@ pub enum Status {
 }
 
 impl Status {
-    /// The wire spelling, used as the `status` metric label.
+    /// The wire spelling, the invocation span's `error.type` when Lambda gives none.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Success => "success",

@@ -80,6 +80,27 @@ impl FunctionInfo {
         attributes
     }
 
+    /// `cloud.account.id` and `cloud.resource_id` of this function in `account` (the id
+    /// register answers with), for the resource: its ARN is built as Lambda writes it, the
+    /// partition told by the region (`aws-cn` for `cn-*`, `aws-us-gov` for `us-gov-*`).
+    /// None without a region.
+    pub fn account_attributes(&self, account: &str) -> Vec<KeyValue> {
+        let Some(region) = &self.region else {
+            return Vec::new();
+        };
+        let partition = if region.starts_with("cn-") {
+            "aws-cn"
+        } else if region.starts_with("us-gov-") {
+            "aws-us-gov"
+        } else {
+            "aws"
+        };
+        self.arn_attributes(&format!(
+            "arn:{partition}:lambda:{region}:{account}:function:{}",
+            self.name
+        ))
+    }
+
     /// `cloud.account.id` and `cloud.resource_id` from the ARN an INVOKE names
     /// (`arn:{partition}:lambda:{region}:{account}:function:{name}[:{qualifier}]`); none from
     /// a malformed one.

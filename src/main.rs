@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use lambda_sidecar::config::{Config, Lambda, LogConfig, LogFormat};
+use lambda_sidecar::config::{Config, ConfigError, ExportConfig, Lambda, LogConfig, LogFormat};
 use lambda_sidecar::selftrace::SelfTraces;
 use lambda_sidecar::token::discovery;
 use lambda_sidecar::token::source::LoadError;
@@ -75,6 +75,9 @@ fn main() -> ExitCode {
         config.as_ref().map_or(&fallback, |c| &c.log),
         self_traces.as_ref(),
     );
+    for warning in config.iter().flat_map(|c| &c.warnings) {
+        tracing::warn!("{warning}");
+    }
     lifecycle::phase_at("config parsed", config_parsed);
     lifecycle::phase("logging set up");
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -89,8 +92,9 @@ fn main() -> ExitCode {
     };
     lifecycle::phase("async runtime started");
     if serve {
-        return match config {
-            Ok(config) => match runtime.block_on(standalone::run(config)) {
+        // Every configuration error at once, the OTEL_* ones too (checked, then ignored).
+        return match ConfigError::both(config, ExportConfig::from_env()) {
+            Ok((config, export)) => match runtime.block_on(standalone::run(config, export)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(standalone::StandaloneError::Startup(lifecycle::StartupError::Config(e))) => {
                     eprintln!(

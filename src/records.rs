@@ -57,6 +57,71 @@ pub struct TokenRecord {
     /// The invocation the caller named ([`REQUEST_ID_HEADER`]), validated by
     /// [`parse_request_id`]: it decides which invocation the token span belongs to.
     pub request_id: Option<String>,
+    /// The request's connection, for the HTTP server span's recommended attributes.
+    pub connection: HttpConnection,
+}
+
+/// What the HTTP server span's recommended attributes say of a `/token` request (semantic
+/// conventions, HTTP server span): `server.address`/`server.port` (from `Host`, which the
+/// token service has already checked names its own listener), `client.address` (the peer),
+/// `network.protocol.version` and `user_agent.original`. Each `None` when unknown. Kept
+/// small (static names, a boxed agent): every token request carries one through the
+/// pipeline's queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpConnection {
+    pub server: Option<(&'static str, u16)>,
+    pub client: Option<std::net::IpAddr>,
+    pub version: Option<http::Version>,
+    /// At most [`MAX_USER_AGENT_LEN`] bytes (cut at a character boundary).
+    pub user_agent: Option<Box<str>>,
+}
+
+/// Longest `User-Agent` kept for a span: longer ones are cut, so that a caller cannot make
+/// the span buffer hold much per span.
+pub const MAX_USER_AGENT_LEN: usize = 256;
+
+/// The names the token listener answers to (on 127.0.0.1): `server.address` is one of them.
+const SERVER_NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
+
+impl HttpConnection {
+    /// From a request's head: its `Host` (`name:port`, as the token service requires), HTTP
+    /// version, `User-Agent`, and the peer the listener accepted.
+    pub fn from_head(
+        host: Option<&str>,
+        version: http::Version,
+        user_agent: Option<&str>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> HttpConnection {
+        let server = host.and_then(|host| {
+            let (name, port) = host.rsplit_once(':')?;
+            let name = SERVER_NAMES
+                .into_iter()
+                .find(|known| known.eq_ignore_ascii_case(name))?;
+            Some((name, port.parse().ok()?))
+        });
+        let user_agent = user_agent.map(|agent| {
+            let mut end = agent.len().min(MAX_USER_AGENT_LEN);
+            while !agent.is_char_boundary(end) {
+                end -= 1;
+            }
+            agent[..end].into()
+        });
+        HttpConnection {
+            server,
+            client: peer.map(|peer| peer.ip()),
+            version: Some(version),
+            user_agent,
+        }
+    }
+
+    /// `network.protocol.version`: `1.0` or `1.1` (the token service speaks HTTP/1 only).
+    pub fn protocol_version(&self) -> Option<&'static str> {
+        match self.version? {
+            http::Version::HTTP_10 => Some("1.0"),
+            http::Version::HTTP_11 => Some("1.1"),
+            _ => None,
+        }
+    }
 }
 
 /// The header a `/token` caller names its invocation with: the Runtime API's own name for
@@ -157,22 +222,36 @@ pub struct RemoteParent {
     pub sampled: Option<bool>,
 }
 
-/// A W3C Trace Context `traceparent` header (version `00`).
+/// A W3C Trace Context `traceparent` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent(pub RemoteParent);
 
 impl TraceParent {
-    /// Parses `00-{32 hex trace id}-{16 hex parent id}-{2 hex flags}`.
+    /// Parses `{2 hex version}-{32 hex trace id}-{16 hex parent id}-{2 hex flags}`.
     ///
     /// Strict per the spec: lowercase hex only, exact length, all-zero ids refused
-    /// (they mean "invalid"), other versions refused. Of the flags, only `sampled` (bit 0)
-    /// is defined in version 00; it is the parent decision for the token span.
+    /// (they mean "invalid"), version `ff` refused. Version `00` has exactly these four
+    /// fields. A higher version is parsed as the spec asks of a version it does not know
+    /// (W3C Trace Context, "Versioning of traceparent"): the same four fields first, and
+    /// whatever follows must begin with `-` (the fields a future version adds, ignored),
+    /// so that a caller that upgrades keeps its traces joined. Of the flags, only
+    /// `sampled` (bit 0) is read; it is the parent decision for the token span.
     pub fn parse(header: &str) -> Option<TraceParent> {
-        let mut parts = header.trim().split('-');
-        let (version, trace, parent, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let header = header.trim();
         let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-        if parts.next().is_some() || version != "00" || !hex_of_len(flags, 2, lower_hex) {
+        let version = header.get(..2)?;
+        if !hex_of_len(version, 2, lower_hex) || version == "ff" {
+            return None;
+        }
+        // 55 characters: the four fields of version 00 and their three dashes.
+        let (known, rest) = (header.get(..55)?, &header[55..]);
+        if !(rest.is_empty() || (version != "00" && rest.starts_with('-'))) {
+            return None;
+        }
+        let mut parts = known.split('-');
+        let (_, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || !hex_of_len(flags, 2, lower_hex) {
             return None;
         }
         let flags = u8::from_str_radix(flags, 16).ok()?;
@@ -294,20 +373,58 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03",
             "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 1",
         );
+        // W3C, "Versioning of traceparent": a higher version is parsed as far as version
+        // 00 goes, whatever fields it adds after a dash.
+        check_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 1",
+        );
+        check_traceparent(
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-the-future-brings",
+            "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 1",
+        );
         for bad in [
             "",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            // A future version's extra fields follow a dash; the known ones stay strict.
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01extra",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-00000000000000000000000000000000-00f067aa0ba902b7-01",
         ] {
             check_traceparent(bad, "none");
         }
+    }
+
+    #[test]
+    fn connection_from_a_request_head() {
+        let peer = "127.0.0.1:51234".parse().ok();
+        let long = "é".repeat(200);
+        let connection = HttpConnection::from_head(
+            Some("LOCALHOST:3003"),
+            http::Version::HTTP_10,
+            Some(&long),
+            peer,
+        );
+        assert_eq!(connection.server, Some(("localhost", 3003)));
+        assert_eq!(connection.client, Some([127, 0, 0, 1].into()));
+        assert_eq!(connection.protocol_version(), Some("1.0"));
+        let agent = connection.user_agent.unwrap();
+        assert_eq!(
+            agent.len(),
+            MAX_USER_AGENT_LEN,
+            "cut at a character boundary"
+        );
+        let none =
+            HttpConnection::from_head(Some("evil.example:80"), http::Version::HTTP_2, None, None);
+        assert_eq!((none.server, none.protocol_version()), (None, None));
     }
 
     #[test]

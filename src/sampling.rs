@@ -7,6 +7,9 @@
 //! `traceparent` flags for a token span. With Active tracing X-Ray records about one
 //! request a second plus 5%, so following it (the default, `parentbased_always_on`) keeps
 //! invocation spans from hanging under segments that were never recorded.
+//!
+//! Also which incoming trace contexts are believed at all ([`Propagators`],
+//! `OTEL_PROPAGATORS`).
 
 use opentelemetry::trace::TraceId;
 
@@ -66,6 +69,27 @@ fn ratio_samples(ratio: f64, trace_id: TraceId) -> bool {
     let randomness =
         (u128::from_be_bytes(trace_id.to_bytes()) as u64) & ((1u64 << RANDOM_BITS) - 1);
     randomness >= threshold
+}
+
+/// Which incoming trace-context formats the sidecar reads (`OTEL_PROPAGATORS`): the two
+/// it has parsers for. `tracecontext`: a `/token` caller's `traceparent`, which makes the
+/// token span its child. `xray`: the X-Ray context Lambda hands over with INVOKE and the
+/// platform events, which puts the invocation span (and the function's log records) in the
+/// function's X-Ray trace. Both by default: the sidecar reads trace context only, it
+/// injects none, so what a propagator list decides here is which parents are believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Propagators {
+    pub tracecontext: bool,
+    pub xray: bool,
+}
+
+impl Default for Propagators {
+    fn default() -> Self {
+        Propagators {
+            tracecontext: true,
+            xray: true,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
@@ -26,9 +27,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::{HeaderMap, Method, Request, Response, Uri};
+use hyper::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -113,8 +115,16 @@ pub fn host_is_one_of(headers: &http::HeaderMap, hosts: &[String]) -> bool {
 /// about a fifth of a token's CPU time on one core; a shortcut costs none of them.
 pub trait Shortcut: Send + Sync + 'static {
     /// The whole answer to a request, from its head, or `None` to hand it to the router. A
-    /// request it answers has its body, if any, left unread.
-    fn answer(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Response<Bytes>>;
+    /// request it answers has its body, if any, left unread. `peer` is the connection's
+    /// remote address, when the socket could tell it.
+    fn answer(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Option<Response<Bytes>>;
 }
 
 /// Serves `router` on `listener` under `limits` until `shutdown` resolves; then stops
@@ -456,6 +466,8 @@ async fn connection(
     _done: mpsc::Sender<()>,
 ) {
     let limits = shared.limits;
+    // The peer, for the handlers (as axum's `ConnectInfo`) and the shortcut.
+    let peer = stream.peer_addr().ok();
     let io = TokioIo::new(Watched {
         stream,
         conn: Arc::clone(&conn),
@@ -464,14 +476,23 @@ async fn connection(
     let service = {
         let conn = Arc::clone(&conn);
         let shared = Arc::clone(&shared);
-        hyper::service::service_fn(move |request: Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: Request<Incoming>| {
             conn.set(Phase::Busy);
+            if let Some(peer) = peer {
+                request.extensions_mut().insert(ConnectInfo(peer));
+            }
             let guard = Done {
                 conn: Arc::clone(&conn),
                 idle_timeout: limits.idle_timeout,
             };
             let answered = shared.shortcut.as_ref().and_then(|shortcut| {
-                shortcut.answer(request.method(), request.uri(), request.headers())
+                shortcut.answer(
+                    request.method(),
+                    request.uri(),
+                    request.version(),
+                    request.headers(),
+                    peer,
+                )
             });
             let routed = match answered {
                 Some(response) => Err(response),

@@ -1,6 +1,9 @@
 //! Standalone mode (`lambda-sidecar serve`): the token service without the Extensions API,
 //! for local development, the examples, benchmarks and container sidecars. No Lambda to
-//! observe and no OTLP export, but the token metrics still count, for `/metrics`.
+//! observe and no OTLP export, but the token metrics still count, for `/metrics`. The
+//! `OTEL_*` variables are still checked as the extension checks them (a value the extension
+//! would refuse is refused here too, before it reaches a deployment), and those set are
+//! named as ignored.
 
 use std::sync::Arc;
 
@@ -10,7 +13,7 @@ use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::metrics::noop::NoopMeterProvider;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, ExportConfig};
 use crate::lifecycle::startup::{self, StartupError, TokenListener};
 use crate::metrics::{Listener, Metrics};
 use crate::pipeline::Recorder;
@@ -26,8 +29,14 @@ pub enum StandaloneError {
 }
 
 /// Serves tokens on 127.0.0.1:`SIDECAR_PORT`, and `/metrics` alone on `SIDECAR_METRICS_ADDR`
-/// when set, until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> Result<(), StandaloneError> {
+/// when set, until SIGINT or SIGTERM. `export` is only named: what of it is set is ignored.
+pub async fn run(config: Config, export: ExportConfig) -> Result<(), StandaloneError> {
+    if !export.set.is_empty() {
+        tracing::warn!(
+            ignored = %export.set.join(", "),
+            "serve exports no telemetry: these OTEL_* variables are valid, and ignored here"
+        );
+    }
     // No INVOKE here, so nothing re-reads a rotating key: serve signs with the key it started
     // with.
     let keys = source::load(&config.token)

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::{counter, rotel, rotel_at, stderr_of};
 use lambda_env::{
-    EnvConfig, InvokeStatus, LogRecordView, MIXED_LOG_LEVELS, MIXED_TEXT_LINES, Report, Sink,
-    SinkMode, SpanRecord, Traceparent,
+    EnvConfig, FUNCTION_USER_AGENT, InvokeStatus, LogRecordView, MIXED_LOG_LEVELS,
+    MIXED_TEXT_LINES, Report, Sink, SinkMode, SpanRecord, Traceparent,
 };
 
 const FUNCTION: &str = "e2e-orders";
@@ -337,6 +337,19 @@ async fn semantic_conventions_reach_the_collector() {
     assert!(delivered, "{spans:?}\n{}", stderr_of(&report));
 
     let function_arn = format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{FUNCTION}");
+    // The account and the resource id are on the resource (issue 21), from the account id
+    // register answers with: metrics (and logs) carry them, not only the invocation span.
+    let resource_id = format!("{function_arn}:7");
+    let metrics = sink.metrics();
+    assert!(!metrics.is_empty());
+    for resource in spans
+        .iter()
+        .map(|s| &s.resource)
+        .chain(metrics.iter().map(|m| &m.resource))
+    {
+        assert_eq!(resource["cloud.account.id"], ACCOUNT_ID, "{resource:?}");
+        assert_eq!(resource["cloud.resource_id"], resource_id.as_str());
+    }
     let invocations = invocation_spans(&spans);
     assert_eq!(invocations.len(), invokes);
     for (i, span) in invocations.iter().enumerate() {
@@ -383,6 +396,13 @@ async fn semantic_conventions_reach_the_collector() {
         assert_eq!(attributes["url.path"], "/token");
         assert_eq!(attributes["url.scheme"], "http");
         assert_eq!(attributes["http.response.status_code"], 200);
+        // The HTTP server span's recommended attributes (issue 21): from the Host header
+        // the function sent, its peer, the HTTP version and its User-Agent.
+        assert_eq!(attributes["server.address"], "127.0.0.1", "{attributes:?}");
+        assert!(attributes["server.port"].as_i64().is_some_and(|p| p > 0));
+        assert_eq!(attributes["client.address"], "127.0.0.1");
+        assert_eq!(attributes["network.protocol.version"], "1.1");
+        assert_eq!(attributes["user_agent.original"], FUNCTION_USER_AGENT);
         assert_eq!(span.status_code, 0, "a 200 leaves the status unset");
         assert!(!attributes.contains_key("faas.trigger"));
     }
@@ -590,6 +610,106 @@ async fn a_config_error_reaches_init_error_and_exits_non_zero() {
     assert!(report.invokes.is_empty());
 }
 
+/// Issue 21: a fresh setup with mistakes in `SIDECAR_*`, `JWT_*` and `OTEL_*` alike hears of
+/// all of them in the one `init/error` (its type the first one's), each naming the variable
+/// the user set: the general OTLP endpoint without a scheme, not the traces one it was
+/// read for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_config_error_reaches_init_error_at_once() {
+    let mut config = environment(1, 0, &[]);
+    config.env.extend(
+        [
+            ("JWT_TTL_SECONDS", "forever"),
+            ("SIDECAR_PROT", "4000"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let report = lambda_env::run(config).await.unwrap();
+    let error = report.init.error.as_ref().expect("init must fail");
+    let message = error.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.starts_with("4 configuration errors: "), "{message}");
+    for named in [
+        "SIDECAR_PROT",
+        "did you mean SIDECAR_PORT?",
+        "JWT_TTL_SECONDS",
+        "OTEL_EXPORTER_OTLP_ENDPOINT=\"collector:4318\"",
+        "OTEL_TRACES_SAMPLER",
+    ] {
+        assert!(message.contains(named), "{named} missing: {message}");
+    }
+    assert!(
+        !message.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        "{message}"
+    );
+    assert!(!message.contains("super_secret"), "{message}");
+    assert_eq!(error.error_type, "Config.UnknownVariable");
+    assert_eq!(error.exit_code, Some(1));
+}
+
+/// Issue 21: `serve` checks the `OTEL_*` variables as the extension does (an endpoint it
+/// would refuse stops `serve`, exit 2, naming it), and says which valid ones it ignores; a
+/// `JWT_*` near miss is a warning.
+#[test]
+fn serve_checks_otel_variables_and_names_those_it_ignores() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    let serve = |extra: &[(&str, &str)]| {
+        let mut command = Command::new(common::sidecar_bin());
+        command
+            .arg("serve")
+            .env_clear()
+            .env("JWT_SECRET", common::random_hex(36))
+            .env("AWS_SESSION_TOKEN", common::random_hex(16))
+            .env("SIDECAR_PORT", lambda_env::free_port().unwrap().to_string())
+            .env("SIDECAR_LOG_FORMAT", "text")
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    let refused = serve(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "htp://collector:4318")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT=\"htp://collector:4318\""),
+        "{stderr}"
+    );
+
+    let mut child = serve(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_SERVICE_NAME", "orders"),
+        ("JWT_AUDIENCES", "orders-api"),
+    ])
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        let serving = line.contains("serving tokens");
+        seen.push(line);
+        if serving {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = seen.join("\n");
+    assert!(
+        log.contains("did you mean JWT_AUDIENCE?"),
+        "no near-miss warning:\n{log}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("ignored")
+            && l.contains("OTEL_EXPORTER_OTLP_ENDPOINT")
+            && l.contains("OTEL_SERVICE_NAME")),
+        "no warning naming the ignored OTEL_* variables:\n{log}"
+    );
+}
+
 /// A malformed `OTEL_EXPORTER_OTLP_HEADERS` (the audit's `Authorization Bearer X`, a space
 /// where the `=` goes) stops init with `init/error`, naming the variable and the form it
 /// takes, and without its value anywhere. Before, the sidecar started and sent no header.
@@ -740,7 +860,8 @@ fn invocation_id(log: &LogRecordView) -> &str {
 
 /// Each invocation's lines arrived once each, in its trace, with the invocation span as
 /// their span and its sampled flag (an unsampled invocation exports no span: its lines keep
-/// its X-Ray trace id with the flag off), and the severity and body the function wrote.
+/// its X-Ray trace id with the flag off), and the severity and body the function wrote: the
+/// severity text as written (`CRITICAL`, not FATAL's name), beside the number.
 fn assert_lines_of_each_invocation(report: &Report, logs: &[LogRecordView], spans: &[SpanRecord]) {
     for (i, invoke) in report.invokes.iter().enumerate() {
         let mine: Vec<&LogRecordView> = logs
@@ -762,6 +883,11 @@ fn assert_lines_of_each_invocation(report: &Report, logs: &[LogRecordView], span
             assert_eq!(log.flags & 1, u32::from(sampled), "sampled flag: {log:?}");
             assert_eq!(log.attributes["sidecar.log.source"], "function");
             assert_eq!(log.resource["service.name"], FUNCTION);
+            assert_eq!(
+                log.resource["cloud.account.id"],
+                lambda_env::env::ACCOUNT_ID,
+                "{log:?}"
+            );
         }
         let mut got: Vec<(i32, String, serde_json::Value)> = mine
             .iter()
@@ -777,7 +903,7 @@ fn assert_lines_of_each_invocation(report: &Report, logs: &[LogRecordView], span
                 )
             })
             .collect();
-        for (k, (level, number)) in MIXED_LOG_LEVELS.iter().zip([9, 13, 17]).enumerate() {
+        for (k, (level, number)) in MIXED_LOG_LEVELS.iter().zip([9, 13, 21]).enumerate() {
             let body = mine
                 .iter()
                 .find(|l| l.severity_number == number)

@@ -359,3 +359,27 @@ async fn a_batch_the_collector_refuses_is_dropped_counted_and_the_rest_arrive() 
     ids.dedup();
     assert_eq!(ids.len(), before, "a span arrived twice");
 }
+
+/// Issue 21: `OTEL_SDK_DISABLED=true` (the specification's switch for every signal) exports
+/// nothing, though an endpoint is set: the collector receives no request at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_sdk_disabled_exports_nothing() {
+    let sink = Sink::start().await.unwrap();
+    let config = environment(
+        2,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+            ("OTEL_SDK_DISABLED", "true".to_string()),
+        ],
+    );
+    let report = lambda_env::run(config).await.unwrap();
+    common::assert_clean_exit(&report);
+    assert_eq!(report.invokes.len(), 2);
+    let counts = sink.counts();
+    assert_eq!(
+        (counts.ok, counts.failed, counts.slow, counts.rejected),
+        (0, 0, 0, 0),
+        "{counts:?}\n{}",
+        stderr_of(&report)
+    );
+}

@@ -1263,8 +1263,17 @@ proptest! {
         prop_assert_eq!(TraceParent::parse(&header), Some(TraceParent(parent(trace, Some(span), Some(flags & 1 == 1)))), "{}", header);
     }
 
+    /// A version above 00 (W3C, "Versioning of traceparent"): the four fields of version 00
+    /// are read, and whatever follows a dash is left for that version.
+    #[test]
+    fn traceparent_of_a_future_version_keeps_its_ids(trace in nonzero_trace_id(), span in nonzero_span_id(), flags in any::<u8>(), version in "[0-9a-e][0-9a-f]", extra in "(-[a-z0-9]{1,8}){0,3}") {
+        prop_assume!(version != "00");
+        let header = format!("{version}-{}-{}-{flags:02x}{extra}", hex(&trace), hex(&span));
+        prop_assert_eq!(TraceParent::parse(&header), Some(TraceParent(parent(trace, Some(span), Some(flags & 1 == 1)))), "{}", header);
+    }
+
     /// Uppercase hex, a field one or more characters too long or short, an all-zero id,
-    /// another version, an extra field or a missing one: refused.
+    /// version ff, an extra field or a missing one (in version 00): refused.
     #[test]
     fn traceparent_refuses_near_misses(trace in nonzero_trace_id(), span in nonzero_span_id(), flags in any::<u8>(), (flaw, at, junk) in traceparent_flaw()) {
         let mut fields = vec!["00".to_string(), hex(&trace), hex(&span), format!("{flags:02x}")];
@@ -1289,8 +1298,10 @@ proptest! {
             3 => fields[1] = "0".repeat(32),
             4 => fields[2] = "0".repeat(16),
             5 => {
+                // Version ff is forbidden; a version of one digit is malformed. (A higher
+                // version is parsed: traceparent_of_a_future_version_keeps_its_ids.)
                 let version: String = junk.chars().take(2).collect();
-                fields[0] = if version == "00" { "01".to_string() } else { version };
+                fields[0] = if version.len() == 2 { "ff".to_string() } else { version };
             }
             6 => fields.push(junk),
             _ => { fields.remove(field); }

@@ -196,7 +196,9 @@ async fn get_token_is_answered_alike_before_and_through_the_router() {
     headers.insert("host", "127.0.0.1:3003".parse().unwrap());
     headers.insert("x-sidecar-token", SESSION.parse().unwrap());
 
-    let fast = service.answer(&Method::GET, &uri, &headers).unwrap();
+    let fast = service
+        .answer(&Method::GET, &uri, http::Version::HTTP_11, &headers, None)
+        .unwrap();
     let mut request = Request::get(uri.clone()).body(Body::empty()).unwrap();
     *request.headers_mut() = headers.clone();
     let routed = token::router(service.clone()).call(request).await.unwrap();
@@ -251,12 +253,30 @@ async fn get_token_is_answered_alike_before_and_through_the_router() {
 
     // A refusal is left to the router, whose guard answers and records it.
     headers.remove("x-sidecar-token");
-    assert!(service.answer(&Method::GET, &uri, &headers).is_none());
+    assert!(
+        service
+            .answer(&Method::GET, &uri, http::Version::HTTP_11, &headers, None)
+            .is_none()
+    );
     // So are other methods and paths.
     headers.insert("x-sidecar-token", SESSION.parse().unwrap());
-    assert!(service.answer(&Method::POST, &uri, &headers).is_none());
+    assert!(
+        service
+            .answer(&Method::POST, &uri, http::Version::HTTP_11, &headers, None)
+            .is_none()
+    );
     let health = Uri::from_static("/health");
-    assert!(service.answer(&Method::GET, &health, &headers).is_none());
+    assert!(
+        service
+            .answer(
+                &Method::GET,
+                &health,
+                http::Version::HTTP_11,
+                &headers,
+                None
+            )
+            .is_none()
+    );
 }
 
 #[tokio::test]

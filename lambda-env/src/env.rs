@@ -33,7 +33,7 @@ mod managed;
 use invocation::{Started, report_metrics, simulate, take_outcome};
 
 pub use crate::aws::{ACCOUNT_ID, REGION};
-pub use crate::function::{MIXED_LOG_LEVELS, MIXED_TEXT_LINES};
+pub use crate::function::{FUNCTION_USER_AGENT, MIXED_LOG_LEVELS, MIXED_TEXT_LINES};
 const RUNTIME_VERSION: &str = "provided:al2023.v100";
 const RUNTIME_VERSION_ARN: &str = "arn:aws:lambda:us-east-1::runtime:0f1b3c5d7e9a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c";
 /// In `invoke_runtime_first` mode, the longest the extensions' INVOKE waits for the

@@ -44,8 +44,13 @@ pub enum Traceparent {
 /// `/token` to name its invocation.
 pub const REQUEST_ID_HEADER: &str = "Lambda-Runtime-Aws-Request-Id";
 
-/// The levels of the JSON lines the function logs with `EnvConfig::mixed_logs`.
-pub const MIXED_LOG_LEVELS: [&str; 3] = ["INFO", "WARN", "ERROR"];
+/// The `User-Agent` the function's token calls send, as an HTTP client library would.
+pub const FUNCTION_USER_AGENT: &str = "lambda-env-function/1.0";
+
+/// The levels of the JSON lines the function logs with `EnvConfig::mixed_logs`: as
+/// Lambda's JSON log format writes them for Python (`WARNING`, `CRITICAL`) and Node.js
+/// (`INFO`), in the casings runtimes use.
+pub const MIXED_LOG_LEVELS: [&str; 3] = ["INFO", "warning", "CRITICAL"];
 /// The number of text lines the function logs with `EnvConfig::mixed_logs`.
 pub const MIXED_TEXT_LINES: usize = 2;
 
@@ -251,6 +256,7 @@ async fn token_call(
     let started = Instant::now();
     let res = req
         .header("X-Sidecar-Token", &cfg.session_token)
+        .header("User-Agent", FUNCTION_USER_AGENT)
         .timeout(TOKEN_TIMEOUT)
         .send()
         .await;

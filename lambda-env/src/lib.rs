@@ -28,7 +28,8 @@ mod state;
 pub mod telemetry;
 
 pub use env::{
-    EnvConfig, EnvError, Environment, MIXED_LOG_LEVELS, MIXED_TEXT_LINES, free_port, run,
+    EnvConfig, EnvError, Environment, FUNCTION_USER_AGENT, MIXED_LOG_LEVELS, MIXED_TEXT_LINES,
+    free_port, run,
 };
 pub use function::{TokenMode, Traceparent};
 pub use report::*;

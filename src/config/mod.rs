@@ -54,7 +54,7 @@ use lookup::Env;
 pub use otlp::{HeadersSource, LogDestination, OtlpAws, OtlpSignal, SigV4Mode, SigV4Target};
 pub use receiver::{DEFAULT_RECEIVER_ADDR, ReceiverConfig};
 pub use telemetry::{
-    Compression, ExportConfig, FAAS_TRIGGERS, FLUSH_STRATEGIES, FlushStrategy, ForwardTarget,
+    Compression, ExportConfig, FAAS_TRIGGERS, FLUSH_STRATEGIES, FlushStrategy, ForwardTarget, Otlp,
     TelemetryConfig, otlp_headers,
 };
 pub use token::{
@@ -86,6 +86,9 @@ pub struct Config {
     /// The OTLP receiver for the function's own telemetry (`SIDECAR_OTLP_RECEIVER*`), when
     /// on; extension mode only.
     pub receiver: Option<ReceiverConfig>,
+    /// What start-up should say but not refuse: a `JWT_*` or `OTEL_*` name one typo away
+    /// from one the sidecar reads ([`near_misses`]). Logged once logging is set up.
+    pub warnings: Vec<String>,
 }
 
 /// A configuration value the sidecar refuses to start with.
@@ -112,11 +115,65 @@ pub enum ConfigError {
         algorithm: &'static str,
         reason: String,
     },
-    #[error("{var} is not a variable lambda-sidecar knows; known SIDECAR_ variables: {known}")]
+    #[error("{var} is not a variable lambda-sidecar knows; {known}")]
     Unknown { var: String, known: String },
     /// The raw bytes are not echoed: they may be key material, and they would garble the log.
     #[error("{var} is not valid: its value is not UTF-8 text (not shown); expected UTF-8 text")]
     NotUtf8 { var: String },
+    /// Every error of one configuration, so that a fresh setup is fixed in one go rather
+    /// than one start-up per mistake. Never empty, never of one (that one is returned as
+    /// itself), never nested.
+    #[error("{} configuration errors: {}", .0.len(), numbered(.0))]
+    Several(Vec<ConfigError>),
+}
+
+/// `1) …; 2) …`: the errors of [`ConfigError::Several`] on one line (a log line, an
+/// `init/error` message).
+fn numbered(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{}) {e}", i + 1))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Collects configuration errors, so that parsing goes on past the first and reports them
+/// all ([`ConfigError::Several`]).
+#[derive(Debug, Default)]
+pub(crate) struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    /// The value of `result`, or `None` with its error kept (once: the general OTLP
+    /// variables are read for each signal, and one mistake is one error).
+    pub(crate) fn take<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(ConfigError::Several(errors)) => {
+                errors.into_iter().for_each(|e| self.push(e));
+                None
+            }
+            Err(error) => {
+                self.push(error);
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, error: ConfigError) {
+        if !self.0.contains(&error) {
+            self.0.push(error);
+        }
+    }
+
+    /// `Ok` when nothing was kept; else the one error, or all of them.
+    pub(crate) fn into_result(mut self) -> Result<(), ConfigError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(ConfigError::Several(self.0)),
+        }
+    }
 }
 
 /// Name prefixes of every variable the sidecar, or the OpenTelemetry SDK inside it, reads.
@@ -150,6 +207,26 @@ impl ConfigError {
             ConfigError::InvalidKey { .. } => "Config.InvalidKey",
             ConfigError::Unknown { .. } => "Config.UnknownVariable",
             ConfigError::NotUtf8 { .. } => "Config.InvalidValue",
+            ConfigError::Several(errors) => errors
+                .first()
+                .map_or("Config.InvalidValue", ConfigError::error_type),
+        }
+    }
+
+    /// `first` and `second` together: both results' errors, all of them, or both values.
+    /// For the extension, which parses [`Config`] and [`ExportConfig`] apart but reports
+    /// their errors at once.
+    pub fn both<A, B>(
+        first: Result<A, ConfigError>,
+        second: Result<B, ConfigError>,
+    ) -> Result<(A, B), ConfigError> {
+        let mut errors = Errors::default();
+        let (a, b) = (errors.take(first), errors.take(second));
+        errors.into_result()?;
+        match (a, b) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            // Both are `Some` when no error was kept.
+            _ => Err(ConfigError::Several(Vec::new())),
         }
     }
 }
@@ -161,24 +238,59 @@ impl Config {
         lookup: impl Fn(&str) -> Option<String>,
         vars: impl IntoIterator<Item = &'a str>,
     ) -> Result<Config, ConfigError> {
-        for var in vars {
-            if var.starts_with("SIDECAR_") && !SIDECAR_VARIABLES.contains(&var) {
-                return Err(ConfigError::Unknown {
+        let names: Vec<&str> = vars.into_iter().collect();
+        let mut errors = Errors::default();
+        for var in &names {
+            if var.starts_with("SIDECAR_") && !SIDECAR_VARIABLES.contains(var) {
+                let known = match suggestion(var) {
+                    Some(near) => format!("did you mean {near}? Known SIDECAR_ variables: "),
+                    None => "known SIDECAR_ variables: ".to_string(),
+                };
+                errors.push(ConfigError::Unknown {
                     var: var.to_string(),
-                    known: SIDECAR_VARIABLES.join(", "),
+                    known: known + &SIDECAR_VARIABLES.join(", "),
                 });
             }
         }
         let env = Env(&lookup);
-        Ok(Config {
-            port: env.port("SIDECAR_PORT", 3003)?,
-            log: logging::log_config(&env)?,
-            token: token::token_config(&env)?,
-            telemetry: telemetry::telemetry_config(&env)?,
-            metrics_addr: telemetry::metrics_addr(&env)?,
-            emf_namespace: telemetry::emf_namespace(&env)?,
-            receiver: receiver::receiver_config(&env)?,
-        })
+        let port = errors.take(env.port("SIDECAR_PORT", 3003));
+        let log = errors.take(logging::log_config(&env));
+        let token = errors.take(token::token_config(&env));
+        let telemetry = errors.take(telemetry::telemetry_config(&env));
+        let metrics_addr = errors.take(telemetry::metrics_addr(&env));
+        let emf_namespace = errors.take(telemetry::emf_namespace(&env));
+        let receiver = errors.take(receiver::receiver_config(&env));
+        errors.into_result()?;
+        match (
+            port,
+            log,
+            token,
+            telemetry,
+            metrics_addr,
+            emf_namespace,
+            receiver,
+        ) {
+            (
+                Some(port),
+                Some(log),
+                Some(token),
+                Some(telemetry),
+                Some(metrics_addr),
+                Some(emf_namespace),
+                Some(receiver),
+            ) => Ok(Config {
+                port,
+                log,
+                token,
+                telemetry,
+                metrics_addr,
+                emf_namespace,
+                receiver,
+                warnings: near_misses(&names),
+            }),
+            // Every part is `Some` when no error was kept.
+            _ => Err(ConfigError::Several(Vec::new())),
+        }
     }
 
     /// Refuses what only `lambda-sidecar serve` can use. Nothing outside a Lambda execution
@@ -268,4 +380,70 @@ fn check_utf8(vars: &[(OsString, OsString)]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The prefixes whose names [`near_misses`] checks. `JWT_*` and `OTEL_*` are shared with the
+/// function (its own OpenTelemetry SDK reads `OTEL_*` names the sidecar does not), so a
+/// near miss there is a warning; an unknown `SIDECAR_*` name is an error, with the same
+/// suggestion.
+const CHECKED_PREFIXES: &[&str] = &["JWT_", "OTEL_"];
+
+/// A warning for each `JWT_*` or `OTEL_*` name in `names` that the sidecar does not read
+/// but that is one or two edits from one it does (`JWT_AUDIENCES`,
+/// `OTEL_EXPORTER_OTLP_ENDPIONT`): as written it is silently ignored, and the default
+/// takes its place.
+pub fn near_misses(names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|name| {
+            CHECKED_PREFIXES.iter().any(|p| name.starts_with(p)) && variable(name).is_none()
+        })
+        .filter_map(|name| {
+            let near = suggestion(name)?;
+            Some(format!(
+                "{name} is not a variable lambda-sidecar reads (did you mean {near}?); \
+                 it is ignored"
+            ))
+        })
+        .collect()
+}
+
+/// The known variable closest to `name`, when it is close enough to be a typo: at most one
+/// edit for names up to 10 characters, two beyond (an edit: a character added, removed,
+/// replaced, or two neighbours swapped).
+fn suggestion(name: &str) -> Option<&'static str> {
+    let limit = if name.len() <= 10 { 1 } else { 2 };
+    VARIABLES
+        .iter()
+        .map(|v| (edit_distance(name, v.name), v.name))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known)
+}
+
+/// The optimal-string-alignment distance between `a` and `b` (Levenshtein, with a swap of
+/// two neighbouring characters as one edit): what a typo costs. Bytes, as variable names
+/// are ASCII.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    // Three rows of the dynamic-programming table: two back, one back, this one.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        current[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (previous[j] + 1)
+                .min(current[j - 1] + 1)
+                .min(previous[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(before[j - 2] + 1);
+            }
+            current[j] = best;
+        }
+        std::mem::swap(&mut before, &mut previous);
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
 }

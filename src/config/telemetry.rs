@@ -12,8 +12,8 @@ use opentelemetry_otlp::Protocol;
 use opentelemetry_sdk::metrics::Temporality;
 
 use super::otlp::{OtlpAws, OtlpSignal, otlp_aws};
-use super::{ConfigError, Env, ProcessEnv};
-use crate::sampling::{Root, Sampler};
+use super::{ConfigError, Env, Errors, ProcessEnv};
+use crate::sampling::{Propagators, Root, Sampler};
 
 /// `faas.trigger`'s well-known values (OpenTelemetry semantic conventions, FaaS spans):
 /// what caused the invocations. The sidecar cannot see the event, so the user says which
@@ -215,21 +215,21 @@ const GRPC_NOT_BUILT: &str = "http/protobuf: this build has no gRPC export \
     (build with the `grpc` Cargo feature, e.g. LAYER_FEATURES=grpc scripts/package/layer.sh)";
 
 /// Where and how to export, read from the standard `OTEL_*` variables. Read apart from
-/// [`Config`](super::Config), by the extension alone: `serve` and the print commands export
-/// nothing, so an `OTEL_*` value is not theirs to refuse. Endpoints, headers, timeouts and
+/// [`Config`](super::Config), by the extension (and checked by `serve`, which exports
+/// nothing). Endpoints, timeouts, the service name and the resource attributes are read
+/// here and handed to opentelemetry-otlp and the resource explicitly; headers and
 /// compression are read by opentelemetry-otlp itself when the exporters are built
-/// (`export::ExportClients`), and `OTEL_RESOURCE_ATTRIBUTES` by the SDK's resource; the
-/// headers are checked here first ([`otlp_headers`]), as the SDK would skip a malformed one
-/// without a word.
+/// (`export::ExportClients`), the headers checked here first ([`otlp_headers`]), as the SDK
+/// would skip a malformed one without a word.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportConfig {
-    pub traces: Option<Protocol>,
-    pub metrics: Option<Protocol>,
+    pub traces: Option<Otlp>,
+    pub metrics: Option<Otlp>,
     /// Function and extension logs. On by default like the other signals (the OTel spec's
     /// `OTEL_LOGS_EXPORTER` default is `otlp`): the lines are already in CloudWatch Logs, so
     /// a backend that also bills log ingestion bills them twice; `OTEL_LOGS_EXPORTER=none`
     /// keeps them out (docs/signals.md, "Logs").
-    pub logs: Option<Protocol>,
+    pub logs: Option<Otlp>,
     /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM file of CA certificates trusted besides the
     /// compiled-in Mozilla roots (for a collector behind a private CA).
     pub certificate: Option<String>,
@@ -238,15 +238,28 @@ pub struct ExportConfig {
     pub temporality: Temporality,
     /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, handed to derivation.
     pub sampler: Sampler,
-    /// `OTEL_SERVICE_NAME` is set: the SDK puts it in the resource. Unset, `service.name` is
-    /// the function's name (`export::resource`).
-    pub service_name_set: bool,
+    /// `OTEL_PROPAGATORS`: which incoming trace contexts derivation believes.
+    pub propagators: Propagators,
+    /// `OTEL_SERVICE_NAME`, when set and not empty. It wins over a `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`, as the SDK specification says; without either,
+    /// `service.name` is the function's name (`export::resource`).
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, percent-decoded, in order. A value with a malformed member
+    /// is discarded whole, with a warning, as the specification says.
+    pub resource_attributes: Vec<(String, String)>,
+    /// What the sidecar ignores, said once at start (an unsupported propagator, a discarded
+    /// `OTEL_RESOURCE_ATTRIBUTES`); the caller logs them.
+    pub warnings: Vec<String>,
+    /// The `OTEL_*` variables of [`VARIABLES`](super::VARIABLES) that are set in the process
+    /// environment ([`ExportConfig::from_env`]; [`ExportConfig::parse`] leaves it empty):
+    /// what `serve`, which exports nothing, names as checked and ignored.
+    pub set: Vec<&'static str>,
     /// Straight to AWS: which signals are signed with SigV4, the CloudWatch Logs headers, the
     /// exporter headers from a secret (`SIDECAR_OTLP_*`, `config/otlp.rs`).
     pub aws: OtlpAws,
-    /// Where the function's own telemetry, taken by the OTLP receiver, is forwarded: the same
-    /// URL, headers and compression opentelemetry-otlp resolves for the sidecar's own
-    /// exporters, per signal exported over OTLP/HTTP.
+    /// Where the function's own telemetry, taken by the OTLP receiver, is forwarded: each
+    /// signal's endpoint, with the headers and compression opentelemetry-otlp uses for the
+    /// sidecar's own exporters, per signal exported over OTLP/HTTP.
     pub forward: ForwardTargets,
 }
 
@@ -258,16 +271,17 @@ pub struct ForwardTargets {
     pub logs: Option<ForwardTarget>,
 }
 
-/// An OTLP/HTTP endpoint, resolved as opentelemetry-otlp resolves it for its exporters.
+/// An OTLP/HTTP endpoint, with what the sidecar's own exporter of the signal sends with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForwardTarget {
-    /// `OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT` as it is, else `OTEL_EXPORTER_OTLP_ENDPOINT`
-    /// with `/v1/{signal}` appended (the OTLP exporter specification's rule).
+    /// The signal's [`Otlp::endpoint`].
     pub endpoint: String,
     /// `OTEL_EXPORTER_OTLP_{SIGNAL}_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`: (lowercase
     /// name, decoded value). Hold API keys: never logged.
     pub headers: Vec<(String, String)>,
     pub compression: Compression,
+    /// The signal's [`Otlp::timeout`].
+    pub timeout: Duration,
 }
 
 /// `OTEL_EXPORTER_OTLP_{SIGNAL}_COMPRESSION`, else `OTEL_EXPORTER_OTLP_COMPRESSION`.
@@ -278,138 +292,231 @@ pub enum Compression {
     Gzip,
 }
 
+/// Where and how one signal is exported over OTLP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Otlp {
+    /// `traces`, `metrics` or `logs`.
+    pub signal: &'static str,
+    pub protocol: Protocol,
+    /// The URL requests go to: the signal's own endpoint
+    /// (`OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT`) as given, else the general one with
+    /// `/v1/{signal}` appended for OTLP/HTTP (gRPC uses it as given), as the OTLP exporter
+    /// specification says.
+    pub endpoint: String,
+    /// The variable `endpoint` came from: the one the user set, for the errors about it.
+    pub endpoint_var: &'static str,
+    /// `OTEL_EXPORTER_OTLP_{SIGNAL}_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT`, else the
+    /// specification's 10 s: the most one export request may take. A flush never waits
+    /// longer than its own budget (`SIDECAR_FLUSH_TIMEOUT_MS`, and the SHUTDOWN cap), so a
+    /// request is cut by whichever ends first.
+    pub timeout: Duration,
+}
+
+/// The variables of one signal.
+struct SignalVars {
+    /// `traces`, `metrics` or `logs`: the path `/v1/{name}` of OTLP/HTTP.
+    name: &'static str,
+    exporter: &'static str,
+    protocol: &'static str,
+    endpoint: &'static str,
+    timeout: &'static str,
+}
+
+const SIGNALS: [SignalVars; 3] = [
+    SignalVars {
+        name: "traces",
+        exporter: "OTEL_TRACES_EXPORTER",
+        protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    },
+    SignalVars {
+        name: "metrics",
+        exporter: "OTEL_METRICS_EXPORTER",
+        protocol: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        endpoint: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        timeout: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    },
+    SignalVars {
+        name: "logs",
+        exporter: "OTEL_LOGS_EXPORTER",
+        protocol: "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+        endpoint: "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+        timeout: "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+    },
+];
+
+const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+const TIMEOUT_VAR: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+const DISABLED_VAR: &str = "OTEL_SDK_DISABLED";
+const PROPAGATORS_VAR: &str = "OTEL_PROPAGATORS";
+const RESOURCE_VAR: &str = "OTEL_RESOURCE_ATTRIBUTES";
+
+/// The OTLP exporter specification's default timeout.
+const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+
 impl ExportConfig {
     /// [`ExportConfig::parse`] of the process environment.
     pub fn from_env() -> Result<ExportConfig, ConfigError> {
         let env = ProcessEnv::read();
-        ExportConfig::parse(|k| env.get(k))
+        let mut config = ExportConfig::parse(|k| env.get(k))?;
+        config.set = env
+            .names()
+            .filter(|name| name.starts_with("OTEL_"))
+            .filter_map(|name| Some(super::variable(name)?.name))
+            .collect();
+        Ok(config)
     }
 
     /// A signal is exported when an OTLP endpoint is configured for it (general or
-    /// per-signal) and its `OTEL_*_EXPORTER` is not `none`. Without an endpoint, nothing is
-    /// sent: a sidecar with no collector must not knock on localhost:4318 at every invoke.
+    /// per-signal), its `OTEL_*_EXPORTER` is not `none` and `OTEL_SDK_DISABLED` is not
+    /// `true`. Without an endpoint, nothing is sent: a sidecar with no collector must not
+    /// knock on localhost:4318 at every invoke. Every invalid value is reported, at once.
     pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<ExportConfig, ConfigError> {
-        let signal = |name: &'static str| -> Result<Option<Protocol>, ConfigError> {
-            let upper = name.to_ascii_uppercase();
-            // The names as `'static` strings, for the errors.
-            let (exporter_var, protocol_var) = match name {
-                "traces" => ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
-                "metrics" => (
-                    "OTEL_METRICS_EXPORTER",
-                    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-                ),
-                _ => ("OTEL_LOGS_EXPORTER", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"),
-            };
-            if let Some(v) = lookup(exporter_var) {
-                match v.trim() {
-                    "none" => return Ok(None),
-                    "otlp" => {}
-                    _ => {
-                        return Err(ConfigError::Invalid {
-                            var: exporter_var,
-                            value: v,
-                            expected: "otlp or none".to_string(),
-                        });
-                    }
-                }
-            }
-            let endpoint = lookup("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .or_else(|| lookup(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")));
-            if endpoint.is_none_or(|e| e.trim().is_empty()) {
-                return Ok(None);
-            }
-            let (var, raw): (&'static str, _) = match lookup(protocol_var) {
-                Some(v) => (protocol_var, Some(v)),
-                None => (
-                    "OTEL_EXPORTER_OTLP_PROTOCOL",
-                    lookup("OTEL_EXPORTER_OTLP_PROTOCOL"),
-                ),
-            };
-            match raw.as_deref().map(str::trim) {
-                None | Some("http/protobuf") => Ok(Some(Protocol::HttpBinary)),
-                #[cfg(feature = "grpc")]
-                Some("grpc") => Ok(Some(Protocol::Grpc)),
-                // gRPC export is an opt-in build (the `grpc` Cargo feature): refused here, at
-                // init, rather than exporting nothing.
-                #[cfg(not(feature = "grpc"))]
-                Some("grpc") => Err(ConfigError::Invalid {
-                    var,
-                    value: "grpc".to_string(),
-                    expected: GRPC_NOT_BUILT.to_string(),
-                }),
-                Some(other) => Err(ConfigError::Invalid {
-                    var,
-                    value: other.to_string(),
-                    expected: "http/protobuf or grpc".to_string(),
-                }),
-            }
-        };
+        let env = Env(&lookup);
+        let mut errors = Errors::default();
         for var in HEADERS_VARS {
             if let Some(raw) = lookup(var) {
-                otlp_headers(var, &raw)?;
+                errors.take(otlp_headers(var, &raw));
             }
         }
-        let (traces, metrics, logs) = (signal("traces")?, signal("metrics")?, signal("logs")?);
-        let aws = otlp_aws(
-            &Env(&lookup),
-            [
-                (OtlpSignal::Traces, traces),
-                (OtlpSignal::Metrics, metrics),
-                (OtlpSignal::Logs, logs),
-            ],
-        )?;
-        Ok(ExportConfig {
-            sampler: Sampler::parse(&lookup)?,
-            traces,
-            metrics,
-            logs,
-            aws,
-            certificate: lookup("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|p| !p.is_empty()),
-            temporality: match lookup(TEMPORALITY_VAR) {
+        let disabled = errors
+            .take(env.choice(
+                DISABLED_VAR,
+                &[("true", true), ("false", false), ("", false)],
+                false,
+            ))
+            .unwrap_or(false);
+        let sampler = errors.take(Sampler::parse(&lookup)).unwrap_or_default();
+        let [traces, metrics, logs] =
+            SIGNALS.map(|vars| errors.take(signal(&env, &vars, disabled)).flatten());
+        let temporality = errors
+            .take(match lookup(TEMPORALITY_VAR) {
                 Some(v) if !v.trim().is_empty() => {
                     v.trim().parse().map_err(|()| ConfigError::Invalid {
                         var: TEMPORALITY_VAR,
                         value: v,
                         expected: "cumulative, delta or lowmemory".to_string(),
-                    })?
+                    })
                 }
-                _ => Temporality::Cumulative,
-            },
-            service_name_set: lookup("OTEL_SERVICE_NAME").is_some(),
+                _ => Ok(Temporality::Cumulative),
+            })
+            .unwrap_or(Temporality::Cumulative);
+        // Straight to AWS (config/otlp.rs), for the signals that export.
+        let protocol = |otlp: &Option<Otlp>| otlp.as_ref().map(|o| o.protocol);
+        let aws = errors
+            .take(otlp_aws(
+                &env,
+                [
+                    (OtlpSignal::Traces, protocol(&traces)),
+                    (OtlpSignal::Metrics, protocol(&metrics)),
+                    (OtlpSignal::Logs, protocol(&logs)),
+                ],
+            ))
+            .unwrap_or_default();
+        let [forward_traces, forward_metrics, forward_logs] = [&traces, &metrics, &logs]
+            .map(|otlp| errors.take(forward_target(&lookup, otlp)).flatten());
+        errors.into_result()?;
+        let mut warnings = Vec::new();
+        let propagators = propagators(lookup(PROPAGATORS_VAR), &mut warnings);
+        let resource_attributes = resource_attributes(lookup(RESOURCE_VAR), &mut warnings);
+        Ok(ExportConfig {
+            sampler,
+            traces,
+            metrics,
+            logs,
+            aws,
+            certificate: lookup("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|p| !p.is_empty()),
+            temporality,
+            propagators,
+            service_name: lookup("OTEL_SERVICE_NAME").filter(|name| !name.trim().is_empty()),
+            resource_attributes,
+            warnings,
+            set: Vec::new(),
             forward: ForwardTargets {
-                traces: forward_target(&lookup, "traces", traces)?,
-                metrics: forward_target(&lookup, "metrics", metrics)?,
-                logs: forward_target(&lookup, "logs", logs)?,
+                traces: forward_traces,
+                metrics: forward_metrics,
+                logs: forward_logs,
             },
         })
     }
+
+    /// Whether any signal is exported.
+    pub fn exports(&self) -> bool {
+        self.traces.is_some() || self.metrics.is_some() || self.logs.is_some()
+    }
 }
 
-/// Where `signal` (`traces`, `metrics`, `logs`), exported with `protocol`, is sent, as
-/// opentelemetry-otlp resolves it: `None` unless it is exported over OTLP/HTTP.
-fn forward_target(
-    lookup: &impl Fn(&str) -> Option<String>,
-    signal: &'static str,
-    protocol: Option<Protocol>,
-) -> Result<Option<ForwardTarget>, ConfigError> {
-    if protocol != Some(Protocol::HttpBinary) {
-        return Ok(None);
-    }
-    let upper = signal.to_ascii_uppercase();
-    let set = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
-    let endpoint = match set(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")) {
-        Some(endpoint) => endpoint.trim().to_string(),
-        None => {
-            let base = set("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
-            let base = base.trim();
-            let path = format!("v1/{signal}");
-            match base.ends_with('/') {
-                true => format!("{base}{path}"),
-                false => format!("{base}/{path}"),
+/// One signal's export: `None` when it is off (no endpoint, its exporter `none`, or the SDK
+/// disabled). The errors name the variable the user set: the per-signal endpoint, else the
+/// general one.
+fn signal(env: &Env<'_>, vars: &SignalVars, disabled: bool) -> Result<Option<Otlp>, ConfigError> {
+    if let Some(v) = env.get(vars.exporter) {
+        match v.trim() {
+            "none" => return Ok(None),
+            "otlp" => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    var: vars.exporter,
+                    value: v,
+                    expected: "otlp or none".to_string(),
+                });
             }
         }
+    }
+    let own = env.get(vars.endpoint).filter(|e| !e.trim().is_empty());
+    let (endpoint_var, endpoint) = match own {
+        Some(endpoint) => (vars.endpoint, endpoint),
+        None => match env.get(ENDPOINT_VAR).filter(|e| !e.trim().is_empty()) {
+            Some(endpoint) => (ENDPOINT_VAR, endpoint),
+            None => return Ok(None),
+        },
     };
-    let (headers_var, compression_var) = match signal {
+    let endpoint = endpoint.trim().to_string();
+    if !is_http_url(&endpoint) {
+        return Err(ConfigError::Invalid {
+            var: endpoint_var,
+            value: endpoint,
+            expected: "an http:// or https:// URL with a host, such as \
+                       http://127.0.0.1:4318 or https://otlp.example.com"
+                .to_string(),
+        });
+    }
+    let protocol = protocol(env, vars)?;
+    let timeout = match env.get(vars.timeout) {
+        Some(_) => env.number(vars.timeout, DEFAULT_TIMEOUT_MS, 1, 600_000)?,
+        None => env.number(TIMEOUT_VAR, DEFAULT_TIMEOUT_MS, 1, 600_000)?,
+    };
+    if disabled {
+        return Ok(None);
+    }
+    let endpoint = match (endpoint_var == ENDPOINT_VAR, protocol) {
+        (true, Protocol::HttpBinary) => {
+            format!("{}/v1/{}", endpoint.trim_end_matches('/'), vars.name)
+        }
+        _ => endpoint,
+    };
+    Ok(Some(Otlp {
+        signal: vars.name,
+        protocol,
+        endpoint,
+        endpoint_var,
+        timeout: Duration::from_millis(timeout),
+    }))
+}
+
+/// Where the OTLP receiver forwards what the function sent of `otlp`'s signal: `None` unless
+/// the signal is exported over OTLP/HTTP. Its headers and compression are read as
+/// opentelemetry-otlp reads them for the sidecar's own exporter of the signal.
+fn forward_target(
+    lookup: &impl Fn(&str) -> Option<String>,
+    otlp: &Option<Otlp>,
+) -> Result<Option<ForwardTarget>, ConfigError> {
+    let Some(otlp) = otlp.as_ref().filter(|o| o.protocol == Protocol::HttpBinary) else {
+        return Ok(None);
+    };
+    let (headers_var, compression_var) = match otlp.signal {
         "traces" => (HEADERS_VARS[1], COMPRESSION_VARS[1]),
         "metrics" => (HEADERS_VARS[2], COMPRESSION_VARS[2]),
         _ => (HEADERS_VARS[3], COMPRESSION_VARS[3]),
@@ -439,9 +546,10 @@ fn forward_target(
         }
     }
     Ok(Some(ForwardTarget {
-        endpoint,
+        endpoint: otlp.endpoint.clone(),
         headers,
         compression,
+        timeout: otlp.timeout,
     }))
 }
 
@@ -453,6 +561,106 @@ const COMPRESSION_VARS: [&str; 4] = [
     "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
     "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
 ];
+
+/// An absolute `http` or `https` URL with a host: what an OTLP exporter can send to. Without
+/// the check, `collector:4318` (no scheme) or `htp://…` started fine and every flush failed.
+fn is_http_url(raw: &str) -> bool {
+    raw.parse::<http::Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|host| !host.is_empty())
+    })
+}
+
+/// The signal's protocol: its own variable, else the general one, else `http/protobuf`.
+fn protocol(env: &Env<'_>, vars: &SignalVars) -> Result<Protocol, ConfigError> {
+    let (var, raw): (&'static str, _) = match env.get(vars.protocol) {
+        Some(v) => (vars.protocol, Some(v)),
+        None => (PROTOCOL_VAR, env.get(PROTOCOL_VAR)),
+    };
+    match raw.as_deref().map(str::trim) {
+        None | Some("http/protobuf") => Ok(Protocol::HttpBinary),
+        #[cfg(feature = "grpc")]
+        Some("grpc") => Ok(Protocol::Grpc),
+        // gRPC export is an opt-in build (the `grpc` Cargo feature): refused here, at
+        // init, rather than exporting nothing.
+        #[cfg(not(feature = "grpc"))]
+        Some("grpc") => Err(ConfigError::Invalid {
+            var,
+            value: "grpc".to_string(),
+            expected: GRPC_NOT_BUILT.to_string(),
+        }),
+        Some(other) => Err(ConfigError::Invalid {
+            var,
+            value: other.to_string(),
+            expected: "http/protobuf or grpc".to_string(),
+        }),
+    }
+}
+
+/// `OTEL_PROPAGATORS` (the specification's comma-separated list, default
+/// `tracecontext,baggage`). The sidecar reads trace context, it injects none, and has two
+/// parsers: `tracecontext` (a `/token` caller's `traceparent`) and `xray` (also
+/// `xray-lambda`: the X-Ray context Lambda hands over). Unset, both are read. Set, those it
+/// lists are read; `none` reads neither. Any other name (`baggage`, `b3`, `b3multi`,
+/// `jaeger`, `ottrace`, or one the function's own SDK registered) is not an error, since the
+/// function shares the variable, but a warning says it is ignored here.
+fn propagators(raw: Option<String>, warnings: &mut Vec<String>) -> Propagators {
+    let Some(raw) = raw.filter(|raw| !raw.trim().is_empty()) else {
+        return Propagators::default();
+    };
+    let mut read = Propagators {
+        tracecontext: false,
+        xray: false,
+    };
+    let mut ignored = Vec::new();
+    for name in raw.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name.to_ascii_lowercase().as_str() {
+            "tracecontext" => read.tracecontext = true,
+            "xray" | "xray-lambda" => read.xray = true,
+            "none" => {}
+            _ => ignored.push(name.chars().take(64).collect::<String>()),
+        }
+    }
+    if !ignored.is_empty() {
+        warnings.push(format!(
+            "{PROPAGATORS_VAR}: {} ignored by lambda-sidecar, which reads only tracecontext \
+             (a /token caller's traceparent) and xray (Lambda's X-Ray context)",
+            ignored.join(", ")
+        ));
+    }
+    read
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` members separated by commas, values
+/// percent-decoded (the W3C Baggage form, as the SDK specification says). A value with a
+/// malformed member (no `=`, an empty key, a broken `%`) is discarded whole, with a warning,
+/// as the specification says: the function's SDK, which reads the same variable, discards
+/// it too.
+fn resource_attributes(raw: Option<String>, warnings: &mut Vec<String>) -> Vec<(String, String)> {
+    let Some(raw) = raw else {
+        return Vec::new();
+    };
+    let parsed: Option<Vec<(String, String)>> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(|member| {
+            let (key, value) = member.split_once('=')?;
+            let key = key.trim();
+            if key.is_empty() {
+                return None;
+            }
+            Some((key.to_string(), percent_decode(value.trim())?))
+        })
+        .collect();
+    parsed.unwrap_or_else(|| {
+        warnings.push(format!(
+            "{RESOURCE_VAR} discarded: a member is not key=value with a non-empty key and a \
+             percent-encoded value"
+        ));
+        Vec::new()
+    })
+}
 
 /// The variables that hold OTLP request headers: the general one, and the per-signal ones
 /// that replace it for their signal (not merged, as the spec says).

@@ -6,7 +6,7 @@ use std::time::Duration;
 use opentelemetry_otlp::Protocol;
 use opentelemetry_sdk::metrics::Temporality;
 
-use crate::sampling::{Root, Sampler};
+use crate::sampling::{Propagators, Root, Sampler};
 
 const SECRET: &str = "k7Qm2vXp9LrT4sWz8YbN3cFh6JdGa1Ue5KoP0iRt";
 
@@ -1102,16 +1102,21 @@ fn export_configuration() {
         certificate: None,
         temporality: Temporality::Cumulative,
         sampler: Sampler::default(),
-        service_name_set: false,
+        propagators: Propagators::default(),
+        service_name: None,
+        resource_attributes: Vec::new(),
+        warnings: Vec::new(),
+        set: Vec::new(),
         aws: Default::default(),
         forward: Default::default(),
     };
     assert_eq!(export(&[]).unwrap(), none);
     let both = export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();
-    assert_eq!(both.traces, Some(Protocol::HttpBinary));
-    assert_eq!(both.metrics, Some(Protocol::HttpBinary));
+    let protocol = |otlp: &Option<Otlp>| otlp.as_ref().map(|o| o.protocol);
+    assert_eq!(protocol(&both.traces), Some(Protocol::HttpBinary));
+    assert_eq!(protocol(&both.metrics), Some(Protocol::HttpBinary));
     assert_eq!(
-        both.logs,
+        protocol(&both.logs),
         Some(Protocol::HttpBinary),
         "logs are on by default"
     );
@@ -1122,7 +1127,7 @@ fn export_configuration() {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ])
         .unwrap();
-        assert_eq!(grpc.traces, Some(Protocol::Grpc));
+        assert_eq!(protocol(&grpc.traces), Some(Protocol::Grpc));
     }
     let traces_only =
         export(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c/v1/traces")]).unwrap();
@@ -1164,7 +1169,7 @@ fn export_configuration() {
     ])
     .unwrap();
     assert_eq!(
-        (logs_only.traces, logs_only.logs),
+        (protocol(&logs_only.traces), protocol(&logs_only.logs)),
         (None, Some(Protocol::HttpBinary))
     );
     #[cfg(feature = "grpc")]
@@ -1175,7 +1180,7 @@ fn export_configuration() {
         ])
         .unwrap();
         assert_eq!(
-            (logs_grpc.traces, logs_grpc.logs),
+            (protocol(&logs_grpc.traces), protocol(&logs_grpc.logs)),
             (None, Some(Protocol::Grpc))
         );
     }
@@ -1190,7 +1195,7 @@ fn export_configuration() {
         );
     }
     let named = export(&[("OTEL_SERVICE_NAME", "orders")]).unwrap();
-    assert!(named.service_name_set);
+    assert_eq!(named.service_name.as_deref(), Some("orders"));
     let bad = export(&[("OTEL_TRACES_EXPORTER", "zipkin")]);
     assert!(matches!(
         bad,
@@ -1401,11 +1406,11 @@ fn every_variable_looked_up_is_listed_and_every_listed_one_is_looked_up() {
         .collect();
     assert!(unlisted.is_empty(), "not in VARIABLES: {unlisted:?}");
     for v in VARIABLES {
-        let read = looked_up.contains(v.name);
-        match v.reader {
-            Reader::Config => assert!(read, "{} is listed but never read", v.name),
-            Reader::OtelSdk => assert!(!read, "{} is read by config: Reader::Config", v.name),
-        }
+        assert!(
+            looked_up.contains(v.name),
+            "{} is listed but never read",
+            v.name
+        );
     }
 }
 
@@ -1454,7 +1459,8 @@ fn the_variable_list() {
     assert_eq!(
         unknown.to_string(),
         format!(
-            "SIDECAR_PROT is not a variable lambda-sidecar knows; known SIDECAR_ variables: {}",
+            "SIDECAR_PROT is not a variable lambda-sidecar knows; did you mean SIDECAR_PORT? \
+             Known SIDECAR_ variables: {}",
             SIDECAR_VARIABLES.join(", ")
         )
     );
@@ -1463,6 +1469,279 @@ fn the_variable_list() {
         Some(Domain::Token)
     );
     assert_eq!(variable("PATH"), None);
+}
+
+// Issue 21: the OTel conventions the export follows, and errors that teach.
+
+/// `OTEL_SDK_DISABLED=true` (case-insensitive, as the spec's booleans) turns every signal
+/// off, endpoints and all; `false` or empty leaves them on; anything else is refused.
+#[test]
+fn sdk_disabled_exports_nothing() {
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+    for value in ["true", "TRUE", " True "] {
+        let off = export(&[endpoint, ("OTEL_SDK_DISABLED", value)]).unwrap();
+        assert!(!off.exports(), "{value:?}: {off:?}");
+    }
+    for value in ["false", ""] {
+        let on = export(&[endpoint, ("OTEL_SDK_DISABLED", value)]).unwrap();
+        assert!(on.traces.is_some() && on.metrics.is_some() && on.logs.is_some());
+    }
+    let err = export(&[endpoint, ("OTEL_SDK_DISABLED", "yes")]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::Invalid {
+                var: "OTEL_SDK_DISABLED",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Timeouts: the signal's own variable, else the general one, else the spec's 10 s;
+/// milliseconds, as the spec says; a value that is not is refused, naming its variable.
+#[test]
+fn export_timeouts() {
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+    let timeouts = |pairs: &[(&str, &str)]| {
+        let config = export(&[&[endpoint], pairs].concat()).unwrap();
+        [config.traces, config.metrics, config.logs].map(|o| o.unwrap().timeout.as_millis())
+    };
+    assert_eq!(timeouts(&[]), [10_000; 3]);
+    assert_eq!(timeouts(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "250")]), [250; 3]);
+    assert_eq!(
+        timeouts(&[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "250"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "40"),
+        ]),
+        [250, 40, 250]
+    );
+    for var in [
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+    ] {
+        for bad in ["10s", "0", "-1"] {
+            let err = export(&[endpoint, (var, bad)]).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { var: v, .. } if *v == var),
+                "{var}={bad}: {err}"
+            );
+        }
+    }
+}
+
+/// Endpoints: the signal's own as given, else the general one with `/v1/{signal}`; only
+/// http and https URLs with a host; an error names the variable the user set.
+#[test]
+fn export_endpoints() {
+    let config = export(&[
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://otlp.example.com/base/",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            "http://logs:4318/custom",
+        ),
+    ])
+    .unwrap();
+    let endpoint =
+        |otlp: &Option<Otlp>| otlp.as_ref().map(|o| (o.endpoint.clone(), o.endpoint_var));
+    assert_eq!(
+        endpoint(&config.traces),
+        Some((
+            "https://otlp.example.com/base/v1/traces".to_string(),
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ))
+    );
+    assert_eq!(
+        endpoint(&config.logs),
+        Some((
+            "http://logs:4318/custom".to_string(),
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
+        ))
+    );
+    for var in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ] {
+        for bad in [
+            "collector:4318",
+            "htp://c:4318",
+            "ftp://c",
+            "http://",
+            "/v1/traces",
+        ] {
+            let err = export(&[(var, bad)]).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { var: v, expected, .. }
+                    if *v == var && expected.contains("http:// or https://")),
+                "{var}={bad}: {err}"
+            );
+        }
+    }
+}
+
+/// `OTEL_PROPAGATORS`: unset, both parsers; set, those listed; the others named in a
+/// warning, never refused (the function shares the variable).
+#[test]
+fn propagators() {
+    let read = |value: Option<&str>| {
+        let pairs: Vec<(&str, &str)> = value.map(|v| ("OTEL_PROPAGATORS", v)).into_iter().collect();
+        let config = export(&pairs).unwrap();
+        (
+            config.propagators.tracecontext,
+            config.propagators.xray,
+            config.warnings,
+        )
+    };
+    assert_eq!(read(None), (true, true, vec![]));
+    assert_eq!(read(Some("tracecontext")), (true, false, vec![]));
+    assert_eq!(read(Some("xray-lambda")), (false, true, vec![]));
+    assert_eq!(read(Some("none")), (false, false, vec![]));
+    let (tracecontext, xray, warnings) = read(Some("tracecontext,baggage, b3 ,xray"));
+    assert!(tracecontext && xray);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("baggage, b3") && warnings[0].contains("OTEL_PROPAGATORS"),
+        "{warnings:?}"
+    );
+}
+
+/// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`, read here: the attributes
+/// percent-decoded, a malformed value discarded whole with a warning.
+#[test]
+fn resource_variables() {
+    let config = export(&[
+        ("OTEL_SERVICE_NAME", "orders"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=other, deployment.environment.name=prod%2Ceu ,team=a=b",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(config.service_name.as_deref(), Some("orders"));
+    assert_eq!(
+        config.resource_attributes,
+        [
+            ("service.name".to_string(), "other".to_string()),
+            (
+                "deployment.environment.name".to_string(),
+                "prod,eu".to_string()
+            ),
+            ("team".to_string(), "a=b".to_string()),
+        ]
+    );
+    for bad in ["team", "=x", "a=%zz"] {
+        let config = export(&[("OTEL_RESOURCE_ATTRIBUTES", bad)]).unwrap();
+        assert!(config.resource_attributes.is_empty(), "{bad}");
+        assert_eq!(config.warnings.len(), 1, "{bad}: {:?}", config.warnings);
+    }
+    let blank = export(&[("OTEL_SERVICE_NAME", " ")]).unwrap();
+    assert_eq!(blank.service_name, None);
+}
+
+/// A fresh setup with several mistakes hears of all of them at once, each naming its
+/// variable; the `init/error` type is the first one's.
+#[test]
+fn every_configuration_error_at_once() {
+    let err = parse(&[
+        ("SIDECAR_PORT", "http"),
+        ("SIDECAR_LOG_FORMAT", "xml"),
+        ("SIDECAR_PROT", "4000"),
+        ("SIDECAR_EMF", "yes"),
+    ])
+    .unwrap_err();
+    let ConfigError::Several(errors) = &err else {
+        panic!("one error: {err}");
+    };
+    let message = err.to_string();
+    for var in [
+        "SIDECAR_PORT",
+        "SIDECAR_LOG_FORMAT",
+        "SIDECAR_PROT",
+        "SIDECAR_EMF",
+        "JWT_SECRET",
+    ] {
+        assert!(message.contains(var), "{var} missing from {message}");
+    }
+    assert_eq!(errors.len(), 5, "{message}");
+    assert!(
+        message.starts_with("5 configuration errors: 1) SIDECAR_PROT"),
+        "{message}"
+    );
+    assert_eq!(err.error_type(), "Config.UnknownVariable");
+
+    let export_err = export(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "no-equals-sign"),
+    ])
+    .unwrap_err();
+    let ConfigError::Several(errors) = &export_err else {
+        panic!("one error: {export_err}");
+    };
+    // The general endpoint is read for each signal, and refused once.
+    assert_eq!(errors.len(), 3, "{export_err}");
+    // Both parts together, flattened.
+    let both = ConfigError::both(parse(&[("SIDECAR_PORT", "x")]), Err::<(), _>(export_err));
+    let Err(ConfigError::Several(all)) = both else {
+        panic!("{both:?}");
+    };
+    // SIDECAR_PORT, JWT_SECRET (missing), and the export's three.
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert!(!all.iter().any(|e| matches!(e, ConfigError::Several(_))));
+}
+
+/// A `JWT_*` or `OTEL_*` name a typo away from one the sidecar reads is warned about; names
+/// of the function's own SDK, far from any, are not.
+#[test]
+fn near_misses_are_warned_about() {
+    let names = [
+        "JWT_AUDIENCES",
+        "OTEL_EXPORTER_OTLP_ENDPIONT",
+        "OTEL_SERVICENAME",
+        "JWT_SECRET",
+        "OTEL_LOG_LEVEL",
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_PYTHON_LOG_CORRELATION",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        "PATH",
+    ];
+    let warnings = near_misses(&names);
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    for (typo, known) in [
+        ("JWT_AUDIENCES", "JWT_AUDIENCE"),
+        ("OTEL_EXPORTER_OTLP_ENDPIONT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("OTEL_SERVICENAME", "OTEL_SERVICE_NAME"),
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with(typo) && w.contains(&format!("did you mean {known}?"))),
+            "{typo}: {warnings:#?}"
+        );
+    }
+    let config = parse(&[("JWT_SECRET", SECRET), ("JWT_AUDIENCES", "api")]).unwrap();
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+}
+
+#[test]
+fn edit_distances() {
+    for (a, b, distance) in [
+        ("", "", 0),
+        ("abc", "abc", 0),
+        ("abc", "", 3),
+        ("ENDPOINT", "ENDPIONT", 1),
+        ("AUDIENCE", "AUDIENCES", 1),
+        ("PORT", "PROT", 1),
+        ("kitten", "sitting", 3),
+        ("ca", "abc", 3),
+    ] {
+        assert_eq!(super::edit_distance(a, b), distance, "{a} {b}");
+        assert_eq!(super::edit_distance(b, a), distance, "{b} {a}");
+    }
 }
 
 /// `SIDECAR_FLUSH_STRATEGY` (default `adaptive`), `SIDECAR_FLUSH_MAX_AGE_MS` (default 2 s)
@@ -1526,6 +1805,7 @@ fn forwarding_targets_resolve_as_the_otlp_exporter_does() {
         endpoint: endpoint.to_string(),
         headers: vec![(header.0.to_string(), header.1.to_string())],
         compression,
+        timeout: Duration::from_secs(10),
     };
     assert_eq!(
         config.forward.traces,

@@ -1,5 +1,5 @@
 //! The one list of every environment variable the sidecar honours: those `config` parses
-//! and those the OpenTelemetry SDK reads for itself. The unknown-`SIDECAR_*` check and the
+//! and, in a build with gRPC export, those the OpenTelemetry SDK reads for itself. The unknown-`SIDECAR_*` check and the
 //! errors that must not show a value work from it, and a test checks that every variable a
 //! parser looks up is listed here.
 
@@ -28,10 +28,11 @@ pub enum Domain {
 /// Who reads a variable's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reader {
-    /// `config` parses it (the SDK may read it too, as it does the OTLP endpoints).
+    /// `config` parses it.
     Config,
-    /// Only the OpenTelemetry SDK reads it: opentelemetry-otlp when the exporters are built,
-    /// or the SDK's resource. `config` lists it, and refuses a value that is not UTF-8.
+    /// Only the OpenTelemetry SDK reads it (opentelemetry-otlp's gRPC exporters). `config`
+    /// lists it, and refuses a value that is not UTF-8.
+    #[cfg(feature = "grpc")]
     OtelSdk,
 }
 
@@ -66,6 +67,7 @@ impl Variable {
         }
     }
 
+    #[cfg(feature = "grpc")]
     const fn sdk(self) -> Variable {
         Variable {
             reader: Reader::OtelSdk,
@@ -165,17 +167,19 @@ pub const VARIABLES: &[Variable] = &[
     ),
     Variable::new("OTEL_TRACES_SAMPLER", Telemetry),
     Variable::new("OTEL_TRACES_SAMPLER_ARG", Telemetry),
-    Variable::new("OTEL_RESOURCE_ATTRIBUTES", Telemetry).sdk(),
+    Variable::new("OTEL_SDK_DISABLED", Telemetry),
+    Variable::new("OTEL_PROPAGATORS", Telemetry),
+    Variable::new("OTEL_RESOURCE_ATTRIBUTES", Telemetry),
     // Checked by config (a malformed one is refused), then read again by opentelemetry-otlp,
     // which sends what config accepted. API keys and tokens: never shown.
     Variable::new("OTEL_EXPORTER_OTLP_HEADERS", Telemetry).hidden(),
     Variable::new("OTEL_EXPORTER_OTLP_TRACES_HEADERS", Telemetry).hidden(),
     Variable::new("OTEL_EXPORTER_OTLP_METRICS_HEADERS", Telemetry).hidden(),
     Variable::new("OTEL_EXPORTER_OTLP_LOGS_HEADERS", Telemetry).hidden(),
-    Variable::new("OTEL_EXPORTER_OTLP_TIMEOUT", Telemetry).sdk(),
-    Variable::new("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", Telemetry).sdk(),
-    Variable::new("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", Telemetry).sdk(),
-    Variable::new("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", Telemetry).sdk(),
+    Variable::new("OTEL_EXPORTER_OTLP_TIMEOUT", Telemetry),
+    Variable::new("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", Telemetry),
+    Variable::new("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", Telemetry),
+    Variable::new("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", Telemetry),
     Variable::new("OTEL_EXPORTER_OTLP_COMPRESSION", Telemetry),
     Variable::new("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", Telemetry),
     Variable::new("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", Telemetry),

@@ -23,7 +23,6 @@ use crate::items::InvocationTrace;
 use crate::metrics::pending::stamped;
 use crate::metrics::{Metrics, Signal};
 use crate::records::{InvokeRecord, RemoteParent, parse_xray};
-use crate::sampling::Sampler;
 
 /// Invocations tracked at once. Lambda runs one invocation at a time per environment
 /// (a few dozen on Managed Instances), so reaching this means reports are being lost;
@@ -75,11 +74,13 @@ pub(super) struct Invocation {
 
 impl Invocation {
     /// Adopts an X-Ray context learnt after first sight, unless children already use
-    /// the random trace id; its `Sampled` flag is the parent decision.
-    fn learn_xray(&mut self, header: Option<&str>, sampler: Sampler) {
-        if self.traced || self.has_children {
+    /// the random trace id or `OTEL_PROPAGATORS` leaves `xray` out; its `Sampled` flag is
+    /// the parent decision.
+    fn learn_xray(&mut self, header: Option<&str>, shared: &Shared) {
+        if self.traced || self.has_children || !shared.propagators.xray {
             return;
         }
+        let sampler = shared.sampler;
         if let Some(xray) = header.and_then(parse_xray) {
             self.trace_id = xray.trace_id;
             self.parent = xray.span_id;
@@ -271,7 +272,7 @@ impl Invocations {
         };
         invocation.received = Some(invoke.received);
         invocation.invoked_arn = Some(invoke.invoked_arn);
-        invocation.learn_xray(invoke.xray.as_deref(), shared.sampler);
+        invocation.learn_xray(invoke.xray.as_deref(), shared);
         invocation.publish(shared);
     }
 
@@ -281,10 +282,7 @@ impl Invocations {
             if invocation.started.is_none() {
                 invocation.started = Some(time);
             }
-            invocation.learn_xray(
-                start.tracing.as_ref().map(|t| t.value.as_str()),
-                shared.sampler,
-            );
+            invocation.learn_xray(start.tracing.as_ref().map(|t| t.value.as_str()), shared);
             invocation.publish(shared);
         }
     }
@@ -317,10 +315,7 @@ impl Invocations {
         if invocation.runtime_done.is_some() {
             return; // re-delivered
         }
-        invocation.learn_xray(
-            done.tracing.as_ref().map(|t| t.value.as_str()),
-            shared.sampler,
-        );
+        invocation.learn_xray(done.tracing.as_ref().map(|t| t.value.as_str()), shared);
         invocation.publish(shared);
         invocation.runtime_done = Some(time);
         invocation.ended = Some(time);

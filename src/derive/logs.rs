@@ -211,18 +211,53 @@ impl Body {
 /// per the data model's mapping: TRACE 1, DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21.
 /// Case-insensitive, with the spellings runtimes also use (`WARNING`, Python's `CRITICAL`).
 /// Anything else is left unspecified; the line's `level` stays in the body.
+///
+/// The severity text is the level as the source wrote it, as the log data model asks
+/// ("the original string representation of the severity as it is known at the source"):
+/// `CRITICAL` stays `CRITICAL` beside the number of FATAL. The SDK takes a `&'static str`,
+/// so the text comes from [`LEVELS`], which holds each spelling in upper, lower and
+/// capitalised case; a level in any other casing (`wArN`) is known, and its text upper case.
 fn severity(level: &str) -> Option<(Severity, &'static str)> {
-    let severity = match level.trim().to_ascii_uppercase().as_str() {
-        "TRACE" => Severity::Trace,
-        "DEBUG" => Severity::Debug,
-        "INFO" => Severity::Info,
-        "WARN" | "WARNING" => Severity::Warn,
-        "ERROR" => Severity::Error,
-        "FATAL" | "CRITICAL" => Severity::Fatal,
-        _ => return None,
-    };
-    Some((severity, severity.name()))
+    let level = level.trim();
+    LEVELS
+        .iter()
+        .find(|(spelling, _)| *spelling == level)
+        .or_else(|| {
+            LEVELS
+                .iter()
+                .find(|(spelling, _)| spelling.eq_ignore_ascii_case(level))
+        })
+        .map(|(spelling, severity)| (*severity, *spelling))
 }
+
+/// Every level spelling [`severity`] knows, in the three casings runtimes write, upper case
+/// first (the text of a level in another casing).
+const LEVELS: &[(&str, Severity)] = &[
+    ("TRACE", Severity::Trace),
+    ("trace", Severity::Trace),
+    ("Trace", Severity::Trace),
+    ("DEBUG", Severity::Debug),
+    ("debug", Severity::Debug),
+    ("Debug", Severity::Debug),
+    ("INFO", Severity::Info),
+    ("info", Severity::Info),
+    ("Info", Severity::Info),
+    ("WARN", Severity::Warn),
+    ("warn", Severity::Warn),
+    ("Warn", Severity::Warn),
+    ("WARNING", Severity::Warn),
+    ("warning", Severity::Warn),
+    ("Warning", Severity::Warn),
+    ("ERROR", Severity::Error),
+    ("error", Severity::Error),
+    ("Error", Severity::Error),
+    ("FATAL", Severity::Fatal),
+    ("fatal", Severity::Fatal),
+    ("Fatal", Severity::Fatal),
+    ("CRITICAL", Severity::Fatal),
+    ("critical", Severity::Fatal),
+    ("Critical", Severity::Fatal),
+];
 
 /// Most memory one JSON line's structured body may take, as [`heap`] estimates it: four
 /// times the longest line. Parsed, a JSON object weighs several times its text (a typical
@@ -576,12 +611,15 @@ mod tests {
             ("TRACE", 1, "TRACE"),
             ("DEBUG", 5, "DEBUG"),
             ("INFO", 9, "INFO"),
-            ("info", 9, "INFO"),
+            (" info ", 9, "info"),
             ("WARN", 13, "WARN"),
-            ("Warning", 13, "WARN"),
+            ("Warning", 13, "Warning"),
+            ("wArNiNg", 13, "WARNING"),
             ("ERROR", 17, "ERROR"),
             ("FATAL", 21, "FATAL"),
-            ("CRITICAL", 21, "FATAL"),
+            // The original text is kept beside the number (log data model, SeverityText).
+            ("CRITICAL", 21, "CRITICAL"),
+            ("critical", 21, "critical"),
         ] {
             let (severity, name) = severity(level).unwrap_or_else(|| panic!("{level}"));
             assert_eq!((severity as i32, name), (number, text), "{level}");

@@ -34,7 +34,7 @@ use crate::items::{InvocationTraces, LogEntry};
 use crate::metrics::pending::stamped;
 use crate::metrics::{Metrics, SkipReason};
 use crate::records::Record;
-use crate::sampling::Sampler;
+use crate::sampling::{Propagators, Sampler};
 
 mod invocations;
 mod logs;
@@ -59,6 +59,8 @@ struct Shared {
     /// [`FunctionInfo::attributes`], computed once.
     common: Vec<KeyValue>,
     sampler: Sampler,
+    /// Which incoming trace contexts are believed (`OTEL_PROPAGATORS`).
+    propagators: Propagators,
     ids: RandomIdGenerator,
     finished: Finished,
     /// Where the invocations' trace contexts are published for the OTLP receiver's spans to
@@ -119,6 +121,7 @@ impl Deriver {
                 common: function.attributes(),
                 function,
                 sampler: Sampler::default(),
+                propagators: Propagators::default(),
                 ids: RandomIdGenerator::default(),
                 finished: Finished::new(),
                 traces: None,
@@ -142,6 +145,14 @@ impl Deriver {
     /// Samples with `sampler` instead of the default `parentbased_always_on`.
     pub fn with_sampler(mut self, sampler: Sampler) -> Self {
         self.shared.sampler = sampler;
+        self
+    }
+
+    /// Reads only the trace contexts `propagators` lists (`OTEL_PROPAGATORS`): without
+    /// `tracecontext` a `/token` caller's `traceparent` is ignored, without `xray` the X-Ray
+    /// context of the invocation (each invocation then starts a trace of its own).
+    pub fn with_propagators(mut self, propagators: Propagators) -> Self {
+        self.shared.propagators = propagators;
         self
     }
 
@@ -171,7 +182,10 @@ impl Deriver {
                 self.batch(batch);
                 self.settle(false);
             }
-            Record::Token(token) => {
+            Record::Token(mut token) => {
+                if !self.shared.propagators.tracecontext {
+                    token.traceparent = None;
+                }
                 stamped(token.start, || {
                     self.tokens
                         .token(token, &mut self.invocations, &mut self.shared);

@@ -273,14 +273,15 @@ fn token_trace(
     }
 }
 
-/// The span's name and attributes: the HTTP server ones, and the token's algorithm and
-/// outcome (never a claim or the token itself).
+/// The span's name and attributes: the HTTP server ones (required, and the recommended
+/// ones the request's connection tells), and the token's algorithm and outcome (never a
+/// claim or the token itself).
 fn http_attributes(token: TokenRecord, status: u16) -> (String, Vec<KeyValue>) {
     let (method, name) = match token.method {
         HttpMethod::Known(method) => (method, format!("{method} {TOKEN_ROUTE}")),
         HttpMethod::Other => ("_OTHER", format!("HTTP {TOKEN_ROUTE}")),
     };
-    let attributes = vec![
+    let mut attributes = vec![
         KeyValue::new("http.request.method", method),
         KeyValue::new("http.route", TOKEN_ROUTE),
         KeyValue::new("url.path", TOKEN_ROUTE),
@@ -289,6 +290,20 @@ fn http_attributes(token: TokenRecord, status: u16) -> (String, Vec<KeyValue>) {
         KeyValue::new("sidecar.token.algorithm", token.algorithm),
         KeyValue::new("sidecar.token.outcome", token.outcome.as_str()),
     ];
+    let connection = token.connection;
+    if let Some((address, port)) = connection.server {
+        attributes.push(KeyValue::new("server.address", address));
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    if let Some(client) = connection.client {
+        attributes.push(KeyValue::new("client.address", client.to_string()));
+    }
+    if let Some(version) = connection.protocol_version() {
+        attributes.push(KeyValue::new("network.protocol.version", version));
+    }
+    if let Some(agent) = connection.user_agent {
+        attributes.push(KeyValue::new("user_agent.original", String::from(agent)));
+    }
     (name, attributes)
 }
 

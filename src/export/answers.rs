@@ -17,7 +17,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderMap};
 use http::{HeaderName, HeaderValue};
@@ -87,6 +87,10 @@ pub(super) struct NotingClient {
     http: reqwest::Client,
     answers: Answers,
     outgoing: Outgoing,
+    /// The most one request may take (`OTEL_EXPORTER_OTLP_*TIMEOUT`): opentelemetry-otlp
+    /// applies its timeout only to a client it builds itself. The flush's budget may end a
+    /// request sooner.
+    timeout: Duration,
 }
 
 /// What one exporter's client adds to every request, in this order.
@@ -125,11 +129,18 @@ impl Outgoing {
 impl NotingClient {
     /// `outgoing` is what this exporter's requests must carry: every OTLP/HTTP request goes
     /// through a `NotingClient`, so that none can skip its signature or its headers.
-    pub(super) fn new(http: reqwest::Client, answers: Answers, outgoing: Outgoing) -> NotingClient {
+    /// `timeout` bounds each request.
+    pub(super) fn new(
+        http: reqwest::Client,
+        answers: Answers,
+        outgoing: Outgoing,
+        timeout: Duration,
+    ) -> NotingClient {
         NotingClient {
             http,
             answers,
             outgoing,
+            timeout,
         }
     }
 }
@@ -164,7 +175,11 @@ impl HttpClient for NotingClient {
             let bytes = request.body().len() as u64;
             self.answers.1.fetch_add(bytes, Ordering::Relaxed);
             let secrets = secrets(request.headers());
-            let sent = self.http.send_bytes(request).await;
+            let sent = match tokio::time::timeout(self.timeout, self.http.send_bytes(request)).await
+            {
+                Ok(sent) => sent,
+                Err(_) => Err(format!("no answer within {:?}", self.timeout).into()),
+            };
             let answer = match &sent {
                 Ok(response) if response.status().is_success() => return sent,
                 Ok(response) => Answer::Status {

@@ -18,7 +18,7 @@
 //!
 //! Dimensions (the spec's "dimension sets", matched exactly by CloudWatch): every metric is
 //! emitted under `[FunctionName]`, so a query on the function alone finds every value, and
-//! under `[FunctionName, <label>]` for each of its labels (`status`, `outcome`,
+//! under `[FunctionName, <label>]` for each of its labels (`outcome`,
 //! `algorithm`, ...). One document holds one combination of label values, so every set is
 //! counted exactly once.
 //!
@@ -46,12 +46,11 @@ const QUEUE: usize = 16;
 /// The dimension every metric carries.
 pub const FUNCTION_NAME: &str = "FunctionName";
 /// The labels that become a second dimension set `[FunctionName, label]`: those an SRE
-/// filters on (an error status, rejected tokens, what was dropped or refused and why).
+/// filters on (rejected tokens, what was dropped or refused and why).
 /// Others (a telemetry event's `type`, ten values) are summed under `[FunctionName]`: each
 /// value would cost a line per flush and a billed custom metric, for a debugging detail
 /// that OTLP and `/metrics` carry.
 const DIMENSIONS: &[&str] = &[
-    metrics::STATUS,
     metrics::OUTCOME,
     metrics::ALGORITHM,
     metrics::REASON,
@@ -528,11 +527,8 @@ mod tests {
             found.sort_by_key(|(t, _)| *t);
             found
         };
-        assert_eq!(
-            times_of("faas.invocations"),
-            [(first, json!(2)), (second, json!(1))],
-            "{text}"
-        );
+        // Successful invocations only: the second is an error (faas.errors).
+        assert_eq!(times_of("faas.invocations"), [(first, json!(2))], "{text}");
         assert_eq!(times_of("sidecar.hold"), [(first, json!([0.001]))]);
         assert_eq!(times_of("faas.errors"), [(second, json!(1))]);
         assert_eq!(times_of("sidecar.export.failures"), [(flushed, json!(1))]);

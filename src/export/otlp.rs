@@ -5,8 +5,8 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
-use opentelemetry::{Key, KeyValue};
 #[cfg(feature = "grpc")]
 use opentelemetry_otlp::Protocol;
 #[cfg(feature = "grpc")]
@@ -24,6 +24,7 @@ use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::SpanExporter as _;
 
 use super::answers::{Answers, NotingClient, Outgoing};
@@ -106,34 +107,50 @@ impl MetricReader for SharedReader {
     }
 }
 
-/// The OTel resource: standard `OTEL_RESOURCE_ATTRIBUTES`/`OTEL_SERVICE_NAME` handling from
-/// the SDK, the function's identity per the FaaS and cloud semantic conventions,
-/// `service.name` defaulting to the function name, and `service.instance.id`.
+/// The OTel resource: `OTEL_RESOURCE_ATTRIBUTES`, the SDK's own `telemetry.sdk.*`, the
+/// function's identity per the FaaS and cloud semantic conventions, `service.name` and
+/// `service.instance.id`; and, with the `account` register answered with, `cloud.account.id`
+/// and `cloud.resource_id`, so that metrics and logs carry them as spans do.
+///
+/// `service.name` is `OTEL_SERVICE_NAME`, else a `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`, else the function's name: the SDK specification gives
+/// `OTEL_SERVICE_NAME` the precedence (the SDK's own detectors apply the attributes
+/// variable last, so it would win; both are read by `config` and applied here in order).
 ///
 /// `service.instance.id` tells the execution environments of one function apart: backends
 /// that key series on `service.name` + `service.instance.id` (Prometheus's OTLP receiver,
 /// Mimir) would otherwise merge their counters into one series. An id set in
 /// `OTEL_RESOURCE_ATTRIBUTES` is replaced (with a warning), because that variable is the
 /// same in every environment of the function: kept, it would bring the collision back.
-pub fn resource(function: &FunctionInfo, service_name_set: bool) -> Resource {
-    let mut builder = Resource::builder().with_attributes(function.attributes());
-    if !service_name_set {
-        builder = builder.with_service_name(function.name.clone());
+pub fn resource(function: &FunctionInfo, config: &ExportConfig, account: Option<&str>) -> Resource {
+    let mut explicit_instance = None;
+    let mut named = None;
+    let mut attributes = Vec::with_capacity(config.resource_attributes.len());
+    for (key, value) in &config.resource_attributes {
+        match key.as_str() {
+            SERVICE_INSTANCE_ID => explicit_instance = Some(value),
+            SERVICE_NAME => named = Some(value.clone()),
+            _ => attributes.push(KeyValue::new(key.clone(), value.clone())),
+        }
     }
-    let detected = builder.build();
-    if let Some(explicit) = detected.get(&Key::from_static_str(SERVICE_INSTANCE_ID)) {
+    if let Some(explicit) = explicit_instance {
         tracing::warn!(
             ignored = %explicit,
             "service.instance.id in OTEL_RESOURCE_ATTRIBUTES is shared by every execution \
              environment of the function; replaced by one per environment"
         );
     }
+    let service_name = config
+        .service_name
+        .clone()
+        .or(named)
+        .unwrap_or_else(|| function.name.clone());
     Resource::builder_empty()
-        .with_attributes(
-            detected
-                .iter()
-                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
-        )
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(attributes)
+        .with_attributes(function.attributes())
+        .with_attributes(account.map_or_else(Vec::new, |a| function.account_attributes(a)))
+        .with_attribute(KeyValue::new(SERVICE_NAME, service_name))
         .with_attribute(KeyValue::new(
             SERVICE_INSTANCE_ID,
             service_instance_id(function.log_stream.as_deref()),
@@ -141,6 +158,10 @@ pub fn resource(function: &FunctionInfo, service_name_set: bool) -> Resource {
         .build()
 }
 
+const SERVICE_NAME: &str = "service.name";
+
+/// The variable an exporter's build error names when no signal's is known.
+const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 const SERVICE_INSTANCE_ID: &str = "service.instance.id";
 
 /// The namespace the semantic conventions give for a `service.instance.id` made from an
@@ -210,15 +231,15 @@ pub(super) struct SignalAnswers {
 }
 
 impl ExportClients {
-    /// Endpoint, headers, timeout and compression come from the standard
-    /// `OTEL_EXPORTER_OTLP_*` variables, read by opentelemetry-otlp itself. Retries are off:
-    /// a failed batch waits for the next flush instead of holding this one. Each OTLP/HTTP
-    /// client adds to its requests the headers of `secret` (`SIDECAR_OTLP_HEADERS_SOURCE`,
-    /// loaded by the caller), the CloudWatch Logs headers, and the SigV4 signature of the
-    /// signals `config.aws` signs.
+    /// Endpoint and timeout come from `config` (the `OTEL_EXPORTER_OTLP_*` variables, read
+    /// there); headers and compression from the standard variables, read by
+    /// opentelemetry-otlp itself. Retries are off: a failed batch waits for the next flush
+    /// instead of holding this one. Each OTLP/HTTP client adds to its requests the headers
+    /// of `secret` (`SIDECAR_OTLP_HEADERS_SOURCE`, loaded by the caller), the CloudWatch Logs
+    /// headers, and the SigV4 signature of the signals `config.aws` signs. The resource is
+    /// set apart ([`ExportClients::set_resource`]), once register has told the account.
     pub fn build(
         config: &ExportConfig,
-        resource: &Resource,
         secret: Option<Arc<SecretHeaders>>,
     ) -> Result<ExportClients, ConfigError> {
         fn invalid(
@@ -240,63 +261,70 @@ impl ExportClients {
         let grpc_tls = grpc_tls(ca.as_ref());
         let answers = SignalAnswers::default();
         let outgoing = outgoing(config, secret)?;
-        // The span, metric and log builders are different types with the same methods.
+        // The span, metric and log builders are different types with the same methods. The
+        // timeout is given to both transports: tonic applies it per request; reqwest, given
+        // as a client of our own, would not, so the `NotingClient` applies it.
         macro_rules! exporter {
-            ($builder:expr, $protocol:expr, $answers:expr, $signal:expr, $var:literal) => {
-                match $protocol {
+            ($builder:expr, $otlp:expr, $answers:expr, $signal:expr) => {
+                match $otlp {
                     None => None,
                     #[cfg(feature = "grpc")]
-                    Some(Protocol::Grpc) => Some(
+                    Some(
+                        otlp @ crate::config::Otlp {
+                            protocol: Protocol::Grpc,
+                            ..
+                        },
+                    ) => Some(
                         $builder
                             .with_tonic()
+                            .with_endpoint(otlp.endpoint.clone())
+                            .with_timeout(otlp.timeout)
                             .with_tls_config(grpc_tls.clone())
                             .with_retry_policy(RetryPolicy::disabled())
                             .build(),
                     ),
-                    Some(protocol) => Some(
+                    Some(otlp) => Some(
                         $builder
                             .with_http()
                             .with_http_client(NotingClient::new(
                                 http.clone(),
                                 $answers.clone(),
                                 outgoing($signal),
+                                otlp.timeout,
                             ))
-                            .with_protocol(protocol)
+                            .with_endpoint(otlp.endpoint.clone())
+                            .with_timeout(otlp.timeout)
+                            .with_protocol(otlp.protocol)
                             .with_retry_policy(RetryPolicy::disabled())
                             .build(),
                     ),
                 }
                 .transpose()
-                .map_err(invalid($var))?
+                .map_err(invalid(
+                    $otlp
+                        .as_ref()
+                        .map_or(ENDPOINT_VAR, |otlp| otlp.endpoint_var),
+                ))?
             };
         }
-        let mut spans = exporter!(
+        let spans = exporter!(
             SpanExporter::builder(),
-            config.traces,
+            &config.traces,
             answers.spans,
-            OtlpSignal::Traces,
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            OtlpSignal::Traces
         );
         let metrics = exporter!(
             MetricExporter::builder(),
-            config.metrics,
+            &config.metrics,
             answers.metrics,
-            OtlpSignal::Metrics,
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+            OtlpSignal::Metrics
         );
-        let mut logs = exporter!(
+        let logs = exporter!(
             LogExporter::builder(),
-            config.logs,
+            &config.logs,
             answers.logs,
-            OtlpSignal::Logs,
-            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
+            OtlpSignal::Logs
         );
-        if let Some(exporter) = spans.as_mut() {
-            exporter.set_resource(resource);
-        }
-        if let Some(exporter) = logs.as_mut() {
-            exporter.set_resource(resource);
-        }
         let forward = &config.forward;
         let received = Forwarders {
             traces: forward
@@ -335,7 +363,7 @@ impl ExportClients {
                     )
                 })
                 .transpose()?,
-            resource: super::joining::sidecar_attributes(resource),
+            resource: Vec::new(),
         };
         Ok(ExportClients {
             spans,
@@ -344,6 +372,18 @@ impl ExportClients {
             answers,
             received,
         })
+    }
+
+    /// The resource spans and logs carry (metrics carry their provider's), and whose
+    /// attributes the function's own resources get where they lack them.
+    pub fn set_resource(&mut self, resource: &Resource) {
+        if let Some(exporter) = self.spans.as_mut() {
+            exporter.set_resource(resource);
+        }
+        if let Some(exporter) = self.logs.as_mut() {
+            exporter.set_resource(resource);
+        }
+        self.received.resource = super::joining::sidecar_attributes(resource);
     }
 }
 
@@ -500,6 +540,7 @@ pub(crate) fn forwarding_to(base: &str, resource: &Resource, gzip: bool) -> Expo
         } else {
             Compression::None
         },
+        timeout: Duration::from_secs(10),
     };
     ExportClients {
         received: Forwarders {
@@ -661,6 +702,7 @@ mod tests {
             http_client(None).unwrap(),
             answers.clone(),
             Outgoing::default(),
+            Duration::from_secs(10),
         );
         let exporter = SpanExporter::builder()
             .with_http()
@@ -714,6 +756,29 @@ mod tests {
         assert!(exporter.idle());
     }
 
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` bounds one request: against a collector that answers
+    /// after a minute, a flush with a 5 s budget gives up after the 200 ms timeout, not at
+    /// the budget (opentelemetry-otlp applies its timeout only to a client it builds).
+    #[tokio::test]
+    async fn the_otlp_timeout_bounds_each_request() {
+        let sink = lambda_env::Sink::start().await.unwrap();
+        sink.set_mode(lambda_env::SinkMode::Slow(Duration::from_secs(60)));
+        let endpoint = sink.endpoint();
+        let config = ExportConfig::parse(|k| match k {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some(format!("{endpoint}/v1/traces")),
+            "OTEL_EXPORTER_OTLP_TIMEOUT" => Some("200".to_string()),
+            _ => None,
+        })
+        .unwrap();
+        let clients = ExportClients::build(&config, None).unwrap();
+        let (source, metrics) = crate::metrics::testing::source();
+        let mut exporter = Exporter::new(clients, Arc::new(source), Arc::new(metrics));
+        let report = exporter.flush(spans(1), Duration::from_secs(5)).await;
+        assert_eq!(report.spans_sent, 0, "{report:?}");
+        assert!(!report.timed_out, "the budget ran out first: {report:?}");
+        assert!(report.duration < Duration::from_secs(2), "{report:?}");
+    }
+
     /// `auto` mode never lets a request to AWS leave unsigned: with the credentials
     /// unobtainable (a container credentials endpoint that is down), a request to
     /// `xray.<region>.amazonaws.com` (resolved here to a local sink) is not sent at all, and
@@ -752,7 +817,8 @@ mod tests {
                 .unwrap();
             let answers = Answers::default();
             let outgoing = outgoing(&config, None).unwrap()(OtlpSignal::Traces);
-            let client = NotingClient::new(http, answers.clone(), outgoing);
+            let client =
+                NotingClient::new(http, answers.clone(), outgoing, Duration::from_secs(10));
             let exporter = SpanExporter::builder()
                 .with_http()
                 .with_http_client(client)
@@ -782,6 +848,43 @@ mod tests {
 
     /// The first batch of 1,000 spans: one request's worth.
     const MAX_REFUSED: usize = super::super::queue::MAX_BATCH;
+
+    /// `service.name`: `OTEL_SERVICE_NAME`, else the one in `OTEL_RESOURCE_ATTRIBUTES`,
+    /// else the function's name (the SDK's own detectors let the attributes win).
+    #[test]
+    fn otel_service_name_wins_over_resource_attributes() {
+        let function = FunctionInfo::from_vars(|key| {
+            (key == "AWS_LAMBDA_FUNCTION_NAME").then(|| "orders-fn".to_string())
+        });
+        let name = |pairs: &[(&str, &str)]| {
+            let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+            let config = ExportConfig::parse(|k| map.get(k).map(|v| v.to_string())).unwrap();
+            let resource = resource(&function, &config, None);
+            let get = |key: &'static str| {
+                resource
+                    .get(&opentelemetry::Key::from_static_str(key))
+                    .map(|v| v.to_string())
+            };
+            (get(SERVICE_NAME), get("team"), get("telemetry.sdk.name"))
+        };
+        let attributes = (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=from-attributes,team=a",
+        );
+        assert_eq!(
+            name(&[("OTEL_SERVICE_NAME", "from-service-name"), attributes]).0,
+            Some("from-service-name".to_string())
+        );
+        assert_eq!(
+            name(&[attributes]),
+            (
+                Some("from-attributes".to_string()),
+                Some("a".to_string()),
+                Some("opentelemetry".to_string())
+            )
+        );
+        assert_eq!(name(&[]).0, Some("orders-fn".to_string()));
+    }
 
     #[test]
     fn instance_id_is_a_uuid_v5_of_the_log_stream() {

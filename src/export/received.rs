@@ -337,7 +337,7 @@ impl<P: Payload> Forwarder<P> {
             .collect();
         let answers = Answers::default();
         Ok(Forwarder {
-            client: NotingClient::new(http.clone(), answers.clone(), outgoing),
+            client: NotingClient::new(http.clone(), answers.clone(), outgoing, target.timeout),
             answers,
             endpoint,
             headers,

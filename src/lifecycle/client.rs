@@ -36,6 +36,9 @@ pub struct Registered<L> {
     pub api: ExtensionsApi,
     /// The function the sidecar runs beside.
     pub function_name: String,
+    /// Its account, which Lambda gives an extension that asks (the crate does):
+    /// `cloud.account.id` on the resource.
+    pub account_id: Option<String>,
     /// The crate's event/next loop: it hands each event over `handoffs` and ends only on an
     /// error.
     pub next_events: L,
@@ -81,6 +84,7 @@ pub async fn register(
     Ok(Registered {
         api,
         function_name: registered.function_name.clone(),
+        account_id: registered.account_id.clone(),
         next_events: registered.run(),
         handoffs,
     })

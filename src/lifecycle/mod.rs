@@ -55,6 +55,9 @@ pub async fn run(
         .await
         .map_err(LifecycleError::Register)?;
     phase("registered");
+    if let Ok(prepared) = &prepared {
+        prepared.registered(registered.account_id.clone());
+    }
     tracing::info!(
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
         function = %registered.function_name,

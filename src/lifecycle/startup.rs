@@ -16,7 +16,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry_sdk::Resource;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -141,6 +140,9 @@ pub(super) struct Prepared {
     log_stream: Option<JoinHandle<Result<(), LogStreamError>>>,
     telemetry: JoinHandle<SocketAddr>,
     built: JoinHandle<Result<Built, ConfigError>>,
+    /// The account id register answers with: the resource's `cloud.account.id` (see
+    /// [`build`]).
+    account: std::sync::mpsc::SyncSender<Option<String>>,
 }
 
 /// The telemetry side, built before register (see [`Prepared`]).
@@ -155,14 +157,17 @@ pub(super) fn prepare(
     config: Result<Config, ConfigError>,
     managed_instances: bool,
 ) -> Result<Prepared, StartupError> {
-    let config = config?;
-    config.check_extension_mode()?;
-    let export_config = ExportConfig::from_env()?;
+    // Every configuration error at once: `Config`'s, the extension-mode check's and the
+    // export's.
+    let config = config.and_then(|config| config.check_extension_mode().map(|()| config));
+    let (config, export_config) = ConfigError::both(config, ExportConfig::from_env())?;
     export_config
         .aws
         .check_emf(config.emf_namespace.is_some())?;
+    for warning in &export_config.warnings {
+        tracing::warn!("{warning}");
+    }
     let function = Lambda::from_env().function;
-    let resource = crate::export::resource(&function, export_config.service_name_set);
     let token_config = config.token.clone();
     let logs = export_config.logs.is_some();
     phase("extension config parsed");
@@ -201,8 +206,9 @@ pub(super) fn prepare(
         managed_instances,
         receiving: config.receiver.is_some(),
     };
+    let (account, account_id) = std::sync::mpsc::sync_channel(1);
     let built = tokio::task::spawn_blocking(move || {
-        build(export_config, secret, resource, function, shape)
+        build(export_config, account_id, secret, function, shape)
     });
     Ok(Prepared {
         config,
@@ -212,7 +218,17 @@ pub(super) fn prepare(
         log_stream,
         telemetry,
         built,
+        account,
     })
+}
+
+impl Prepared {
+    /// Hands the build the account id register answered with (`None` when Lambda gave
+    /// none), for the resource.
+    pub(super) fn registered(&self, account_id: Option<String>) {
+        // The build took it already, or ended: nothing waits for it.
+        let _ = self.account.try_send(account_id);
+    }
 }
 
 /// What [`build`] takes from the configuration and the platform besides the exporters'.
@@ -231,10 +247,15 @@ struct Shape {
 /// instruments, the exporter (writing EMF when `shape` says so) and the pipeline with its
 /// deriver. On a blocking thread of the runtime, so that `Pipeline::start` can spawn its
 /// task.
+///
+/// The resource waits for register's account id (`account_id`), so that metrics and logs
+/// carry `cloud.account.id` and `cloud.resource_id` as spans do: the clients, the costly
+/// part, are built first, while register is under way. If register fails, the sender is
+/// dropped with `Prepared` and the build goes on without the account.
 fn build(
     export_config: ExportConfig,
+    account_id: std::sync::mpsc::Receiver<Option<String>>,
     secret: Option<Arc<SecretHeaders>>,
-    resource: Resource,
     function: FunctionInfo,
     shape: Shape,
 ) -> Result<Built, ConfigError> {
@@ -244,8 +265,11 @@ fn build(
         managed_instances,
         receiving,
     } = shape;
-    let clients = ExportClients::build(&export_config, &resource, secret)?;
+    let mut clients = ExportClients::build(&export_config, secret)?;
     phase("export clients built");
+    let account = account_id.recv().ok().flatten();
+    let resource = crate::export::resource(&function, &export_config, account.as_deref());
+    clients.set_resource(&resource);
     let source = Arc::new(MetricsSource::with_temporality(
         resource,
         export_config.temporality,
@@ -264,6 +288,7 @@ fn build(
     }
     let mut deriver = Deriver::new(function, metrics.clone())
         .with_sampler(export_config.sampler)
+        .with_propagators(export_config.propagators)
         .with_trigger(trigger)
         .with_overlapping_invocations(managed_instances);
     if export_config.logs.is_some() {
@@ -298,6 +323,7 @@ pub(super) async fn start(
         log_stream,
         telemetry,
         built,
+        account: _,
     } = prepared?;
     let Loaded { ring, refresher } = joined(keys).await??;
     if let Some(headers) = headers {

@@ -53,7 +53,7 @@ impl Instrument<Counter<u64>, IntCounterVec> {
             .with_description(def.description)
             .build();
         let prom = IntCounterVec::new(Opts::new(prometheus_name(def), def.description), def.labels)
-            .inspect(|family| zero_series(def, family));
+            .inspect(|family| create_zero_series(def, family));
         Instrument::register(out, def, otel, prom)
     }
 
@@ -83,7 +83,7 @@ impl Instrument<Histogram<f64>, HistogramVec> {
             HistogramOpts::new(prometheus_name(def), def.description).buckets(buckets.to_vec()),
             def.labels,
         )
-        .inspect(|family| zero_series(def, family));
+        .inspect(|family| create_zero_series(def, family));
         Instrument::register(out, def, otel, prom)
     }
 
@@ -118,13 +118,13 @@ impl Instrument<Gauge<f64>, GaugeVec> {
     }
 }
 
-/// Creates, at zero, the one series of an unlabelled counter or histogram, so a scrape shows
-/// `faas_errors_total 0` before the first error instead of nothing (a missing series breaks
-/// `rate()` and alerts on it). Not for gauges: 0 bytes of memory would be a false reading.
-/// The OTLP side is left alone: it reports what was recorded.
-fn zero_series<B: MetricVecBuilder>(def: &MetricDef, family: &MetricVec<B>) {
-    if def.labels.is_empty() {
-        let _ = family.get_metric_with_label_values::<&str>(&[]);
+/// Creates, at zero, the series [`table::zero_series`] lists for `def` (the one series of an
+/// unlabelled counter or histogram; every closed-set combination of a labelled counter), so
+/// a scrape shows `faas_errors_total 0` before the first error instead of nothing. The
+/// OTLP side is left alone: it reports what was recorded.
+fn create_zero_series<B: MetricVecBuilder>(def: &MetricDef, family: &MetricVec<B>) {
+    for values in table::zero_series(def) {
+        let _ = family.get_metric_with_label_values(&values);
     }
 }
 
@@ -282,12 +282,13 @@ impl Metrics {
         Ok(text)
     }
 
-    /// An invocation finished (platform.runtimeDone): counts it by status, counts errors
-    /// (`error`, `failure`, `unknown`) or timeouts, and records its runtime duration.
+    /// An invocation finished (platform.runtimeDone): counts it as a success
+    /// (`faas.invocations`, which the FaaS semantic conventions define as successful
+    /// invocations), an error (`error`, `failure`, `unknown`: `faas.errors`) or a timeout
+    /// (`faas.timeouts`), and records its runtime duration.
     pub fn invocation(&self, status: Status, seconds: Option<f64>) {
-        self.invocations.add(1, [status.as_str()]);
         match status {
-            Status::Success => {}
+            Status::Success => self.invocations.add(1, []),
             Status::Timeout => self.timeouts.add(1, []),
             Status::Error | Status::Failure | Status::Unknown => self.errors.add(1, []),
         }
@@ -708,6 +709,7 @@ sidecar.export.failures{signal=traces} = 2"
             outcome,
             traceparent: None,
             request_id: None,
+            connection: Default::default(),
         };
         metrics.invocation(Status::Success, Some(0.02));
         metrics.invocation(Status::Success, Some(0.5));
@@ -781,6 +783,7 @@ sidecar.export.failures{signal=traces} = 2"
             outcome: TokenOutcome::Issued,
             traceparent: None,
             request_id: None,
+            connection: Default::default(),
         });
         metrics.connection_refused(Listener::Token, Refusal::Evicted);
         let (entries, overflow) = metrics.take_emf();
@@ -836,6 +839,7 @@ sidecar.export.failures{signal=traces} = 2"
             outcome: TokenOutcome::Issued,
             traceparent: None,
             request_id: None,
+            connection: Default::default(),
         });
         metrics.token_unattributed(Unattributed::Concurrent);
         metrics.connection_refused(Listener::Metrics, Refusal::OverCapacity);
@@ -853,5 +857,52 @@ sidecar.export.failures{signal=traces} = 2"
             let header = format!("# HELP {name} {}\n# TYPE {name} {kind}\n", def.description);
             assert!(text.contains(&header), "{header}not in:\n{text}");
         }
+    }
+
+    /// A fresh recorder already shows every closed-set series of the labelled counters the
+    /// dashboards chart, at 0: the export failures, dropped items, unknown telemetry and
+    /// refused connections a healthy run never records.
+    #[test]
+    fn labelled_counters_exist_at_zero_from_the_start() {
+        let (_, metrics) = testing::source();
+        let text = metrics.prometheus_text().unwrap();
+        for series in [
+            r#"sidecar_export_failures_total{signal="traces"} 0"#,
+            r#"sidecar_export_failures_total{signal="emf"} 0"#,
+            r#"sidecar_export_dropped_items_total{signal="records"} 0"#,
+            r#"sidecar_telemetry_unknown_events_total{reason="malformed"} 0"#,
+            r#"sidecar_telemetry_unknown_events_total{reason="unknown_type"} 0"#,
+            r#"sidecar_connections_refused_total{listener="token",reason="header_timeout"} 0"#,
+            r#"sidecar_connections_refused_total{listener="telemetry",reason="over_capacity"} 0"#,
+            r#"sidecar_token_unattributed_total{reason="no_invocation"} 0"#,
+            r#"sidecar_keys_failures_total{operation="sign"} 0"#,
+            "faas_errors_total 0",
+        ] {
+            assert!(text.contains(series), "{series} not in:\n{text}");
+        }
+        // Every pre-created series is one of its family's closed set, once.
+        for def in METRICS {
+            let series = zero_series(def);
+            let mut unique = series.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), series.len(), "{}", def.name);
+            assert!(series.iter().all(|values| values.len() == def.labels.len()));
+        }
+    }
+
+    /// The token latency buckets resolve what an HS256 token costs (tens of microseconds):
+    /// latencies of 8, 20, 40 and 80 µs land in four different buckets, not all in the first.
+    #[test]
+    fn token_latency_buckets_resolve_microseconds() {
+        let MetricKind::Histogram { buckets } = TOKEN_DURATION.kind else {
+            panic!("not a histogram");
+        };
+        let bucket = |seconds: f64| buckets.iter().position(|le| seconds <= *le);
+        let seen: Vec<Option<usize>> = [8e-6, 20e-6, 40e-6, 80e-6].map(bucket).to_vec();
+        let mut distinct = seen.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{seen:?} of {buckets:?}");
+        assert!(buckets[0] <= 10e-6, "{buckets:?}");
     }
 }

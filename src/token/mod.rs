@@ -20,13 +20,14 @@ pub mod keys;
 pub mod source;
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -42,7 +43,8 @@ use crate::metrics::Listener;
 use crate::metrics::{KeyOperation, Metrics};
 use crate::pipeline::Recorder;
 use crate::records::{
-    HttpMethod, Record, TOKEN_ROUTE, TokenOutcome, TokenRecord, TraceParent, parse_request_id,
+    HttpConnection, HttpMethod, Record, TOKEN_ROUTE, TokenOutcome, TokenRecord, TraceParent,
+    parse_request_id,
 };
 use crate::server::{Limits, Shortcut};
 use claims::{ClaimError, Claims, TokenRequest};
@@ -210,6 +212,7 @@ impl TokenService {
                 },
                 traceparent: None,
                 request_id: None,
+                connection: HttpConnection::default(),
             });
         }
     }
@@ -222,9 +225,13 @@ impl TokenService {
         timer: Instant,
         method: HttpMethod,
         status: StatusCode,
-        traceparent: Option<TraceParent>,
-        request_id: Option<String>,
+        caller: Caller,
     ) {
+        let Caller {
+            traceparent,
+            request_id,
+            connection,
+        } = caller;
         if let Some(recorder) = &self.recorder {
             recorder.record(Record::Token(TokenRecord {
                 start,
@@ -240,6 +247,7 @@ impl TokenService {
                 },
                 traceparent,
                 request_id,
+                connection,
             }));
         }
     }
@@ -333,7 +341,9 @@ impl Shortcut for TokenService {
         &self,
         method: &Method,
         uri: &Uri,
+        version: http::Version,
         headers: &HeaderMap,
+        peer: Option<SocketAddr>,
     ) -> Option<http::Response<Bytes>> {
         if method != Method::GET || uri.path() != TOKEN_ROUTE {
             return None;
@@ -372,14 +382,12 @@ impl Shortcut for TokenService {
             Err(e) => e.reply(),
         };
         if let Some((start, timer)) = started {
-            let (traceparent, request_id) = caller(headers);
             self.record(
                 start,
                 timer,
                 HttpMethod::parse(method.as_str()),
                 response.status(),
-                traceparent,
-                request_id,
+                caller(headers, version, peer),
             );
         }
         Some(response)
@@ -463,18 +471,30 @@ fn json_reply(status: StatusCode, body: Bytes) -> http::Response<Bytes> {
     response
 }
 
-/// The invocation a `/token` caller names for attribution: its `traceparent` and its
-/// request-id header, each when well-formed.
-fn caller(headers: &HeaderMap) -> (Option<TraceParent>, Option<String>) {
-    let traceparent = headers
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
-    let request_id = headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_request_id);
-    (traceparent, request_id)
+/// What a `/token` request tells of its caller: the invocation it names for attribution (its
+/// `traceparent` and its request-id header, each when well-formed) and its connection.
+struct Caller {
+    traceparent: Option<TraceParent>,
+    request_id: Option<String>,
+    connection: HttpConnection,
+}
+
+fn caller(headers: &HeaderMap, version: http::Version, peer: Option<SocketAddr>) -> Caller {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    Caller {
+        traceparent: text(TRACEPARENT).and_then(TraceParent::parse),
+        request_id: text(REQUEST_ID).and_then(parse_request_id),
+        connection: HttpConnection::from_head(
+            text(header::HOST),
+            version,
+            text(header::USER_AGENT),
+            peer,
+        ),
+    }
 }
 
 /// In front of every route: [`TokenService::check_boundary`] on every path; for `/token`,
@@ -510,16 +530,13 @@ async fn guard(State(service): State<Arc<TokenService>>, request: Request, next:
         service.count_refused(start, timer, method, response.status());
         return response;
     }
-    let (traceparent, request_id) = caller(request.headers());
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    let caller = caller(request.headers(), request.version(), peer);
     let response = next.run(request).await;
-    service.record(
-        start,
-        timer,
-        method,
-        response.status(),
-        traceparent,
-        request_id,
-    );
+    service.record(start, timer, method, response.status(), caller);
     response
 }
 

@@ -61,24 +61,26 @@ def test_function_url_is_iam_protected_by_default(template):
     assert sorted(p["AllowedValues"]) == ["AWS_IAM", "NONE"]
 
 
-def test_the_signing_key_only_comes_from_secrets_manager(template):
+def test_the_signing_key_is_read_by_the_sidecar_not_put_in_the_environment(template):
     env = template["Resources"]["ExampleFunction"]["Properties"]["Environment"]["Variables"]
-    ref = "{{resolve:secretsmanager:${JwtSecretArn}:SecretString}}"
-    # HS* algorithms get it as JWT_SECRET, the others as JWT_PRIVATE_KEY; never both.
-    assert env["JWT_SECRET"] == {"Fn::If": ["IsHmac", {"Fn::Sub": ref}, {"Ref": "AWS::NoValue"}]}
-    assert env["JWT_PRIVATE_KEY"] == {"Fn::If": ["IsHmac", {"Ref": "AWS::NoValue"}, {"Fn::Sub": ref}]}
-    assert "Default" not in template["Parameters"]["JwtSecretArn"]
+    # The sidecar fetches it at init with the function's role (test_template_translated.py
+    # checks the role's grants per source); no key, nor a dynamic reference to one.
+    assert "JWT_KEY_SOURCE" in env
+    assert "JWT_SECRET" not in env and "JWT_PRIVATE_KEY" not in env
+    assert template["Parameters"]["JwtKeySource"]["Default"] == "secretsmanager"
     # No key material anywhere in the template text.
     text = TEMPLATE.read_text()
     assert "PRIVATE KEY-----" not in text
 
 
-def test_otlp_settings_are_parameters_and_headers_are_noecho(template):
+def test_otlp_settings_are_parameters_and_headers_come_from_a_secret(template):
     params = template["Parameters"]
     env = template["Resources"]["ExampleFunction"]["Properties"]["Environment"]["Variables"]
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["Fn::If"][1] == {"Ref": "OtlpEndpoint"}
-    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["Fn::If"][1] == {"Ref": "OtlpHeaders"}
-    assert params["OtlpHeaders"]["NoEcho"] is True
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["Fn::If"][1] == {
+        "Fn::Sub": "{{resolve:secretsmanager:${OtlpHeadersSecretArn}:SecretString}}"
+    }
+    assert "OtlpHeaders" not in params
     assert env["SIDECAR_FLUSH_TIMEOUT_MS"] == {"Ref": "FlushTimeoutMs"}
     assert env["JWT_ALGORITHM"] == {"Ref": "JwtAlgorithm"}
 
