@@ -14,7 +14,8 @@ loadgen to core 1, 5 interleaved rounds beside the minimal server, and in the sa
 long invocation, then the flush); the ratio is on requests per server CPU-second, wall req/s
 beside it. The arm64 binary and layer zip sizes; the post-runtime hold per invoke (20 invokes,
 freezing) with a healthy, dead, slow and failing collector, peak RSS, the SHUTDOWN exit;
-GET /token latency per algorithm.
+each SIDECAR_FLUSH_STRATEGY at three rates (issue 19: freshness, hold, billed post-runtime
+time, every span once; `--only flush` runs these alone); GET /token latency per algorithm.
 
 Prints one Markdown table (figure | candidate | reference | ratio | budget | met?).
 Exit code: 1 only if a hard budget is broken: the hold never exceeds the flush cap (plus
@@ -118,12 +119,14 @@ LOADGEN_ONLY = (["-p", "loadgen"],)
 
 
 class Sink:
-    """`lambda-env sink` in a given mode; counts what it received when stopped."""
+    """`lambda-env sink` in a given mode; counts what it received when stopped. With `out`,
+    it also writes every span it receives there, one JSON line each (with its receipt time)."""
 
-    def __init__(self, mode):
+    def __init__(self, mode, out=None):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [LAMBDA_ENV, "sink", "--listen", f"127.0.0.1:{self.port}", "--mode", mode],
+            [LAMBDA_ENV, "sink", "--listen", f"127.0.0.1:{self.port}", "--mode", mode,
+             *(["--out", out] if out else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         wait_port(self.port)
 
@@ -437,7 +440,11 @@ def holds():
     for i, (label, mode, function_ms, tokens) in enumerate(scenarios):
         sink = Sink(mode) if mode else None
         endpoint = f"http://127.0.0.1:{sink.port if sink else free_port()}"
-        report = run_env({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}, function_ms=function_ms, tokens=tokens)
+        # The INVOKE flush under each collector: the default `adaptive` would flush the first
+        # invocation at its end (no gap known yet); the strategies' own holds are measured by
+        # flush_strategies().
+        report = run_env({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "SIDECAR_FLUSH_STRATEGY": "invoke"},
+                         function_ms=function_ms, tokens=tokens)
         spans = sink.stop() if sink else 0
         hold = [inv["hold_ms"] for inv in report["invokes"]]
         shutdown = report["shutdown"]
@@ -454,6 +461,74 @@ def holds():
         rows.append(Row(f"shutdown, {label}", f"exit {shutdown['exit_code']} {SHUTDOWN_MS - before:.0f} ms after SHUTDOWN",
                         budget="exit 0 before the deadline", met=shutdown["exit_code"] == 0 and not shutdown["killed"],
                         hard=True))
+    return rows
+
+
+# Issue 19: each SIDECAR_FLUSH_STRATEGY at three rates (an invocation of FLUSH_FUNCTION_MS
+# starting every 5 s, every 0.5 s, or back to back: lambda-env pauses the period less the
+# function's time after each), with how many invocations each run makes. The first of each
+# run is left out of the figures: it follows the cold start, and `adaptive` has no gap to go
+# by yet (it flushes it at its end).
+FLUSH_STRATEGIES = ("invoke", "end", "periodic", "adaptive")
+FLUSH_RATES = (("every 5 s", 5000, 6), ("every 0.5 s", 500, 41), ("back to back", 0, 101))
+FLUSH_FUNCTION = "lambda-env-function"  # lambda-env's default function name
+FLUSH_FUNCTION_MS = 20
+
+
+def flush_budgets(strategy, rate):
+    """Issue 19's budgets for `strategy` at `rate` (a label of FLUSH_RATES): (text, check of
+    freshness p99, hold p50, hold p99), or None where it sets none."""
+    if strategy == "end" or (strategy == "adaptive" and rate == "every 5 s"):
+        return "freshness p99 ≤ 150 ms, hold p99 ≤ 60 ms", lambda f99, h50, h99: f99 <= 150 and h99 <= 60
+    if strategy == "adaptive" and rate == "every 0.5 s":
+        return "freshness p99 ≤ 1 s, hold p99 ≤ 5 ms", lambda f99, h50, h99: f99 <= 1000 and h99 <= 5
+    if strategy == "adaptive":
+        return "hold p50 ≤ 1 ms, p99 ≤ 5 ms", lambda f99, h50, h99: h50 <= 1 and h99 <= 5
+    return None
+
+
+def flush_strategies():
+    """Per strategy and rate: freshness (platform.runtimeDone, i.e. the runtime's response,
+    to the collector's receipt of that invocation's span), the post-runtime hold, and what
+    the hold adds to the bill per 1,000 invocations; and that every invocation's span
+    arrived exactly once (the last one at SHUTDOWN). A local collector: lambda-env's sink."""
+    rows = []
+    for rate, period_ms, invokes in FLUSH_RATES:
+        gap_ms = max(0, period_ms - FLUSH_FUNCTION_MS)
+        for strategy in FLUSH_STRATEGIES:
+            with tempfile.TemporaryDirectory() as work:
+                out = os.path.join(work, "spans.jsonl")
+                sink = Sink("ok", out=out)
+                report = run_env({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
+                                  "SIDECAR_FLUSH_STRATEGY": strategy},
+                                 invokes=invokes, tokens=1, function_ms=FLUSH_FUNCTION_MS,
+                                 extra=("--gap-ms", str(gap_ms)))
+                sink.stop()
+                with open(out) as f:
+                    spans = [r["span"] for r in map(json.loads, f) if "span" in r]
+            received = {}
+            for span in spans:
+                if span["name"] == FLUSH_FUNCTION:
+                    request = span["attributes"].get("faas.invocation_id")
+                    received.setdefault(request, []).append(span["received_unix_nanos"] / 1e6)
+            measured = report["invokes"][1:]
+            fresh = [received[inv["request_id"]][0] - inv["responded_unix_ms"]
+                     for inv in measured if inv["request_id"] in received]
+            hold = [inv["hold_ms"] for inv in measured]
+            once = (len(received) == len(report["invokes"]) == invokes
+                    and all(len(r) == 1 for r in received.values()))
+            billed = sum(hold) / len(hold) * 1000
+            f50, f99 = (pct(fresh, 50), pct(fresh, 99)) if fresh else (float("nan"),) * 2
+            h50, h99 = pct(hold, 50), pct(hold, 99)
+            label = f"flush `{strategy}`, an invoke {rate} ({invokes} invokes, the first left out)"
+            figures = (f"freshness p50 {f50:.0f} / p99 {f99:.0f} ms; hold p50 {h50:.2f} / p99 {h99:.2f} ms;"
+                       f" billed post-runtime {billed / 1000:.1f} s per 1,000 invocations")
+            budget = flush_budgets(strategy, rate)
+            rows.append(Row(label, figures, budget=budget[0] if budget else "—",
+                            met=budget[1](f99, h50, h99) if budget else None))
+            rows.append(Row(f"flush `{strategy}`, an invoke {rate}: each invocation's span received",
+                            f"{sum(len(r) for r in received.values())} spans for {len(received)} of {invokes}"
+                            f" invocations", budget="each exactly once", met=once, hard=True))
     return rows
 
 
@@ -698,10 +773,11 @@ def flood(refs, body):
 
 def main():
     parser = argparse.ArgumentParser(description="issue 9's figures beside their references and budgets")
-    parser.add_argument("--only", choices=["token", "receiver"],
+    parser.add_argument("--only", choices=["token", "receiver", "flush"],
                         help="token: only the /token req/s rows (5 interleaved rounds, under a minute once"
                              " the references are built), to measure a change to the token path;"
-                             " receiver: only the OTLP receiver's rows (under a minute)")
+                             " receiver: only the OTLP receiver's rows (under a minute);"
+                             " flush: only the flush strategy rows (about 4 minutes)")
     only = parser.parse_args().only
     for path in (SIDECAR, LAMBDA_ENV):
         if not os.path.exists(path):
@@ -709,18 +785,21 @@ def main():
     if not shutil.which("taskset"):
         sys.exit("bench: taskset (util-linux) is needed to pin the server and the load generator")
     started = time.time()
-    refs = build_references(LOADGEN_ONLY) if only == "receiver" else build_references()
     phases = []
-    if only == "token":
-        rows = token_rps(refs)
+    if only == "flush":
+        rows = flush_strategies()
+    elif only == "token":
+        rows = token_rps(build_references())
     elif only == "receiver":
-        rows = receiver(refs)
+        rows = receiver(build_references(LOADGEN_ONLY))
     else:
+        refs = build_references()
         rows, phases = cold_start(refs["extension-telemetry-basic"])
         rows += token_rps(refs)
         rows += sizes()
         rows += ci_time()
         rows += holds()
+        rows += flush_strategies()
         rows += token_latency()
         rows += receiver(refs)
     print(f"`make bench`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores,"

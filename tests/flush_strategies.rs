@@ -220,3 +220,54 @@ async fn adaptive_sends_frequent_invocations_at_the_next_invoke() {
         if i == 0 { Expect::AtEnd } else { Expect::Later }
     });
 }
+
+/// An invocation that runs into its timeout sends its `runtimeDone` only at the deadline: the
+/// end flush gives up waiting well before it (deadline less the margin and the flush's
+/// budget), flushes what it has, counts the miss, and is back in `event/next` before the
+/// deadline; that invocation's span goes with a later flush, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_gives_up_waiting_before_the_deadline_and_counts_it() {
+    let sink = Sink::start().await.unwrap();
+    let invokes = 3;
+    let vars = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+        ("SIDECAR_FLUSH_STRATEGY", "end".to_string()),
+        ("SIDECAR_FLUSH_TIMEOUT_MS", "300".to_string()),
+    ];
+    let mut config = common::environment(FUNCTION, invokes, 0, &vars);
+    config.function_timeout_ms = 1_000;
+    config.timeout_invokes = vec![1];
+    let report = lambda_env::run(config).await.unwrap();
+    common::assert_clean_exit(&report);
+    let log = stderr_of(&report);
+    let statuses: Vec<InvokeStatus> = report.invokes.iter().map(|i| i.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            InvokeStatus::Success,
+            InvokeStatus::Timeout,
+            InvokeStatus::Success
+        ],
+        "{log}"
+    );
+    // 1,000 ms left, a margin of 200 ms and a 300 ms flush: the wait ends 500 ms in.
+    let timed_out = &report.invokes[1];
+    assert!(timed_out.extensions_returned, "{timed_out:?}\n{log}");
+    let delivered = sink
+        .wait_for(
+            |v| {
+                invocation_spans(v.spans).len() >= invokes
+                    && counter(v.metrics, "sidecar.flush.end_missed") >= 1.0
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    let spans = sink.spans();
+    assert!(delivered, "{:?}\n{log}", invocation_spans(&spans));
+    assert_eq!(invocation_spans(&spans).len(), invokes, "each once");
+    assert_eq!(counter(&sink.metrics(), "sidecar.flush.end_missed"), 1.0);
+    assert!(
+        log.contains("platform.runtimeDone did not come in time"),
+        "{log}"
+    );
+}

@@ -60,13 +60,17 @@ async fn thirty_thousand_tokens_in_one_invocation() {
     let (traces, metrics) = (Sink::start().await.unwrap(), Sink::start().await.unwrap());
     let port = free_port().unwrap();
     let session_token = random_hex(32);
-    let cfg = EnvConfig {
+    let mut cfg = EnvConfig {
         invokes: 1,
         // The invocation outlasts the test: it ends when the environment is dropped.
         function_ms: 600_000,
         function_timeout_ms: 700_000,
         ..environment(port, Some(&session_token), &traces, &metrics)
     };
+    // Flushed at INVOKE, so that the first flush tells the invocation is running (the default
+    // `adaptive` flushes a first invocation at its end, which this one never reaches).
+    cfg.env
+        .push(("SIDECAR_FLUSH_STRATEGY".to_string(), "invoke".to_string()));
     let env = Environment::start(cfg).await.unwrap();
     let pid = env.extension_pid().unwrap();
     // Dropping the task drops the environment, which kills the sidecar.

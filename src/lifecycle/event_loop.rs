@@ -40,6 +40,9 @@ pub(super) struct Sidecar {
     pub(super) flush: FlushSettings,
     /// The recent INVOKEs, which the `adaptive` and `periodic` rules read.
     pub(super) cadence: Cadence,
+    /// The request id of the last INVOKE, whose runtimeDone the next INVOKE flush awaits
+    /// briefly ([`flush::previous_end_wait`]).
+    pub(super) previous: Option<String>,
     /// On Managed Instances, how long SHUTDOWN first lets buffered telemetry arrive: two
     /// Telemetry API buffering periods (`SIDECAR_TELEMETRY_BUFFER_MS`). Zero otherwise.
     pub(super) settle: Duration,
@@ -149,6 +152,7 @@ impl Sidecar {
         if !matches!(decision, FlushDecision::Skip) {
             self.cadence.flushed(now_ms);
         }
+        let previous = self.previous.replace(invoke.request_id.clone());
         let Sidecar {
             pipeline,
             recorder,
@@ -160,7 +164,15 @@ impl Sidecar {
         let refresh = refresh_key(refresher.as_mut(), recorder, refresh_budget);
         let flushed = async {
             let budget = match decision {
-                FlushDecision::Flush { budget } => budget,
+                FlushDecision::Flush { budget } => {
+                    // Within the budget: the flush gets what the wait left.
+                    let started = Instant::now();
+                    if let Some(previous) = &previous {
+                        let done = pipeline.await_runtime_done(previous);
+                        let _ = tokio::time::timeout(flush::previous_end_wait(budget), done).await;
+                    }
+                    budget.saturating_sub(started.elapsed())
+                }
                 FlushDecision::AtEnd { wait, budget } => {
                     let done = pipeline.await_runtime_done(&invoke.request_id);
                     if tokio::time::timeout(wait, done).await.is_err() {

@@ -386,6 +386,7 @@ pub(super) async fn start(
             max_age: config.telemetry.flush_max_age,
         },
         cadence: Cadence::default(),
+        previous: None,
         settle: if managed_instances {
             2 * Duration::from_millis(u64::from(config.telemetry.buffer_ms))
         } else {
