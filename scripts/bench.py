@@ -14,7 +14,9 @@ loadgen to core 1, 5 interleaved rounds beside the minimal server, and in the sa
 long invocation, then the flush); the ratio is on requests per server CPU-second, wall req/s
 beside it. The arm64 binary and layer zip sizes; the post-runtime hold per invoke (20 invokes,
 freezing) with a healthy, dead, slow and failing collector, peak RSS, the SHUTDOWN exit;
-GET /token latency per algorithm.
+GET /token latency per algorithm; the OTLP receiver beside rotel (issue 20: spans per
+CPU-second through receive and export, the export call's latency, memory under a flood;
+`--only receiver` runs these alone); cold start with the receiver on and off.
 
 Prints one Markdown table (figure | candidate | reference | ratio | budget | met?).
 Exit code: 1 only if a hard budget is broken: the hold never exceeds the flush cap (plus
