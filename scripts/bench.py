@@ -15,7 +15,10 @@ long invocation, then the flush); the ratio is on requests per server CPU-second
 beside it. The arm64 binary and layer zip sizes; the post-runtime hold per invoke (20 invokes,
 freezing) with a healthy, dead, slow and failing collector, peak RSS, the SHUTDOWN exit;
 each SIDECAR_FLUSH_STRATEGY at three rates (issue 19: freshness, hold, billed post-runtime
-time, every span once; `--only flush` runs these alone); GET /token latency per algorithm.
+time, every span once; `--only flush` runs these alone); GET /token latency per algorithm;
+the OTLP receiver beside rotel (issue 20: spans per CPU-second through receive and export,
+the export call's latency, memory under a flood; `--only receiver` runs these alone); cold
+start with the receiver on and off.
 
 Prints one Markdown table (figure | candidate | reference | ratio | budget | met?).
 Exit code: 1 only if a hard budget is broken: the hold never exceeds the flush cap (plus
@@ -612,18 +615,20 @@ def otlp_batch(path, spans=BATCH_SPANS):
 class Collector:
     """The receiving side of one run, pinned to SERVER_CORE, exporting to `sink`: the sidecar
     in extension mode inside lambda-env on Lambda Managed Instances' model (no freeze, a flush
-    every 100 ms, one long invocation), or rotel-agent."""
+    every 100 ms, one long invocation), the sidecar in the default model (`invocation`: one
+    long invocation, no flush until SHUTDOWN, as while a function runs), or rotel-agent."""
 
     def __init__(self, kind, sink):
         self.kind, self.port = kind, free_port()
         self.token_port, self.session = free_port(), secrets.token_hex(16)
         self.work = tempfile.TemporaryDirectory()
-        if kind == "sidecar":
+        if kind in ("sidecar", "invocation"):
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
                    "SIDECAR_OTLP_RECEIVER_ADDR": f"127.0.0.1:{self.port}", "SIDECAR_FLUSH_INTERVAL_MS": "100",
                    "AWS_SESSION_TOKEN": self.session}
+            managed = ["--managed-instances"] if kind == "sidecar" else []
             args = env_args(self.work.name, self.token_port, env, invokes=1, tokens=0, function_ms=30_000,
-                            extra=["--managed-instances", "--function-timeout-ms", "60000"])
+                            extra=[*managed, "--function-timeout-ms", "60000"])
         else:
             args = [rotel_agent(), "start", "--exporter", "otlp", "--otlp-exporter-protocol", "http",
                     "--otlp-grpc-endpoint", f"127.0.0.1:{free_port()}",
@@ -632,7 +637,7 @@ class Collector:
         self.proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *args], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         wait_port(self.port)
-        self.pid = sidecar_pid(self.proc.pid) if kind == "sidecar" else self.proc.pid
+        self.pid = self.proc.pid if kind == "rotel" else sidecar_pid(self.proc.pid)
 
     def rss_kb(self, field="VmRSS:"):
         with open(f"/proc/{self.pid}/status") as f:
@@ -649,7 +654,7 @@ class Collector:
         return 0
 
     def stop(self):
-        if self.kind == "sidecar":
+        if self.kind != "rotel":
             subprocess.run(["kill", "-KILL", str(self.pid)], check=False)
         self.proc.kill()
         self.proc.wait()
@@ -733,8 +738,28 @@ def receiver(refs):
                 f" {1_000_000 // LATENCY_INTERVAL_US} calls/s for {LATENCY_SECONDS:.0f} s)",
                 f"{p50:.2f} / {p99:.2f} ms", f"{r50:.2f} / {r99:.2f} ms rotel", "—", "p99 ≤ 2 ms", p99 <= 2.0),
         ]
+        rows.append(invocation_latency(refs, body))
         rows += flood(refs, body)
     return rows
+
+
+def invocation_latency(refs, body):
+    """The export call's latency as a function sees it in the default model: during an
+    invocation, when the sidecar does not flush. 100 calls a second for 2 s: 3.4 MB, within
+    the 4 MiB queue."""
+    sink = Sink("ok")
+    collector = Collector("invocation", sink)
+    try:
+        time.sleep(0.3)  # the INVOKE delivered and its flush done
+        lat = post_load(refs["loadgen"], collector.port, 2.0, 1, body, 10_000)
+    finally:
+        collector.stop()
+        sink.stop()
+    p99 = lat["p99_us"] / 1000
+    return Row("OTLP receiver: the export call during an invocation, default model (no flush while the"
+               " function runs), 100 spans, 100 calls/s for 2 s, p50 / p99",
+               f"{lat['p50_us'] / 1000:.2f} / {p99:.2f} ms ({lat['non_2xx']:.0f} refused)",
+               budget="p99 ≤ 2 ms", met=p99 <= 2.0)
 
 
 def flood(refs, body):
