@@ -1644,6 +1644,43 @@ fn resource_variables() {
 
 /// A fresh setup with several mistakes hears of all of them at once, each naming its
 /// variable; the `init/error` type is the first one's.
+/// The token settings are checked as the others are: every mistake in one error, not the
+/// first alone. The key is checked once the algorithm is valid, against that algorithm.
+#[test]
+fn every_token_setting_error_at_once() {
+    let err = parse(&[
+        ("JWT_ALGORITHM", "HS999"),
+        ("JWT_TTL_SECONDS", "0"),
+        ("JWT_TYP", "a b"),
+        ("JWT_ALLOWED_CLAIMS", "iss"),
+        ("JWT_KEY_ID", ""),
+        ("JWT_ISSUER", " "),
+    ])
+    .unwrap_err();
+    let message = err.to_string();
+    let ConfigError::Several(errors) = &err else {
+        panic!("one error: {message}");
+    };
+    for var in [
+        "JWT_ALGORITHM",
+        "JWT_TTL_SECONDS",
+        "JWT_TYP",
+        "JWT_ALLOWED_CLAIMS",
+        "JWT_KEY_ID",
+        "JWT_ISSUER",
+    ] {
+        assert!(message.contains(var), "{var} missing from {message}");
+    }
+    assert_eq!(errors.len(), 6, "{message}");
+    // With a valid algorithm, its missing key is one more.
+    let err = parse(&[("JWT_TTL_SECONDS", "0"), ("JWT_TYP", "a b")]).unwrap_err();
+    let ConfigError::Several(errors) = &err else {
+        panic!("one error: {err}");
+    };
+    assert_eq!(errors.len(), 3, "{err}");
+    assert!(err.to_string().contains("JWT_SECRET"), "{err}");
+}
+
 #[test]
 fn every_configuration_error_at_once() {
     let err = parse(&[

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::aws::{AwsService, AwsSettings, KEY_SOURCE, SecretRef, aws_settings, container_token};
-use super::{ConfigError, Env};
+use super::{ConfigError, Env, Errors};
 
 /// Claims only the sidecar sets. A request that names one is refused, never silently ignored
 /// (`token::claims`), and `JWT_ALLOWED_CLAIMS` may not name one. Defined here, as plain data,
@@ -365,17 +365,107 @@ fn env_key(env: &Env<'_>, algorithm: Algorithm) -> Result<KeyMaterial, ConfigErr
 }
 
 pub(super) fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
-    let algorithm = env.choice(
+    let mut errors = Errors::default();
+    let algorithm = errors.take(env.choice(
         "JWT_ALGORITHM",
         &Algorithm::ALL.map(|a| (a.name(), a)),
         Algorithm::HS256,
-    )?;
-    let key = match key_source(env, algorithm)? {
-        Some(remote) => remote,
-        None => KeySource::Env(env_key(env, algorithm)?),
+    ));
+    // The key is checked against the algorithm: an invalid algorithm leaves nothing to check
+    // it against, and the algorithm's error says what to fix first.
+    let key = algorithm.and_then(|algorithm| errors.take(key(env, algorithm)));
+    let kms_verify_keys = errors.take(kms_verify_keys(env, key.as_ref()));
+    let key_refresh = errors.take(env.number("JWT_KEY_REFRESH_SECONDS", 300, 1, 86_400));
+    let aws = key.as_ref().and_then(|key| errors.take(key_aws(env, key)));
+    let key_id = errors.take(key_id(env));
+    let issuer = errors.take(env.non_empty("JWT_ISSUER", "lambda-sidecar"));
+    let audiences = env.list("JWT_AUDIENCE");
+    let default_subject = errors.take(match env.get("JWT_DEFAULT_SUBJECT") {
+        Some(s) => env.non_empty("JWT_DEFAULT_SUBJECT", &s),
+        None => Ok(env
+            .get("AWS_LAMBDA_FUNCTION_NAME")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "lambda-sidecar".to_string())),
+    });
+    let max_ttl = errors.take(env.number("JWT_MAX_TTL_SECONDS", 3600, 1, 31 * 24 * 3600));
+    // The default lifetime is bounded by the longest: unknown while that one is invalid.
+    let ttl = max_ttl.and_then(|max_ttl| {
+        errors.take(env.number("JWT_TTL_SECONDS", 900.min(max_ttl), 1, max_ttl))
+    });
+    let allowed_claims = errors.take(allowed_claims(env));
+    let typ = errors.take(typ(env));
+    let jwks_uri = match (algorithm, &issuer) {
+        (Some(algorithm), Some(issuer)) => errors.take(jwks_uri(env, algorithm, issuer)),
+        _ => None,
     };
+    let auth = errors.take(token_auth(env));
+    errors.into_result()?;
+    let (
+        Some(algorithm),
+        Some(key),
+        Some(kms_verify_keys),
+        Some(key_refresh),
+        Some(aws),
+        Some(key_id),
+        Some(issuer),
+        Some(default_subject),
+        Some(max_ttl),
+        Some(ttl),
+        Some(allowed_claims),
+        Some(typ),
+        Some(jwks_uri),
+        Some(auth),
+    ) = (
+        algorithm,
+        key,
+        kms_verify_keys,
+        key_refresh,
+        aws,
+        key_id,
+        issuer,
+        default_subject,
+        max_ttl,
+        ttl,
+        allowed_claims,
+        typ,
+        jwks_uri,
+        auth,
+    )
+    else {
+        // Every part is `Some` when no error was kept.
+        return Err(ConfigError::Several(Vec::new()));
+    };
+    Ok(TokenConfig {
+        algorithm,
+        key,
+        key_refresh: Duration::from_secs(key_refresh),
+        kms_verify_keys,
+        aws,
+        key_id,
+        jwks_uri,
+        issuer,
+        audiences,
+        default_subject,
+        ttl,
+        max_ttl,
+        allowed_claims,
+        typ,
+        auth,
+    })
+}
+
+/// Where the signing key comes from: `JWT_KEY_SOURCE`, else the key variables.
+fn key(env: &Env<'_>, algorithm: Algorithm) -> Result<KeySource, ConfigError> {
+    match key_source(env, algorithm)? {
+        Some(remote) => Ok(remote),
+        None => Ok(KeySource::Env(env_key(env, algorithm)?)),
+    }
+}
+
+/// `JWT_KMS_VERIFY_KEYS`: only beside a KMS signing key (`key`, when it is known).
+fn kms_verify_keys(env: &Env<'_>, key: Option<&KeySource>) -> Result<Vec<String>, ConfigError> {
     let kms_verify_keys = env.list("JWT_KMS_VERIFY_KEYS");
-    if !kms_verify_keys.is_empty() && !matches!(key, KeySource::Kms(_)) {
+    if !kms_verify_keys.is_empty() && key.is_some_and(|key| !matches!(key, KeySource::Kms(_))) {
         return Err(ConfigError::Invalid {
             var: "JWT_KMS_VERIFY_KEYS",
             value: env.get("JWT_KMS_VERIFY_KEYS").unwrap_or_default(),
@@ -389,15 +479,22 @@ pub(super) fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
             expected: "comma-separated KMS key ids, ARNs or aliases".to_string(),
         });
     }
-    let key_refresh = Duration::from_secs(env.number("JWT_KEY_REFRESH_SECONDS", 300, 1, 86_400)?);
-    let aws = match &key {
-        KeySource::Env(_) => None,
-        KeySource::SecretsManager(_) => {
-            Some(aws_settings(env, AwsService::SecretsManager, KEY_SOURCE)?)
-        }
-        KeySource::Ssm(_) => Some(aws_settings(env, AwsService::Ssm, KEY_SOURCE)?),
-        KeySource::Kms(_) => Some(aws_settings(env, AwsService::Kms, KEY_SOURCE)?),
+    Ok(kms_verify_keys)
+}
+
+/// The AWS settings a remote key source needs; none for a key from the environment.
+fn key_aws(env: &Env<'_>, key: &KeySource) -> Result<Option<AwsSettings>, ConfigError> {
+    let service = match key {
+        KeySource::Env(_) => return Ok(None),
+        KeySource::SecretsManager(_) => AwsService::SecretsManager,
+        KeySource::Ssm(_) => AwsService::Ssm,
+        KeySource::Kms(_) => AwsService::Kms,
     };
+    aws_settings(env, service, KEY_SOURCE).map(Some)
+}
+
+/// `JWT_KEY_ID`, when set: what the JWKS and the tokens' `kid` may hold.
+fn key_id(env: &Env<'_>) -> Result<Option<String>, ConfigError> {
     let key_id = env.get("JWT_KEY_ID");
     if let Some(kid) = &key_id
         && (kid.is_empty() || kid.len() > 128 || kid.chars().any(|c| c.is_control()))
@@ -408,17 +505,11 @@ pub(super) fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
             expected: "1 to 128 printable characters".to_string(),
         });
     }
-    let issuer = env.non_empty("JWT_ISSUER", "lambda-sidecar")?;
-    let audiences = env.list("JWT_AUDIENCE");
-    let default_subject = match env.get("JWT_DEFAULT_SUBJECT") {
-        Some(s) => env.non_empty("JWT_DEFAULT_SUBJECT", &s)?,
-        None => env
-            .get("AWS_LAMBDA_FUNCTION_NAME")
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "lambda-sidecar".to_string()),
-    };
-    let max_ttl = env.number("JWT_MAX_TTL_SECONDS", 3600, 1, 31 * 24 * 3600)?;
-    let ttl = env.number("JWT_TTL_SECONDS", 900.min(max_ttl), 1, max_ttl)?;
+    Ok(key_id)
+}
+
+/// `JWT_ALLOWED_CLAIMS`: never one of the claims the sidecar sets itself.
+fn allowed_claims(env: &Env<'_>) -> Result<BTreeSet<String>, ConfigError> {
     let allowed_claims: BTreeSet<String> = env.list("JWT_ALLOWED_CLAIMS").into_iter().collect();
     if let Some(c) = allowed_claims
         .iter()
@@ -433,6 +524,11 @@ pub(super) fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
             ),
         });
     }
+    Ok(allowed_claims)
+}
+
+/// `JWT_TYP`, default `JWT`.
+fn typ(env: &Env<'_>) -> Result<String, ConfigError> {
     let typ = env.get("JWT_TYP").unwrap_or_else(|| "JWT".to_string());
     // RFC 6838 restricted-name characters plus the `/` of a full media type: what `typ`
     // holds (RFC 7515 section 4.1.9), and nothing that needs escaping in a header.
@@ -450,24 +546,7 @@ pub(super) fn token_config(env: &Env<'_>) -> Result<TokenConfig, ConfigError> {
                 .to_string(),
         });
     }
-    let jwks_uri = jwks_uri(env, algorithm, &issuer)?;
-    Ok(TokenConfig {
-        algorithm,
-        key,
-        key_refresh,
-        kms_verify_keys,
-        aws,
-        key_id,
-        jwks_uri,
-        issuer,
-        audiences,
-        default_subject,
-        ttl,
-        max_ttl,
-        allowed_claims,
-        typ,
-        auth: token_auth(env)?,
-    })
+    Ok(typ)
 }
 
 /// `JWT_JWKS_URI`, checked with what publishing needs around it. API Gateway's JWT
